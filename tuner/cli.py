@@ -1,0 +1,502 @@
+"""The ``tuner`` command line: the only module that prints and exits.
+
+Heavy libraries (torch, optuna) are imported inside commands, so ``tuner --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuner.objective import Runtime
+    from tuner.storage import Heartbeat
+    from tuner.study import Handle
+
+app = typer.Typer(
+    name="tuner",
+    help="Hyperparameter tuning for PyTorch: study files, pruning, SQL storage, many workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _quiet_library_warnings() -> None:
+    # tuner drives heartbeats itself (not through Study.optimize) and knows which Optuna
+    # features are experimental: these warnings say nothing actionable to a user
+    warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
+
+
+def command(fn: F) -> F:
+    """Register a command whose TunerErrors become one line on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunerError as e:
+            err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return app.command()(wrapper)  # type: ignore[return-value]
+
+
+# ---- shared options (read once here, passed down) ----------------------------------------
+Storage = Annotated[str, typer.Option("--storage", envvar="TUNER_STORAGE",
+                                      help="SQLAlchemy URL of the study database.")]
+DEFAULT_STORAGE = "sqlite:///tuner.db"
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DataDir = Annotated[Path, typer.Option(envvar="TUNER_DATA_DIR", help="Where datasets live.")]
+CkptDir = Annotated[Path | None, typer.Option(
+    envvar="TUNER_CHECKPOINT_DIR",
+    help="Per-epoch checkpoints; must be shared by all workers [default: beside the SQLite "
+         "file, else ./tuner_checkpoints].")]
+Trials = Annotated[int | None, typer.Option(min=1, help="Run this many more trials (whole study, all workers).")]
+Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
+Workers = Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")]
+PerGpu = Annotated[int | None, typer.Option(min=1, help="Workers packed on each GPU.")]
+HeartbeatS = Annotated[int, typer.Option(envvar="TUNER_HEARTBEAT", min=1, help="Seconds between heartbeats.")]
+GraceS = Annotated[int, typer.Option(envvar="TUNER_GRACE_PERIOD", min=1,
+                                     help="Seconds of silence before a trial's worker counts as dead.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+Keep = Annotated[bool, typer.Option(help="Keep the checkpoints of completed trials.")]
+Download = Annotated[bool, typer.Option(envvar="TUNER_DOWNLOAD",
+                                        help="Download missing torchvision datasets.")]
+
+
+class Fmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _heartbeat(interval: int, grace: int) -> Heartbeat:
+    from tuner.storage import Heartbeat
+
+    return Heartbeat(interval=interval, grace_period=max(grace, interval + 1))
+
+
+def _open(url: str, hb: Heartbeat | None = None) -> optuna.storages.RDBStorage:
+    from tuner.storage import open_storage
+
+    return open_storage(url, hb)
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TunerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu or auto")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise TunerError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _checkpoint_dir(storage_url: str, given: Path | None) -> str:
+    if given is not None:
+        return str(given)
+    from tuner.storage import normalize_url
+
+    url = normalize_url(storage_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        return str(Path(url.database).expanduser().resolve().parent / "tuner_checkpoints")
+    return "tuner_checkpoints"
+
+
+def _runtime(storage: str, device: str, data_dir: Path, ckpt: Path | None, keep: bool,
+             download: bool) -> Runtime:
+    from tuner.objective import Runtime
+
+    return Runtime(device=_resolve_device(device), data_dir=str(data_dir), download=download,
+                   checkpoint_dir=_checkpoint_dir(storage, ckpt), keep_checkpoints=keep)
+
+
+def _setup_logging(quiet: bool) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.6g}"
+
+
+# ---- running ------------------------------------------------------------------------------
+def _work(handle: Handle, storage_url: str, runtime: Runtime, hb: Heartbeat, workers: int,
+          per_gpu: int | None, quiet: bool, extra: list[str]) -> None:
+    """Run the study's remaining budget with ``workers`` workers on this machine."""
+    from tuner import worker as w
+    from tuner.progress import ProgressView
+    from tuner.status import snapshot
+
+    snap = snapshot(handle, with_heartbeats=False)
+    if snap.budget.remaining == 0:
+        out.print(f"study {handle.name}: budget spent ({snap.finished} trials finished); "
+                  f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
+        return
+    view = ProgressView(out, handle.name, handle.spec.direction_name, handle.spec.epochs,
+                        snap.finished, snap.budget.target, snap.best_value)
+    if workers == 1:
+        wk = w.Worker(handle, runtime, heartbeat=hb, on_event=None if quiet else view.event)
+        with w.graceful_signals(runtime.stop):
+            if quiet:
+                summary = wk.run()
+            else:
+                with view:
+                    summary = wk.run()
+        why = summary.stopped_because
+    else:
+        import torch
+
+        gpus = torch.cuda.device_count() if runtime.device != "cpu" else 0
+        envs = w.assign_devices(workers, runtime.device, gpus, per_gpu)
+        args = ["--storage", storage_url, "--device", "cuda" if gpus and runtime.device == "cuda"
+                else runtime.device, "--data-dir", runtime.data_dir, "--checkpoint-dir",
+                runtime.checkpoint_dir, "--heartbeat", str(hb.interval), "--grace-period",
+                str(hb.grace_period), "--quiet",
+                "--download" if runtime.download else "--no-download", *extra]
+        procs = w.spawn(handle.name, args, envs)
+        try:
+            with view if not quiet else _nullctx():
+                while any(p.poll() is None for p in procs):
+                    if not quiet:
+                        view.snapshot(snapshot(handle))
+                    time.sleep(1.0)
+                if not quiet:
+                    view.snapshot(snapshot(handle))
+        except KeyboardInterrupt:
+            for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
+                try:
+                    p.wait(timeout=30)
+                except Exception:  # noqa: BLE001
+                    p.kill()
+            raise
+        codes = [p.returncode for p in procs]
+        if any(codes):
+            raise TunerError(f"{sum(1 for c in codes if c)} of {workers} workers failed "
+                             f"(exit codes {codes}); see their messages above")
+        why = "done"
+    _print_result(handle, why)
+
+
+class _nullctx:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _print_result(handle: Handle, why: str) -> None:
+    from tuner.status import snapshot
+
+    snap = snapshot(handle, with_heartbeats=False)
+    c = snap.counts
+    out.print(
+        f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
+        f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
+        + (" — stopped; resume with `tuner resume " + handle.name + "`" if why == "stopped" else "")
+    )
+    if snap.best_trial is not None:
+        best = handle.study.trials[snap.best_trial]
+        out.print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)} (trial "
+                  f"{snap.best_trial}) {json.dumps(best.params)}")
+
+
+@command
+def run(
+    file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
+    study: Annotated[str | None, typer.Option(help="Study name [default: the file's name:].")] = None,
+    trials: Trials = None,
+    timeout: Timeout = None,
+    storage: Storage = DEFAULT_STORAGE,
+    device: Device = "auto",
+    seed: Annotated[int | None, typer.Option(help="Override the file's seed.")] = None,
+    workers: Workers = 1,
+    workers_per_gpu: PerGpu = None,
+    force: Annotated[bool, typer.Option(help="Resume even if the file's space changed.")] = False,
+    data_dir: DataDir = Path("data"),
+    checkpoint_dir: CkptDir = None,
+    keep_checkpoints: Keep = False,
+    download: Download = True,
+    heartbeat: HeartbeatS = 5,
+    grace_period: GraceS = 20,
+    quiet: Quiet = False,
+) -> None:
+    """Create a study from FILE, or resume it if it exists, and run trials."""
+    from tuner import study as st
+    from tuner.spec import load_spec
+
+    spec = load_spec(file).with_name(study)
+    if seed is not None:
+        spec = spec.model_copy(update={"seed": seed})
+    _setup_logging(quiet)
+    hb = _heartbeat(heartbeat, grace_period)
+    runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
+    url_storage = _open(storage, hb)
+    handle = st.create_or_resume(url_storage, spec, force=force)
+    if trials is not None or timeout is not None:
+        st.add_budget(handle, trials, timeout)
+    if not quiet:
+        verb = "created" if handle.created else "resuming"
+        out.print(f"{verb} study [bold]{spec.name}[/bold] in {storage} on {runtime.device}")
+    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet,
+          ["--keep-checkpoints"] if keep_checkpoints else [])
+
+
+@command
+def resume(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    trials: Trials = None,
+    timeout: Timeout = None,
+    storage: Storage = DEFAULT_STORAGE,
+    device: Device = "auto",
+    workers: Workers = 1,
+    workers_per_gpu: PerGpu = None,
+    data_dir: DataDir = Path("data"),
+    checkpoint_dir: CkptDir = None,
+    keep_checkpoints: Keep = False,
+    download: Download = True,
+    heartbeat: HeartbeatS = 5,
+    grace_period: GraceS = 20,
+    quiet: Quiet = False,
+) -> None:
+    """Continue a study from the database alone (no study file needed)."""
+    from tuner import study as st
+
+    _setup_logging(quiet)
+    hb = _heartbeat(heartbeat, grace_period)
+    runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
+    handle = st.load(_open(storage, hb), name)
+    if trials is not None or timeout is not None:
+        st.add_budget(handle, trials, timeout)
+    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet,
+          ["--keep-checkpoints"] if keep_checkpoints else [])
+
+
+@command
+def worker(
+    study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
+    storage: Storage = DEFAULT_STORAGE,
+    device: Device = "auto",
+    data_dir: DataDir = Path("data"),
+    checkpoint_dir: CkptDir = None,
+    keep_checkpoints: Keep = False,
+    download: Download = True,
+    worker_index: Annotated[int, typer.Option(help="Offsets the sampler seed.")] = 0,
+    heartbeat: HeartbeatS = 5,
+    grace_period: GraceS = 20,
+    quiet: Quiet = False,
+) -> None:
+    """Join a study as one worker, until its budget is spent. Given a study file, create the
+    study first if nobody has (with the file's budget); never adds budget."""
+    from tuner import study as st
+    from tuner import worker as w
+
+    _setup_logging(quiet)
+    hb = _heartbeat(heartbeat, grace_period)
+    runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
+    url_storage = _open(storage, hb)
+    if study.endswith((".yaml", ".yml")):
+        from tuner.spec import load_spec
+
+        handle = st.create_or_resume(url_storage, load_spec(study), worker_index=worker_index)
+    else:
+        handle = st.load(url_storage, study, worker_index=worker_index)
+    on_event = None
+    if not quiet:
+        def on_event(e: w.Event) -> None:
+            if e.kind == "finished":
+                out.print(f"trial {e.trial}: {e.state} {_fmt(e.value)}")
+    wk = w.Worker(handle, runtime, heartbeat=hb, on_event=on_event)
+    with w.graceful_signals(runtime.stop):
+        summary = wk.run()
+    if not quiet:
+        out.print(f"worker done: {summary.trials} trials ({summary.stopped_because})")
+
+
+# ---- inspecting ---------------------------------------------------------------------------
+@command
+def studies(storage: Storage = DEFAULT_STORAGE) -> None:
+    """Every study in the storage: trials by state, best value, last activity."""
+    from tuner.status import studies as rows
+
+    table = Table()
+    table.add_column("study", no_wrap=True)
+    for column in ("complete", "pruned", "failed", "running", "best", "direction", "last activity"):
+        table.add_column(column)
+    for r in rows(_open(storage)):
+        c = r.counts
+        table.add_row(r.name, str(c.get("COMPLETE", 0)), str(c.get("PRUNED", 0)),
+                      str(c.get("FAIL", 0)), str(c.get("RUNNING", 0)), _fmt(r.best_value),
+                      r.direction, r.last_activity.isoformat(sep=" ", timespec="seconds")
+                      if r.last_activity else "—")
+    out.print(table)
+
+
+@command
+def trials(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """The trials of a study, as a table, CSV or JSON."""
+    from tuner import study as st
+    from tuner.status import trial_rows
+
+    rows = trial_rows(st.load(_open(storage), name).study)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if format == Fmt.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    elif format == Fmt.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(*[c.removeprefix("params_") for c in columns if c != "fail_reason"])
+        for r in rows:
+            table.add_row(*[_cell(r.get(c)) for c in columns if c != "fail_reason"])
+        out.print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+@command
+def best(name: Annotated[str, typer.Argument(help="Study name.")],
+         storage: Storage = DEFAULT_STORAGE,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The best trial: its value, params, and the test score of its retrain if there is one."""
+    from tuner import study as st
+    from tuner.status import snapshot
+
+    handle = st.load(_open(storage), name)
+    snap = snapshot(handle, with_heartbeats=False)
+    if snap.best_trial is None:
+        raise TunerError(f"study {name!r} has no completed trial yet; run `tuner resume {name}`")
+    t = handle.study.trials[snap.best_trial]
+    result: dict[str, Any] = {"study": name, "trial": t.number, "metric": handle.spec.metric_name,
+                              "value": t.value, "params": t.params,
+                              "epochs": t.user_attrs.get("epochs_run")}
+    retrained = handle.study.user_attrs.get(f"retrain.{t.number}")
+    if retrained:
+        result["test"] = retrained
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    out.print(f"best trial {t.number} of {name}: {handle.spec.metric_name} = {_fmt(t.value)}"
+              f" after {result['epochs']} epochs")
+    for k, v in t.params.items():
+        out.print(f"  {k}: {v}")
+    if retrained:
+        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
+        out.print(f"test set (retrained): {metrics}")
+
+
+@command
+def status(name: Annotated[str, typer.Argument(help="Study name.")],
+           storage: Storage = DEFAULT_STORAGE) -> None:
+    """Live view of a study: workers and their trials, counts, best, time left."""
+    from tuner import study as st
+    from tuner.status import snapshot
+
+    handle = st.load(_open(storage), name)
+    snap = snapshot(handle)
+    b = snap.budget
+    c = snap.counts
+    out.print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+              f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
+              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
+    out.print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
+              + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
+    if snap.eta_s is not None:
+        out.print(f"estimated time left: {snap.eta_s / 60:.1f} min")
+    if b.deadline is not None:
+        out.print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
+    if snap.running:
+        table = Table("trial", "epoch", "last value", "host", "pid", "device", "heartbeat")
+        for r in snap.running:
+            table.add_row(str(r.number), f"{r.epoch}/{handle.spec.epochs}", _fmt(r.last_value),
+                          r.host or "?", str(r.pid or "?"), r.device or "?",
+                          "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago")
+        out.print(table)
+    else:
+        out.print("no trial is running")
+
+
+@command
+def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> None:
+    """Validate a study file and print its search space."""
+    from tuner.space import describe
+    from tuner.spec import load_spec
+
+    spec = load_spec(file)
+    out.print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data}, "
+              f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
+              f"{spec.direction_name} {spec.metric_name}, up to {spec.epochs} epochs, "
+              f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")
+    table = Table("parameter", "kind", "range", "when")
+    for row in describe(spec):
+        table.add_row(*row)
+    out.print(table)
+
+
+@command
+def delete(name: Annotated[str, typer.Argument(help="Study name.")],
+           storage: Storage = DEFAULT_STORAGE,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete a study and all its trials."""
+    from tuner import study as st
+
+    url_storage = _open(storage)
+    handle = st.load(url_storage, name, wait_s=0)
+    n = len(handle.study.trials)
+    if not yes and not typer.confirm(f"Delete study {name!r} and its {n} trials?", default=False):
+        raise typer.Exit(1)
+    st.delete(url_storage, name)
+    out.print(f"deleted study {name} ({n} trials)")
+
+
+def main() -> None:
+    app()
+
+
+# commands for after the search (dashboard, report, retrain) live beside this module
+from tuner import cli_report  # noqa: E402, F401  (registers its commands on ``app``)

@@ -1,0 +1,152 @@
+"""The trial context: the small, stable object every training loop receives.
+
+A training loop is a function ``fit(params, ctx) -> float``. tuner's own loop
+(:func:`tuner.train.fit`) and a user's loop (``trainer: mypkg.train:fit`` in a study file)
+get the same ``ctx``; it knows nothing of Optuna from the loop's side::
+
+    def fit(params, ctx):
+        model = MyNet(params["width"]).to(ctx.device)
+        opt = torch.optim.Adam(model.parameters(), lr=params["lr"])
+        start = 1
+        if (state := ctx.load_checkpoint()) is not None:     # a retried trial resumes here
+            model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+            start = state["epoch"] + 1
+        for epoch in range(start, ctx.max_epochs + 1):
+            ...train one epoch...
+            score = evaluate(model)
+            ctx.save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(),
+                                 "epoch": epoch})                # save first,
+            ctx.report(epoch, score, train_loss=loss)            # then report
+        return score
+
+``ctx.report`` records the learning curve and raises :class:`TrialPruned` when the pruner
+stops the trial (or :class:`StopRequested` when the worker is asked to stop): let it
+propagate. Checkpoints hold tensors, numbers, strings, lists and dicts (they are loaded
+with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from tuner.data import DataBundle
+
+
+class TrialPruned(Exception):
+    """Raised by :meth:`Context.report` when the trial should stop early. Let it propagate."""
+
+
+class StopRequested(Exception):
+    """Raised by :meth:`Context.report` when the worker was asked to stop (SIGTERM, Ctrl-C).
+    The last checkpoint is kept and the trial is retried later from it."""
+
+
+class Reporter(Protocol):
+    """Where reports go. ``report`` returns True when the trial should be pruned."""
+
+    def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool: ...
+
+    def stop_requested(self) -> bool: ...
+
+
+class NullReporter:
+    """Records nothing and never prunes (retraining, tests, plain calls of ``fit``)."""
+
+    def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
+        return False
+
+    def stop_requested(self) -> bool:
+        return False
+
+
+class CheckpointStore:
+    """One trial's checkpoint file, shared by its retries. Writes are atomic."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        import torch
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(dict(state), f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict[str, Any] | None:
+        import torch
+
+        if not self.path.exists():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Context:
+    """What a training loop gets besides its params. See the module docstring."""
+
+    device: torch.device
+    seed: int
+    max_epochs: int
+    task: str = "classification"
+    metric: str = "accuracy"
+    # the built-in data (or the study's own ``data:`` loader), kept on ``device``; None when
+    # the study names no data and the trainer brings its own
+    data: DataBundle | None = None
+    # params -> nn.Module for this data (the study's ``model:``), moved to nothing yet
+    build_model: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    trial_number: int | None = None
+    amp: bool = False
+    compile: bool = False
+    reporter: Reporter = field(default_factory=NullReporter)
+    checkpoints: CheckpointStore | None = None
+    # what was reported, epoch by epoch: [{"epoch": 1, "value": 0.93, "train_loss": 0.2}, ...]
+    history: list[dict[str, float]] = field(default_factory=list)
+    # free-form facts a loop wants kept on the trial (shown in the dashboard and reports)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, epoch: int, value: float, **extras: float) -> None:
+        """Record the validation metric after ``epoch`` (1-based). Raises :class:`TrialPruned`
+        when the pruner stops the trial, :class:`StopRequested` when the worker must stop."""
+        value = float(value)
+        extras = {k: float(v) for k, v in extras.items()}
+        self.history.append({"epoch": epoch, "value": value, **extras})
+        if not math.isfinite(value):
+            raise TrialPruned(f"the metric is {value} at epoch {epoch}")
+        if self.reporter.report(epoch, value, extras):
+            raise TrialPruned(f"pruned at epoch {epoch}")
+        if self.reporter.stop_requested():
+            raise StopRequested(f"stopped after epoch {epoch}")
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` so a retry of this trial can continue from it (no-op when the study
+        keeps no checkpoints). Save before you report."""
+        if self.checkpoints is not None:
+            self.checkpoints.save({**state, "_history": list(self.history)})
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state last saved by this trial or the trial it retries, else None."""
+        if self.checkpoints is None:
+            return None
+        state = self.checkpoints.load()
+        if state is not None:
+            self.history = list(state.pop("_history", []))
+        return state

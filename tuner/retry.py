@@ -1,0 +1,63 @@
+"""Retrying a trial whose worker died or was stopped: same params, same lineage, continuing
+from the lineage's last per-epoch checkpoint.
+
+Follows Optuna's ``RetryHeartbeatStaleTrialCallback`` conventions (system attrs
+``failed_trial`` and ``retry_history``), but carries over only tuner's lineage rather than
+every user attr of the failed attempt, and hands the study-wide budget slot to the retry.
+"""
+
+from __future__ import annotations
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.budget import Budget
+
+LINEAGE_ATTR = "lineage"  # number of the first trial of a retry chain: names its checkpoint
+RETRY_OF_ATTR = "retry_of"
+MAX_RETRIES = 3
+
+
+def lineage(trial: FrozenTrial | optuna.Trial) -> int:
+    return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
+
+
+def is_retry(trial: FrozenTrial | optuna.Trial) -> bool:
+    return RETRY_OF_ATTR in trial.user_attrs
+
+
+def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget) -> bool:
+    """Enqueue a retry of the failed ``trial``; it inherits the trial's budget slot. After
+    ``MAX_RETRIES`` attempts the slot is given back instead. Returns whether it retried."""
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES:
+        budget.release()
+        return False
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number},
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+            # the learning curve continues where the checkpoint left it
+            intermediate_values=trial.intermediate_values,
+        )
+    )
+    return True
+
+
+class StaleTrialHandler:
+    """Optuna's heartbeat-stale callback: a trial whose worker stopped beating is retried."""
+
+    def __init__(self) -> None:
+        self.engine: sa.Engine | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        assert self.engine is not None, "bind the handler to the storage's engine first"
+        optuna.logging.get_logger("tuner").warning(
+            "trial %d of %s lost its worker (no heartbeat); retrying it", trial.number,
+            study.study_name,
+        )
+        retry(study, trial, Budget(self.engine, study.study_name))

@@ -1,0 +1,393 @@
+"""The study file (YAML) -> a validated, frozen :class:`StudySpec`.
+
+A study file names the data, the model, the search space, the training budget, the metric,
+the sampler and the pruner. Everything is checked here, before any trial starts, and every
+problem becomes one :class:`~tuner.errors.SpecError` line that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tuner import vocab
+from tuner.errors import SpecError
+
+Scalar = str | int | float | bool
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _as_list(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class _Param(_Frozen):
+    # only sample this parameter when another one has one of these values, e.g.
+    # ``when: {optimizer: [sgd, sgd_momentum]}``
+    when: dict[str, Annotated[list[Scalar], BeforeValidator(_as_list)]] | None = None
+    # sample one value per layer, named ``NAME_0 .. NAME_{n-1}``, n being the value of
+    # the (int) parameter named here, e.g. ``per_layer: depth``
+    per_layer: str | None = None
+
+
+class FloatParam(_Param):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step if self.step != 1 else None)
+        return self
+
+
+class CategoricalParam(_Param):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _unique(cls, choices: list[Scalar]) -> list[Scalar]:
+        if len(set(map(repr, choices))) != len(choices):
+            raise ValueError("choices repeat a value; list each choice once")
+        return choices
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("low and high must be finite numbers")
+    if low > high:
+        raise ValueError(f"low ({low}) is greater than high ({high}); swap them")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0 (got {low}); raise low or drop log: true")
+    if log and step is not None:
+        raise ValueError("step cannot be combined with log: true; drop one of them")
+    if step is not None and step <= 0:
+        raise ValueError(f"step must be positive (got {step})")
+
+
+class Fixed(_Frozen):
+    """A constant: a plain value in the study file (``optimizer: adamw``)."""
+
+    value: Scalar
+
+
+def _entry_kind(v: Any) -> str | None:
+    if isinstance(v, dict):
+        return v.get("type") if "type" in v else ("fixed" if set(v) == {"value"} else None)
+    return getattr(v, "type", "fixed")
+
+
+Param = FloatParam | IntParam | CategoricalParam
+SpaceEntry = Annotated[
+    Annotated[FloatParam, Tag("float")]
+    | Annotated[IntParam, Tag("int")]
+    | Annotated[CategoricalParam, Tag("categorical")]
+    | Annotated[Fixed, Tag("fixed")],
+    Discriminator(_entry_kind),
+]
+
+
+class SamplerSpec(_Frozen):
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    # startup trials sampled at random before the model-based samplers take over
+    n_startup_trials: int | None = Field(default=None, ge=0)
+    multivariate: bool = True
+
+
+class PrunerSpec(_Frozen):
+    name: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    # trials that always run to the end before the median pruner judges others
+    n_startup_trials: int = Field(default=5, ge=0)
+    # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
+    min_epochs: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+class KFold(_Frozen):
+    kfold: int = Field(ge=2, le=20)
+
+
+class StudySpec(_Frozen):
+    """A whole study, validated and frozen. Built by :func:`load_spec` or :func:`parse_spec`."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    # a built-in dataset, or a user loader ``pkg.mod:load`` / ``file.py:load``; defaults to
+    # mnist, or to nothing when a user ``trainer`` brings its own data
+    data: str | None = None
+    # a built-in model family, or a user builder ``pkg.mod:build`` / ``file.py:build``
+    model: str = "mlp"
+    # a user training loop ``pkg.mod:fit``; None means tuner's own loop
+    trainer: str | None = None
+    task: Literal["classification", "regression"] | None = None
+    metric: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    # fraction of the training set held out for validation, or {kfold: K}
+    validation: float | KFold = 0.1
+    # the most epochs one trial trains: the pruners' budget unit
+    epochs: int = Field(default=10, ge=1, le=10_000)
+    # default study-wide budget of finished trials, and of wall time in seconds
+    trials: int = Field(default=20, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    amp: bool = False  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the model
+    checkpoint: bool = True  # save a checkpoint every epoch so a killed trial resumes
+    space: dict[str, SpaceEntry] = Field(default_factory=dict)
+    # folder the study file was read from: relative user-code paths resolve against it
+    base_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "data" not in raw and not raw.get("trainer"):
+            raw = {**raw, "data": "mnist"}
+        return raw
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _fixed_values(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            raise ValueError("space must be a mapping of parameter names to ranges or values")
+        # a plain value is a constant; a plain list is a categorical choice
+        return {
+            k: p if isinstance(p, dict | BaseModel)
+            else {"type": "categorical", "choices": p} if isinstance(p, list)
+            else {"value": p}
+            for k, p in v.items()
+        }
+
+    @field_validator("validation")
+    @classmethod
+    def _fraction(cls, v: float | KFold) -> float | KFold:
+        if isinstance(v, float) and not 0.0 < v < 0.9:
+            raise ValueError(f"validation fraction must be between 0 and 0.9 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        builtin_data = self.data in vocab.DATASETS
+        if self.data is not None and not builtin_data and not is_import_path(self.data):
+            raise ValueError(
+                f"data: unknown dataset {self.data!r}{_did_you_mean(self.data, vocab.DATASETS)}; "
+                f"use one of {', '.join(vocab.DATASETS)} or an import path like mypkg.data:load"
+            )
+        if self.model not in vocab.MODELS and not is_import_path(self.model):
+            raise ValueError(
+                f"model: unknown model {self.model!r}{_did_you_mean(self.model, vocab.MODELS)}; "
+                f"use one of {', '.join(vocab.MODELS)} or an import path like mypkg.nets:build"
+            )
+        if self.trainer is not None and not is_import_path(self.trainer):
+            raise ValueError(f"trainer: {self.trainer!r} is not an import path like mypkg.train:fit")
+        if self.task is None and not builtin_data:
+            raise ValueError(
+                "task: a study with its own data or trainer must say task: classification or regression"
+            )
+        if self.metric is not None and self.metric not in vocab.METRICS:
+            raise ValueError(
+                f"metric: unknown metric {self.metric!r}{_did_you_mean(self.metric, vocab.METRICS)}; "
+                f"use one of {', '.join(vocab.METRICS)}"
+            )
+        metric_task = vocab.METRICS[self.metric_name][0]
+        if metric_task is not None and metric_task != self.task_name:
+            raise ValueError(f"metric: {self.metric_name} is not a {self.task_name} metric")
+        self._check_space()
+        return self
+
+    def _check_space(self) -> None:
+        names = list(self.space)
+        for i, (name, p) in enumerate(self.space.items()):
+            if isinstance(p, Fixed):
+                values = [p.value]
+            elif isinstance(p, CategoricalParam):
+                values = p.choices
+            else:
+                values = []
+            if self.trainer is None and self.model in vocab.MODELS and name in vocab.CHOICE_PARAMS:
+                allowed = vocab.CHOICE_PARAMS[name]
+                for v in values:
+                    if v not in allowed:
+                        raise ValueError(
+                            f"space.{name}: unknown {name} {v!r}{_did_you_mean(str(v), allowed)}; "
+                            f"use one of {', '.join(allowed)}"
+                        )
+            if isinstance(p, Fixed):
+                continue
+            for ref in [*(p.when or {}), *([p.per_layer] if p.per_layer else [])]:
+                if ref not in names[:i]:
+                    raise ValueError(
+                        f"space.{name}: refers to {ref!r}, which must be defined above it in space"
+                    )
+            if p.per_layer:
+                ref = self.space[p.per_layer]
+                if not isinstance(ref, IntParam) and not (
+                    isinstance(ref, Fixed) and isinstance(ref.value, int)
+                ):
+                    raise ValueError(f"space.{name}: per_layer must name an int parameter")
+        if self.sampler.name == "grid":
+            from tuner.space import grid  # noqa: PLC0415  (space imports spec)
+
+            grid(self)
+
+    # ---- derived values -------------------------------------------------------------
+    @property
+    def task_name(self) -> str:
+        return self.task or vocab.DATASETS[self.data or "mnist"]
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric or vocab.DEFAULT_METRIC[self.task_name]
+
+    @property
+    def direction_name(self) -> str:
+        return self.direction or vocab.METRICS[self.metric_name][1]
+
+    @property
+    def kfold(self) -> int | None:
+        return self.validation.kfold if isinstance(self.validation, KFold) else None
+
+    def with_name(self, name: str | None) -> StudySpec:
+        return self if not name or name == self.name else self.model_copy(update={"name": name})
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def search_fields(self) -> dict[str, Any]:
+        """What must match for two specs to be the same study (budgets and paths may differ)."""
+        d = self.model_dump(mode="json")
+        for k in ("name", "trials", "timeout", "base_dir", "description"):
+            d.pop(k, None)
+        return d
+
+
+def is_import_path(text: str) -> bool:
+    """``pkg.mod:attr`` or ``path/to/file.py:attr``."""
+    mod, sep, attr = text.partition(":")
+    return bool(sep and mod and attr.isidentifier())
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+_PARAM_KEYS = ["type", "low", "high", "log", "step", "choices", "when", "per_layer", "value"]
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
+    # drop pydantic's union branch names (FloatParam, Fixed, float, ...)
+    loc = [p for p in loc if p not in {"float", "int", "categorical", "fixed", "KFold"}]
+    where = ".".join(loc)
+    msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if e["type"] == "extra_forbidden":
+        key = loc[-1] if loc else "?"
+        keys = _PARAM_KEYS if len(loc) >= 3 and loc[0] == "space" else _known_keys(StudySpec)
+        if len(loc) >= 2 and loc[0] in ("sampler", "pruner"):
+            keys = _known_keys(SamplerSpec if loc[0] == "sampler" else PrunerSpec)
+        return f"{source}: unknown key {where!r}{_did_you_mean(key, keys)}; remove it or fix the spelling"
+    if e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
+        return (
+            f"{source}: {where}: unknown parameter type; use type: float, int or categorical "
+            "(or a plain value for a constant)"
+        )
+    if e["type"] == "literal_error":
+        expected = e.get("ctx", {}).get("expected", "")
+        got = e.get("input")
+        options = [o.strip(" '") for o in str(expected).replace(" or ", ",").split(",")]
+        return (
+            f"{source}: {where}: unknown value {got!r}{_did_you_mean(str(got), options)}; "
+            f"use one of {expected}"
+        )
+    return f"{source}: {where + ': ' if where else ''}{msg}"
+
+
+def parse_spec(raw: Any, *, source: str = "study file", default_name: str = "study",
+               base_dir: str | None = None) -> StudySpec:
+    """Validate an already-parsed mapping (a YAML document, or a dict built in Python)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a mapping of keys (name, data, space, ...) at the top")
+    raw = dict(raw)
+    raw.setdefault("name", default_name)
+    if base_dir is not None:
+        raw.setdefault("base_dir", base_dir)
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_error(err, source)) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such study file; check the path (examples in search_spaces/)") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the study file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the file's syntax") from None
+    return parse_spec(raw, source=str(path), default_name=path.stem,
+                      base_dir=str(path.resolve().parent))
+
+
+def spec_from_json(text: str) -> StudySpec:
+    return StudySpec.model_validate_json(text)

@@ -1,0 +1,147 @@
+"""What a study looks like right now: counts, best, running trials and their workers,
+budget and time left. Plain data for the CLI, the progress display and the Python API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.budget import Budget, BudgetState
+from tuner.storage import heartbeat_ages
+from tuner.study import SPEC_ATTR, Handle
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class Running:
+    number: int
+    epoch: int
+    last_value: float | None
+    host: str | None
+    pid: int | None
+    device: str | None
+    heartbeat_age_s: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    direction: str
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    budget: BudgetState
+    running: list[Running] = field(default_factory=list)
+    eta_s: float | None = None
+    last_activity: dt.datetime | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(done, key=lambda t: t.value)
+
+
+def _duration(t: FrozenTrial) -> float | None:
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
+def _last_activity(trials: list[FrozenTrial]) -> dt.datetime | None:
+    stamps = [s for t in trials for s in (t.datetime_start, t.datetime_complete) if s]
+    return max(stamps) if stamps else None
+
+
+def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
+    study = handle.study
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    ages: dict[int, float] = {}
+    if with_heartbeats:
+        storage = study._storage
+        rdb = getattr(storage, "_backend", storage)
+        ages = heartbeat_ages(rdb, study._study_id)
+    running = []
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        worker = t.user_attrs.get("worker") or {}
+        steps = sorted(t.intermediate_values)
+        running.append(Running(
+            t.number, steps[-1] if steps else 0,
+            t.intermediate_values[steps[-1]] if steps else None,
+            worker.get("host"), worker.get("pid"), worker.get("device"), ages.get(t.number),
+        ))
+    best = _best(study, trials)
+    budget = handle.budget.state()
+    durations = [d for t in trials if t.state in FINISHED and (d := _duration(t)) is not None]
+    eta = None
+    if durations and budget.remaining is not None:
+        todo = budget.remaining + len(running) / 2
+        eta = todo * (sum(durations) / len(durations)) / max(1, len(running))
+    return Snapshot(
+        name=study.study_name, direction=study.direction.name.lower(), counts=counts,
+        best_value=best.value if best else None, best_trial=best.number if best else None,
+        budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
+    )
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str
+    counts: dict[str, int]
+    best_value: float | None
+    direction: str
+    last_activity: dt.datetime | None
+    tuner: bool
+
+
+def studies(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
+    rows = []
+    for s in storage.get_all_studies():
+        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        direction = s.directions[0].name.lower()
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = (max(done) if direction == "maximize" else min(done)) if done else None
+        rows.append(StudyRow(s.study_name, counts, best, direction, _last_activity(trials),
+                             SPEC_ATTR in s.user_attrs))
+    return rows
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state, value, params, duration, epochs, and notes."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            **{f"params_{k}": v for k, v in t.params.items()},
+            "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+            "duration_s": round(d, 3) if (d := _duration(t)) is not None else None,
+            "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+            "retry_of": t.user_attrs.get("retry_of"),
+            "fail_reason": t.user_attrs.get("fail_reason"),
+        })
+    return rows
+
+
+def budget_of(storage: optuna.storages.RDBStorage, name: str) -> BudgetState:
+    return Budget(storage.engine, name).state()

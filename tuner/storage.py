@@ -1,0 +1,180 @@
+"""Storage URLs -> Optuna's RDB storage, safe for many workers at once.
+
+- SQLite (the default, ``sqlite:///tuner.db``): WAL journal, a long busy timeout, so a few
+  local workers share one file without "database is locked".
+- PostgreSQL (``postgresql://`` uses psycopg) and MySQL/MariaDB (``mysql://`` uses PyMySQL):
+  bounded pools with pre-ping. The schema is created under a server-side lock, so many
+  workers starting at once on an empty database all succeed.
+- Heartbeats on every running trial: a trial whose worker died is failed after
+  ``grace_period`` seconds and retried (see ``tuner.worker``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from tuner.errors import StorageError
+
+DEFAULT_URL = "sqlite:///tuner.db"
+EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
+_SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often running trials say they are alive, and how long silence means death (s)."""
+
+    interval: int = 5
+    grace_period: int = 20
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL)."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        raise StorageError(f"malformed storage URL {url!r}; use a SQLAlchemy URL, {EXAMPLES}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend in ("mysql", "mariadb") and "+" not in parsed.drivername:
+        parsed = parsed.set(drivername="mysql+pymysql")
+    elif backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
+        raise StorageError(f"unsupported storage {backend!r}; use SQLite, PostgreSQL or MySQL, {EXAMPLES}")
+    if backend == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise StorageError("an in-memory SQLite storage keeps nothing; give a file, e.g. sqlite:///tuner.db")
+        if not Path(db).expanduser().resolve().parent.is_dir():
+            raise StorageError(f"folder of {db} does not exist; create it or fix the storage URL")
+    return parsed
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for display
+        return url
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        # wait up to 60 s for another worker's write instead of "database is locked"
+        return {"connect_args": {"timeout": 60}}
+    # each worker holds one connection for trials and one for its heartbeat thread
+    return {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 3600}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL, far fewer fsyncs per commit
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+@contextmanager
+def _schema_lock(url: URL):
+    """Serialize schema creation across processes (PostgreSQL/MySQL: a server-side lock)."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if backend == "postgresql":
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
+            else:
+                conn.execute(sqlalchemy.text("SELECT GET_LOCK('tuner_schema', 120)"))
+            try:
+                yield
+            finally:
+                if backend == "postgresql":
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _SCHEMA_LOCK})
+                else:
+                    conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))
+    finally:
+        engine.dispose()
+
+
+def _unreachable(url: str, err: Exception) -> StorageError:
+    detail = str(getattr(err, "orig", err)).strip().splitlines()
+    reason = detail[0] if detail else type(err).__name__
+    return StorageError(
+        f"cannot open storage {display_url(url)}: {reason}; check the URL and that the server runs"
+    )
+
+
+def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
+    """Open (creating the schema if needed) the storage at ``url``. Trials whose worker
+    stops beating are failed and retried (``tuner.retry``)."""
+    from tuner import budget
+    from tuner.retry import StaleTrialHandler
+
+    parsed = normalize_url(url)
+    hb = heartbeat or Heartbeat()
+    on_stale = StaleTrialHandler()
+    last: Exception | None = None
+    for attempt in range(8):
+        try:
+            with _schema_lock(parsed):
+                storage = optuna.storages.RDBStorage(
+                    parsed.render_as_string(hide_password=False),
+                    engine_kwargs=_engine_kwargs(parsed),
+                    heartbeat_interval=hb.interval,
+                    grace_period=hb.grace_period,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
+                budget.create_table(storage.engine)
+            on_stale.engine = storage.engine
+            if parsed.get_backend_name() == "sqlite":
+                sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+                storage.engine.dispose()
+            return storage
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
+            if "locked" not in str(e) and "already exists" not in str(e):
+                raise _unreachable(url, e) from None
+            last = e
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as e:
+            last = e  # another process created the same table a moment ago: try again
+        except sa_exc.ArgumentError as e:
+            raise StorageError(f"bad storage URL {display_url(url)}: {e}; {EXAMPLES}") from None
+        except ImportError as e:
+            raise StorageError(f"no database driver for {display_url(url)} ({e}); pip install it") from None
+        except RuntimeError as e:  # optuna: schema of an incompatible version
+            raise StorageError(f"{display_url(url)}: {e}".splitlines()[0]) from None
+        time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+    raise _unreachable(url, last or RuntimeError("schema creation kept failing"))
+
+
+def record_heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> None:
+    storage.record_heartbeat(trial._trial_id)  # optuna has no public trial-id accessor
+
+
+def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial, by trial number."""
+    from optuna.storages._rdb import models
+
+    with storage.engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        rows = conn.execute(
+            sqlalchemy.select(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+            .join(models.TrialHeartbeatModel,
+                  models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+            .where(models.TrialModel.study_id == study_id)
+            .where(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+        ).all()
+    now = now.replace(tzinfo=None)
+    return {n: max(0.0, (now - hb.replace(tzinfo=None)).total_seconds()) for n, hb in rows}

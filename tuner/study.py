@@ -1,0 +1,161 @@
+"""Create, resume and load studies. The spec lives in the study itself, so any worker can
+join a study from the database alone."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import optuna
+
+from tuner import space
+from tuner.budget import Budget, BudgetState
+from tuner.errors import SpecMismatch, StudyNotFound
+from tuner.spec import StudySpec, spec_from_json
+from tuner.storage import display_url
+
+SPEC_ATTR = "tuner.spec"
+
+
+def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler. Each worker gets its own seed (seed + index), so parallel
+    workers do not propose the same points."""
+    seed = spec.seed + worker_index
+    s = spec.sampler
+    startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    if s.name == "tpe":
+        # constant_liar: running trials count as bad guesses, so workers spread out
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=s.multivariate, group=s.multivariate, constant_liar=True,
+            **startup,
+        )
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "grid":
+        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **startup)
+    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """Budget unit: epochs (steps reported are 1-based epochs, or folds with k-fold)."""
+    p = spec.pruner
+    max_resource = spec.kfold or spec.epochs
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                           n_warmup_steps=p.min_epochs)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_epochs,
+                                                      reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_epochs, max_resource=max_resource,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class Handle:
+    """An open study with its spec and budget."""
+
+    study: optuna.Study
+    spec: StudySpec
+    budget: Budget
+    created: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+
+def _budget(storage: optuna.storages.RDBStorage, name: str) -> Budget:
+    return Budget(storage.engine, name)
+
+
+def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
+                     force: bool = False, worker_index: int = 0) -> Handle:
+    """Create the study from ``spec``, or open it if it exists. A stored spec that differs in
+    what is searched is an error unless ``force`` (then the file's spec replaces it)."""
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, direction=spec.direction_name,
+        sampler=build_sampler(spec, worker_index), pruner=build_pruner(spec), load_if_exists=True,
+    )
+    budget = _budget(storage, spec.name)
+    stored_json = study.user_attrs.get(SPEC_ATTR)
+    if stored_json is None:
+        # new (or created by a worker a moment ago): whoever stores the spec first decides
+        study.set_user_attr(SPEC_ATTR, spec.to_json())
+        budget.ensure()
+        if budget.state().target == 0 and not study.trials:
+            budget.add(spec.trials, spec.timeout)
+        return Handle(study, spec, budget, created=True)
+    stored = spec_from_json(stored_json)
+    if stored.search_fields() != spec.search_fields():
+        if not force:
+            changed = sorted(
+                k for k in set(stored.search_fields()) | set(spec.search_fields())
+                if stored.search_fields().get(k) != spec.search_fields().get(k)
+            )
+            raise SpecMismatch(
+                f"study {spec.name!r} was created from a different study file (changed: "
+                f"{', '.join(changed)}); use --study NEW_NAME for a new study, or --force to "
+                "continue this one with the new file"
+            )
+        if stored.direction_name != spec.direction_name:
+            raise SpecMismatch(
+                f"study {spec.name!r} {stored.direction_name}s {stored.metric_name}; a study's "
+                "direction cannot change, use --study NEW_NAME"
+            )
+        study.set_user_attr(SPEC_ATTR, spec.to_json())
+        stored = spec
+    return Handle(study, stored, budget)
+
+
+def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 0,
+         wait_s: float = 5.0) -> Handle:
+    """Open an existing study by name, with the spec stored in it."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise StudyNotFound(
+            f"no study named {name!r} in {display_url(storage.url)}; "
+            "`tuner studies` lists them, or check --storage"
+        ) from None
+    deadline = time.monotonic() + wait_s
+    while (spec_json := study.user_attrs.get(SPEC_ATTR)) is None:
+        if time.monotonic() > deadline:  # the creator stores the spec right after creating
+            raise StudyNotFound(
+                f"study {name!r} has no tuner spec (it was not created by tuner); "
+                "run it with `tuner run FILE --study NAME` first"
+            )
+        time.sleep(0.2)
+        study = optuna.load_study(study_name=name, storage=storage)
+    spec = spec_from_json(spec_json)
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=build_sampler(spec, worker_index), pruner=build_pruner(spec))
+    return Handle(study, spec, _budget(storage, name))
+
+
+def add_budget(handle: Handle, trials: int | None, timeout: float | None) -> BudgetState:
+    """``trials`` more trials and/or a deadline ``timeout`` s from now. A timeout alone
+    lifts the trial limit (run until the deadline)."""
+    return handle.budget.add(trials, timeout)
+
+
+def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
+    load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
+    optuna.delete_study(study_name=name, storage=storage)
+    _budget(storage, name).delete()
+
+
+def spec_of(study: optuna.Study) -> StudySpec | None:
+    raw = study.user_attrs.get(SPEC_ATTR)
+    return spec_from_json(raw) if raw else None
+
+
+def spec_summary(spec: StudySpec) -> str:
+    return json.dumps({"data": spec.data, "model": spec.model, "metric": spec.metric_name,
+                       "direction": spec.direction_name, "epochs": spec.epochs})

@@ -1,0 +1,291 @@
+"""tuner's own training loop, shaped like any user's trainer: ``fit(params, ctx) -> metric``.
+
+Pure PyTorch; the trial context (:mod:`tuner.context`) is its only link to the study. The
+data already lives on the device (:mod:`tuner.data`), so an epoch is a loop of gathers and
+optimizer steps with one host sync at its end: the loss is summed on the device.
+
+    fit(params, ctx)         tune: evaluate, checkpoint and report after every epoch
+    fit_final(params, ctx)   retrain on train+val, evaluate once on the test split
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tuner import vocab
+from tuner.context import Context
+from tuner.data import DataBundle
+from tuner.errors import DataError
+from tuner.models import build, count_parameters
+
+# samples per evaluation batch: nothing is kept for backward, so big batches are cheap
+EVAL_BATCH_SIZE = 4096
+TASK_METRICS = {"classification": ("accuracy", "loss"), "regression": ("mse", "mae", "r2", "loss")}
+
+
+@dataclass
+class _Run:
+    """Everything one training run steps, built by :func:`_setup`."""
+
+    model: nn.Module  # the module whose state_dict is saved
+    forward: Callable[[Tensor], Tensor]  # ``model`` or its torch.compile wrapper
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None  # stepped once per epoch
+    gen: torch.Generator  # shuffles the training set, on the device that holds it
+    epochs: int
+    batch_size: int
+    l1: float  # weight of sum|w| over the weight matrices and kernels
+    amp: bool  # bf16 autocast (CUDA only)
+    device: torch.device  # where the model trains
+
+
+def fit(params: Mapping[str, Any], ctx: Context) -> float:
+    """Train the model ``ctx.build_model(params)`` on ``ctx.data`` and return the final
+    validation ``ctx.metric``. Resumes from the trial's checkpoint when there is one."""
+    data = _data(ctx)
+    _check_metric(ctx.metric, data.task)
+    run = _setup(params, ctx, data)
+    start = _resume(run, ctx)
+    metrics: dict[str, float] = {}
+    for epoch in range(start, run.epochs + 1):
+        lr = run.opt.param_groups[0]["lr"]
+        train_loss = train_epoch(run, data)
+        ctx.info["epochs_run"] = epoch
+        if not math.isfinite(train_loss):  # diverged; a non-finite report ends the trial
+            ctx.report(epoch, train_loss, train_loss=train_loss)
+            return train_loss
+        metrics = evaluate(run.forward, data, "val", amp=run.amp)
+        if ctx.checkpoints is not None:
+            ctx.save_checkpoint(_state(run, epoch))
+        extras = {f"val_{k}": v for k, v in metrics.items() if k != ctx.metric}
+        ctx.report(epoch, metrics[ctx.metric], train_loss=train_loss, lr=lr, **extras)
+    if start > run.epochs:  # resumed from the last epoch's checkpoint: its report was lost
+        metrics = evaluate(run.forward, data, "val", amp=run.amp)
+        ctx.info["epochs_run"] = run.epochs
+        ctx.report(run.epochs, metrics[ctx.metric])
+    return metrics[ctx.metric]
+
+
+def fit_final(params: Mapping[str, Any], ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+    """Retrain for the trial's epochs without evaluating, then evaluate once on
+    ``ctx.data.val`` (with ``DataBundle.final()``: train+val in, the test split out).
+    Returns the model and every metric of the task, plus the last epoch's ``train_loss``."""
+    data = _data(ctx)
+    run = _setup(params, ctx, data)
+    train_loss = math.nan
+    for epoch in range(1, run.epochs + 1):
+        train_loss = train_epoch(run, data)
+        ctx.info["epochs_run"] = epoch
+    metrics = evaluate(run.forward, data, "val", amp=run.amp)
+    return run.model, {**metrics, "train_loss": train_loss}
+
+
+# ---- one epoch, one evaluation ------------------------------------------------------------
+def train_epoch(run: _Run, data: DataBundle) -> float:
+    """One pass over the training split; returns the mean data loss (the L1 penalty is not
+    included, so it compares with the validation loss)."""
+    run.model.train()
+    channels_last = _channels_last(run.model, data.device)
+    l1_weights = [w for w in run.model.parameters() if w.dim() > 1] if run.l1 else []
+    total = torch.zeros((), device=data.device)  # summed on the device: no sync per batch
+    seen = 0
+    for x, y in data.batches("train", run.batch_size, shuffle=True, generator=run.gen):
+        if len(y) < 2:  # batch norm cannot train on a single sample; skip a lone last one
+            continue
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=run.amp):
+            loss = _loss(run.forward(x), y, data.task)
+        total += loss.detach() * len(y)
+        seen += len(y)
+        if l1_weights:
+            loss = loss + run.l1 * sum(w.abs().sum() for w in l1_weights)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
+    return total.item() / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str = "val", *,
+             amp: bool = False) -> dict[str, float]:
+    """Every metric of the task on ``split``. Regression metrics are in the original target
+    units; ``loss`` is the training loss (cross-entropy, or MSE on scaled targets)."""
+    n = len(data.split(split))
+    if n == 0:
+        raise DataError(f"{data.name}: the {split} split is empty; nothing to evaluate on")
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    channels_last = module is not None and _channels_last(module, data.device)
+    sums: Tensor | int = 0
+    for x, y in data.batches(split, EVAL_BATCH_SIZE, shuffle=False):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
+            out = model(x)
+        sums = sums + _batch_sums(out.float(), y, data)
+    if module is not None:
+        module.train(was_training)
+    s = torch.as_tensor(sums).tolist()  # the one host sync
+    if data.task == "classification":
+        return {"accuracy": s[1] / n, "loss": s[0] / n}
+    sse, sae, y_sum, y_sq = s[1:]
+    sst = y_sq - y_sum * y_sum / n  # sum of squared deviations from the split's mean
+    r2 = 1.0 - sse / sst if sst > 0 else math.nan
+    return {"mse": sse / n, "mae": sae / n, "r2": r2, "loss": s[0] / n}
+
+
+def _batch_sums(out: Tensor, y: Tensor, data: DataBundle) -> Tensor:
+    """Per-batch sums, float64: classification (loss, correct); regression (squared error on
+    scaled targets, then in original units: squared error, absolute error, y, y^2)."""
+    if data.task == "classification":
+        loss = F.cross_entropy(out, y, reduction="sum")
+        correct = (out.argmax(dim=1) == y).sum()
+        return torch.stack([loss, correct.to(loss.dtype)]).double()
+    pred = out.squeeze(-1)
+    err = (pred - y) * data.y_std
+    y_orig = y * data.y_std + data.y_mean
+    return torch.stack([F.mse_loss(pred, y, reduction="sum"), err.square().sum(),
+                        err.abs().sum(), y_orig.sum(), y_orig.square().sum()]).double()
+
+
+def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    if task == "classification":
+        return F.cross_entropy(out.float(), y)
+    return F.mse_loss(out.float().squeeze(-1), y)
+
+
+# ---- set-up ------------------------------------------------------------------------------
+def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
+    p = {**vocab.BUILTIN_PARAMS, **params}
+    device = data.device
+    if device.type == "cuda":
+        # TF32 matmuls: several times fp32 throughput on Ampere and later, and precise enough
+        # for SGD (cuDNN convolutions use TF32 by default); benchmark picks the fastest conv
+        # kernels for our fixed shapes
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.benchmark = True
+    epochs = min(int(params.get("epochs") or ctx.max_epochs), ctx.max_epochs)
+    torch.manual_seed(ctx.seed)  # initial weights and dropout masks
+    model = _builder(ctx, data)(params).to(device)
+    if _channels_last(model, device):
+        model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convs
+    ctx.info["param_count"] = count_parameters(model)
+    opt = make_optimizer(p, model, device)
+    return _Run(
+        model=model,
+        forward=torch.compile(model) if ctx.compile else model,
+        opt=opt,
+        sched=make_schedule(p, opt, epochs),
+        gen=torch.Generator(device=data.train.x.device).manual_seed(ctx.seed),
+        epochs=epochs,
+        batch_size=int(p["batch_size"]),
+        l1=float(p["l1"]),
+        amp=ctx.amp and device.type == "cuda",
+        device=device,
+    )
+
+
+def make_optimizer(p: Mapping[str, Any], model: nn.Module,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """``p["optimizer"]`` with ``lr`` and ``weight_decay`` (decoupled for adamw, an L2 term in
+    the gradient for the others: what torch does)."""
+    name = p["optimizer"]
+    kwargs: dict[str, Any] = {"lr": float(p["lr"]), "weight_decay": float(p["weight_decay"])}
+    if name == "sgd_momentum":
+        kwargs.update(momentum=float(p["momentum"]), nesterov=False)
+    if name in ("adam", "adamw") and device.type == "cuda":
+        kwargs["fused"] = True  # one kernel for the whole update
+    classes = {"sgd": torch.optim.SGD, "sgd_momentum": torch.optim.SGD, "adam": torch.optim.Adam,
+               "adamw": torch.optim.AdamW, "rmsprop": torch.optim.RMSprop,
+               "adagrad": torch.optim.Adagrad}
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(vocab.OPTIMIZERS)}")
+    return classes[name](model.parameters(), **kwargs)
+
+
+def make_schedule(p: Mapping[str, Any], opt: torch.optim.Optimizer,
+                  epochs: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule, stepped once per epoch; None for a constant rate."""
+    name = p["schedule"]
+    sched = torch.optim.lr_scheduler
+    if name == "constant":
+        return None
+    if name == "cosine":  # from lr down towards 0 over the trial's epochs
+        return sched.CosineAnnealingLR(opt, T_max=epochs)
+    if name == "step":  # lr * gamma every step_size epochs
+        return sched.StepLR(opt, step_size=int(p["step_size"]), gamma=float(p["gamma"]))
+    if name == "exponential":  # lr * gamma every epoch
+        return sched.ExponentialLR(opt, gamma=float(p["gamma"]))
+    raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(vocab.SCHEDULES)}")
+
+
+def _data(ctx: Context) -> DataBundle:
+    if ctx.data is None:
+        raise ValueError("tuner's training loop needs data: ctx.data is None")
+    device = torch.device(ctx.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    # normally the worker moved it once; a copy per trial is slow but still right
+    return ctx.data if ctx.data.device == device else ctx.data.to(device)
+
+
+def _builder(ctx: Context, data: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:
+    if ctx.build_model is not None:
+        return ctx.build_model
+    return lambda params: build("mlp", params, data.input_shape, data.num_outputs)
+
+
+def _check_metric(metric: str, task: str) -> None:
+    if metric not in TASK_METRICS[task]:
+        raise ValueError(f"metric {metric!r} is not a {task} metric; use one of "
+                         f"{', '.join(TASK_METRICS[task])}")
+
+
+def _channels_last(model: nn.Module, device: torch.device) -> bool:
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def _state(run: _Run, epoch: int) -> dict[str, Any]:
+    """All a retry needs to continue bit for bit: weights, optimizer, schedule, RNGs."""
+    cuda = run.device.type == "cuda"
+    return {
+        "epoch": epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict() if run.sched is not None else None,
+        "generator": run.gen.get_state(),
+        "generator_device": run.gen.device.type,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(run.device) if cuda else None,
+    }
+
+
+def _resume(run: _Run, ctx: Context) -> int:
+    """Restore the trial's last checkpoint, if any; returns the first epoch to train."""
+    state = ctx.load_checkpoint()
+    if state is None:
+        return 1
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    if run.sched is not None and state.get("scheduler") is not None:
+        run.sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    # a retry on another kind of device reshuffles differently but still continues
+    if state.get("generator_device") == run.gen.device.type:
+        run.gen.set_state(state["generator"])
+    if state.get("cuda_rng") is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
+    return int(state["epoch"]) + 1
