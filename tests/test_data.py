@@ -81,7 +81,9 @@ def test_host_staged_bundle_gives_the_same_batches(mnist: DataBundle) -> None:
     assert staged.batch_device == torch.device("cpu") and staged.device == torch.device("cpu")
     a = list(mnist.batches("train", 100, shuffle=True, generator=torch.Generator().manual_seed(0)))
     b = list(staged.batches("train", 100, shuffle=True, generator=torch.Generator().manual_seed(0)))
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert len(a) == len(b) == 6
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2)
+               for (x1, y1), (x2, y2) in zip(a, b, strict=True))
     assert mnist.to("cpu").device == torch.device("cpu")
 
 
@@ -121,6 +123,15 @@ def test_sklearn_datasets(name: str, sizes: tuple[int, int, int], features: int,
         assert b.task == "classification" and b.train.y.dtype == torch.int64
     other = load_builtin(name, "unused", validation=0.1, seed=5)
     assert torch.equal(other.test.x, b.test.x)
+
+
+def test_batches_leave_the_stored_float_data_alone() -> None:
+    b = load_builtin("moons", "unused", validation=0.1, seed=0)
+    before = b.val.x.clone()
+    first = [x for x, _ in b.batches("val", 64, shuffle=False)]
+    second = [x for x, _ in b.batches("val", 64, shuffle=False)]
+    assert torch.equal(b.val.x, before)
+    assert all(torch.equal(x1, x2) for x1, x2 in zip(first, second, strict=True))
 
 
 def test_digits_constant_pixels_are_not_divided_by_zero() -> None:

@@ -194,8 +194,9 @@ def test_regression_metrics_are_in_original_units(diabetes: DataBundle) -> None:
     assert m["mse"] == pytest.approx(err.square().mean().item())
     assert m["mae"] == pytest.approx(err.abs().mean().item())
     y = diabetes.val.y.double()
+    # targets are scaled in float32: agreement to ~1e-7 of the variance
     assert m["r2"] == pytest.approx(1 - err.square().sum().item()
-                                    / (y - y.mean()).square().sum().item())
+                                    / (y - y.mean()).square().sum().item(), abs=1e-6)
     assert m["loss"] == pytest.approx(m["mse"] / diabetes.y_std**2)
 
 
@@ -216,7 +217,6 @@ def test_every_optimizer_and_schedule_trains(optimizer: str, schedule: str) -> N
 
 def test_l1_shrinks_the_weights(mnist: DataBundle) -> None:
     def l1_norm(l1: float) -> float:
-        _, _ = fit_final({"l1": l1, "width": 16, "lr": 1e-2}, _ctx(mnist, 2))
         model, _ = fit_final({"l1": l1, "width": 16, "lr": 1e-2}, _ctx(mnist, 2))
         return sum(p.abs().sum().item() for p in model.parameters() if p.dim() > 1)
 
@@ -228,7 +228,7 @@ def test_fit_final_trains_on_train_and_val_and_tests_once(mnist: DataBundle) -> 
     model, metrics = fit_final({"lr": 3e-3, "width": 64}, ctx)
     assert set(metrics) == {"accuracy", "loss", "train_loss"}
     assert metrics["accuracy"] > 0.5 and ctx.history == []
-    assert ctx.info["epochs_run"] == 3 and not model.training is False or True
+    assert ctx.info["epochs_run"] == 3
     x, _ = next(mnist.batches("test", 200, shuffle=False))
     with torch.no_grad():
         acc = (model.eval()(x).argmax(1) == mnist.test.y).float().mean().item()

@@ -10,4 +10,17 @@ __version__ = "0.1.0"
 
 from tuner.context import Context, StopRequested, TrialPruned  # noqa: E402  (torch-free)
 
-__all__ = ["Context", "StopRequested", "TrialPruned", "__version__"]
+# the Python API (:mod:`tuner.api`), imported on first use; ``retrain`` is ``tuner.api.retrain``
+# (``tuner.retrain`` is the module that implements it)
+_API = ("run", "resume", "load", "trials", "best_params", "Result")
+
+__all__ = ["Context", "StopRequested", "TrialPruned", "__version__", "api", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API or name == "api":
+        import importlib
+
+        api = importlib.import_module("tuner.api")
+        return api if name == "api" else getattr(api, name)
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")

@@ -26,7 +26,8 @@ budgets = sa.Table(
     sa.Column("study_name", sa.String(512), primary_key=True),
     sa.Column("target", sa.Integer, nullable=True),  # None: no limit on trials
     sa.Column("taken", sa.Integer, nullable=False, default=0),
-    sa.Column("deadline", sa.Float, nullable=True),  # unix time after which no trial starts
+    # unix time after which no trial starts (DOUBLE: MySQL's FLOAT is 4 bytes, minutes off)
+    sa.Column("deadline", sa.Double, nullable=True),
 )
 
 
@@ -58,12 +59,29 @@ class Budget:
 
     def ensure(self) -> None:
         """Create the row (no limit yet) unless it exists."""
+        with self._engine.connect() as conn:
+            if conn.execute(sa.select(budgets.c.taken).where(self._where)).first() is not None:
+                return
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(budgets.insert().values(study_name=self._name, target=0, taken=0))
+        except sa_exc.IntegrityError:
+            pass  # another worker created it first (its transaction is rolled back whole)
+
+    def initialize(self, trials: int | None, timeout: float | None) -> bool:
+        """Give a new study its first budget, unless another worker has already done so or
+        taken a slot (the check and the update are one statement). Returns whether it did."""
+        self.ensure()
+        deadline = None if timeout is None else time.time() + timeout
         with self._engine.begin() as conn:
-            if conn.execute(sa.select(budgets.c.taken).where(self._where)).first() is None:
-                try:
-                    conn.execute(budgets.insert().values(study_name=self._name, target=0, taken=0))
-                except sa_exc.IntegrityError:
-                    pass  # another worker created it first
+            result = conn.execute(
+                budgets.update()
+                .where(self._where)
+                .where(budgets.c.target == 0)
+                .where(budgets.c.taken == 0)
+                .values(target=trials, deadline=deadline)
+            )
+        return result.rowcount == 1
 
     def add(self, trials: int | None, timeout: float | None) -> BudgetState:
         """Allow ``trials`` more trials from now on (``None``: no limit), and set the
@@ -72,7 +90,9 @@ class Budget:
         target = sa.null() if trials is None else budgets.c.taken + trials
         deadline = None if timeout is None else time.time() + timeout
         with self._engine.begin() as conn:
-            conn.execute(budgets.update().where(self._where).values(target=target, deadline=deadline))
+            conn.execute(
+                budgets.update().where(self._where).values(target=target, deadline=deadline)
+            )
         return self.state()
 
     def state(self) -> BudgetState:

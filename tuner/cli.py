@@ -80,7 +80,8 @@ CkptDir = Annotated[Path | None, typer.Option(
          "file, else ./tuner_checkpoints].")]
 Trials = Annotated[int | None, typer.Option(min=1, help="Run this many more trials (whole study, all workers).")]
 Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
-Workers = Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")]
+Workers = Annotated[int, typer.Option(
+    min=0, help="Worker processes on this machine (0: only create the study and its budget).")]
 PerGpu = Annotated[int | None, typer.Option(min=1, help="Workers packed on each GPU.")]
 HeartbeatS = Annotated[int, typer.Option(envvar="TUNER_HEARTBEAT", min=1, help="Seconds between heartbeats.")]
 GraceS = Annotated[int, typer.Option(envvar="TUNER_GRACE_PERIOD", min=1,
@@ -98,9 +99,9 @@ class Fmt(str, Enum):
 
 
 def _heartbeat(interval: int, grace: int) -> Heartbeat:
-    from tuner.storage import Heartbeat
+    from tuner.api import heartbeat
 
-    return Heartbeat(interval=interval, grace_period=max(grace, interval + 1))
+    return heartbeat(interval, grace)
 
 
 def _open(url: str, hb: Heartbeat | None = None) -> optuna.storages.RDBStorage:
@@ -109,35 +110,11 @@ def _open(url: str, hb: Heartbeat | None = None) -> optuna.storages.RDBStorage:
     return open_storage(url, hb)
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TunerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TunerError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def _checkpoint_dir(storage_url: str, given: Path | None) -> str:
-    if given is not None:
-        return str(given)
-    from tuner.storage import normalize_url
-
-    url = normalize_url(storage_url)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return str(Path(url.database).expanduser().resolve().parent / "tuner_checkpoints")
-    return "tuner_checkpoints"
-
-
 def _runtime(storage: str, device: str, data_dir: Path, ckpt: Path | None, keep: bool,
              download: bool) -> Runtime:
-    from tuner.objective import Runtime
+    from tuner.api import make_runtime
 
-    return Runtime(device=_resolve_device(device), data_dir=str(data_dir), download=download,
-                   checkpoint_dir=_checkpoint_dir(storage, ckpt), keep_checkpoints=keep)
+    return make_runtime(storage, device, data_dir, ckpt, keep, download)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -147,65 +124,42 @@ def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def display_url(url: str) -> str:
+    from tuner.storage import display_url as hide_password
+
+    return hide_password(url)
+
+
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.6g}"
 
 
 # ---- running ------------------------------------------------------------------------------
 def _work(handle: Handle, storage_url: str, runtime: Runtime, hb: Heartbeat, workers: int,
-          per_gpu: int | None, quiet: bool, extra: list[str]) -> None:
+          per_gpu: int | None, quiet: bool) -> None:
     """Run the study's remaining budget with ``workers`` workers on this machine."""
-    from tuner import worker as w
+    from tuner import api
     from tuner.progress import ProgressView
     from tuner.status import snapshot
 
     snap = snapshot(handle, with_heartbeats=False)
-    if snap.budget.remaining == 0:
+    if workers == 0:
+        out.print(f"study {handle.name} is ready (budget {snap.budget.target}); start workers "
+                  f"with `tuner worker {handle.name} --storage {display_url(storage_url)}`")
+        return
+    if snap.budget.remaining == 0 and not snap.counts.get("WAITING") and not snap.running:
         out.print(f"study {handle.name}: budget spent ({snap.finished} trials finished); "
                   f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
         return
     view = ProgressView(out, handle.name, handle.spec.direction_name, handle.spec.epochs,
                         snap.finished, snap.budget.target, snap.best_value)
-    if workers == 1:
-        wk = w.Worker(handle, runtime, heartbeat=hb, on_event=None if quiet else view.event)
-        with w.graceful_signals(runtime.stop):
-            if quiet:
-                summary = wk.run()
-            else:
-                with view:
-                    summary = wk.run()
-        why = summary.stopped_because
-    else:
-        import torch
-
-        gpus = torch.cuda.device_count() if runtime.device != "cpu" else 0
-        envs = w.assign_devices(workers, runtime.device, gpus, per_gpu)
-        args = ["--storage", storage_url, "--device", "cuda" if gpus and runtime.device == "cuda"
-                else runtime.device, "--data-dir", runtime.data_dir, "--checkpoint-dir",
-                runtime.checkpoint_dir, "--heartbeat", str(hb.interval), "--grace-period",
-                str(hb.grace_period), "--quiet",
-                "--download" if runtime.download else "--no-download", *extra]
-        procs = w.spawn(handle.name, args, envs)
-        try:
-            with view if not quiet else _nullctx():
-                while any(p.poll() is None for p in procs):
-                    if not quiet:
-                        view.snapshot(snapshot(handle))
-                    time.sleep(1.0)
-                if not quiet:
-                    view.snapshot(snapshot(handle))
-        except KeyboardInterrupt:
-            for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
-                try:
-                    p.wait(timeout=30)
-                except Exception:  # noqa: BLE001
-                    p.kill()
-            raise
-        codes = [p.returncode for p in procs]
-        if any(codes):
-            raise TunerError(f"{sum(1 for c in codes if c)} of {workers} workers failed "
-                             f"(exit codes {codes}); see their messages above")
-        why = "done"
+    with view if not quiet else _nullctx():
+        if workers == 1:
+            why = api.work(handle, runtime, hb, None if quiet else view.event).stopped_because
+        else:
+            api.run_workers(handle, storage_url, runtime, hb, workers, per_gpu,
+                            poll=None if quiet else lambda: view.snapshot(snapshot(handle)))
+            why = "done"
     _print_result(handle, why)
 
 
@@ -254,24 +208,20 @@ def run(
     quiet: Quiet = False,
 ) -> None:
     """Create a study from FILE, or resume it if it exists, and run trials."""
-    from tuner import study as st
-    from tuner.spec import load_spec
+    from tuner import api
 
-    spec = load_spec(file).with_name(study)
-    if seed is not None:
-        spec = spec.model_copy(update={"seed": seed})
+    spec = api.as_spec(file, study=study, seed=seed)
     _setup_logging(quiet)
     hb = _heartbeat(heartbeat, grace_period)
     runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
-    url_storage = _open(storage, hb)
-    handle = st.create_or_resume(url_storage, spec, force=force)
-    if trials is not None or timeout is not None:
-        st.add_budget(handle, trials, timeout)
+    # the study's own code and data are checked before anything is written
+    handle = api.open_study(spec, storage, runtime, hb=hb, force=force, trials=trials,
+                            timeout=timeout)
     if not quiet:
         verb = "created" if handle.created else "resuming"
-        out.print(f"{verb} study [bold]{spec.name}[/bold] in {storage} on {runtime.device}")
-    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet,
-          ["--keep-checkpoints"] if keep_checkpoints else [])
+        out.print(f"{verb} study [bold]{spec.name}[/bold] in {display_url(storage)} on "
+                  f"{runtime.device}")
+    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet)
 
 
 @command
@@ -292,16 +242,17 @@ def resume(
     quiet: Quiet = False,
 ) -> None:
     """Continue a study from the database alone (no study file needed)."""
+    from tuner import api
     from tuner import study as st
 
     _setup_logging(quiet)
     hb = _heartbeat(heartbeat, grace_period)
     runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
     handle = st.load(_open(storage, hb), name)
+    api.check(handle.spec, runtime)  # before the budget grows
     if trials is not None or timeout is not None:
         st.add_budget(handle, trials, timeout)
-    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet,
-          ["--keep-checkpoints"] if keep_checkpoints else [])
+    _work(handle, storage, runtime, hb, workers, workers_per_gpu, quiet)
 
 
 @command
@@ -320,19 +271,18 @@ def worker(
 ) -> None:
     """Join a study as one worker, until its budget is spent. Given a study file, create the
     study first if nobody has (with the file's budget); never adds budget."""
+    from tuner import api
     from tuner import study as st
     from tuner import worker as w
 
     _setup_logging(quiet)
     hb = _heartbeat(heartbeat, grace_period)
     runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
-    url_storage = _open(storage, hb)
     if study.endswith((".yaml", ".yml")):
-        from tuner.spec import load_spec
-
-        handle = st.create_or_resume(url_storage, load_spec(study), worker_index=worker_index)
+        handle = api.open_study(api.as_spec(study), storage, runtime, hb=hb,
+                                worker_index=worker_index)
     else:
-        handle = st.load(url_storage, study, worker_index=worker_index)
+        handle = st.load(_open(storage, hb), study, worker_index=worker_index)
     on_event = None
     if not quiet:
         def on_event(e: w.Event) -> None:
@@ -376,6 +326,9 @@ def trials(
 
     rows = trial_rows(st.load(_open(storage), name).study)
     columns = list(dict.fromkeys(k for r in rows for k in r))
+    if format == Fmt.table:  # the essentials first; every column is in csv and json
+        skip = {"started", "fail_reason", "retry_of"}
+        columns = [c for c in columns if c not in skip]
     if format == Fmt.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
     elif format == Fmt.csv:
@@ -385,9 +338,12 @@ def trials(
         writer.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        table = Table(*[c.removeprefix("params_") for c in columns if c != "fail_reason"])
+        table = Table(box=None, header_style="bold")
+        for c in columns:
+            header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
+            table.add_column(header, no_wrap=c in ("number", "state", "value"))
         for r in rows:
-            table.add_row(*[_cell(r.get(c)) for c in columns if c != "fail_reason"])
+            table.add_row(*[_cell(r.get(c)) for c in columns])
         out.print(table)
 
 
@@ -395,7 +351,7 @@ def _cell(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.5g}"
+        return f"{v:.4g}"
     return str(v)
 
 

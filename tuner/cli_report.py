@@ -1,3 +1,119 @@
-"""CLI commands for after the search: dashboard, report, retrain (registered on tuner.cli.app)."""
+"""CLI commands for after the search: dashboard, report, retrain (registered on tuner.cli.app).
+
+Thin like the rest of the CLI: the work is in :mod:`tuner.dashboard`, :mod:`tuner.report` and
+:mod:`tuner.retrain`, imported inside each command so ``tuner --help`` stays fast.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuner.cli import (
+    DEFAULT_STORAGE,
+    DataDir,
+    Device,
+    Download,
+    Quiet,
+    Storage,
+    _fmt,
+    _open,
+    _runtime,
+    _setup_logging,
+    command,
+    err,
+    out,
+)
+
+Name = Annotated[str, typer.Argument(help="Study name.")]
+
+
+@command
+def dashboard(
+    storage: Storage = DEFAULT_STORAGE,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. The dashboard has no login: keep it on 127.0.0.1 and "
+             "reach it through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 HOST).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the storage: live learning curves, trials and their attrs."""
+    from tuner.dashboard import is_loopback, open_server
+    from tuner.storage import display_url
+
+    _setup_logging(quiet=True)
+    server = open_server(_open(storage), host, port)
+    if not is_loopback(host):
+        err.print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
+                  f"listening on {host}: anyone who can reach this port can read, change and "
+                  "delete your studies. Prefer --host 127.0.0.1 and an SSH tunnel.",
+                  markup=True, highlight=False, soft_wrap=True)
+    out.print(f"dashboard for {display_url(storage)} at {server.url} (Ctrl-C to stop)",
+              highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        out.print("dashboard stopped")
+    finally:
+        server.server_close()
+
+
+@command
+def report(
+    name: Name,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for report.html, the PNGs and trials.csv "
+                      "[default: runs/NAME/report].")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Trials in the top-trials table.")] = 10,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """Write a study's report: an offline HTML page, a PNG per plot, and trials.csv."""
+    from tuner import study as st
+    from tuner.report import build
+
+    _setup_logging(quiet=True)
+    handle = st.load(_open(storage), name)
+    result = build(handle, out_dir or Path("runs") / name / "report", top=top)
+    out.print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
+    out.print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
+    for sid, why in result.skipped.items():
+        out.print(f"skipped {sid}: {why}", highlight=False, soft_wrap=True)
+
+
+@command
+def retrain(
+    name: Name,
+    trial: Annotated[int | None, typer.Option(min=0, help="Trial number [default: the best].")
+                     ] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for model.pt and model.json [default: runs/NAME/trial-N].")] = None,
+    storage: Storage = DEFAULT_STORAGE,
+    device: Device = "auto",
+    data_dir: DataDir = Path("data"),
+    download: Download = True,
+    quiet: Quiet = False,
+) -> None:
+    """Retrain the best trial on train+val, test it once, save its weights and model card.
+
+    The trial (or --trial N) is retrained with its own seed for the epochs it ran, then
+    evaluated once on the held-out test set; `tuner best NAME` shows the test score."""
+    from tuner import study as st
+    from tuner.retrain import pick_trial
+    from tuner.retrain import retrain as run_retrain
+
+    _setup_logging(quiet)
+    runtime = _runtime(storage, device, data_dir, ckpt=None, keep=False, download=download)
+    handle = st.load(_open(storage), name)
+    number = pick_trial(handle, trial).number
+    if not quiet:
+        out.print(f"retraining trial {number} of {name} on train+val on {runtime.device}")
+    r = run_retrain(handle, runtime, trial=number, folder=out_dir)
+    metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in r.metrics.items() if k != "train_loss")
+    out.print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples, "
+              f"seed {r.seed}; test set ({r.test_samples} samples): {metrics}", highlight=False)
+    saved = [p for p in (r.weights, r.card) if p is not None]
+    out.print("saved " + " and ".join(str(p) for p in saved), highlight=False, soft_wrap=True)
+    if r.weights is None:
+        out.print("no weights: the study's trainer saved no checkpoint with a \"model\" "
+                  "state_dict (ctx.save_checkpoint)", highlight=False)

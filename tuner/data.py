@@ -7,7 +7,7 @@ a batch is one ``randperm`` slice and one gather, with no per-sample Python work
 Load once per worker and reuse the bundle for every trial: the load functions are pure.
 
     load_builtin("mnist", "data", validation=0.1, seed=0).to("cuda")
-    from_user((X_train, y_train), (X_val, y_val), task="regression", ...)
+    from_user(((X, y), (X_val, y_val)), "regression", validation=0.1, seed=0, name="mine")
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ TEST_SEED = 0
 TEST_FRACTION = 0.2
 
 
-@dataclass(frozen=True)
+# eq=False: tensors have no truth value to compare by, and a bundle hashes by identity
+@dataclass(frozen=True, eq=False)
 class Split:
     """Inputs and targets of one split. Images uint8 (N,C,H,W), tabular float32 (N,F);
     class labels int64 (N,), regression targets float32 (N,)."""
@@ -46,6 +47,10 @@ class Split:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def __repr__(self) -> str:
+        return (f"Split({len(self)} samples, x {self.x.dtype} {tuple(self.x.shape[1:])}, "
+                f"y {self.y.dtype}, on {self.x.device})")
+
     def to(self, device: torch.device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
@@ -53,7 +58,7 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DataBundle:
     """One dataset, split, with its normalisation statistics (from the train split only)."""
 
@@ -78,7 +83,14 @@ class DataBundle:
     @property
     def device(self) -> torch.device:
         """Where batches come out (the training device)."""
-        return self.batch_device or self.train.x.device
+        return self.batch_device if self.batch_device is not None else self.train.x.device
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(len(s)) if s is not None else "-"
+                         for s in (self.train, self.val, self.test))
+        return (f"DataBundle({self.name}: {self.task}, train/val/test {sizes}, input "
+                f"{self.input_shape}, {self.num_outputs} outputs, "
+                f"{self.nbytes / 2**20:.1f} MiB, on {self.device})")
 
     @property
     def nbytes(self) -> int:
@@ -101,7 +113,7 @@ class DataBundle:
     def to(self, device: str | torch.device) -> DataBundle:
         """All tensors on ``device``; on CUDA, when the data would not fit in free memory
         (with a margin), the splits stay on the host and batches are copied (slower)."""
-        device = torch.device(device)
+        device = resolve_device(device)
         if device.type == "cuda" and not _fits_on_gpu(self.nbytes, device):
             return self._staged(device)
         moved = {k: (s.to(device) if s is not None else None)
@@ -127,6 +139,7 @@ class DataBundle:
         s = self.split(split)
         n = len(s)
         host = self.batch_device is not None
+        scale, shift = self._affine(s.x.dtype)
         if shuffle:
             order = torch.randperm(n, device=s.x.device, generator=generator)
         else:
@@ -140,16 +153,18 @@ class DataBundle:
             if host:
                 xb = xb.to(self.batch_device, non_blocking=True)
                 yb = yb.to(self.batch_device, non_blocking=True)
-            yield self.normalize(xb), self.scale_targets(yb)
+            # not in place: xb may be a view of the stored split (unshuffled float data)
+            yield (xb.float() * scale).sub_(shift), self.scale_targets(yb)
 
     def normalize(self, x: Tensor) -> Tensor:
         """Raw inputs (uint8 or float) -> float32 with zero mean and unit std per channel."""
-        if x.dtype == torch.uint8:
-            # ((x / 255) - mean) / std, folded into one multiply and one subtract
-            scale = 1.0 / (255.0 * self.std)
-        else:
-            scale = 1.0 / self.std
-        return x.float().mul_(scale).sub_(self.mean / self.std)
+        scale, shift = self._affine(x.dtype)
+        return (x.float() * scale).sub_(shift)
+
+    def _affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """((x / 255) - mean) / std as x * scale - shift: one multiply, one subtract."""
+        scale = 1.0 / (255.0 * self.std) if dtype == torch.uint8 else 1.0 / self.std
+        return scale, self.mean / self.std
 
     def scale_targets(self, y: Tensor) -> Tensor:
         if self.task != "regression":
@@ -207,24 +222,39 @@ def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Spl
 
 def _input_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and std per channel (dim 1 of N,C,H,W) or per feature (N,F), float32, shaped to
-    broadcast over a batch. Accumulated in float64 over chunks: CIFAR-10 as float32 at once
-    would take 600 MB."""
-    dims = [0, *range(2, x.dim())]
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    squares = torch.zeros_like(total)
-    for chunk in x.split(4096):
-        c = chunk.double()
-        if x.dtype == torch.uint8:
-            c /= 255.0
-        total += c.sum(dim=dims)
-        squares += (c * c).sum(dim=dims)
-    count = x.numel() // x.shape[1]
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(0).sqrt()
+    broadcast over a batch; for uint8 in units of x/255. Computed in float64."""
+    if x.dtype == torch.uint8:
+        mean, var = _uint8_moments(x)
+    else:
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x.double(), dim=dims, correction=0)
+    std = var.clamp_min(0).sqrt()
     # a constant feature (digits has blank border pixels) is centred, not scaled up
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     shape = (1, x.shape[1], *[1] * (x.dim() - 2))
     return mean.float().reshape(shape), std.float().reshape(shape)
+
+
+def _uint8_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact per-channel mean and variance of x/255 from a 256-bin histogram per channel:
+    no float copy of the images (CIFAR-10 in float64 would take 1.2 GB)."""
+    levels = torch.arange(256, dtype=torch.float64, device=x.device) / 255
+    means, variances = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        p = hist / hist.sum()
+        mean = (p * levels).sum()
+        means.append(mean)
+        variances.append((p * (levels - mean).square()).sum())
+    return torch.stack(means), torch.stack(variances)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cuda`` -> ``cuda:N`` (the current GPU), so that devices compare equal."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _gather(t: Tensor, idx: Tensor, pinned: bool) -> Tensor:
@@ -447,13 +477,3 @@ def _describe(obj: Any) -> str:
         inner = ", ".join(type(o).__name__ for o in obj[:4])
         return f"a {type(obj).__name__} of {len(obj)} ({inner}{', ...' if len(obj) > 4 else ''})"
     return f"a {type(obj).__name__}"
-
-
-def describe(bundle: DataBundle) -> str:
-    """One line for logs: sizes and shapes."""
-    sizes = "/".join(str(len(s)) if s is not None else "-"
-                     for s in (bundle.train, bundle.val, bundle.test))
-    mib = bundle.nbytes / 2**20
-    return (f"{bundle.name}: {bundle.task}, train/val/test {sizes}, input {bundle.input_shape}, "
-            f"{bundle.num_outputs} outputs, {mib:.1f} MiB on {bundle.device}")
-

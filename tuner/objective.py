@@ -78,9 +78,7 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _last_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[-1][:500] if text else type(exc).__name__
+_last_line = usercode.one_line  # "Type: the message's last line", for fail_reason
 
 
 class Objective:
@@ -141,7 +139,7 @@ class Objective:
         if not self._needs_data():
             return
         bundle = self.data()
-        if self.model_fn is None or self.spec.trainer is not None:
+        if self.spec.trainer is not None:  # a user loop may use its model its own way
             return
         import torch
 
@@ -152,7 +150,8 @@ class Objective:
             with torch.no_grad():
                 out = model(x)
         except Exception as e:
-            raise UserCodeError(f"model: {self.spec.model} failed on a sample batch: {_last_line(e)}") from None
+            raise UserCodeError(f"model: {self.spec.model} failed on a sample batch of "
+                                f"{self.spec.data}: {_last_line(e)}") from None
         want = bundle.num_outputs
         ok = tuple(out.shape) in ((2, want),) + (((2,),) if want == 1 else ())
         if not ok:
@@ -161,6 +160,15 @@ class Objective:
                 f"a {self.spec.task_name} model here must return (batch, {want})"
             )
 
+    def _folds(self, bundle: Any) -> list[Any]:
+        """The k folds of the study's data, split once per worker like the data itself."""
+        key = ("folds", self.spec.kfold, self.spec.seed)
+        cached = self.runtime.data_cache.get(key)
+        if cached is None or cached[0] is not bundle:
+            cached = self.runtime.data_cache[key] = (bundle, bundle.folds(self.spec.kfold,
+                                                                          self.spec.seed))
+        return cached[1]
+
     def context(self, trial: optuna.Trial, lineage: int, *, fold: int | None = None,
                 prune: bool = True) -> Context:
         import torch
@@ -168,7 +176,7 @@ class Objective:
         spec = self.spec
         bundle = self.data() if self._needs_data() else None
         if fold is not None and bundle is not None:
-            bundle = bundle.folds(spec.kfold, spec.seed)[fold]
+            bundle = self._folds(bundle)[fold]
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
@@ -225,11 +233,17 @@ class Objective:
 
     def _run_folds(self, trial: optuna.Trial, lineage: int, params: dict[str, Any],
                    fit: Callable[..., float], ctxs: list[Context]) -> float:
-        """K-fold: the trial's score is the mean over folds, reported as folds finish."""
+        """K-fold: the trial's score is the mean over folds, reported as folds finish (step
+        i is the mean of the first i folds). A retry takes the folds its curve already has
+        from the curve and trains the rest."""
+        done = _fold_scores(trial) if retry.is_retry(trial) else []
         scores = []
         for fold in range(self.spec.kfold or 0):
             ctx = self.context(trial, lineage, fold=fold, prune=False)
-            ctxs.append(ctx)
+            ctxs.append(ctx)  # even for a fold scored already: its checkpoint is cleaned up
+            if fold < len(done):
+                scores.append(done[fold])
+                continue
             scores.append(float(fit(params, ctx)))
             mean = sum(scores) / len(scores)
             if self.on_epoch:
@@ -270,5 +284,18 @@ class Objective:
                 c.checkpoints.delete()
 
 
-def usercode_path(name: str) -> bool:
-    return ":" in name
+def _fold_scores(trial: optuna.Trial) -> list[float]:
+    """The scores of the folds a retried trial's first attempts finished, recovered from the
+    running means they reported: fold i scored i*m_i - (i-1)*m_(i-1)."""
+    # optuna has no public accessor for a live trial's intermediate values
+    curve = trial.study._storage.get_trial(trial._trial_id).intermediate_values
+    scores: list[float] = []
+    previous = 0.0
+    while (step := len(scores) + 1) in curve:
+        scores.append(step * curve[step] - (step - 1) * previous)
+        previous = curve[step]
+    return scores
+
+
+def usercode_path(name: str | None) -> bool:
+    return name is not None and ":" in name

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from tuner import vocab
 from tuner.context import Context
-from tuner.data import DataBundle
+from tuner.data import DataBundle, Split, resolve_device
 from tuner.errors import DataError
 from tuner.models import build, count_parameters
 
@@ -62,14 +62,17 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
             ctx.report(epoch, train_loss, train_loss=train_loss)
             return train_loss
         metrics = evaluate(run.forward, data, "val", amp=run.amp)
+        value = metrics[ctx.metric]
+        extras = {"train_loss": train_loss, "lr": lr,
+                  **{f"val_{k}": v for k, v in metrics.items() if k != ctx.metric}}
         if ctx.checkpoints is not None:
-            ctx.save_checkpoint(_state(run, epoch))
-        extras = {f"val_{k}": v for k, v in metrics.items() if k != ctx.metric}
-        ctx.report(epoch, metrics[ctx.metric], train_loss=train_loss, lr=lr, **extras)
-    if start > run.epochs:  # resumed from the last epoch's checkpoint: its report was lost
+            # the history saved with a checkpoint ends before this epoch's report: keep it too
+            report = {"epoch": epoch, "value": value, **extras}
+            ctx.save_checkpoint({**_state(run, epoch), "report": report})
+        ctx.report(epoch, value, **extras)
+    if start > run.epochs:  # killed after the last epoch's checkpoint: nothing left to train
         metrics = evaluate(run.forward, data, "val", amp=run.amp)
         ctx.info["epochs_run"] = run.epochs
-        ctx.report(run.epochs, metrics[ctx.metric])
     return metrics[ctx.metric]
 
 
@@ -116,7 +119,7 @@ def train_epoch(run: _Run, data: DataBundle) -> float:
 
 
 @torch.inference_mode()
-def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str = "val", *,
+def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str | Split = "val", *,
              amp: bool = False) -> dict[str, float]:
     """Every metric of the task on ``split``. Regression metrics are in the original target
     units; ``loss`` is the training loss (cross-entropy, or MSE on scaled targets)."""
@@ -140,24 +143,24 @@ def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str = "
     s = torch.as_tensor(sums).tolist()  # the one host sync
     if data.task == "classification":
         return {"accuracy": s[1] / n, "loss": s[0] / n}
-    sse, sae, y_sum, y_sq = s[1:]
-    sst = y_sq - y_sum * y_sum / n  # sum of squared deviations from the split's mean
+    sse, sae, y_sum, y_sq = s
+    sst = y_sq - y_sum * y_sum / n  # squared deviations from the split's own mean
     r2 = 1.0 - sse / sst if sst > 0 else math.nan
-    return {"mse": sse / n, "mae": sae / n, "r2": r2, "loss": s[0] / n}
+    # the scale cancels in r2; mse and mae go back to the original units
+    return {"mse": sse / n * data.y_std**2, "mae": sae / n * data.y_std, "r2": r2,
+            "loss": sse / n}
 
 
 def _batch_sums(out: Tensor, y: Tensor, data: DataBundle) -> Tensor:
-    """Per-batch sums, float64: classification (loss, correct); regression (squared error on
-    scaled targets, then in original units: squared error, absolute error, y, y^2)."""
+    """Per-batch sums, float64: classification (loss, correct); regression, on the scaled
+    targets (squared error, absolute error, y, y^2)."""
     if data.task == "classification":
         loss = F.cross_entropy(out, y, reduction="sum")
         correct = (out.argmax(dim=1) == y).sum()
         return torch.stack([loss, correct.to(loss.dtype)]).double()
-    pred = out.squeeze(-1)
-    err = (pred - y) * data.y_std
-    y_orig = y * data.y_std + data.y_mean
-    return torch.stack([F.mse_loss(pred, y, reduction="sum"), err.square().sum(),
-                        err.abs().sum(), y_orig.sum(), y_orig.square().sum()]).double()
+    # float64, and y in scaled units (centred near 0) so sum(y^2) - sum(y)^2/n keeps its digits
+    err = out.squeeze(-1).double() - y.double()
+    return torch.stack([err.square().sum(), err.abs().sum(), y.sum(), y.square().sum()])
 
 
 def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
@@ -234,9 +237,7 @@ def make_schedule(p: Mapping[str, Any], opt: torch.optim.Optimizer,
 def _data(ctx: Context) -> DataBundle:
     if ctx.data is None:
         raise ValueError("tuner's training loop needs data: ctx.data is None")
-    device = torch.device(ctx.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = resolve_device(ctx.device)
     # normally the worker moved it once; a copy per trial is slow but still right
     return ctx.data if ctx.data.device == device else ctx.data.to(device)
 
@@ -282,6 +283,9 @@ def _resume(run: _Run, ctx: Context) -> int:
     run.opt.load_state_dict(state["optimizer"])
     if run.sched is not None and state.get("scheduler") is not None:
         run.sched.load_state_dict(state["scheduler"])
+    report = state.get("report")
+    if report is not None and all(h["epoch"] < report["epoch"] for h in ctx.history):
+        ctx.history.append(dict(report))
     torch.set_rng_state(state["torch_rng"])
     # a retry on another kind of device reshuffles differently but still continues
     if state.get("generator_device") == run.gen.device.type:

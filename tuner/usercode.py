@@ -1,8 +1,9 @@
 """Resolve the user's own code named in a study file by import path.
 
-``pkg.mod:name`` is imported normally; ``path/to/file.py:name`` is loaded from that file,
-relative to the study file's folder. Problems become one :class:`UserCodeError` line that
-names the missing module, file or attribute, or the expected signature.
+``pkg.mod:name`` is imported normally, with the study file's folder first on ``sys.path``;
+``path/to/file.py:name`` is loaded from that file, relative to the study file's folder.
+Every problem becomes one :class:`UserCodeError` line that names the missing module, file or
+attribute, or the expected signature.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ from typing import Any
 
 from tuner.errors import UserCodeError
 
-# what each role's function must accept, positionally
+ROLES = ("model", "data", "trainer")
+# what each role's function must accept
 SIGNATURES = {
-    "model": ("build(params, input_shape, num_outputs) -> nn.Module", 3),
-    "trainer": ("fit(params, ctx) -> float", 2),
-    "data": ("load() -> (train, val[, test])", 0),
+    "model": "build(params, input_shape, num_outputs) -> nn.Module",
+    "trainer": "fit(params, ctx) -> float",
+    "data": "load() -> (train, val[, test]), optionally load(seed, data_dir)",
 }
+_POSITIONAL = {"model": 3, "trainer": 2}
+# keyword arguments a data loader may ask for (see :func:`call_loader`)
+LOADER_KWARGS = ("seed", "data_dir")
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (the message's last line, which names the cause)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1]}"[:500] if lines else type(exc).__name__
 
 
 def _load_file(path: Path, label: str) -> Any:
     if not path.is_file():
-        raise UserCodeError(f"{label}: no file {path}; the path is relative to the study file's folder")
+        raise UserCodeError(f"{label}: no file {path}; the path is relative to the study "
+                            "file's folder")
+    # one module per file, whatever its stem, so nets.py in two folders do not collide
     mod_name = f"tuner_user_{path.stem}_{abs(hash(str(path)))}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
@@ -40,16 +53,20 @@ def _load_file(path: Path, label: str) -> Any:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as e:
+        sys.modules.pop(mod_name, None)
+        raise UserCodeError(f"{label}: {path.name} imports {e.name!r}, which is not installed "
+                            "here; install it on every worker") from None
     except Exception as e:
         sys.modules.pop(mod_name, None)
-        raise UserCodeError(f"{label}: importing {path} failed: {type(e).__name__}: {e}") from None
+        raise UserCodeError(f"{label}: importing {path} failed: {one_line(e)}") from None
     finally:
         sys.path.remove(str(path.parent))
     return module
 
 
-def _load_module(name: str, label: str, base_dir: Path | None) -> Any:
-    added = base_dir is not None and str(base_dir) not in sys.path
+def _load_module(name: str, label: str, base_dir: Path) -> Any:
+    added = str(base_dir) not in sys.path
     if added:
         sys.path.insert(0, str(base_dir))
     try:
@@ -57,43 +74,56 @@ def _load_module(name: str, label: str, base_dir: Path | None) -> Any:
     except ModuleNotFoundError as e:
         raise UserCodeError(
             f"{label}: no module named {e.name!r}; install it or make it importable on this worker "
-            "(PYTHONPATH), or give a file path like nets.py:build"
+            f"(PYTHONPATH, or put it in {base_dir}), or give a file path like nets.py:build"
         ) from None
     except Exception as e:
-        raise UserCodeError(f"{label}: importing {name} failed: {type(e).__name__}: {e}") from None
+        raise UserCodeError(f"{label}: importing {name} failed: {one_line(e)}") from None
     finally:
         if added:
             sys.path.remove(str(base_dir))
 
 
 def resolve(path: str, role: str, base_dir: str | None = None) -> Callable[..., Any]:
-    """Import ``path`` (``pkg.mod:name`` or ``file.py:name``) and check it fits ``role``."""
+    """Import ``path`` (``pkg.mod:name`` or ``file.py:name``) and check it fits ``role``
+    (model, data or trainer)."""
     label = f"{role}: {path}"
     target, _, attr = path.rpartition(":")
     base = Path(base_dir) if base_dir else Path.cwd()
     if target.endswith(".py") or "/" in target:
-        file = Path(target)
+        file = Path(target).expanduser()
         module = _load_file(file if file.is_absolute() else base / file, label)
     else:
         module = _load_module(target, label, base)
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise UserCodeError(f"{label}: {target} has no attribute {attr!r}; check the name after ':'") from None
+        if target == "__main__":
+            raise UserCodeError(
+                f"{label}: {attr} was defined in a notebook or script that is not running here; "
+                "move it into a .py file and name it as file.py:" + attr) from None
+        raise UserCodeError(f"{label}: {target} has no attribute {attr!r}; check the name "
+                            "after ':'") from None
     check_signature(fn, role, label)
     return fn
 
 
 def check_signature(fn: Any, role: str, label: str) -> None:
-    expected, n = SIGNATURES[role]
+    expected = SIGNATURES[role]
     if not callable(fn):
-        raise UserCodeError(f"{label}: is not a function; expected {expected}")
+        raise UserCodeError(f"{label}: is a {type(fn).__name__}, not a function; expected "
+                            f"{expected}")
     try:
-        inspect.signature(fn).bind(*([None] * n))
-    except TypeError:
-        raise UserCodeError(f"{label}: wrong signature; expected {expected}") from None
-    except ValueError:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
         return  # builtins without signatures: trust them
+    try:
+        if role == "data":
+            sig.bind(**{k: None for k in LOADER_KWARGS if k in sig.parameters})
+        else:
+            sig.bind(*([None] * _POSITIONAL[role]))
+    except TypeError:
+        raise UserCodeError(f"{label}: takes ({', '.join(sig.parameters)}); expected "
+                            f"{expected}") from None
 
 
 def call_loader(fn: Callable[..., Any], *, seed: int, data_dir: str) -> Any:
@@ -101,3 +131,21 @@ def call_loader(fn: Callable[..., Any], *, seed: int, data_dir: str) -> Any:
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("seed", seed), ("data_dir", data_dir)) if k in params}
     return fn(**kwargs)
+
+
+def import_path(fn: Any, role: str) -> str:
+    """``module:name`` of a function defined at the top level of a module, so a study built
+    in Python (``tuner.api.run({"trainer": fit, ...})``) can name it like a study file does."""
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not callable(fn) or not module or not name.isidentifier():
+        raise UserCodeError(
+            f"{role}: {fn!r} is not a function defined at the top level of a module; pass one "
+            f"that is, or an import path like file.py:name")
+    check_signature(fn, role, f"{role}: {module}:{name}")
+    return f"{module}:{name}"
+
+
+def in_main(path: str | None) -> bool:
+    """Whether ``path`` names code of the running script or notebook (``__main__:fit``), which
+    other processes cannot import."""
+    return path is not None and path.partition(":")[0] == "__main__"

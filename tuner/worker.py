@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import retry
-from tuner.errors import TooManyFailures
+from tuner.errors import TooManyFailures, TunerError
 from tuner.objective import Objective, Outcome, Runtime
-from tuner.storage import Heartbeat, record_heartbeat
+from tuner.storage import Heartbeat, heartbeat_ages, record_heartbeat
 from tuner.study import Handle
 
 log = logging.getLogger("tuner")
@@ -83,22 +83,27 @@ class Worker:
         )
 
     def run(self) -> Summary:
-        """Run trials until the budget is spent, the deadline passes or a stop is asked."""
+        """Run trials until the budget is spent, the deadline passes or a stop is asked.
+
+        With the budget spent, a worker stays while other workers' trials run (polling every
+        heartbeat interval): if one of them dies, its retry still needs a worker."""
         self.objective.preflight()
-        study, budget = self.handle.study, self.handle.budget
+        study = self.handle.study
         beat = _HeartbeatThread(study, self.heartbeat.interval)
         beat.start()
         done, failures = 0, 0
         try:
+            optuna.storages.fail_stale_trials(study)  # dead workers' trials first
             while True:
                 if self.runtime.stop.is_set():
                     return Summary(done, "stopped")
-                optuna.storages.fail_stale_trials(study)
-                if budget.state().expired():
-                    return Summary(done, "timeout")
                 trial = self._next_trial()
                 if trial is None:
-                    return Summary(done, "budget spent")
+                    if (why := self._why_idle()) is not None:
+                        return Summary(done, why)
+                    self.runtime.stop.wait(self.heartbeat.interval)
+                    optuna.storages.fail_stale_trials(study)
+                    continue
                 record_heartbeat(study._storage, trial)
                 beat.trial = trial
                 self.on_event(Event("started", trial.number))
@@ -110,7 +115,8 @@ class Worker:
                     raise
                 finally:
                     beat.trial = None
-                self._tell(trial, outcome)
+                if not self._tell(trial, outcome):
+                    continue  # another worker failed and retried it meanwhile
                 self.on_event(Event("finished", trial.number, value=outcome.value,
                                     state=outcome.state.name))
                 done += 1
@@ -126,16 +132,20 @@ class Worker:
             beat.halt.set()
 
     def _next_trial(self) -> optuna.Trial | None:
-        """A waiting trial (a retry) first; otherwise a new one if a budget slot is free."""
+        """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
+        hand needs a slot); otherwise a new trial if a budget slot is free."""
         study, budget = self.handle.study, self.handle.budget
-        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            trial = study.ask()
-            if retry.is_retry(trial) or budget.acquire():
-                return trial
-            # another worker took the retry we saw, and the budget is spent
-            trial.set_user_attr("fail_reason", "budget spent before it started")
-            study.tell(trial, state=TrialState.FAIL)
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting and budget.state().expired():
             return None
+        for t in waiting:
+            own_slot = retry.is_retry(t)
+            if not own_slot and not budget.acquire():
+                return None  # budget spent: enqueued trials wait for `tuner run --trials`
+            if _claim(study, t):
+                return optuna.Trial(study, t._trial_id)
+            if not own_slot:
+                budget.release()  # another worker took it first
         if not budget.acquire():
             return None
         trial = study.ask()
@@ -143,23 +153,48 @@ class Worker:
             budget.release()
         return trial
 
-    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+    def _why_idle(self) -> str | None:
+        """Why this worker may stop now that it found no trial to run; None: wait, other
+        workers' trials are still running (and would be retried here if their worker died)."""
+        if self.handle.budget.state().expired():
+            return "timeout"
+        study = self.handle.study
+        rdb = getattr(study._storage, "_backend", study._storage)
+        if heartbeat_ages(rdb, study._study_id):
+            return None
+        return "budget spent"
+
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
+        """Record the outcome; False if the trial had been finished by another worker (its
+        heartbeat went silent for a grace period, so it was failed and retried there)."""
         study = self.handle.study
         try:
             if outcome.state == TrialState.COMPLETE:
                 study.tell(trial, outcome.value)
             else:
                 study.tell(trial, state=outcome.state)
-        except (UpdateFinishedTrialError, ValueError, RuntimeError) as e:
-            # a heartbeat gap made another worker fail and retry it already
-            log.warning("trial %d was finished elsewhere: %s", trial.number, e)
-            return
+        except (UpdateFinishedTrialError, ValueError) as e:
+            if not study._storage.get_trial(trial._trial_id).state.is_finished():
+                raise
+            log.warning("trial %d was failed and retried by another worker meanwhile (%s)",
+                        trial.number, e)
+            return False
         if outcome.state == TrialState.FAIL:
             frozen = study._storage.get_trial(trial._trial_id)
             if outcome.interrupted:
                 retry.retry(study, frozen, self.handle.budget)
             else:
                 self.handle.budget.release()
+        return True
+
+
+def _claim(study: optuna.Study, waiting: FrozenTrial) -> bool:
+    """Move a WAITING trial to RUNNING unless another worker took it first (atomic in the
+    storage: a row lock on PostgreSQL/MySQL, BEGIN IMMEDIATE on SQLite)."""
+    try:
+        return study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING)
+    except UpdateFinishedTrialError:
+        return False
 
 
 @contextmanager
@@ -180,19 +215,39 @@ def graceful_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def assign_devices(workers: int, device: str, gpus: int, per_gpu: int | None) -> list[dict[str, str]]:
+def assign_devices(workers: int, device: str, gpus: int,
+                   per_gpu: int | None) -> list[dict[str, str]]:
     """Environment for each local worker. With GPUs and ``device`` auto/cuda, worker i gets
-    GPU ``(i // per_gpu) % gpus`` through CUDA_VISIBLE_DEVICES (one GPU each by default)."""
+    GPU ``i // per_gpu`` through CUDA_VISIBLE_DEVICES; by default the workers are spread
+    evenly, ``ceil(workers / gpus)`` per GPU (one GPU each when workers <= gpus)."""
     if gpus == 0 or device == "cpu" or device.startswith("cuda:"):
         return [{} for _ in range(workers)]
-    per = per_gpu or max(1, -(-workers // gpus))
-    return [{"CUDA_VISIBLE_DEVICES": str((i // per) % gpus)} for i in range(workers)]
+    per = per_gpu or -(-workers // gpus)
+    if workers > per * gpus:
+        raise TunerError(
+            f"--workers {workers} with --workers-per-gpu {per} needs {-(-workers // per)} GPUs "
+            f"but {gpus} are visible; lower --workers or raise --workers-per-gpu"
+        )
+    return [{"CUDA_VISIBLE_DEVICES": str(i // per)} for i in range(workers)]
+
+
+def _visible_device(index: str, parent: str | None) -> str:
+    """GPU ``index`` as counted by this process -> its name in the parent's
+    CUDA_VISIBLE_DEVICES (``"2,3"``: GPU 1 here is GPU 3 of the machine)."""
+    if not parent:
+        return index
+    names = [d.strip() for d in parent.split(",") if d.strip()]
+    return names[int(index)] if int(index) < len(names) else index
 
 
 def spawn(name: str, args: list[str], envs: list[dict[str, str]]) -> list[subprocess.Popen[bytes]]:
     """Start one ``tuner worker NAME`` process per env."""
     procs = []
+    parent_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
     for i, env in enumerate(envs):
+        env = dict(env)
+        if "CUDA_VISIBLE_DEVICES" in env:
+            env["CUDA_VISIBLE_DEVICES"] = _visible_device(env["CUDA_VISIBLE_DEVICES"], parent_gpus)
         cmd = [sys.executable, "-m", "tuner", "worker", name, "--worker-index", str(i), *args]
         procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
     return procs

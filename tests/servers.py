@@ -1,0 +1,88 @@
+"""Database servers for tests: each test gets a fresh, empty database, dropped afterwards.
+
+A pytest plugin (``pytest_plugins = ["servers"]`` in a test module). The servers are named by
+environment variables, which CI sets (.ci/run); tests that need one skip when it is unset:
+
+    TUNER_TEST_POSTGRES_URL   e.g. postgresql://postgres@127.0.0.1:5432/test
+    TUNER_TEST_MYSQL_URL      e.g. mysql://root@127.0.0.1:3306/test
+
+The URL's database is only used to connect and create ``tuner_test_<random>``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from tuner.storage import normalize_url
+
+ENV = {"postgresql": "TUNER_TEST_POSTGRES_URL", "mysql": "TUNER_TEST_MYSQL_URL"}
+
+
+def server_url(backend: str) -> str | None:
+    return os.environ.get(ENV[backend]) or None
+
+
+def _admin_engine(url: str) -> sa.Engine:
+    # CREATE/DROP DATABASE cannot run inside a transaction
+    return sa.create_engine(normalize_url(url), isolation_level="AUTOCOMMIT",
+                            poolclass=sa.pool.NullPool)
+
+
+def fresh_database(base_url: str) -> Iterator[str]:
+    """Create an empty database on the server of ``base_url``; yield its URL; drop it."""
+    name = f"tuner_test_{secrets.token_hex(6)}"
+    engine = _admin_engine(base_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.OperationalError as e:
+        pytest.fail(f"cannot create a test database on {base_url}: {e.orig}")
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        postgres = engine.dialect.name == "postgresql"
+        with engine.connect() as conn:
+            # FORCE: a killed worker's connection may linger a moment on the server
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}"
+                                 + (" WITH (FORCE)" if postgres else ""))
+        engine.dispose()
+
+
+def _fresh(backend: str) -> Iterator[str]:
+    base = server_url(backend)
+    if base is None:
+        pytest.skip(f"set {ENV[backend]} to run tests on {backend}")
+    yield from fresh_database(base)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database."""
+    yield from _fresh("postgresql")
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """URL of a new, empty MySQL/MariaDB database."""
+    yield from _fresh("mysql")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """URL of a new SQLite file."""
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def any_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """Each backend in turn: SQLite always, the servers when their URL is set."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tuner.db'}"
+    else:
+        yield from _fresh(request.param)

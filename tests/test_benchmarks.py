@@ -1,0 +1,80 @@
+"""The benchmark scripts run end to end on tiny data (no timing is checked here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    """Import ``benchmarks/NAME.py`` as its command line would (its folder on sys.path)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_handwritten_split_is_tuners(mnist_dir: Path) -> None:
+    """Both pipelines validate on the same held-out images."""
+    from tuner.data import load_builtin
+
+    common = _script("_common")
+    bundle = load_builtin("mnist", mnist_dir, validation=0.1, seed=3, download=False)
+    import torchvision
+
+    raw = torchvision.datasets.MNIST(mnist_dir, train=True, download=False)
+    train_idx, val_idx = common._split_indices(len(raw), 0.1, 3)
+    assert torch.equal(raw.data[val_idx].unsqueeze(1), bundle.val.x)
+    assert torch.equal(raw.data[train_idx].unsqueeze(1), bundle.train.x)
+
+
+def test_table_aligns() -> None:
+    common = _script("_common")
+    text = common.table(["a", "bb"], [["x", 1.5], ["yyy", None]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert "| yyy |  - |" in text
+
+
+def test_study(mnist_dir: Path) -> None:
+    out = _script("study").main(["--trials", "2", "--epochs", "1", "--device", "cpu",
+                                 "--num-workers", "0", "--data-dir", str(mnist_dir)])
+    assert "| tuner " in out and "| hand-written (0 loader workers) " in out
+    assert "median wall time" in out
+
+
+def test_pruning(mnist_dir: Path) -> None:
+    out = _script("pruning").main(["--configs", "4", "--epochs", "2", "--min-epochs", "1",
+                                   "--median-startup", "1", "--device", "cpu",
+                                   "--data-dir", str(mnist_dir)])
+    for name in ("none", "median", "successive_halving", "hyperband"):
+        assert f"| {name} " in out
+    # the trials that survive a pruner reproduce their unpruned accuracy exactly
+    assert "| NO |" not in out
+
+
+def test_packing_on_cpu(mnist_dir: Path) -> None:
+    out = _script("packing").main(["--device", "cpu", "--workers", "1", "2", "--trials", "2",
+                                   "--epochs", "1", "--data-dir", str(mnist_dir)])
+    rows = [line for line in out.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert len(rows) == 2
+    assert all(" 2 |" in row for row in rows)  # both runs finished their 2 trials
+    assert "smoke test" in out
+
+
+@pytest.mark.parametrize("name", ["study", "pruning", "packing"])
+def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _script(name).main(["--help"])
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out

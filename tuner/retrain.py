@@ -1,0 +1,248 @@
+"""After the search: retrain one trial's configuration on train+val, test it once on the
+held-out test split, and keep the model.
+
+The trial is retrained with its own seed for the epochs it ran, so the same trial retrained
+twice on a CPU gives the same test score. The result lands in a folder::
+
+    model.pt     the weights: ``model.load_state_dict(torch.load(p, weights_only=True))``
+    model.json   the model card: study, trial, params, test metrics, data, seed, epochs,
+                 input normalisation, library versions, file names
+
+and in the study, as the user attr ``retrain.<trial>`` (``tuner best`` shows it).
+
+A study with its own ``trainer:`` is retrained by calling that trainer with ``ctx.data`` =
+train+val / test and no pruning; its weights are kept when it saves checkpoints
+(``ctx.save_checkpoint({"model": model.state_dict(), ...})``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import retry
+from tuner.errors import DataError, TunerError, UserCodeError
+from tuner.spec import Fixed, StudySpec
+from tuner.study import Handle
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tuner.objective import Runtime
+
+WEIGHTS = "model.pt"
+CARD = "model.json"
+_USER_CKPT = ".retrain-checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Retrained:
+    study: str
+    trial: int
+    metrics: dict[str, float | None]  # on the test split, plus the last epoch's train_loss
+    folder: Path
+    weights: Path | None  # None when a user trainer saved no checkpoint
+    card: Path
+    epochs: int
+    seed: int
+    train_samples: int
+    test_samples: int
+
+
+def attr_name(trial: int) -> str:
+    """The study user attr holding the retrain of ``trial``."""
+    return f"retrain.{trial}"
+
+
+def default_folder(study: str, trial: int) -> Path:
+    return Path("runs") / study / f"trial-{trial}"
+
+
+def pick_trial(handle: Handle, number: int | None = None) -> FrozenTrial:
+    """Trial ``number``, or the best completed trial; it must be COMPLETE."""
+    name = handle.name
+    if number is None:
+        done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if not done:
+            raise TunerError(f"study {name!r} has no completed trial to retrain; "
+                             f"run `tuner resume {name}` first")
+        return handle.study.best_trial
+    by_number = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    if number not in by_number:
+        raise TunerError(f"study {name!r} has no trial {number}; `tuner trials {name}` lists them")
+    t = by_number[number]
+    if t.state != TrialState.COMPLETE:
+        raise TunerError(f"trial {number} of {name} is {t.state.name}, not COMPLETE; pick a "
+                         f"completed one (`tuner trials {name}`), or drop --trial for the best")
+    return t
+
+
+def trial_params(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
+    """What the training loop got: the study's constants plus the trial's sampled params."""
+    fixed = {k: p.value for k, p in spec.space.items() if isinstance(p, Fixed)}
+    return {**fixed, **trial.params}
+
+
+def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
+            folder: str | Path | None = None) -> Retrained:
+    """Retrain ``trial`` (default: the best) on train+val and evaluate it once on the test
+    split; write the weights and model card into ``folder`` and record the result in the
+    study. Deterministic for a given trial on a CPU."""
+    import torch
+
+    from tuner.context import CheckpointStore, Context, TrialPruned
+    from tuner.objective import Objective
+
+    spec = handle.spec
+    t = pick_trial(handle, trial)
+    if spec.data is None:
+        raise DataError(
+            f"retrain needs the study's data, and study {handle.name!r} has none (its trainer "
+            "brings its own); add data: to the study file, or retrain in your own code with "
+            f"the params of `tuner best {handle.name} --json`"
+        )
+    objective = Objective(spec, runtime)
+    final = objective.data().final()  # train+val to train on, the test split as "val"
+    epochs = int(t.user_attrs.get("epochs_run") or 0) or spec.epochs
+    seed = int(t.user_attrs.get("seed", spec.seed + retry.lineage(t)))
+    params = trial_params(spec, t)
+    out = Path(folder) if folder is not None else default_folder(handle.name, t.number)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TunerError(f"cannot create {out}: {e.strerror}; pick another --out") from None
+    ctx = Context(
+        device=torch.device(runtime.device), seed=seed, max_epochs=epochs, task=spec.task_name,
+        metric=spec.metric_name, data=final, build_model=objective.model_builder(final),
+        trial_number=t.number, amp=spec.amp, compile=spec.compile,
+    )
+    start = time.perf_counter()
+    if objective.trainer is None:
+        from tuner import train
+
+        model, metrics = train.fit_final(params, ctx)
+        state: Mapping[str, Any] | None = model.state_dict()
+    else:
+        ctx.checkpoints = CheckpointStore(out / _USER_CKPT)
+        ctx.checkpoints.delete()
+        try:
+            value = float(objective.trainer(params, ctx))
+            saved = ctx.checkpoints.load()
+        except TrialPruned as e:
+            raise TunerError(f"retraining trial {t.number} diverged ({e}); retrain another "
+                             "trial with --trial N") from None
+        except Exception as e:
+            raise UserCodeError(f"trainer: {spec.trainer} raised {type(e).__name__}: {e}"
+                                .splitlines()[0]) from None
+        finally:
+            ctx.checkpoints.delete()
+        losses = [h["train_loss"] for h in ctx.history if "train_loss" in h]
+        metrics = {spec.metric_name: value, **({"train_loss": losses[-1]} if losses else {})}
+        state = saved.get("model") if saved else None
+    wall = time.perf_counter() - start
+    metrics = {k: _finite(v) for k, v in metrics.items()}
+    weights = None
+    if isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values()):
+        weights = out / WEIGHTS
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, weights)
+    card = out / CARD
+    card.write_text(json.dumps(_card(handle, t, params, metrics, final, epochs, seed, runtime,
+                                     weights, wall), indent=2) + "\n", encoding="utf-8")
+    n_train, n_test = len(final.train), len(final.split("val"))
+    handle.study.set_user_attr(attr_name(t.number), {
+        "metrics": metrics, "out": str(out.resolve()),
+        "weights": weights.name if weights else None, "card": CARD, "epochs": epochs,
+        "seed": seed, "device": runtime.device, "data": spec.data, "train_samples": n_train,
+        "test_samples": n_test, "wall_time_s": round(wall, 3), "created": _now(),
+    })
+    return Retrained(handle.name, t.number, metrics, out, weights, card, epochs, seed,
+                     n_train, n_test)
+
+
+def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The retrained model in ``folder`` (weights loaded, eval mode) and its model card.
+    Inputs must be normalised as the card's ``normalization`` says."""
+    import torch
+
+    from tuner import models, usercode
+
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / CARD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunerError(f"no {CARD} in {folder}; point at a folder written by "
+                         "`tuner retrain`") from None
+    if not card["files"].get("weights"):
+        raise TunerError(f"{folder} holds no weights (its trainer saved no checkpoint)")
+    shape, outputs, params = tuple(card["input_shape"]), card["num_outputs"], card["params"]
+    if ":" in card["model"]:
+        build = usercode.resolve(card["model"], "model", card.get("base_dir"))
+        model = build(dict(params), shape, outputs)
+    else:
+        model = models.build(card["model"], params, shape, outputs)
+    state = torch.load(folder / card["files"]["weights"], map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), card
+
+
+def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[str, Any],
+          final: Any, epochs: int, seed: int, runtime: Runtime, weights: Path | None,
+          wall: float) -> dict[str, Any]:
+    import torch
+
+    from tuner.objective import versions
+
+    spec = handle.spec
+    images = final.train.x.dtype == torch.uint8
+    return {
+        "study": handle.name,
+        "trial": t.number,
+        "metric": spec.metric_name,
+        "direction": spec.direction_name,
+        "validation_value": t.value,
+        "test_metrics": metrics,
+        "params": params,
+        "data": spec.data,
+        "task": spec.task_name,
+        "model": spec.model,
+        "trainer": spec.trainer,
+        "base_dir": spec.base_dir,
+        "input_shape": list(final.input_shape),
+        "num_outputs": final.num_outputs,
+        "train_samples": len(final.train),
+        "test_samples": len(final.split("val")),
+        "epochs": epochs,
+        "seed": seed,
+        "device": runtime.device,
+        "wall_time_s": round(wall, 3),
+        # what the model expects: x' = (x * scale - mean) / std, per channel or feature;
+        # a regression model predicts (y - y_mean) / y_std
+        "normalization": {
+            "scale": 1 / 255 if images else 1.0,
+            "mean": final.mean.flatten().tolist(),
+            "std": final.std.flatten().tolist(),
+            **({"y_mean": final.y_mean, "y_std": final.y_std} if spec.task_name == "regression"
+               else {}),
+        },
+        "versions": versions(),
+        "trial_versions": t.user_attrs.get("versions"),
+        "files": {"weights": weights.name if weights else None, "card": CARD},
+        "created": _now(),
+    }
+
+
+def _finite(v: Any) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
