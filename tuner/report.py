@@ -176,8 +176,10 @@ def _train_loss(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> 
 
 
 def _parallel(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
-    _need_params(trials)
-    return _both(study, "plot_parallel_coordinate", target_name=metric)
+    n = len(_need_params(trials))
+    figure, mpl = _both(study, "plot_parallel_coordinate", target_name=metric)
+    mpl.set_size_inches(max(9.0, 2.2 * (n + 1)), 5.5)  # each axis has its own tick labels
+    return figure, mpl
 
 
 def _slice(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:

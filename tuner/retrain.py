@@ -36,7 +36,8 @@ from tuner.study import Handle
 if TYPE_CHECKING:
     from torch import nn
 
-    from tuner.objective import Runtime
+    from tuner.context import Context
+    from tuner.objective import Objective, Runtime
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
@@ -98,7 +99,7 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
     study. Deterministic for a given trial on a CPU."""
     import torch
 
-    from tuner.context import CheckpointStore, Context, TrialPruned
+    from tuner.context import Context
     from tuner.objective import Objective
 
     spec = handle.spec
@@ -125,34 +126,15 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
         trial_number=t.number, amp=spec.amp, compile=spec.compile,
     )
     start = time.perf_counter()
-    if objective.trainer is None:
-        from tuner import train
-
-        model, metrics = train.fit_final(params, ctx)
-        state: Mapping[str, Any] | None = model.state_dict()
-    else:
-        ctx.checkpoints = CheckpointStore(out / _USER_CKPT)
-        ctx.checkpoints.delete()
-        try:
-            value = float(objective.trainer(params, ctx))
-            saved = ctx.checkpoints.load()
-        except TrialPruned as e:
-            raise TunerError(f"retraining trial {t.number} diverged ({e}); retrain another "
-                             "trial with --trial N") from None
-        except Exception as e:
-            raise UserCodeError(f"trainer: {spec.trainer} raised {type(e).__name__}: {e}"
-                                .splitlines()[0]) from None
-        finally:
-            ctx.checkpoints.delete()
-        losses = [h["train_loss"] for h in ctx.history if "train_loss" in h]
-        metrics = {spec.metric_name: value, **({"train_loss": losses[-1]} if losses else {})}
-        state = saved.get("model") if saved else None
+    metrics, state = _fit(objective, params, ctx, out, t.number)
     wall = time.perf_counter() - start
     metrics = {k: _finite(v) for k, v in metrics.items()}
-    weights = None
+    weights: Path | None = out / WEIGHTS
     if isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values()):
-        weights = out / WEIGHTS
         torch.save({k: v.detach().cpu() for k, v in state.items()}, weights)
+    else:  # a user trainer that keeps no checkpoint: no weights, and none left from before
+        weights.unlink(missing_ok=True)
+        weights = None
     card = out / CARD
     card.write_text(json.dumps(_card(handle, t, params, metrics, final, epochs, seed, runtime,
                                      weights, wall), indent=2) + "\n", encoding="utf-8")
@@ -165,6 +147,36 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
     })
     return Retrained(handle.name, t.number, metrics, out, weights, card, epochs, seed,
                      n_train, n_test)
+
+
+def _fit(objective: Objective, params: dict[str, Any], ctx: Context, out: Path,
+         number: int) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+    """Train with tuner's loop or the study's trainer: (test metrics, model state_dict)."""
+    from tuner.context import CheckpointStore, TrialPruned
+
+    if objective.trainer is None:
+        from tuner import train
+
+        model, metrics = train.fit_final(params, ctx)
+        return metrics, model.state_dict()
+    # the user's loop hands its weights over through the checkpoint it saves each epoch
+    spec = objective.spec
+    ctx.checkpoints = CheckpointStore(out / _USER_CKPT)
+    ctx.checkpoints.delete()
+    try:
+        value = float(objective.trainer(params, ctx))
+        saved = ctx.checkpoints.load()
+    except TrialPruned as e:
+        raise TunerError(f"retraining trial {number} diverged ({e}); retrain another trial "
+                         "with --trial N") from None
+    except Exception as e:
+        raise UserCodeError(f"trainer: {spec.trainer} raised {type(e).__name__}: {e}"
+                            .splitlines()[0]) from None
+    finally:
+        ctx.checkpoints.delete()
+    losses = [h["train_loss"] for h in ctx.history if "train_loss" in h]
+    metrics = {spec.metric_name: value, **({"train_loss": losses[-1]} if losses else {})}
+    return metrics, (saved or {}).get("model")
 
 
 def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -88,6 +88,7 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
     if stored_json is None:
         # new (or created by a worker a moment ago): whoever stores the spec first decides
         study.set_user_attr(SPEC_ATTR, spec.to_json())
+        study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
         budget.initialize(spec.trials, spec.timeout)  # atomic: 8 workers may get here at once
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
