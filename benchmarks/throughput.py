@@ -126,7 +126,8 @@ def run_handwritten(data_dir: str, device: torch.device, params: dict, epochs: i
 
 def table(results: list[Result], device: torch.device, args: argparse.Namespace) -> str:
     head = (f"MNIST MLP 784-256-256-10, Adam, batch {args.batch_size}, {args.epochs} epochs, "
-            f"device {device}, {torch.get_num_threads()} torch threads")
+            f"device {device}, {torch.get_num_threads()} torch threads, "
+            f"load average {os.getloadavg()[0]:.1f} at the end (other processes skew CPU runs)")
     cols = f"{'pipeline':<26}{'load s':>8}{'epoch 1 img/s':>15}{'later img/s':>13}" \
            f"{'s/trial':>10}{'val acc':>9}"
     lines = [head, "", cols, "-" * len(cols)]
