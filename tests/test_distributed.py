@@ -136,7 +136,9 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint(any_url, tmp_path
     # the retry continued after the last checkpoint (saved just before each report)
     assert retry.user_attrs["start_epoch"] - 1 in (done_before, done_before + 1)
     assert retry.user_attrs["start_epoch"] >= 3
-    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]  # one curve across attempts
+    # one curve across attempts (save comes before report: a kill between them loses a point)
+    missing = {1, 2, 3, 4} - set(retry.intermediate_values)
+    assert missing <= {retry.user_attrs["start_epoch"] - 1}, retry.intermediate_values
     check_study(any_url, "toy", 2)
     print(f"kill -> trial failed and retry queued: {detected:.2f}s")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tuner import vocab
 from tuner.errors import SpecError
@@ -51,7 +52,7 @@ def test_defaults_follow_the_task() -> None:
 
 def test_spec_is_frozen() -> None:
     spec = parse_spec({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         spec.epochs = 3  # type: ignore[misc]
 
 

@@ -93,7 +93,8 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
-            raise AssertionError(f"{self.log.name} still ran after {timeout}s:\n{self.output()}")
+            raise AssertionError(
+                f"{self.log.name} still ran after {timeout}s:\n{self.output()}") from None
 
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
@@ -115,19 +116,23 @@ def start_worker(study: str, url: str, tmp: Path, log_name: str, *extra: str,
     return start(worker_args(study, url, tmp, *extra), tmp / f"{log_name}.log", env)
 
 
-def start_together(argvs: list[list[str]], tmp: Path, delay: float = 8.0) -> list[Proc]:
-    """Start processes that each import everything, then run their command line at the
-    same instant (``delay`` s from now): a real race, not one staggered by import times."""
-    at = time.time() + delay
+def start_together(argvs: list[list[str]], tmp: Path) -> list[Proc]:
+    """Start processes that each import everything, wait until all have, then run their
+    command line at once: a real race, not one staggered by import times."""
+    ready = tmp / "ready"
+    ready.mkdir()
     launcher = (
-        "import sys, time\n"
+        "import os, sys, time\n"
         "import optuna, sqlalchemy, torch\n"
         "import tuner.cli, tuner.objective, tuner.storage, tuner.study, tuner.worker\n"
-        "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
-        "sys.argv = ['tuner', *sys.argv[2:]]\n"
+        "ready, n = sys.argv[1], int(sys.argv[2])\n"
+        "open(os.path.join(ready, str(os.getpid())), 'w').close()\n"
+        "while len(os.listdir(ready)) < n:\n"
+        "    time.sleep(0.005)\n"
+        "sys.argv = ['tuner', *sys.argv[3:]]\n"
         "tuner.cli.main()\n"
     )
-    return [start([sys.executable, "-c", launcher, repr(at), *argv[3:]],
+    return [start([sys.executable, "-c", launcher, str(ready), str(len(argvs)), *argv[3:]],
                   tmp / f"worker{i}.log") for i, argv in enumerate(argvs)]
 
 

@@ -9,6 +9,7 @@ count, seed, library versions, and why it failed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -26,6 +27,8 @@ from tuner import retry, space, usercode
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import UserCodeError
 from tuner.spec import StudySpec
+from tuner.storage import set_user_attrs
+
 
 @dataclass
 class Runtime:
@@ -47,6 +50,7 @@ class Outcome:
     value: float | None = None
     fail_reason: str | None = None
     interrupted: bool = False  # stopped by SIGTERM/Ctrl-C: keep its checkpoint, retry it
+    checkpoints: tuple[CheckpointStore, ...] = ()
 
 
 class _TrialReporter:
@@ -198,10 +202,10 @@ class Objective:
         from tuner import train
 
         lineage = retry.lineage(trial)
-        if retry.LINEAGE_ATTR not in trial.user_attrs:
-            trial.set_user_attr(retry.LINEAGE_ATTR, trial.number)
-        trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid(),
-                                       "device": self.runtime.device})
+        set_user_attrs(trial, {
+            retry.LINEAGE_ATTR: lineage,
+            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.runtime.device},
+        })
         fit = self.trainer or train.fit
         start = time.perf_counter()
         ctxs: list[Context] = []
@@ -227,9 +231,8 @@ class Objective:
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
             outcome = Outcome(TrialState.FAIL, fail_reason=_last_line(e))
         self._record(trial, ctxs, start, outcome.fail_reason)
-        if not outcome.interrupted:
-            self._cleanup(ctxs, outcome)
-        return outcome
+        stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
+        return dataclasses.replace(outcome, checkpoints=stores)
 
     def _run_folds(self, trial: optuna.Trial, lineage: int, params: dict[str, Any],
                    fit: Callable[..., float], ctxs: list[Context]) -> float:
@@ -273,15 +276,17 @@ class Objective:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        set_user_attrs(trial, attrs)
 
-    def _cleanup(self, ctxs: list[Context], outcome: Outcome) -> None:
+    def cleanup(self, outcome: Outcome) -> None:
+        """Delete a finished trial's checkpoints (call after its result is stored: until then
+        a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
+        if outcome.interrupted:
+            return
         if self.runtime.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return
-        for c in ctxs:
-            if c.checkpoints is not None:
-                c.checkpoints.delete()
+        for store in outcome.checkpoints:
+            store.delete()
 
 
 def _fold_scores(trial: optuna.Trial) -> list[float]:

@@ -16,7 +16,8 @@ from tuner.budget import Budget
 
 LINEAGE_ATTR = "lineage"  # number of the first trial of a retry chain: names its checkpoint
 RETRY_OF_ATTR = "retry_of"
-MAX_RETRIES = 3
+MAX_RETRIES = 3  # retries of a trial whose worker died
+CRASHES_ATTR = "tuner_crashes"  # system attr: attempts of the lineage that lost their worker
 
 
 def lineage(trial: FrozenTrial | optuna.Trial) -> int:
@@ -27,11 +28,17 @@ def is_retry(trial: FrozenTrial | optuna.Trial) -> bool:
     return RETRY_OF_ATTR in trial.user_attrs
 
 
-def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget) -> bool:
-    """Enqueue a retry of the failed ``trial``; it inherits the trial's budget slot. After
-    ``MAX_RETRIES`` attempts the slot is given back instead. Returns whether it retried."""
+def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget, *,
+          crashed: bool = True) -> bool:
+    """Enqueue a retry of the failed ``trial``; it inherits the trial's budget slot. Returns
+    whether it retried.
+
+    A trial whose worker died ``MAX_RETRIES`` times already (the trial itself may be what
+    kills it, e.g. out of memory) is not retried again: its slot goes back to the budget. A
+    graceful stop (``crashed=False``: SIGTERM, Ctrl-C) does not count."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(history) > MAX_RETRIES:
+    crashes = int(trial.system_attrs.get(CRASHES_ATTR, 0)) + int(crashed)
+    if crashes > MAX_RETRIES:
         budget.release()
         return False
     study.add_trial(
@@ -40,7 +47,8 @@ def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget) -> bool:
             params=trial.params,
             distributions=trial.distributions,
             user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number},
-            system_attrs={"failed_trial": history[0], "retry_history": history},
+            system_attrs={"failed_trial": history[0], "retry_history": history,
+                          CRASHES_ATTR: crashes},
             # the learning curve continues where the checkpoint left it
             intermediate_values=trial.intermediate_values,
         )
@@ -55,9 +63,12 @@ class StaleTrialHandler:
         self.engine: sa.Engine | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        assert self.engine is not None, "bind the handler to the storage's engine first"
-        optuna.logging.get_logger("tuner").warning(
-            "trial %d of %s lost its worker (no heartbeat); retrying it", trial.number,
-            study.study_name,
-        )
-        retry(study, trial, Budget(self.engine, study.study_name))
+        if self.engine is None:
+            raise RuntimeError("StaleTrialHandler: bind it to the storage's engine first")
+        log = optuna.logging.get_logger("tuner")
+        if retry(study, trial, Budget(self.engine, study.study_name)):
+            log.warning("trial %d of %s lost its worker (no heartbeat); retrying it",
+                        trial.number, study.study_name)
+        else:
+            log.warning("trial %d of %s lost its worker %d times; not retrying it again",
+                        trial.number, study.study_name, MAX_RETRIES + 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -88,7 +89,9 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
     if stored_json is None:
         # new (or created by a worker a moment ago): whoever stores the spec first decides
         study.set_user_attr(SPEC_ATTR, spec.to_json())
-        study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
+        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+            warnings.simplefilter("ignore")
+            study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
         budget.initialize(spec.trials, spec.timeout)  # atomic: 8 workers may get here at once
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)

@@ -3,7 +3,14 @@
 A worker takes a budget slot (``tuner.budget``), asks Optuna for a trial, trains it
 (``tuner.objective``) and tells the result, while a heartbeat thread keeps its running trial
 alive in the database and fails the trials of dead workers, so they are retried from their
-checkpoint within the grace period, even if no new trial starts anywhere.
+checkpoint within the grace period, even if no new trial starts anywhere. A worker whose
+budget is spent stays while other workers' trials run, to retry them if their worker dies.
+
+Stopping: SIGTERM or a first Ctrl-C lets the current epoch finish and checkpoint; the trial
+is failed and queued again as a retry (same params, continuing from the checkpoint) and the
+worker exits with status 0, since nothing is lost and a supervisor (Docker, systemd) should
+not restart it. A second signal stops at once (``KeyboardInterrupt``; the CLI exits 130),
+still queueing the retry from the last checkpoint.
 
 ``spawn`` starts local worker processes (``tuner run --workers K``), one device each.
 """
@@ -16,12 +23,13 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import retry
@@ -50,6 +58,13 @@ class Summary:
     stopped_because: str
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating; ``tuner.retry`` queues their retries."""
+    with warnings.catch_warnings():  # Optuna calls this experimental, every call
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 class _HeartbeatThread(threading.Thread):
     """Says the current trial is alive, and fails other workers' stale trials, every
     ``interval`` seconds, whatever the training loop is doing."""
@@ -65,7 +80,7 @@ class _HeartbeatThread(threading.Thread):
             try:
                 if (trial := self.trial) is not None:
                     record_heartbeat(self.study._storage, trial)
-                optuna.storages.fail_stale_trials(self.study)
+                fail_stale_trials(self.study)
             except Exception as e:  # noqa: BLE001 - a blip must not kill the heartbeat
                 log.warning("heartbeat failed: %s", e)
 
@@ -93,7 +108,7 @@ class Worker:
         beat.start()
         done, failures = 0, 0
         try:
-            optuna.storages.fail_stale_trials(study)  # dead workers' trials first
+            fail_stale_trials(study)  # dead workers' trials first
             while True:
                 if self.runtime.stop.is_set():
                     return Summary(done, "stopped")
@@ -102,7 +117,7 @@ class Worker:
                     if (why := self._why_idle()) is not None:
                         return Summary(done, why)
                     self.runtime.stop.wait(self.heartbeat.interval)
-                    optuna.storages.fail_stale_trials(study)
+                    fail_stale_trials(study)
                     continue
                 record_heartbeat(study._storage, trial)
                 beat.trial = trial
@@ -117,6 +132,7 @@ class Worker:
                     beat.trial = None
                 if not self._tell(trial, outcome):
                     continue  # another worker failed and retried it meanwhile
+                self.objective.cleanup(outcome)
                 self.on_event(Event("finished", trial.number, value=outcome.value,
                                     state=outcome.state.name))
                 done += 1
@@ -148,7 +164,9 @@ class Worker:
                 budget.release()  # another worker took it first
         if not budget.acquire():
             return None
-        trial = study.ask()
+        with warnings.catch_warnings():  # "heartbeats are for Study.optimize": not here
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
         if retry.is_retry(trial):  # a retry appeared meanwhile: it brings its own slot
             budget.release()
         return trial
@@ -182,7 +200,7 @@ class Worker:
         if outcome.state == TrialState.FAIL:
             frozen = study._storage.get_trial(trial._trial_id)
             if outcome.interrupted:
-                retry.retry(study, frozen, self.handle.budget)
+                retry.retry(study, frozen, self.handle.budget, crashed=False)
             else:
                 self.handle.budget.release()
         return True

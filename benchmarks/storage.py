@@ -1,0 +1,403 @@
+"""What tuner's worker loop costs per trial in storage round trips, against plain Optuna on
+the same database; and how long a killed worker's trial takes to be retried.
+
+Trials do nothing (one report, then return), so the time is the storage's: asking a trial,
+its params, reports, user attrs, telling it, and tuner's budget slot and heartbeats. Every
+worker is its own process; throughput is counted from the trials' own timestamps (first
+start to last finish), so process start-up (importing torch) is left out.
+
+    .venv/bin/python benchmarks/storage.py     # SQLite; PostgreSQL too if $TUNER_TEST_POSTGRES_URL
+    .venv/bin/python benchmarks/storage.py --trials 400 --workers 1 4 8 \\
+        --postgres postgresql://postgres@127.0.0.1:5432/test
+    .venv/bin/python benchmarks/storage.py --kill               # kill -> retry times only
+    .venv/bin/python benchmarks/storage.py --trips              # statements per trial only
+    .venv/bin/python benchmarks/storage.py --profile sqlite     # where one worker's time goes
+
+Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
+``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
+(``tuner.storage.open_storage``: SQLite WAL and BEGIN IMMEDIATE, heartbeats on, which makes
+Optuna start a heartbeat thread per trial); ``tuner`` is K ``tuner worker`` processes sharing
+a budget of N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import os
+import platform
+import pstats
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FIT = textwrap.dedent("""
+    import time
+
+    def fit(params, ctx):
+        start = 1
+        if (state := ctx.load_checkpoint()) is not None:
+            start = state["epoch"] + 1
+        for epoch in range(start, ctx.max_epochs + 1):
+            time.sleep(params["sleep"])
+            ctx.save_checkpoint({"epoch": epoch})
+            ctx.report(epoch, params["x"])
+        return params["x"]
+""")
+
+
+def study_file(folder: Path, name: str, trials: int, epochs: int = 1, sleep: float = 0.0,
+               checkpoint: bool = False) -> Path:
+    (folder / "fit.py").write_text(FIT)
+    path = folder / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: {name}
+        trainer: fit.py:fit
+        task: regression
+        metric: mse
+        epochs: {epochs}
+        trials: {trials}
+        sampler: random
+        pruner: none
+        checkpoint: {str(checkpoint).lower()}
+        space:
+          x: {{type: float, low: 0.0, high: 1.0}}
+          sleep: {sleep}
+    """))
+    return path
+
+
+@contextmanager
+def database(backend: str, base: str | None, folder: Path) -> Iterator[str]:
+    """A fresh, empty database: a new SQLite file, or a new database on the server."""
+    if backend == "sqlite":
+        path = folder / f"{secrets.token_hex(4)}.db"
+        yield f"sqlite:///{path}"
+        return
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from tuner.storage import normalize_url
+
+    name = f"tuner_bench_{secrets.token_hex(4)}"
+    admin = sa.create_engine(normalize_url(base), isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+# ---- plain Optuna workers -----------------------------------------------------------------
+def optuna_worker(url: str, name: str, n: int, seed: int, tuner_storage: bool) -> None:
+    import optuna
+
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if tuner_storage:
+        from tuner.storage import open_storage
+
+        storage = open_storage(url)
+    else:
+        from tuner.storage import normalize_url
+
+        storage = optuna.storages.RDBStorage(normalize_url(url).render_as_string(False))
+    study = optuna.load_study(study_name=name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler(seed=seed))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.report(x, 1)
+        trial.should_prune()
+        return x
+
+    study.optimize(objective, n_trials=n)
+
+
+def throughput(url: str, name: str) -> tuple[int, float]:
+    """Finished trials, and trials per second from first start to last finish."""
+    import optuna
+
+    from tuner.storage import open_storage
+
+    ts = [t for t in optuna.load_study(study_name=name, storage=open_storage(url)).trials
+          if t.datetime_complete is not None and t.state.name == "COMPLETE"]
+    span = (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts))
+    return len(ts), len(ts) / max(span.total_seconds(), 1e-9)
+
+
+def run_optuna(url: str, trials: int, workers: int, tuner_storage: bool) -> float:
+    import optuna
+
+    from tuner.storage import open_storage
+
+    name = "plain"
+    optuna.create_study(study_name=name, storage=open_storage(url))
+    procs = [subprocess.Popen([sys.executable, __file__, "--optuna-worker", url, name,
+                               str(trials // workers), str(i), str(int(tuner_storage))])
+             for i in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"an optuna worker failed ({p.returncode})")
+    n, rate = throughput(url, name)
+    assert n == trials // workers * workers, n
+    return rate
+
+
+def run_tuner(url: str, trials: int, workers: int, folder: Path) -> float:
+    from tuner import study as st
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    spec = load_spec(study_file(folder, "bench", trials))
+    st.create_or_resume(open_storage(url), spec)
+    procs = [subprocess.Popen([sys.executable, "-m", "tuner", "worker", "bench", "--storage", url,
+                               "--device", "cpu", "--quiet", "--worker-index", str(i),
+                               "--checkpoint-dir", str(folder / "ckpt")])
+             for i in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a tuner worker failed ({p.returncode})")
+    n, rate = throughput(url, "bench")
+    assert n == trials, n
+    return rate
+
+
+def overhead_table(backends: dict[str, str | None], trials: int, workers: list[int]) -> None:
+    print(f"\n{trials} trivial trials; trials/s (higher is better) and ms of storage time per "
+          "trial per worker\n")
+    head = f"{'storage':<11}{'workers':>8}{'optuna':>16}{'optuna+tuner storage':>24}{'tuner':>16}"
+    print(head)
+    print("-" * len(head))
+    for backend, base in backends.items():
+        for k in workers:
+            rates = []
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                for mode in ("optuna", "optuna+", "tuner"):
+                    with database(backend, base, folder) as url:
+                        if mode == "tuner":
+                            rates.append(run_tuner(url, trials, k, folder))
+                        else:
+                            rates.append(run_optuna(url, trials, k, mode == "optuna+"))
+            cells = "".join(f"{r:9.1f} ({1000 * k / r:4.0f})".rjust(w)
+                            for r, w in zip(rates, (16, 24, 16), strict=True))
+            print(f"{backend:<11}{k:>8}{cells}", flush=True)
+
+
+# ---- kill -9 -> retry ---------------------------------------------------------------------
+def kill_to_retry(url: str, folder: Path, heartbeat: int, grace: int) -> tuple[float, float]:
+    """Three workers, a budget of two 4-epoch trials: one worker waits idle. Kill one busy
+    worker after its second epoch. Returns seconds from the kill to its trial failing (retry
+    queued) and to the retry starting on the idle worker."""
+    import optuna
+
+    from tuner import study as st
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    spec = load_spec(study_file(folder, "kill", trials=2, epochs=4, sleep=1.0, checkpoint=True))
+    storage = open_storage(url)
+    st.create_or_resume(storage, spec)
+    study = optuna.load_study(study_name="kill", storage=storage)
+    args = ["--storage", url, "--device", "cpu", "--quiet", "--heartbeat", str(heartbeat),
+            "--grace-period", str(grace), "--checkpoint-dir", str(folder / "ckpt")]
+    procs = [subprocess.Popen([sys.executable, "-m", "tuner", "worker", "kill", *args,
+                               "--worker-index", str(i)]) for i in range(3)]
+    try:
+        while True:
+            running = [t for t in study.get_trials(deepcopy=False)
+                       if t.state.name == "RUNNING" and len(t.intermediate_values) >= 2]
+            if running:
+                break
+            time.sleep(0.05)
+        victim = running[0]
+        pid = victim.user_attrs["worker"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed, killed_at = time.monotonic(), dt.datetime.now()
+        failed = None
+        while True:
+            ts = study.get_trials(deepcopy=False)
+            if failed is None and ts[victim.number].state.name == "FAIL":
+                failed = time.monotonic() - killed
+            retry = next((t for t in ts if t.user_attrs.get("retry_of") == victim.number
+                          and t.datetime_start is not None), None)
+            if failed is not None and retry is not None:
+                return failed, (retry.datetime_start - killed_at).total_seconds()
+            time.sleep(0.02)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+
+
+def kill_table(backends: dict[str, str | None], settings: list[tuple[int, int]]) -> None:
+    print("\nkill -9 of a worker mid-trial: seconds until its trial is failed and its retry "
+          "queued, and until the retry starts on an idle worker\n")
+    head = f"{'storage':<11}{'heartbeat/grace':>17}{'failed+queued':>15}{'retry started':>15}"
+    print(head)
+    print("-" * len(head))
+    for backend, base in backends.items():
+        for hb, grace in settings:
+            with tempfile.TemporaryDirectory() as tmp, database(backend, base, Path(tmp)) as url:
+                failed, started = kill_to_retry(url, Path(tmp), hb, grace)
+            print(f"{backend:<11}{f'{hb} s / {grace} s':>17}{failed:>14.1f}s{started:>14.1f}s",
+                  flush=True)
+
+
+# ---- round trips and profile --------------------------------------------------------------
+@contextmanager
+def counting(engine) -> Iterator[dict[str, int]]:
+    """Count the SQL statements and commits sent through ``engine`` (all threads)."""
+    import sqlalchemy as sa
+
+    counts = {"statements": 0, "commits": 0}
+
+    def on_execute(*_a: object) -> None:
+        counts["statements"] += 1
+
+    def on_commit(*_a: object) -> None:
+        counts["commits"] += 1
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        yield counts
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+        sa.event.remove(engine, "commit", on_commit)
+
+
+def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, float, float]]:
+    """Per trial, in one process: SQL statements, commits, and CPU ms, for plain Optuna on
+    tuner's storage and for tuner's worker loop."""
+    import optuna
+
+    from tuner import study as st
+    from tuner.objective import Runtime
+    from tuner.spec import load_spec
+    from tuner.storage import Heartbeat, open_storage
+    from tuner.worker import Worker
+
+    warnings.filterwarnings("ignore")
+    import torch  # noqa: F401  (imported by the first trial otherwise)
+
+    out = {}
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="plain", storage=storage,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        trial.report(x, 1)
+        trial.should_prune()
+        return x
+
+    with counting(storage.engine) as c:
+        cpu = time.process_time()
+        study.optimize(objective, n_trials=trials)
+        cpu = time.process_time() - cpu
+    out["optuna"] = (c["statements"] / trials, c["commits"] / trials, 1000 * cpu / trials)
+
+    hb = Heartbeat()
+    handle = st.create_or_resume(open_storage(url, hb), load_spec(study_file(folder, "p", trials)))
+    worker = Worker(handle, Runtime(device="cpu", checkpoint_dir=str(folder)), heartbeat=hb)
+    with counting(handle.study._storage._backend.engine) as c:
+        cpu = time.process_time()
+        worker.run()
+        cpu = time.process_time() - cpu
+    out["tuner"] = (c["statements"] / trials, c["commits"] / trials, 1000 * cpu / trials)
+    return out
+
+
+def trips_table(backends: dict[str, str | None], trials: int) -> None:
+    print(f"\nper trial, one process, {trials} trials: SQL statements, commits, CPU ms "
+          "(client side)\n")
+    head = f"{'storage':<11}{'loop':<8}{'statements':>11}{'commits':>9}{'CPU ms':>8}"
+    print(head)
+    print("-" * len(head))
+    for backend, base in backends.items():
+        with tempfile.TemporaryDirectory() as tmp, database(backend, base, Path(tmp)) as url:
+            for loop, (stmts, commits, cpu) in round_trips(url, trials, Path(tmp)).items():
+                print(f"{backend:<11}{loop:<8}{stmts:>11.1f}{commits:>9.1f}{cpu:>8.1f}",
+                      flush=True)
+
+
+def profile(url: str, trials: int, folder: Path) -> None:
+    """One tuner worker in this process under cProfile: where the time per trial goes."""
+    from tuner import study as st
+    from tuner.objective import Runtime
+    from tuner.spec import load_spec
+    from tuner.storage import Heartbeat, open_storage
+    from tuner.worker import Worker
+
+    warnings.filterwarnings("ignore")
+    hb = Heartbeat()
+    handle = st.create_or_resume(open_storage(url, hb), load_spec(study_file(folder, "p", trials)))
+    worker = Worker(handle, Runtime(device="cpu", checkpoint_dir=str(folder)), heartbeat=hb)
+    import torch  # noqa: F401  (imported by the first trial otherwise)
+
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.runcall(worker.run)
+    took = time.perf_counter() - start
+    print(f"{trials} trials in {took:.2f}s under cProfile ({trials / took:.1f}/s)")
+    stats = pstats.Stats(prof)
+    stats.sort_stats("cumulative").print_stats(r"tuner/|optuna/(study|trial|storages)", 30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=400)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--postgres", default=os.environ.get("TUNER_TEST_POSTGRES_URL"),
+                   help="a PostgreSQL URL to create scratch databases on")
+    p.add_argument("--kill", action="store_true", help="only the kill -> retry times")
+    p.add_argument("--trips", action="store_true", help="only statements and commits per trial")
+    p.add_argument("--profile", choices=["sqlite", "postgresql"])
+    p.add_argument("--optuna-worker", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.optuna_worker:
+        url, name, n, seed, tuner_storage = a.optuna_worker
+        optuna_worker(url, name, int(n), int(seed), tuner_storage == "1")
+        return
+    backends: dict[str, str | None] = {"sqlite": None}
+    if a.postgres:
+        backends["postgresql"] = a.postgres
+    if a.profile:
+        with tempfile.TemporaryDirectory() as tmp, \
+                database(a.profile, backends.get(a.profile), Path(tmp)) as url:
+            profile(url, a.trials, Path(tmp))
+        return
+    print(f"{platform.node()}: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, load average "
+          f"{os.getloadavg()[0]:.1f} at the start")
+    if a.trips:
+        trips_table(backends, a.trials)
+        return
+    if not a.kill:
+        trips_table(backends, a.trials)
+        overhead_table(backends, a.trials, a.workers)
+    kill_table(backends, [(1, 3), (5, 20)])
+
+
+if __name__ == "__main__":
+    main()
