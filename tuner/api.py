@@ -1,12 +1,14 @@
 """The Python API: what the ``tuner`` command does, for notebooks and scripts.
 
-    import tuner
+    from tuner import api
 
-    result = tuner.run("study.yaml", trials=20)        # or a dict shaped like a study file
+    result = api.run("study.yaml", trials=20)          # or a dict shaped like a study file
     result.best_value, result.best_params
-    tuner.trials("my_study")                           # rows as `tuner trials --format json`
-    tuner.best_params("my_study")                      # what the best trial's code received
-    tuner.retrain("my_study")                          # best trial on train+val, tested once
+    api.trials("my_study")                             # rows as `tuner trials --format json`
+    api.best_params("my_study")                        # what the best trial's code received
+    api.retrain("my_study")                            # best trial on train+val, tested once
+
+(``tuner.run``, ``tuner.trials``... are the same functions.)
 
 In a dict, ``model`` / ``data`` / ``trainer`` may be functions as well as import paths: a
 function defined in the notebook itself works with ``workers=1``.
@@ -137,7 +139,8 @@ def open_study(spec: StudySpec, storage: str, runtime: Runtime, *,
 
     opened = open_storage(storage, hb)  # first: a wrong URL is reported before a long load
     check(spec, runtime)
-    handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)
+    with _quiet():
+        handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)
     if trials is not None or timeout is not None:
         st.add_budget(handle, trials, timeout)
     return handle
@@ -316,7 +319,8 @@ def resume(name: str, *, trials: int | None = None, timeout: float | None = None
 
     hb = heartbeat(heartbeat_s, grace_period_s)
     runtime = make_runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
-    handle = st.load(open_storage(storage, hb), name)
+    with _quiet():
+        handle = st.load(open_storage(storage, hb), name)
     check(handle.spec, runtime)
     if trials is not None or timeout is not None:
         st.add_budget(handle, trials, timeout)
@@ -325,6 +329,8 @@ def resume(name: str, *, trials: int | None = None, timeout: float | None = None
 
 def _go(handle: Handle, storage: str, runtime: Runtime, hb: Heartbeat, workers: int,
         per_gpu: int | None, on_event: Callable[[Event], None] | None) -> Result:
+    if workers == 0:  # only create the study: workers join it with `tuner worker NAME`
+        return Result(handle)
     if workers == 1:
         return Result(handle, work(handle, runtime, hb, on_event).stopped_because)
     run_workers(handle, storage, runtime, hb, workers, per_gpu)
@@ -336,7 +342,8 @@ def load(name: str, *, storage: str = DEFAULT_STORAGE) -> Result:
     from tuner import study as st
     from tuner.storage import open_storage
 
-    return Result(st.load(open_storage(storage), name))
+    with _quiet():
+        return Result(st.load(open_storage(storage), name))
 
 
 def trials(name: str, *, storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:

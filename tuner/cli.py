@@ -10,11 +10,12 @@ import functools
 import io
 import json
 import logging
+import secrets
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -22,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuner.api import DEFAULT_STORAGE, QUIET_WARNINGS
 from tuner.errors import TunerError
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _quiet_library_warnings() -> None:
     # tuner drives heartbeats itself (not through Study.optimize) and knows which Optuna
     # features are experimental: these warnings say nothing actionable to a user
-    warnings.filterwarnings("ignore", message=r".*(experimental|Heartbeat of storage).*")
+    warnings.filterwarnings("ignore", message=QUIET_WARNINGS)
 
 
 def command(fn: F) -> F:
@@ -71,14 +73,14 @@ def command(fn: F) -> F:
 # ---- shared options (read once here, passed down) ----------------------------------------
 Storage = Annotated[str, typer.Option("--storage", envvar="TUNER_STORAGE",
                                       help="SQLAlchemy URL of the study database.")]
-DEFAULT_STORAGE = "sqlite:///tuner.db"
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DataDir = Annotated[Path, typer.Option(envvar="TUNER_DATA_DIR", help="Where datasets live.")]
 CkptDir = Annotated[Path | None, typer.Option(
     envvar="TUNER_CHECKPOINT_DIR",
     help="Per-epoch checkpoints; must be shared by all workers [default: beside the SQLite "
          "file, else ./tuner_checkpoints].")]
-Trials = Annotated[int | None, typer.Option(min=1, help="Run this many more trials (whole study, all workers).")]
+Trials = Annotated[int | None, typer.Option(
+    min=1, help="Run this many more trials (whole study, all workers).")]
 Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
 Workers = Annotated[int, typer.Option(
     min=0, help="Worker processes on this machine (0: only create the study and its budget).")]
@@ -92,7 +94,7 @@ Download = Annotated[bool, typer.Option(envvar="TUNER_DOWNLOAD",
                                         help="Download missing torchvision datasets.")]
 
 
-class Fmt(str, Enum):
+class Fmt(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -264,7 +266,9 @@ def worker(
     checkpoint_dir: CkptDir = None,
     keep_checkpoints: Keep = False,
     download: Download = True,
-    worker_index: Annotated[int, typer.Option(help="Offsets the sampler seed.")] = 0,
+    worker_index: Annotated[int | None, typer.Option(
+        help="Offsets the sampler seed [default: random, so workers started alike sample apart].")
+    ] = None,
     heartbeat: HeartbeatS = 5,
     grace_period: GraceS = 20,
     quiet: Quiet = False,
@@ -276,6 +280,8 @@ def worker(
     from tuner import worker as w
 
     _setup_logging(quiet)
+    if worker_index is None:
+        worker_index = secrets.randbelow(1 << 30)
     hb = _heartbeat(heartbeat, grace_period)
     runtime = _runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
     if study.endswith((".yaml", ".yml")):
@@ -424,7 +430,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     from tuner.spec import load_spec
 
     spec = load_spec(file)
-    out.print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data}, "
+    out.print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
               f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
               f"{spec.direction_name} {spec.metric_name}, up to {spec.epochs} epochs, "
               f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")

@@ -297,7 +297,8 @@ class StudySpec(_Frozen):
         return self if not name or name == self.name else self.model_copy(update={"name": name})
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        # not sort_keys: the space's order matters (``when``/``per_layer`` refer upwards)
+        return json.dumps(self.model_dump(mode="json"))
 
     def search_fields(self) -> dict[str, Any]:
         """What must match for two specs to be the same study (budgets and paths may differ)."""
