@@ -21,6 +21,7 @@ writes anything to the storage. ``tuner.cli`` is a thin layer over these functio
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -177,24 +178,45 @@ def run_workers(handle: Handle, storage: str, runtime: Runtime, hb: Heartbeat, w
             "--download" if runtime.download else "--no-download",
             *(["--keep-checkpoints"] if runtime.keep_checkpoints else [])]
     procs = w.spawn(handle.name, args, envs)
-    try:
-        while any(p.poll() is None for p in procs):
+    with _forward_sigterm(procs):
+        try:
+            while any(p.poll() is None for p in procs):
+                if poll is not None:
+                    poll()
+                time.sleep(1.0)
             if poll is not None:
                 poll()
-            time.sleep(1.0)
-        if poll is not None:
-            poll()
-    except KeyboardInterrupt:
-        for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
+        except KeyboardInterrupt:
+            for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
     codes = [p.returncode for p in procs]
     if any(codes):
         raise TunerError(f"{sum(1 for c in codes if c)} of {workers} workers failed (exit codes "
                          f"{codes}); see their messages above")
+
+
+@contextmanager
+def _forward_sigterm(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """SIGTERM to the parent (``docker stop``, a scheduler) reaches its workers too: each
+    finishes its epoch and leaves its trial resumable; the parent waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextmanager

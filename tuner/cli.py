@@ -181,7 +181,8 @@ def _print_result(handle: Handle, why: str) -> None:
     out.print(
         f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
-        + (" — stopped; resume with `tuner resume " + handle.name + "`" if why == "stopped" else "")
+        + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
+           f"`tuner resume {handle.name}`" if why == "stopped" or c.get("WAITING") else "")
     )
     if snap.best_trial is not None:
         best = handle.study.trials[snap.best_trial]
