@@ -171,6 +171,10 @@ def run_workers(handle: Handle, storage: str, runtime: Runtime, hb: Heartbeat, w
 
         gpus = torch.cuda.device_count()
     envs = w.assign_devices(workers, runtime.device, gpus, per_gpu)
+    if not gpus and "OMP_NUM_THREADS" not in os.environ:
+        # CPU workers share the cores: more torch threads than cores stalls them all
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        envs = [{**env, "OMP_NUM_THREADS": threads} for env in envs]
     device = "cuda" if gpus and runtime.device == "cuda" else runtime.device
     args = ["--storage", storage, "--device", device, "--data-dir", runtime.data_dir,
             "--checkpoint-dir", runtime.checkpoint_dir, "--heartbeat", str(hb.interval),
