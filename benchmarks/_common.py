@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,12 +93,47 @@ class EpochClock:
         return None
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads) and of its children that
+    have exited (DataLoader workers, ``tuner worker`` processes), in seconds. Less skewed
+    than wall time when other jobs share the CPU."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def load_average() -> str:
     try:
         one, five, fifteen = os.getloadavg()
     except OSError:
         return "n/a"
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+class LoadMonitor(threading.Thread):
+    """Samples the 1-minute load average while a benchmark runs: on a shared machine the
+    timings mean little without it."""
+
+    def __init__(self, interval: float = 5.0):
+        super().__init__(name="load-monitor", daemon=True)
+        self.interval, self.samples, self.halt = interval, [os.getloadavg()[0]], threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadMonitor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.halt.set()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        s = self.samples
+        return (f"1-min load average during the run: mean {sum(s) / len(s):.1f}, "
+                f"min {min(s):.1f}, max {max(s):.1f} ({os.cpu_count()} cores)")
 
 
 def cpu_model() -> str:
@@ -134,9 +171,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: Sequence[str]) -> str:
-        return "| " + " | ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ) + " |"
+        padded = [c.ljust(w) if i == 0 else c.rjust(w)
+                  for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2)
                           for i, w in enumerate(widths)) + "|"
@@ -189,8 +226,10 @@ def handwritten_objective(
         raise SystemExit("the hand-written objective needs a validation fraction, not k-fold")
     cls = getattr(datasets, _TORCHVISION[spec.data])
     cuda = device.type == "cuda"
-    loader_kw = {"num_workers": num_workers, "pin_memory": cuda,
-                 "persistent_workers": num_workers > 0}
+    # loader workers start each epoch and stop when it ends (not persistent_workers: those of
+    # a finished trial would live on until garbage collection, and the next trial's forked
+    # workers would try to shut them down)
+    loader_kw = {"num_workers": num_workers, "pin_memory": cuda}
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial, spec)

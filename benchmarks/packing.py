@@ -93,6 +93,7 @@ class GpuMonitor(threading.Thread):
 class PackRun:
     workers: int
     wall_s: float
+    cpu_s: float  # the `tuner run` process and its workers
     finished: int
     complete: int
     steady_s: float | None  # first trial started to last trial finished
@@ -130,11 +131,11 @@ def run_packed(spec_path: Path, k: int, trials: int, args: argparse.Namespace,
     monitor = GpuMonitor(args.gpu, args.interval) if args.device == "cuda" else None
     if monitor is not None:
         monitor.start()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), c.cpu_seconds()
     try:
         proc = subprocess.run(cmd, env=env, cwd=c.REPO, capture_output=True, text=True)
     finally:
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, c.cpu_seconds() - cpu
         if monitor is not None:
             monitor.stop()
     if proc.returncode != 0:
@@ -147,20 +148,21 @@ def run_packed(spec_path: Path, k: int, trials: int, args: argparse.Namespace,
     ends = [t.datetime_complete for t in done if t.datetime_complete is not None]
     steady = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     best = max((t.value for t in complete if t.value is not None), default=None)
-    return PackRun(k, wall, len(done), len(complete), steady, best,
+    return PackRun(k, wall, cpu, len(done), len(complete), steady, best,
                    monitor.util if monitor else [], monitor.mem if monitor else [])
 
 
 def report(runs: list[PackRun], spec: StudySpec, device: str, args: argparse.Namespace) -> str:
     base = runs[0] if runs and runs[0].workers == 1 else None
-    headers = ["workers", "trials", "wall s", "trials/h", "steady trials/h", "x 1 worker",
+    headers = ["workers", "trials", "wall s", "CPU s", "trials/h", "steady trials/h", "x 1 worker",
                "GPU util mean %", "GPU util max %", "GPU mem max MiB", "best val acc"]
     rows = []
     for r in runs:
         speed = (f"{r.per_hour(r.wall_s) / base.per_hour(base.wall_s):.2f}x"
                  if base and r.finished and base.finished else "-")
         rows.append([
-            r.workers, r.finished, f"{r.wall_s:.1f}", f"{r.per_hour(r.wall_s):.0f}",
+            r.workers, r.finished, f"{r.wall_s:.1f}", f"{r.cpu_s:.0f}",
+            f"{r.per_hour(r.wall_s):.0f}",
             f"{r.per_hour(r.steady_s):.0f}" if r.steady_s else "-", speed,
             f"{statistics.fmean(r.util):.0f}" if r.util else "-",
             f"{max(r.util):.0f}" if r.util else "-",
@@ -193,12 +195,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--interval", type=float, default=0.5, help="GPU sampling period (s)")
     parser.add_argument("--data-dir", default=c.DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)
+    c.quiet_libraries()
     args.device = c.resolve_device(args.device).type
     args.data_dir = str(Path(args.data_dir).resolve())  # the runs start in the repository
     args.fixed_params = c.parse_assignments(args.fixed)
     if args.device == "cpu":
         print(CPU_NOTE, file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="tuner-packing-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tuner-packing-") as tmp, c.LoadMonitor() as load:
         folder = Path(tmp)
         path = study_file(args.spec, args.epochs, args.trials, args.fixed_params, folder)
         spec = c.bench_spec(path)
@@ -207,11 +210,10 @@ def main(argv: list[str] | None = None) -> str:
             runs.append(run_packed(path, k, args.trials, args, folder))
             print(f"  {k} workers: {runs[-1].finished} trials in {runs[-1].wall_s:.1f} s",
                   file=sys.stderr)
-    out = report(runs, spec, args.device, args)
+    out = report(runs, spec, args.device, args) + "\n" + load.summary()
     print(out)
     return out
 
 
 if __name__ == "__main__":
-    c.quiet_libraries()
     main(sys.argv[1:])

@@ -46,6 +46,7 @@ PIPELINES = ("tuner", "hand-written")
 class StudyRun:
     pipeline: str
     wall_s: float
+    cpu_s: float  # this process and its exited children (the DataLoader workers)
     trials: list[FrozenTrial]
     clock: c.EpochClock
     started: float  # unix time when the study started (for the storage's timestamps)
@@ -72,7 +73,7 @@ class StudyRun:
 
 def run_tuner(spec: StudySpec, data_dir: str, device: torch.device, workdir: Path) -> StudyRun:
     clock = c.EpochClock()
-    started = time.time()
+    started, cpu = time.time(), c.cpu_seconds()
     storage = open_storage(f"sqlite:///{workdir / 'tuner.db'}")
     handle = create_or_resume(storage, spec)
     runtime = Runtime(device=str(device), data_dir=data_dir, download=False,
@@ -83,31 +84,46 @@ def run_tuner(spec: StudySpec, data_dir: str, device: torch.device, workdir: Pat
             clock.note(e.trial, e.epoch, e.value)
 
     Worker(handle, runtime, heartbeat=Heartbeat(), on_event=on_event).run()
-    wall = time.perf_counter() - clock.start
-    return StudyRun("tuner", wall, handle.study.get_trials(deepcopy=False), clock, started)
+    wall, cpu = time.perf_counter() - clock.start, c.cpu_seconds() - cpu
+    return StudyRun("tuner", wall, cpu, handle.study.get_trials(deepcopy=False), clock, started)
 
 
 def run_handwritten(spec: StudySpec, data_dir: str, device: torch.device,
                     num_workers: int) -> StudyRun:
     clock = c.EpochClock()
-    started = time.time()
+    started, cpu = time.time(), c.cpu_seconds()
     study = optuna.create_study(direction=spec.direction_name, sampler=build_sampler(spec),
                                 pruner=build_pruner(spec))
     objective = c.handwritten_objective(spec, data_dir, device, num_workers=num_workers,
                                         on_epoch=clock.note)
     study.optimize(objective, n_trials=spec.trials)
-    wall = time.perf_counter() - clock.start
-    return StudyRun(f"hand-written ({num_workers} loader workers)", wall,
+    wall, cpu = time.perf_counter() - clock.start, c.cpu_seconds() - cpu
+    return StudyRun(f"hand-written ({num_workers} loader workers)", wall, cpu,
                     study.get_trials(deepcopy=False), clock, started)
+
+
+def trial_lines(run: StudyRun, target: float) -> str:
+    """One line per trial (to stderr): how each pipeline's study went."""
+    lines = [f"{run.pipeline}:"]
+    for t in run.trials:
+        done = (t.datetime_complete.timestamp() - run.started) if t.datetime_complete else None
+        reached = [e for e, v in sorted(t.intermediate_values.items()) if v >= target]
+        p = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in t.params.items())
+        lines.append(f"  trial {t.number:>2} {t.state.name:<8} epochs {len(t.intermediate_values)} "
+                     f"value {t.value if t.value is not None else float('nan'):.4f} done at "
+                     f"{c.fmt_s(done)} s"
+                     f"{f', >= target at epoch {reached[0]}' if reached else ''}  {p}")
+    return "\n".join(lines)
 
 
 def report(runs: list[StudyRun], spec: StudySpec, target: float, device: torch.device) -> str:
     pct = f"{100 * target:g}%"
-    headers = ["pipeline", "wall s", "complete", "pruned", "epochs", "s/epoch",
+    headers = ["pipeline", "wall s", "CPU s", "complete", "pruned", "epochs", "s/epoch",
                f"first epoch >= {pct} s", f"first trial >= {pct} done s", "best val acc"]
     rows = []
     for r in runs:
-        rows.append([r.pipeline, f"{r.wall_s:.1f}", r.count(TrialState.COMPLETE),
+        rows.append([r.pipeline, f"{r.wall_s:.1f}", f"{r.cpu_s:.0f}", r.count(TrialState.COMPLETE),
                      r.count(TrialState.PRUNED), r.epochs, f"{r.wall_s / max(r.epochs, 1):.2f}",
                      c.fmt_s(r.clock.first_reaching(target)),
                      c.fmt_s(r.first_trial_reaching(target)),
@@ -124,8 +140,11 @@ def report(runs: list[StudyRun], spec: StudySpec, target: float, device: torch.d
         theirs = statistics.median(r.wall_s for r in by["hand-written"])
         per_epoch = (statistics.median(r.wall_s / max(r.epochs, 1) for r in by["hand-written"])
                      / statistics.median(r.wall_s / max(r.epochs, 1) for r in by["tuner"]))
+        cpu = (statistics.median(r.cpu_s for r in by["hand-written"])
+               / statistics.median(r.cpu_s for r in by["tuner"]))
         lines += ["", f"median wall time: tuner {ours:.1f} s, hand-written {theirs:.1f} s "
-                      f"({theirs / ours:.2f}x); per epoch trained {per_epoch:.2f}x"]
+                      f"({theirs / ours:.2f}x); per epoch trained {per_epoch:.2f}x; "
+                      f"CPU time {cpu:.2f}x"]
     return "\n".join(lines)
 
 
@@ -146,23 +165,26 @@ def main(argv: list[str] | None = None) -> str:
                         help="run the pair this many times, alternating (medians at the end)")
     parser.add_argument("--data-dir", default=c.DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)
+    c.quiet_libraries()
     device = c.resolve_device(args.device)
     overrides = {"trials": args.trials, "epochs": args.epochs, "name": "bench_study"}
     if args.seed is not None:
         overrides["seed"] = args.seed
     spec = c.bench_spec(args.spec, **overrides)
     runs: list[StudyRun] = []
-    for _ in range(args.repeat):
-        if args.only in (None, "tuner"):
-            with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-                runs.append(run_tuner(spec, args.data_dir, device, Path(tmp)))
-        if args.only in (None, "hand-written"):
-            runs.append(run_handwritten(spec, args.data_dir, device, args.num_workers))
-    out = report(runs, spec, args.target, device)
+    with c.LoadMonitor() as load:
+        for _ in range(args.repeat):
+            if args.only in (None, "tuner"):
+                with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+                    runs.append(run_tuner(spec, args.data_dir, device, Path(tmp)))
+            if args.only in (None, "hand-written"):
+                runs.append(run_handwritten(spec, args.data_dir, device, args.num_workers))
+    for r in runs:
+        print(trial_lines(r, args.target), file=sys.stderr)
+    out = report(runs, spec, args.target, device) + "\n" + load.summary()
     print(out)
     return out
 
 
 if __name__ == "__main__":
-    c.quiet_libraries()
     main(sys.argv[1:])
