@@ -153,8 +153,12 @@ def machine(device: torch.device | str) -> str:
         where = torch.cuda.get_device_name(device)
     else:
         where = f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    return (f"{where}; torch {torch.__version__}, optuna {optuna.__version__}, "
-            f"python {platform.python_version()}; load average {load_average()}")
+    # OMP_WAIT_POLICY matters on a shared CPU: with the default, torch's 2 OpenMP threads
+    # slow down 5-80x whenever another process wants a core (see BENCHMARKS.md)
+    omp = os.environ.get("OMP_WAIT_POLICY", "default")
+    return (f"{where}, OMP_WAIT_POLICY={omp}; torch {torch.__version__}, optuna "
+            f"{optuna.__version__}, python {platform.python_version()}; load average "
+            f"{load_average()}")
 
 
 def resolve_device(name: str) -> torch.device:
