@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--fixed", nargs="*", default=["batch_size=256", "depth=2", "width=512"],
                         help="KEY=VALUE params held constant so every trial costs the same")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--gpu", type=int, default=0, help="which GPU (nvidia-smi's index)")
+    parser.add_argument("--gpu", type=int, default=0,
+                        help="which GPU (nvidia-smi's index); workers of K > 1 get "
+                             "CUDA_VISIBLE_DEVICES from tuner, which must map it through ours")
     parser.add_argument("--interval", type=float, default=0.5, help="GPU sampling period (s)")
     parser.add_argument("--data-dir", default=c.DEFAULT_DATA_DIR)
     args = parser.parse_args(argv)

@@ -52,6 +52,7 @@ class PrunerRun:
     wall_s: float
     cpu_s: float
     trials: list[FrozenTrial]
+    replayed: bool = False  # decided on recorded curves: "same" holds by construction
 
     @property
     def epochs(self) -> int:
@@ -153,7 +154,7 @@ def replay_pruner(spec: StudySpec, name: str, configs: list[dict[str, Any]], see
             study.tell(trial, curve[-1][1])
         else:
             study.tell(trial, state=state)
-    return PrunerRun(name, seed, wall, cpu, study.get_trials(deepcopy=False))
+    return PrunerRun(name, seed, wall, cpu, study.get_trials(deepcopy=False), replayed=True)
 
 
 def report(runs: list[PrunerRun], spec: StudySpec, n: int, device: torch.device) -> str:
@@ -189,7 +190,8 @@ def report(runs: list[PrunerRun], spec: StudySpec, n: int, device: torch.device)
             sum(sum(t.state == TrialState.COMPLETE for t in r.trials) for r in mine),
             sum(sum(t.state == TrialState.PRUNED for t in r.trials) for r in mine),
             _mean(bests), _mean(lost, signed=True) if lost else "-",
-            f"{kept}/{len(mine)}" if lost else "-", "yes" if same else "NO",
+            f"{kept}/{len(mine)}" if lost else "-",
+            "replayed" if all(r.replayed for r in mine) else ("yes" if same else "NO"),
             f"{wall:.1f}", f"{cpu:.0f}", f"{1 - cpu / base_cpu:.0%}" if base_cpu else "-",
         ])
     p = spec.pruner

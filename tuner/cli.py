@@ -10,7 +10,6 @@ import functools
 import io
 import json
 import logging
-import os
 import secrets
 import sys
 import time
@@ -459,11 +458,6 @@ def delete(name: Annotated[str, typer.Argument(help="Study name.")],
 
 
 def main() -> None:
-    # Before torch loads: OpenMP threads that sleep rather than spin while they wait. With the
-    # default, torch's CPU threads slow down 40x whenever another process wants a core (an
-    # epoch of MNIST: 1.1 s -> 47 s beside one busy process); export OMP_WAIT_POLICY=ACTIVE
-    # on dedicated cores to trade that for up to a third more speed.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     app()
 
 
