@@ -27,6 +27,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tuner import space, vocab  # noqa: E402
+from tuner.device import resolve  # noqa: E402
+from tuner.kinds import InputKind, Inputs  # noqa: E402
 from tuner.models import build  # noqa: E402
 from tuner.spec import StudySpec, load_spec, parse_spec  # noqa: E402
 
@@ -162,9 +164,7 @@ def machine(device: torch.device | str) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return torch.device(resolve(name))
 
 
 # ---- tables ---------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def handwritten_objective(
 
     def objective(trial: optuna.Trial) -> float:
         params = space.suggest(trial, spec)
-        p = {**vocab.BUILTIN_PARAMS, **params}
+        p = {**vocab.defaults(vocab.TRAINING_KNOBS), **params}
         tfm = transforms.Compose([transforms.ToTensor(),
                                   transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
         full = cls(data_dir, train=True, download=False, transform=tfm)
@@ -247,7 +247,7 @@ def handwritten_objective(
         val_loader = DataLoader(Subset(full, val_idx), batch_size=1000, **loader_kw)
 
         torch.manual_seed(spec.seed + trial.number)
-        model = build(spec.model, params, (1, 28, 28), 10).to(device)
+        model = build(spec.model, params, Inputs(InputKind.image, (1, 28, 28)), 10).to(device)
         opt = _optimizer(p, model)
         if p["schedule"] not in ("constant", "cosine"):
             raise SystemExit(f"the hand-written objective knows constant and cosine schedules, "

@@ -43,7 +43,7 @@ import yaml
 from optuna.trial import TrialState
 
 from tuner.spec import StudySpec
-from tuner.storage import open_storage
+from tuner.storage import connect
 
 CPU_NOTE = ("NOTE: --device cpu is a smoke test of this script: K workers share the CPU's "
             "cores, so these figures say nothing about packing a GPU.")
@@ -141,7 +141,7 @@ def run_packed(spec_path: Path, k: int, trials: int, args: argparse.Namespace,
     if proc.returncode != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
-    study = optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{db}"))
+    study = optuna.load_study(study_name=name, storage=connect(f"sqlite:///{db}"))
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     complete = [t for t in done if t.state == TrialState.COMPLETE]
     starts = [t.datetime_start for t in done if t.datetime_start is not None]

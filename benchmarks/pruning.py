@@ -2,7 +2,7 @@
 
 ``--configs`` configurations are drawn once from the study file's space with Optuna's
 RandomSampler (``--seeds``); each pruner then trains that same list, in the same order, through
-tuner's own trial path (``objective.Objective.run``: the same data, kept on the device and
+tuner's own trial path (``objective.TrialRunner.run``: the same data, kept on the device and
 loaded once, the same model, the same initial weights per trial number). A configuration that
 survives a pruner therefore ends with the same accuracy it has without pruning (the "same"
 column checks it), and the best accuracy can only drop when a pruner stops the configuration
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
-from tuner.objective import Objective, Runtime
+from tuner.assets import StudyAssets
+from tuner.objective import TrialRunner
 from tuner.spec import StudySpec
 from tuner.study import build_pruner
 
@@ -100,7 +102,7 @@ def _pruner_study(spec: StudySpec, name: str, configs: list[dict[str, Any]],
 
 
 def run_pruner(spec: StudySpec, name: str, configs: list[dict[str, Any]], seed: int,
-               runtime: Runtime) -> tuple[PrunerRun, list[Curve]]:
+               assets: StudyAssets) -> tuple[PrunerRun, list[Curve]]:
     """Train ``configs`` in order under pruner ``name`` with tuner's trial path; also returns
     each configuration's learning curve with what each epoch cost (set-up counts in epoch 1)."""
     spec, study = _pruner_study(spec, name, configs, seed)
@@ -112,7 +114,9 @@ def run_pruner(spec: StudySpec, name: str, configs: list[dict[str, Any]], seed: 
         curves[-1].append((epoch, value, now[0] - last[0], now[1] - last[1]))
         last[:] = now
 
-    objective = Objective(spec, runtime, on_epoch=on_epoch)
+    assets.spec = spec  # the same data and code, this pruner's copy of the spec
+    objective = TrialRunner(assets, checkpoint_dir="unused", stop=threading.Event(),
+                            on_epoch=on_epoch)
     start, cpu = time.perf_counter(), c.cpu_seconds()
     for _ in configs:
         trial = study.ask()
@@ -251,19 +255,19 @@ def main(argv: list[str] | None = None) -> str:
         overrides["epochs"] = args.epochs
     spec = c.bench_spec(path, **overrides)
     pruners = ["none", *[p for p in args.pruners if p != "none"]]  # the baseline first
-    # one worker's runtime: the data is loaded once and reused by every pruner and seed
-    runtime = Runtime(device=str(device), data_dir=args.data_dir, download=False)
+    # one worker's assets: the data is loaded once and reused by every pruner and seed
+    assets = StudyAssets(spec, device=str(device), data_dir=args.data_dir, download=False)
     runs = []
     with c.LoadMonitor() as load:
         for seed in args.seeds:
             configs = sample_configs(spec, args.configs, seed)
-            baseline, curves = run_pruner(spec, "none", configs, seed, runtime)
+            baseline, curves = run_pruner(spec, "none", configs, seed, assets)
             runs.append(baseline)
             for name in pruners[1:]:
                 if args.replay:
                     runs.append(replay_pruner(spec, name, configs, seed, curves))
                 else:
-                    runs.append(run_pruner(spec, name, configs, seed, runtime)[0])
+                    runs.append(run_pruner(spec, name, configs, seed, assets)[0])
     how = ("pruners replayed on the no-pruning run's learning curves; their times are the "
            "recorded times of the epochs they ran" if args.replay else
            "every pruner trained for real")

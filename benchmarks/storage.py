@@ -15,7 +15,7 @@ start to last finish), so process start-up (importing torch) is left out.
 
 Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
 ``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
-(``tuner.storage.open_storage``: SQLite WAL and BEGIN IMMEDIATE, heartbeats on, which makes
+(``tuner.storage.connect``: SQLite WAL and BEGIN IMMEDIATE, heartbeats on, which makes
 Optuna start a heartbeat thread per trial); ``tuner`` is K ``tuner worker`` processes sharing
 a budget of N.
 """
@@ -108,9 +108,9 @@ def optuna_worker(url: str, name: str, n: int, seed: int, tuner_storage: bool) -
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if tuner_storage:
-        from tuner.storage import open_storage
+        from tuner.storage import connect
 
-        storage = open_storage(url)
+        storage = connect(url)
     else:
         from tuner.storage import normalize_url
 
@@ -131,9 +131,9 @@ def throughput(url: str, name: str) -> tuple[int, float]:
     """Finished trials, and trials per second from first start to last finish."""
     import optuna
 
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
-    ts = [t for t in optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    ts = [t for t in optuna.load_study(study_name=name, storage=connect(url)).trials
           if t.datetime_complete is not None and t.state.name == "COMPLETE"]
     span = (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts))
     return len(ts), len(ts) / max(span.total_seconds(), 1e-9)
@@ -142,10 +142,10 @@ def throughput(url: str, name: str) -> tuple[int, float]:
 def run_optuna(url: str, trials: int, workers: int, tuner_storage: bool) -> float:
     import optuna
 
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     name = "plain"
-    optuna.create_study(study_name=name, storage=open_storage(url))
+    optuna.create_study(study_name=name, storage=connect(url))
     procs = [subprocess.Popen([sys.executable, __file__, "--optuna-worker", url, name,
                                str(trials // workers), str(i), str(int(tuner_storage))])
              for i in range(workers)]
@@ -160,10 +160,10 @@ def run_optuna(url: str, trials: int, workers: int, tuner_storage: bool) -> floa
 def run_tuner(url: str, trials: int, workers: int, folder: Path) -> float:
     from tuner import study as st
     from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     spec = load_spec(study_file(folder, "bench", trials))
-    st.create_or_resume(open_storage(url), spec)
+    st.create_or_resume(connect(url), spec)
     procs = [subprocess.Popen([sys.executable, "-m", "tuner", "worker", "bench", "--storage", url,
                                "--device", "cpu", "--quiet", "--worker-index", str(i),
                                "--checkpoint-dir", str(folder / "ckpt")])
@@ -207,10 +207,10 @@ def kill_to_retry(url: str, folder: Path, heartbeat: int, grace: int) -> tuple[f
 
     from tuner import study as st
     from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     spec = load_spec(study_file(folder, "kill", trials=2, epochs=4, sleep=1.0, checkpoint=True))
-    storage = open_storage(url)
+    storage = connect(url)
     st.create_or_resume(storage, spec)
     study = optuna.load_study(study_name="kill", storage=storage)
     args = ["--storage", url, "--device", "cpu", "--quiet", "--heartbeat", str(heartbeat),
@@ -289,16 +289,17 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
     import optuna
 
     from tuner import study as st
-    from tuner.objective import Runtime
+    from tuner.objective import TrialRunner
+    from tuner.settings import Settings
     from tuner.spec import load_spec
-    from tuner.storage import Heartbeat, open_storage
+    from tuner.storage import Heartbeat, connect, engine_of
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
     import torch  # noqa: F401  (imported by the first trial otherwise)
 
     out = {}
-    storage = open_storage(url)
+    storage = connect(url)
     study = optuna.create_study(study_name="plain", storage=storage,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
 
@@ -315,9 +316,10 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
     out["optuna"] = (c["statements"] / trials, c["commits"] / trials, 1000 * cpu / trials)
 
     hb = Heartbeat()
-    handle = st.create_or_resume(open_storage(url, hb), load_spec(study_file(folder, "p", trials)))
-    worker = Worker(handle, Runtime(device="cpu", checkpoint_dir=str(folder)), heartbeat=hb)
-    with counting(handle.study._storage._backend.engine) as c:
+    handle = st.create_or_resume(connect(url, hb), load_spec(study_file(folder, "p", trials)))
+    worker = Worker(handle, TrialRunner.of(handle.spec, Settings(checkpoint_dir=str(folder))),
+                    heartbeat=hb)
+    with counting(engine_of(handle.study)) as c:
         cpu = time.process_time()
         worker.run()
         cpu = time.process_time() - cpu
@@ -341,15 +343,17 @@ def trips_table(backends: dict[str, str | None], trials: int) -> None:
 def profile(url: str, trials: int, folder: Path) -> None:
     """One tuner worker in this process under cProfile: where the time per trial goes."""
     from tuner import study as st
-    from tuner.objective import Runtime
+    from tuner.objective import TrialRunner
+    from tuner.settings import Settings
     from tuner.spec import load_spec
-    from tuner.storage import Heartbeat, open_storage
+    from tuner.storage import Heartbeat, connect
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
     hb = Heartbeat()
-    handle = st.create_or_resume(open_storage(url, hb), load_spec(study_file(folder, "p", trials)))
-    worker = Worker(handle, Runtime(device="cpu", checkpoint_dir=str(folder)), heartbeat=hb)
+    handle = st.create_or_resume(connect(url, hb), load_spec(study_file(folder, "p", trials)))
+    worker = Worker(handle, TrialRunner.of(handle.spec, Settings(checkpoint_dir=str(folder))),
+                    heartbeat=hb)
     import torch  # noqa: F401  (imported by the first trial otherwise)
 
     prof = cProfile.Profile()

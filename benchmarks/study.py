@@ -33,9 +33,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.objective import Runtime
+from tuner.objective import TrialRunner
+from tuner.settings import Settings
 from tuner.spec import StudySpec
-from tuner.storage import Heartbeat, open_storage
+from tuner.storage import Heartbeat, connect
 from tuner.study import build_pruner, build_sampler, create_or_resume
 from tuner.worker import Event, Worker
 
@@ -74,16 +75,16 @@ class StudyRun:
 def run_tuner(spec: StudySpec, data_dir: str, device: torch.device, workdir: Path) -> StudyRun:
     clock = c.EpochClock()
     started, cpu = time.time(), c.cpu_seconds()
-    storage = open_storage(f"sqlite:///{workdir / 'tuner.db'}")
+    storage = connect(f"sqlite:///{workdir / 'tuner.db'}")
     handle = create_or_resume(storage, spec)
-    runtime = Runtime(device=str(device), data_dir=data_dir, download=False,
-                      checkpoint_dir=str(workdir / "checkpoints"))
+    settings = Settings(device=str(device), data_dir=data_dir, download=False,
+                        checkpoint_dir=str(workdir / "checkpoints"))
 
     def on_event(e: Event) -> None:
         if e.kind == "epoch" and e.epoch is not None and e.value is not None:
             clock.note(e.trial, e.epoch, e.value)
 
-    Worker(handle, runtime, heartbeat=Heartbeat(), on_event=on_event).run()
+    Worker(handle, TrialRunner.of(spec, settings), heartbeat=Heartbeat(), on_event=on_event).run()
     wall, cpu = time.perf_counter() - clock.start, c.cpu_seconds() - cpu
     return StudyRun("tuner", wall, cpu, handle.study.get_trials(deepcopy=False), clock, started)
 

@@ -149,7 +149,8 @@ def test_a_kfold_retry_trains_only_the_folds_its_curve_lacks(tmp_path: Path) -> 
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tuner.objective import Objective, Runtime
+    from tuner.objective import TrialRunner
+    from tuner.settings import Settings
 
     spec = api.as_spec({"name": "r", "trainer": fold_fit, "task": "regression",
                         "validation": {"kfold": 4},
@@ -160,7 +161,7 @@ def test_a_kfold_retry_trains_only_the_folds_its_curve_lacks(tmp_path: Path) -> 
         state=TrialState.WAITING, params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
         user_attrs={"lineage": 0, "retry_of": 0}, intermediate_values={1: 2.0, 2: 3.0}))
     FOLD_SCORES.clear()
-    outcome = Objective(spec, Runtime(checkpoint_dir=str(tmp_path))).run(study.ask())
+    outcome = TrialRunner.of(spec, Settings(checkpoint_dir=str(tmp_path))).run(study.ask())
     assert FOLD_SCORES == [10.0, 10.0]  # folds 3 and 4 only
     assert outcome.value == pytest.approx((2 + 4 + 10 + 10) / 4)
 

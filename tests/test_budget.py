@@ -6,16 +6,15 @@ import threading
 
 import pytest
 
-from tuner import budget as budget_mod
-from tuner.budget import Budget, BudgetState
-from tuner.storage import open_storage
+from tuner.storage import Budget, BudgetState, connect
+from tuner.storage import _budget as budget_mod
 
 pytest_plugins = ["servers"]
 
 
 @pytest.fixture
 def engine(sqlite_url):
-    return open_storage(sqlite_url).engine
+    return connect(sqlite_url).engine
 
 
 def test_a_new_budget_allows_nothing_until_trials_are_added(engine):
@@ -100,7 +99,7 @@ def test_budgets_of_studies_are_separate(engine):
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_concurrent_acquires_never_overshoot(any_url):
     """8 threads, each with its own connections, race for 30 slots: exactly 30 succeed."""
-    storages = [open_storage(any_url) for _ in range(8)]
+    storages = [connect(any_url) for _ in range(8)]
     Budget(storages[0].engine, "race").add(30, None)
     won = [0] * len(storages)
     go = threading.Barrier(len(storages))

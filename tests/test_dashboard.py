@@ -134,12 +134,12 @@ def test_serves_on_loopback_only_by_default(served: str) -> None:
 
 def test_all_interfaces_when_asked(study: str) -> None:
     """The control for the test above: bound to 0.0.0.0, the other address does answer."""
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     ip = _non_loopback_address()
     if ip is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    server = open_server(open_storage(study), "0.0.0.0", 0)
+    server = open_server(connect(study), "0.0.0.0", 0)
     try:
         socket.create_connection((ip, server.server_address[1]), timeout=5).close()
     finally:

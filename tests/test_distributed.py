@@ -28,8 +28,7 @@ from tuner_procs import (
 )
 from typer.testing import CliRunner
 
-from tuner.budget import Budget
-from tuner.storage import normalize_url
+from tuner.storage import Budget, normalize_url
 
 pytest_plugins = ["servers"]
 

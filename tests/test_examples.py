@@ -22,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tuner import api, usercode
+from tuner.assets import StudyAssets
 from tuner.cli import app
 
 ROOT = Path(__file__).parent.parent
@@ -64,7 +65,7 @@ def test_each_example_has_a_study_file_and_a_readme_entry() -> None:
 @pytest.mark.parametrize("name", ["tabular_csv", "training_loop"])
 def test_examples_code_resolves_and_passes_the_preflight(name: str) -> None:
     spec = api.as_spec(EXAMPLES / name / "study.yaml")
-    api.check(spec, api.make_runtime(device="cpu", checkpoint_dir="unused"))
+    StudyAssets(spec, device="cpu", data_dir="data").preflight()
 
 
 # ---- your own model ------------------------------------------------------------------------

@@ -6,16 +6,25 @@ import pytest
 import torch
 from torch import nn
 
-from tuner import vocab
-from tuner.models import ACTIVATIONS, build, count_parameters
+from tuner.kinds import InputKind, Inputs
+from tuner.models import build as build_family
+from tuner.models import count_parameters
+from tuner.models._knobs import ACTIVATIONS as ACTIVATION_NAMES
+from tuner.models._knobs import INITS
+from tuner.models._layers import ACTIVATIONS
+
+
+def build(family: str, params: dict, shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    kind = {1: InputKind.tabular, 2: InputKind.sequence, 3: InputKind.image}[len(shape)]
+    return build_family(family, params, Inputs(kind, shape), num_outputs)
 
 
 def test_activation_names_match_the_vocabulary() -> None:
-    assert tuple(ACTIVATIONS) == vocab.ACTIVATIONS
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 
-@pytest.mark.parametrize("init", vocab.INITS)
-@pytest.mark.parametrize("activation", vocab.ACTIVATIONS)
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 @pytest.mark.parametrize(("family", "shape"), [("mlp", (1, 28, 28)), ("mlp", (64,)),
                                                ("cnn", (3, 32, 32))])
 def test_every_activation_and_init_builds_and_runs(family: str, shape: tuple[int, ...],
@@ -91,7 +100,7 @@ def test_inits_differ_from_the_default() -> None:
         torch.manual_seed(0)
         return build("mlp", {"init": init, "depth": 1, "width": 64}, (64,), 2)[1].weight
 
-    default, xavier, kaiming = map(first_weight, vocab.INITS)
+    default, xavier, kaiming = map(first_weight, INITS)
     assert not torch.equal(default, xavier) and not torch.equal(xavier, kaiming)
     # kaiming (fan_in, relu gain): std = sqrt(2 / 64)
     assert kaiming.std().item() == pytest.approx((2 / 64) ** 0.5, rel=0.1)

@@ -147,9 +147,9 @@ def test_few_trials_skip_importances(study: str, tmp_path: Path) -> None:
 
     from tuner import report
     from tuner import study as st
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
-    handle = st.load(open_storage(study), "digits_small")
+    handle = st.load(connect(study), "digits_small")
     few = optuna.create_study(direction="maximize")
     for t in handle.study.trials[:3]:
         few.add_trial(t)
@@ -169,10 +169,10 @@ def test_unknown_study_is_one_line(study: str, tmp_path: Path) -> None:
 def test_no_completed_trial_is_one_line(tmp_path: Path) -> None:
     from tuner import study as st
     from tuner.spec import parse_spec
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    st.create_or_resume(open_storage(url), parse_spec({"name": "empty", "data": "digits"}))
+    st.create_or_resume(connect(url), parse_spec({"name": "empty", "data": "digits"}))
     result = runner.invoke(app, ["report", "empty", "--out", str(tmp_path / "r"), "--storage", url])
     assert result.exit_code == 2
     assert "no completed trial" in result.output and "tuner resume empty" in result.output

@@ -81,10 +81,10 @@ def retrain(url: str, name: str, *args: str) -> str:
 
 def test_retrain_best_saves_weights_card_and_study_attr(study: str, tmp_path: Path) -> None:
     from tuner import study as st
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     output = retrain(study, "digits_rt", "--out", str(tmp_path / "m"))
-    handle = st.load(open_storage(study), "digits_rt")
+    handle = st.load(connect(study), "digits_rt")
     best = handle.study.best_trial
     assert f"trial {best.number} of digits_rt" in output and "test set" in output
     card = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -113,15 +113,15 @@ def test_weights_reload_into_a_fresh_model_and_give_the_test_score(study: str,
     from tuner import retrain as rt
     from tuner import study as st
     from tuner import train
-    from tuner.objective import Objective, Runtime
-    from tuner.storage import open_storage
+    from tuner.assets import StudyAssets
+    from tuner.storage import connect
 
     retrain(study, "digits_rt", "--out", str(tmp_path / "m"))
     card = json.loads((tmp_path / "m" / "model.json").read_text())
-    handle = st.load(open_storage(study), "digits_rt")
-    objective = Objective(handle.spec, Runtime(device="cpu"))
-    final = objective.data().final()
-    model = objective.model_builder(final)(card["params"])
+    handle = st.load(connect(study), "digits_rt")
+    assets = StudyAssets(handle.spec, device="cpu", data_dir="data")
+    final = assets.data().final()
+    model = assets.model_builder(final)(card["params"])
     model.load_state_dict(torch.load(tmp_path / "m" / "model.pt", weights_only=True))
     assert train.evaluate(model, final, "val")["accuracy"] == card["test_metrics"]["accuracy"]
     # the same through the library's loader
@@ -162,12 +162,12 @@ def test_bad_choices_are_one_line(study: str, tmp_path: Path, args: list[str],
 def test_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> None:
     from tuner import study as st
     from tuner.spec import parse_spec
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = parse_spec({"name": "pr", "data": "digits",
                        "space": {"lr": {"type": "float", "low": 0.001, "high": 0.1}}})
-    handle = st.create_or_resume(open_storage(url), spec)
+    handle = st.create_or_resume(connect(url), spec)
     dist = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
     handle.study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.PRUNED, params={"lr": 0.01}, distributions=dist))
@@ -180,12 +180,12 @@ def test_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> None:
 def test_a_study_without_data_needs_its_data(tmp_path: Path) -> None:
     from tuner import study as st
     from tuner.spec import parse_spec
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     spec = parse_spec({"name": "own", "trainer": "mine.py:fit", "task": "classification",
                        "space": {"lr": {"type": "float", "low": 0.001, "high": 0.1}}})
-    handle = st.create_or_resume(open_storage(url), spec)
+    handle = st.create_or_resume(connect(url), spec)
     dist = {"lr": optuna.distributions.FloatDistribution(0.001, 0.1)}
     handle.study.add_trial(optuna.trial.create_trial(value=0.9, params={"lr": 0.01},
                                                      distributions=dist))

@@ -12,13 +12,13 @@ from optuna.trial import TrialState
 from tuner.errors import StorageError
 from tuner.storage import (
     Heartbeat,
+    claim,
+    connect,
     heartbeat_ages,
     normalize_url,
-    open_storage,
     record_heartbeat,
     set_user_attrs,
 )
-from tuner.worker import _claim
 
 pytest_plugins = ["servers"]
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
@@ -48,7 +48,7 @@ def test_bad_urls_say_how_to_fix_them(url, message):
 
 def test_an_unreachable_server_is_one_clear_error():
     with pytest.raises(StorageError, match="cannot open storage postgresql://u:\\*\\*\\*@127.0.0.1:9"):
-        open_storage("postgresql://u:secret@127.0.0.1:9/db")
+        connect("postgresql://u:secret@127.0.0.1:9/db")
 
 
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
@@ -60,7 +60,7 @@ def test_many_processes_create_the_schema_at_once(any_url):
     def open_it() -> None:
         go.wait()
         try:
-            open_storage(any_url).engine.dispose()
+            connect(any_url).engine.dispose()
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -80,10 +80,10 @@ def test_many_processes_create_the_schema_at_once(any_url):
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_one_waiting_trial_is_claimed_by_one_worker(any_url):
     """The read-check-write of a claim is one transaction: on SQLite too (BEGIN IMMEDIATE)."""
-    optuna.create_study(study_name="s", storage=open_storage(any_url))
+    optuna.create_study(study_name="s", storage=connect(any_url))
     for _ in range(5):
-        optuna.load_study(study_name="s", storage=open_storage(any_url)).enqueue_trial({"x": 1})
-    studies = [optuna.load_study(study_name="s", storage=open_storage(any_url))
+        optuna.load_study(study_name="s", storage=connect(any_url)).enqueue_trial({"x": 1})
+    studies = [optuna.load_study(study_name="s", storage=connect(any_url))
                for _ in range(6)]
     go = threading.Barrier(len(studies))
     claimed: list[list[int]] = [[] for _ in studies]
@@ -92,7 +92,7 @@ def test_one_waiting_trial_is_claimed_by_one_worker(any_url):
         study = studies[i]
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         go.wait()
-        claimed[i] = [t.number for t in waiting if _claim(study, t)]
+        claimed[i] = [t.number for t in waiting if claim(study, t)]
 
     threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(studies))]
     for t in threads:
@@ -104,7 +104,7 @@ def test_one_waiting_trial_is_claimed_by_one_worker(any_url):
 
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_user_attrs_are_set_in_one_go(any_url):
-    study = optuna.create_study(storage=open_storage(any_url))
+    study = optuna.create_study(storage=connect(any_url))
     trial = study.ask()
     set_user_attrs(trial, {"a": 1, "b": {"host": "h"}, "c": [1.5, None]})
     set_user_attrs(trial, {"a": 2, "d": "x" * 2000})  # updates one, adds one
@@ -116,9 +116,9 @@ def test_user_attrs_are_set_in_one_go(any_url):
 
 
 def test_heartbeat_ages_of_running_trials(sqlite_url):
-    study = optuna.create_study(storage=open_storage(sqlite_url, Heartbeat(1, 2)))
+    study = optuna.create_study(storage=connect(sqlite_url, Heartbeat(1, 2)))
     silent, beating = study.ask(), study.ask()
-    record_heartbeat(study._storage, beating)
-    ages = heartbeat_ages(study._storage._backend, study._study_id)
+    record_heartbeat(beating)
+    ages = heartbeat_ages(study)
     assert set(ages) == {beating.number} and silent.number not in ages
     assert 0 <= ages[beating.number] < 5

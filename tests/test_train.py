@@ -38,7 +38,7 @@ def _ctx(data: DataBundle, max_epochs: int, **kw: object) -> Context:
 def _reference_losses(params: dict, data: DataBundle, seed: int, epochs: int) -> list[float]:
     """The textbook loop: float inputs, an index per batch, .item() per batch."""
     torch.manual_seed(seed)
-    model = build("mlp", params, data.input_shape, data.num_outputs)
+    model = build("mlp", params, data.inputs, data.num_outputs)
     opt = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
     x = (data.train.x.float() / 255 - data.mean) / data.std
     y = data.train.y

@@ -11,13 +11,15 @@ import pytest
 from optuna.trial import TrialState
 from tuner_procs import write_study
 
-from tuner import retry
+from tuner import storage
 from tuner import study as st
 from tuner.errors import TunerError
-from tuner.objective import Runtime
+from tuner.local import _visible_device, assign_devices
+from tuner.objective import TrialRunner
+from tuner.settings import Settings
 from tuner.spec import load_spec
-from tuner.storage import Heartbeat, open_storage, record_heartbeat
-from tuner.worker import Worker, _visible_device, assign_devices
+from tuner.storage import Heartbeat, connect, record_heartbeat
+from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -27,12 +29,12 @@ HB = Heartbeat(interval=1, grace_period=2)
 @pytest.fixture
 def handle(tmp_path):
     spec = load_spec(write_study(tmp_path / "study", trials=3, epochs=2, sleep=0.01))
-    return st.create_or_resume(open_storage(f"sqlite:///{tmp_path / 'tuner.db'}", HB), spec)
+    return st.create_or_resume(connect(f"sqlite:///{tmp_path / 'tuner.db'}", HB), spec)
 
 
 def make_worker(handle, tmp_path, **kw) -> Worker:
-    runtime = Runtime(device="cpu", checkpoint_dir=str(tmp_path / "checkpoints"))
-    return Worker(handle, runtime, heartbeat=HB, **kw)
+    settings = Settings(device="cpu", checkpoint_dir=str(tmp_path / "checkpoints"))
+    return Worker(handle, TrialRunner.of(handle.spec, settings), heartbeat=HB, **kw)
 
 
 def states(handle) -> list[str]:
@@ -53,7 +55,7 @@ def test_a_retry_runs_first_in_its_failed_trials_slot(handle, tmp_path):
     lost = study.ask()
     lost.suggest_float("x", 0.0, 1.0)
     study.tell(lost, state=TrialState.FAIL)
-    assert retry.retry(study, study.trials[0], budget)
+    assert storage.retry(study, study.trials[0], budget)
     make_worker(handle, tmp_path).run()
     trials = study.trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
@@ -65,10 +67,10 @@ def test_retries_give_up_after_max_crashes(handle):
     study, budget = handle.study, handle.budget
     budget.acquire()
     study.add_trial(optuna.trial.create_trial(
-        state=TrialState.FAIL, system_attrs={retry.CRASHES_ATTR: retry.MAX_RETRIES}))
-    assert retry.retry(study, study.trials[-1], budget, crashed=False)  # a stop: not counted
+        state=TrialState.FAIL, system_attrs={storage.CRASHES_ATTR: storage.MAX_RETRIES}))
+    assert storage.retry(study, study.trials[-1], budget, crashed=False)  # a stop: not counted
     assert budget.state().taken == 1
-    assert not retry.retry(study, study.trials[-1], budget)
+    assert not storage.retry(study, study.trials[-1], budget)
     assert budget.state().taken == 0  # its slot went back to the budget
     assert len(study.trials) == 2
 
@@ -92,7 +94,7 @@ def test_a_stop_mid_trial_leaves_a_resumable_retry(handle, tmp_path):
             runtime_stop[0].set()  # as SIGTERM does
 
     worker = make_worker(handle, tmp_path, on_event=on_event)
-    runtime_stop.append(worker.runtime.stop)
+    runtime_stop.append(worker.stop)
     summary = worker.run()
     assert (summary.trials, summary.stopped_because) == (1, "stopped")
     stopped, waiting = handle.study.trials
@@ -115,7 +117,7 @@ def _other_workers_trial(handle):
     assert handle.budget.acquire()
     trial = handle.study.ask()
     trial.suggest_float("x", 0.0, 1.0)
-    record_heartbeat(handle.study._storage, trial)
+    record_heartbeat(trial)
     return trial
 
 
@@ -127,7 +129,7 @@ def test_waits_for_other_workers_trials_before_leaving(handle, tmp_path):
     thread.start()
     deadline = time.monotonic() + 30
     while len(handle.study.get_trials(states=(TrialState.COMPLETE,))) < 2:
-        record_heartbeat(handle.study._storage, other)  # the other worker is alive
+        record_heartbeat(other)  # the other worker is alive
         assert time.monotonic() < deadline
         time.sleep(0.2)
     time.sleep(1.5)

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage import Heartbeat, open_storage
+from tuner.storage import Heartbeat, connect
 
 FIT = textwrap.dedent('''
     import os
@@ -137,7 +137,7 @@ def start_together(argvs: list[list[str]], tmp: Path) -> list[Proc]:
 
 
 def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=open_storage(url, Heartbeat(1, 3)))
+    return optuna.load_study(study_name=name, storage=connect(url, Heartbeat(1, 3)))
 
 
 def trials(url: str, name: str) -> list[FrozenTrial]:

@@ -14,44 +14,80 @@ In a dict, ``model`` / ``data`` / ``trainer`` may be functions as well as import
 function defined in the notebook itself works with ``workers=1``.
 
 Nothing here prints. Problems raise :class:`tuner.errors.TunerError` subclasses whose message
-is one line that names the fix; :func:`run` checks the study's own code and data before it
-writes anything to the storage. ``tuner.cli`` is a thin layer over these functions.
+is one line that names the fix; :func:`prepare` checks the study's own code and data before
+it writes anything to the storage. ``tuner.cli`` is a thin layer over these functions: it
+calls :func:`prepare` (or :func:`prepare_existing`), prints, then :func:`go`; :func:`run`
+and :func:`resume` are the same two steps in one call.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
-import subprocess
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from tuner import usercode
 from tuner.errors import SpecError, TunerError, UserCodeError
+from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
 if TYPE_CHECKING:
     import optuna
 
-    from tuner.objective import Runtime
+    from tuner.assets import StudyAssets
     from tuner.retrain import Retrained
     from tuner.spec import StudySpec
-    from tuner.storage import Heartbeat
     from tuner.study import Handle
-    from tuner.worker import Event, Summary
+    from tuner.worker import Event
 
-DEFAULT_STORAGE = "sqlite:///tuner.db"
+DEFAULT_STORAGE = DEFAULT_URL
 # warnings that say nothing a user can act on: tuner drives Optuna's heartbeats itself and
 # knows which of its features are experimental
 QUIET_WARNINGS = r".*(experimental|Heartbeat of storage).*"
 
 
-# ---- the pieces the CLI shares -----------------------------------------------------------
+class Options(TypedDict, total=False):
+    """The settings every running operation takes as keyword arguments (see :class:`Settings`)."""
+
+    storage: str
+    device: str
+    data_dir: str | os.PathLike[str]
+    checkpoint_dir: str | os.PathLike[str] | None
+    keep_checkpoints: bool
+    download: bool
+    heartbeat_s: int
+    grace_period_s: int
+
+
+def settings(**options: Unpack[Options]) -> Settings:
+    """Settings from keyword arguments: the device resolved (``auto`` -> cuda or cpu), the
+    checkpoint folder chosen (:func:`tuner.storage.checkpoint_folder`)."""
+    from tuner.device import resolve
+    from tuner.storage import checkpoint_folder
+
+    hb = Heartbeat(options.pop("heartbeat_s", Heartbeat.interval),
+                   options.pop("grace_period_s", Heartbeat.grace_period))
+    storage = options.pop("storage", DEFAULT_URL)
+    ckpt = checkpoint_folder(storage, options.pop("checkpoint_dir", None))
+    device = resolve(options.pop("device", "auto"))
+    given = {k: str(v) if k == "data_dir" else v for k, v in options.items()}
+    return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb, **given)
+
+
+def quiet_logging() -> None:
+    """Process set-up for an entry point (the CLI, a worker process): Optuna's info lines
+    off, tuner's warnings on stderr."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 def as_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
             study: str | None = None, seed: int | None = None) -> StudySpec:
     """A study file's path, a dict shaped like one, or a spec -> a validated spec, renamed to
@@ -76,162 +112,150 @@ def as_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
     return out if seed is None else out.model_copy(update={"seed": seed})
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; checks the others."""
-    import torch
+# ---- preparing and running ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prepared:
+    """An open study whose code and data were checked in this process, ready to run."""
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TunerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu "
-                         "or auto")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TunerError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
-    return device
+    handle: Handle
+    settings: Settings
+    assets: StudyAssets | None  # None when the check ran elsewhere (on the CPU, for children)
 
 
-def checkpoint_folder(storage: str, given: str | os.PathLike[str] | None = None) -> str:
-    """``given``, else ``tuner_checkpoints`` beside a SQLite file (so workers sharing the
-    file share the checkpoints), else ``./tuner_checkpoints``."""
-    if given is not None:
-        return str(given)
-    from tuner.storage import normalize_url
+def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[StudySpec, StudyAssets | None]:
+    """Import the study's own code, load its data and try its model on a sample batch; a
+    problem raises one clear error here, before any storage write. A parent of several local
+    workers checks on the CPU and keeps nothing: its children load their own data on their
+    own devices."""
+    from tuner.assets import StudyAssets
 
-    url = normalize_url(storage)
-    if url.get_backend_name() == "sqlite" and url.database:
-        return str(Path(url.database).expanduser().resolve().parent / "tuner_checkpoints")
-    return "tuner_checkpoints"
-
-
-def make_runtime(storage: str = DEFAULT_STORAGE, device: str = "auto",
-                 data_dir: str | os.PathLike[str] = "data",
-                 checkpoint_dir: str | os.PathLike[str] | None = None,
-                 keep_checkpoints: bool = False, download: bool = True) -> Runtime:
-    """This process's facts for running trials: device, folders, a stop flag."""
-    from tuner.objective import Runtime
-
-    return Runtime(device=resolve_device(device), data_dir=str(data_dir), download=download,
-                   checkpoint_dir=checkpoint_folder(storage, checkpoint_dir),
-                   keep_checkpoints=keep_checkpoints)
+    device = "cpu" if local_workers > 1 else settings.device
+    assets = StudyAssets(spec, device=device, data_dir=settings.data_dir,
+                         download=settings.download)
+    assets.preflight()
+    if spec.task_name is None and assets.has_data:  # the labels say what the task is
+        spec = spec.with_task(assets.data().task)
+        assets.spec = spec
+    if local_workers > 1:
+        assets.release()
+        return spec, None
+    return spec, assets
 
 
-def heartbeat(interval: int = 5, grace_period: int = 20) -> Heartbeat:
-    from tuner.storage import Heartbeat
-
-    return Heartbeat(interval=interval, grace_period=max(grace_period, interval + 1))
-
-
-def check(spec: StudySpec, runtime: Runtime) -> None:
-    """Import the study's own model, data and trainer, load its data and try its model on a
-    sample batch: a problem raises one clear error here, before any trial or storage write."""
-    from tuner.objective import Objective
-
-    Objective(spec, runtime).preflight()
-
-
-def open_study(spec: StudySpec, storage: str, runtime: Runtime, *,
-               hb: Heartbeat | None = None, force: bool = False, trials: int | None = None,
-               timeout: float | None = None, worker_index: int = 0) -> Handle:
-    """Open the storage, check the study's code and data (:func:`check`), then create the
-    study or resume it, and add ``trials`` / ``timeout`` to its budget. A failed check leaves
-    every study in the storage as it was."""
+def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
+            trials: int | None = None, timeout: float | None = None, worker_index: int = 0,
+            local_workers: int = 1) -> Prepared:
+    """Open the storage, check the study's code and data, then create the study or resume
+    it, and add ``trials`` / ``timeout`` to its budget. A failed check leaves every study in
+    the storage as it was."""
     from tuner import study as st
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
-    opened = open_storage(storage, hb)  # first: a wrong URL is reported before a long load
-    check(spec, runtime)
+    opened = connect(settings.storage, settings.heartbeat)  # first: a wrong URL fails fast
+    spec, assets = _check(spec, settings, local_workers)
     with _quiet():
         handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)
     if trials is not None or timeout is not None:
         st.add_budget(handle, trials, timeout)
-    return handle
+    return Prepared(handle, settings, assets)
 
 
-def work(handle: Handle, runtime: Runtime, hb: Heartbeat,
-         on_event: Callable[[Event], None] | None = None) -> Summary:
-    """Run trials in this process until the study's budget is spent. The first Ctrl-C (or
-    SIGTERM) finishes the current epoch, keeps its checkpoint and returns; a second stops
-    at once."""
+def prepare_existing(name: str, settings: Settings, *, trials: int | None = None,
+                     timeout: float | None = None, worker_index: int = 0,
+                     local_workers: int = 1) -> Prepared:
+    """Open study ``name`` from the storage alone (its spec is stored in it), check its code
+    and data, and add ``trials`` / ``timeout`` to its budget."""
+    from tuner import study as st
+    from tuner.storage import connect
+
+    with _quiet():
+        handle = st.load(connect(settings.storage, settings.heartbeat), name,
+                         worker_index=worker_index)
+    _, assets = _check(handle.spec, settings, local_workers)  # before the budget grows
+    if trials is not None or timeout is not None:
+        st.add_budget(handle, trials, timeout)
+    return Prepared(handle, settings, assets)
+
+
+def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = None,
+       on_event: Callable[[Event], None] | None = None,
+       on_poll: Callable[[], None] | None = None) -> Result:
+    """Run the prepared study's remaining budget: in this process (``workers=1``; the first
+    Ctrl-C or SIGTERM finishes the current epoch, keeps its checkpoint and returns, a second
+    stops at once), in ``workers`` local processes (``on_poll`` is called every second), or
+    not at all (``workers=0``: workers join with ``tuner worker NAME``)."""
+    handle, settings = prepared.handle, prepared.settings
+    if workers == 0:
+        return Result(handle)
+    if workers > 1:
+        from tuner.local import run_local
+
+        for role in usercode.ROLES:
+            if usercode.in_main(getattr(handle.spec, role)):
+                raise UserCodeError(
+                    f"{role}: {getattr(handle.spec, role)} is defined in this notebook or "
+                    "script, which worker processes cannot import; use workers=1, or move it "
+                    "into a .py file and name it as file.py:name")
+        run_local(handle.name, settings, workers, workers_per_gpu, poll=on_poll)
+        return Result(handle, "done")
     from tuner import worker as w
+    from tuner.objective import TrialRunner
 
-    wk = w.Worker(handle, runtime, heartbeat=hb, on_event=on_event)
-    with _signals(runtime), _quiet():
-        return wk.run()
-
-
-def run_workers(handle: Handle, storage: str, runtime: Runtime, hb: Heartbeat, workers: int,
-                per_gpu: int | None = None, poll: Callable[[], None] | None = None) -> None:
-    """Run the study with ``workers`` worker processes on this machine (``tuner worker``),
-    one device each, calling ``poll`` every second until they end."""
-    from tuner import worker as w
-
-    gpus = 0
-    if runtime.device != "cpu":
-        import torch
-
-        gpus = torch.cuda.device_count()
-    envs = w.assign_devices(workers, runtime.device, gpus, per_gpu)
-    if not gpus and "OMP_NUM_THREADS" not in os.environ:
-        # CPU workers share the cores: more torch threads than cores stalls them all
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
-        envs = [{**env, "OMP_NUM_THREADS": threads} for env in envs]
-    device = "cuda" if gpus and runtime.device == "cuda" else runtime.device
-    args = ["--storage", storage, "--device", device, "--data-dir", runtime.data_dir,
-            "--checkpoint-dir", runtime.checkpoint_dir, "--heartbeat", str(hb.interval),
-            "--grace-period", str(hb.grace_period), "--quiet",
-            "--download" if runtime.download else "--no-download",
-            *(["--keep-checkpoints"] if runtime.keep_checkpoints else [])]
-    procs = w.spawn(handle.name, args, envs)
-    with _forward_sigterm(procs):
-        try:
-            while any(p.poll() is None for p in procs):
-                if poll is not None:
-                    poll()
-                time.sleep(1.0)
-            if poll is not None:
-                poll()
-        except KeyboardInterrupt:
-            for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            raise
-    codes = [p.returncode for p in procs]
-    if any(codes):
-        raise TunerError(f"{sum(1 for c in codes if c)} of {workers} workers failed (exit codes "
-                         f"{codes}); see their messages above")
+    assets = prepared.assets
+    if assets is None:
+        _, assets = _check(handle.spec, settings, 1)
+    assert assets is not None
+    stop = threading.Event()
+    runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
+                         keep_checkpoints=settings.keep_checkpoints)
+    wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event)
+    with w.graceful_signals(stop), _quiet():
+        return Result(handle, wk.run().stopped_because)
 
 
-@contextmanager
-def _forward_sigterm(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
-    """SIGTERM to the parent (``docker stop``, a scheduler) reaches its workers too: each
-    finishes its epoch and leaves its trial resumable; the parent waits for them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
+        trials: int | None = None, timeout: float | None = None, study: str | None = None,
+        seed: int | None = None, workers: int = 1, workers_per_gpu: int | None = None,
+        force: bool = False, on_event: Callable[[Event], None] | None = None,
+        **options: Unpack[Options]) -> Result:
+    """``tuner run``: create the study from ``spec`` (a study file, a dict shaped like one,
+    or a StudySpec), or resume it if it exists, and run ``trials`` more trials (default: the
+    study's own budget) for at most ``timeout`` seconds. ``on_event`` gets the progress of
+    a single worker (trial started, epoch, finished). ``options``: storage, device,
+    data_dir, checkpoint_dir, keep_checkpoints, download, heartbeat_s, grace_period_s."""
+    s = as_spec(spec, study=study, seed=seed)
+    if workers > 1:
+        for role in usercode.ROLES:
+            if usercode.in_main(getattr(s, role)):
+                raise UserCodeError(
+                    f"{role}: {getattr(s, role)} is defined in this notebook or script, which "
+                    "worker processes cannot import; use workers=1, or move it into a .py file "
+                    "and name it as file.py:name")
+    prepared = prepare(s, settings(**options), force=force, trials=trials, timeout=timeout,
+                       local_workers=workers)
+    return go(prepared, workers=workers, workers_per_gpu=workers_per_gpu, on_event=on_event)
 
-    def forward(signum: int, _frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
 
-    old = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def resume(name: str, *, trials: int | None = None, timeout: float | None = None,
+           workers: int = 1, workers_per_gpu: int | None = None,
+           on_event: Callable[[Event], None] | None = None,
+           **options: Unpack[Options]) -> Result:
+    """``tuner resume``: continue study ``name`` from the storage alone (no study file)."""
+    prepared = prepare_existing(name, settings(**options), trials=trials, timeout=timeout,
+                                local_workers=workers)
+    return go(prepared, workers=workers, workers_per_gpu=workers_per_gpu, on_event=on_event)
 
 
-@contextmanager
-def _signals(runtime: Runtime) -> Iterator[None]:
-    from tuner import worker as w
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    with w.graceful_signals(runtime.stop):
-        yield
+def work(study: str, settings: Settings, *, worker_index: int = 0,
+         on_event: Callable[[Event], None] | None = None) -> Result:
+    """``tuner worker``: join study ``study`` (a name, or a study file to create it from if
+    nobody has, with the file's budget) as one worker until its budget is spent. Never adds
+    budget."""
+    if study.endswith((".yaml", ".yml")):
+        prepared = prepare(as_spec(study), settings, worker_index=worker_index)
+    else:
+        prepared = prepare_existing(study, settings, worker_index=worker_index)
+    return go(prepared, on_event=on_event)
 
 
 @contextmanager
@@ -306,70 +330,15 @@ class Result:
                 f"{self.best_value})")
 
 
-# ---- the operations ------------------------------------------------------------------------
-def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
-        trials: int | None = None, timeout: float | None = None,
-        storage: str = DEFAULT_STORAGE, device: str = "auto", study: str | None = None,
-        seed: int | None = None, workers: int = 1, workers_per_gpu: int | None = None,
-        force: bool = False, data_dir: str | os.PathLike[str] = "data",
-        checkpoint_dir: str | os.PathLike[str] | None = None, keep_checkpoints: bool = False,
-        download: bool = True, heartbeat_s: int = 5, grace_period_s: int = 20,
-        on_event: Callable[[Event], None] | None = None) -> Result:
-    """``tuner run``: create the study from ``spec`` (a study file, a dict shaped like one,
-    or a StudySpec), or resume it if it exists, and run ``trials`` more trials (default: the
-    study's own budget) for at most ``timeout`` seconds. ``on_event`` gets the progress of
-    a single worker (trial started, epoch, finished)."""
-    s = as_spec(spec, study=study, seed=seed)
-    if workers > 1:
-        for role in usercode.ROLES:
-            if usercode.in_main(getattr(s, role)):
-                raise UserCodeError(
-                    f"{role}: {getattr(s, role)} is defined in this notebook or script, which "
-                    "worker processes cannot import; use workers=1, or move it into a .py file "
-                    "and name it as file.py:name")
-    hb = heartbeat(heartbeat_s, grace_period_s)
-    runtime = make_runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
-    handle = open_study(s, storage, runtime, hb=hb, force=force, trials=trials, timeout=timeout)
-    return _go(handle, storage, runtime, hb, workers, workers_per_gpu, on_event)
 
-
-def resume(name: str, *, trials: int | None = None, timeout: float | None = None,
-           storage: str = DEFAULT_STORAGE, device: str = "auto", workers: int = 1,
-           workers_per_gpu: int | None = None, data_dir: str | os.PathLike[str] = "data",
-           checkpoint_dir: str | os.PathLike[str] | None = None,
-           keep_checkpoints: bool = False, download: bool = True, heartbeat_s: int = 5,
-           grace_period_s: int = 20, on_event: Callable[[Event], None] | None = None) -> Result:
-    """``tuner resume``: continue study ``name`` from the storage alone (no study file)."""
-    from tuner import study as st
-    from tuner.storage import open_storage
-
-    hb = heartbeat(heartbeat_s, grace_period_s)
-    runtime = make_runtime(storage, device, data_dir, checkpoint_dir, keep_checkpoints, download)
-    with _quiet():
-        handle = st.load(open_storage(storage, hb), name)
-    check(handle.spec, runtime)
-    if trials is not None or timeout is not None:
-        st.add_budget(handle, trials, timeout)
-    return _go(handle, storage, runtime, hb, workers, workers_per_gpu, on_event)
-
-
-def _go(handle: Handle, storage: str, runtime: Runtime, hb: Heartbeat, workers: int,
-        per_gpu: int | None, on_event: Callable[[Event], None] | None) -> Result:
-    if workers == 0:  # only create the study: workers join it with `tuner worker NAME`
-        return Result(handle)
-    if workers == 1:
-        return Result(handle, work(handle, runtime, hb, on_event).stopped_because)
-    run_workers(handle, storage, runtime, hb, workers, per_gpu)
-    return Result(handle, "done")
-
-
+# ---- reading studies ---------------------------------------------------------------------
 def load(name: str, *, storage: str = DEFAULT_STORAGE) -> Result:
     """Study ``name`` as it stands in ``storage``."""
     from tuner import study as st
-    from tuner.storage import open_storage
+    from tuner.storage import connect
 
     with _quiet():
-        return Result(st.load(open_storage(storage), name))
+        return Result(st.load(connect(storage), name))
 
 
 def trials(name: str, *, storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
@@ -385,14 +354,13 @@ def best_params(name: str, *, storage: str = DEFAULT_STORAGE) -> dict[str, Any]:
 
 
 def retrain(name: str, *, trial: int | None = None, out: str | os.PathLike[str] | None = None,
-            storage: str = DEFAULT_STORAGE, device: str = "auto",
-            data_dir: str | os.PathLike[str] = "data", download: bool = True) -> Retrained:
+            **options: Unpack[Options]) -> Retrained:
     """``tuner retrain``: retrain ``trial`` (default: the best) on train+val, test it once
     on the held-out test split, and save its weights and model card in ``out`` (default
     ``runs/NAME/trial-N``). ``tuner.retrain.load_model(out)`` loads the model back."""
     from tuner import retrain as rt
 
-    handle = load(name, storage=storage).handle
-    runtime = make_runtime(storage, device, data_dir, None, False, download)
+    s = settings(**options)
+    handle = load(name, storage=s.storage).handle
     with _quiet():
-        return rt.retrain(handle, runtime, trial=trial, folder=out)
+        return rt.retrain(handle, s, trial=trial, folder=out)

@@ -4,7 +4,8 @@ For each trial: draw params (``space.suggest``), build a :class:`~tuner.context.
 whose reports go to ``trial.report`` / ``trial.should_prune``, call the training loop
 (tuner's own :func:`tuner.train.fit` or the study's ``trainer:``), and record on the trial
 what people look for: learning curves, train loss, epochs, wall time, device, parameter
-count, seed, library versions, and why it failed.
+count, seed, library versions, and why it failed. The study's code and data come prepared
+(:class:`~tuner.assets.StudyAssets`); this module only runs trials.
 """
 
 from __future__ import annotations
@@ -16,32 +17,18 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from tuner import retry, space, usercode
+from tuner import space, storage, usercode
+from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
-from tuner.errors import UserCodeError
+from tuner.settings import Settings
 from tuner.spec import StudySpec
-from tuner.storage import set_user_attrs
-
-
-@dataclass
-class Runtime:
-    """Per-worker facts, read once by the CLI and passed down."""
-
-    device: str = "cpu"
-    data_dir: str = "data"
-    download: bool = True  # fetch missing torchvision datasets into data_dir
-    checkpoint_dir: str = "tuner_checkpoints"
-    keep_checkpoints: bool = False
-    stop: threading.Event = field(default_factory=threading.Event)
-    # datasets loaded by this worker, reused by all its trials
-    data_cache: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,116 +69,46 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-_last_line = usercode.one_line  # "Type: the message's last line", for fail_reason
+class TrialRunner:
+    """Runs trials of one study in this process: Optuna trial -> context -> trainer ->
+    outcome and trial attrs."""
 
+    def __init__(self, assets: StudyAssets, *, checkpoint_dir: str, stop: threading.Event,
+                 on_epoch: Callable[[int, int, float], None] | None = None,
+                 keep_checkpoints: bool = False):
+        self.assets, self.spec = assets, assets.spec
+        self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
+        self.keep_checkpoints = keep_checkpoints
 
-class Objective:
-    """Runs trials of one study on one worker. Resolves the study's own code once."""
-
-    def __init__(self, spec: StudySpec, runtime: Runtime,
-                 on_epoch: Callable[[int, int, float], None] | None = None):
-        self.spec, self.runtime, self.on_epoch = spec, runtime, on_epoch
-        base = spec.base_dir
-        self.trainer = (usercode.resolve(spec.trainer, "trainer", base) if spec.trainer
-                        else None)
-        self.model_fn = (usercode.resolve(spec.model, "model", base)
-                         if usercode_path(spec.model) else None)
-        self.data_fn = (usercode.resolve(spec.data, "data", base)
-                        if usercode_path(spec.data) else None)
-
-    # ---- data and model ---------------------------------------------------------------
-    def data(self) -> Any:
-        """The study's data on this worker's device, loaded once per worker."""
-        import torch
-
-        from tuner import data as tdata
-
-        spec = self.spec
-        frac = spec.validation if isinstance(spec.validation, float) else 0.1
-        key = (spec.data, frac, spec.seed, self.runtime.device)
-        if key not in self.runtime.data_cache:
-            if self.data_fn is not None:
-                try:
-                    raw = usercode.call_loader(self.data_fn, seed=spec.seed,
-                                               data_dir=self.runtime.data_dir)
-                except Exception as e:
-                    raise UserCodeError(f"data: {spec.data} raised {_last_line(e)}") from None
-                bundle = tdata.from_user(raw, spec.task_name, validation=frac, seed=spec.seed,
-                                         name=spec.data)
-            else:
-                bundle = tdata.load_builtin(spec.data, self.runtime.data_dir, validation=frac,
-                                            seed=spec.seed, download=self.runtime.download)
-            self.runtime.data_cache[key] = bundle.to(torch.device(self.runtime.device))
-        return self.runtime.data_cache[key]
-
-    def _needs_data(self) -> bool:
-        # a user trainer may bring its own data (no ``data:`` in its study file)
-        return self.spec.data is not None
-
-    def model_builder(self, bundle: Any) -> Callable[[Mapping[str, Any]], Any]:
-        from tuner import models
-
-        if self.model_fn is not None:
-            fn = self.model_fn
-            return lambda params: fn(dict(params), bundle.input_shape, bundle.num_outputs)
-        family = self.spec.model
-        return lambda params: models.build(family, params, bundle.input_shape, bundle.num_outputs)
-
-    def preflight(self) -> None:
-        """Check, before any trial starts, that the data loads and the model fits the task:
-        one clear error now rather than a study of failed trials."""
-        if not self._needs_data():
-            return
-        bundle = self.data()
-        if self.spec.trainer is not None:  # a user loop may use its model its own way
-            return
-        import torch
-
-        params = space.defaults(self.spec)
-        try:
-            model = self.model_builder(bundle)(params).to(bundle.device)
-            x, _ = next(bundle.batches(bundle.train, 2, shuffle=False))
-            with torch.no_grad():
-                out = model(x)
-        except Exception as e:
-            raise UserCodeError(f"model: {self.spec.model} failed on a sample batch of "
-                                f"{self.spec.data}: {_last_line(e)}") from None
-        want = bundle.num_outputs
-        ok = tuple(out.shape) in ((2, want),) + (((2,),) if want == 1 else ())
-        if not ok:
-            raise UserCodeError(
-                f"model: {self.spec.model} returns shape {tuple(out.shape)} for a batch of 2; "
-                f"a {self.spec.task_name} model here must return (batch, {want})"
-            )
-
-    def _folds(self, bundle: Any) -> list[Any]:
-        """The k folds of the study's data, split once per worker like the data itself."""
-        key = ("folds", self.spec.kfold, self.spec.seed)
-        cached = self.runtime.data_cache.get(key)
-        if cached is None or cached[0] is not bundle:
-            cached = self.runtime.data_cache[key] = (bundle, bundle.folds(self.spec.kfold,
-                                                                          self.spec.seed))
-        return cached[1]
+    @classmethod
+    def of(cls, spec: StudySpec, settings: Settings, stop: threading.Event | None = None,
+           on_epoch: Callable[[int, int, float], None] | None = None) -> TrialRunner:
+        """A runner with fresh assets for ``spec`` on ``settings``' device and folders."""
+        assets = StudyAssets(spec, device=settings.device, data_dir=settings.data_dir,
+                             download=settings.download)
+        return cls(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop or threading.Event(),
+                   on_epoch=on_epoch, keep_checkpoints=settings.keep_checkpoints)
 
     def context(self, trial: optuna.Trial, lineage: int, *, fold: int | None = None,
                 prune: bool = True) -> Context:
         import torch
 
-        spec = self.spec
-        bundle = self.data() if self._needs_data() else None
+        spec, assets = self.spec, self.assets
+        bundle = assets.data() if assets.has_data else None
         if fold is not None and bundle is not None:
-            bundle = self._folds(bundle)[fold]
+            bundle = assets.folds()[fold]
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
-            ckpt = CheckpointStore(Path(self.runtime.checkpoint_dir) / spec.name
+            ckpt = CheckpointStore(Path(self.checkpoint_dir) / spec.name
                                    / f"trial-{lineage}{suffix}.pt")
         return Context(
-            device=torch.device(self.runtime.device), seed=spec.seed + lineage,
-            max_epochs=spec.epochs, task=spec.task_name, metric=spec.metric_name, data=bundle,
-            build_model=self.model_builder(bundle) if bundle is not None else None,
+            device=torch.device(assets.device), seed=spec.seed + lineage,
+            max_epochs=spec.epochs, task=bundle.task if bundle else spec.task_name,
+            metric=spec.metric_name, data=bundle,
+            build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
-            reporter=_TrialReporter(trial, self.runtime.stop, self.on_epoch, prune),
+            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune),
             checkpoints=ckpt,
         )
 
@@ -201,12 +118,12 @@ class Objective:
         COMPLETE, PRUNED or FAIL (with the exception's last line)."""
         from tuner import train
 
-        lineage = retry.lineage(trial)
-        set_user_attrs(trial, {
-            retry.LINEAGE_ATTR: lineage,
-            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.runtime.device},
+        lineage = storage.lineage(trial)
+        storage.set_user_attrs(trial, {
+            storage.LINEAGE_ATTR: lineage,
+            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
         })
-        fit = self.trainer or train.fit
+        fit = self.assets.trainer or train.fit
         start = time.perf_counter()
         ctxs: list[Context] = []
         try:
@@ -229,7 +146,7 @@ class Objective:
             self._record(trial, ctxs, start, "interrupted")
             raise
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
-            outcome = Outcome(TrialState.FAIL, fail_reason=_last_line(e))
+            outcome = Outcome(TrialState.FAIL, fail_reason=usercode.one_line(e))
         self._record(trial, ctxs, start, outcome.fail_reason)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
@@ -239,7 +156,7 @@ class Objective:
         """K-fold: the trial's score is the mean over folds, reported as folds finish (step
         i is the mean of the first i folds). A retry takes the folds its curve already has
         from the curve and trains the rest."""
-        done = _fold_scores(trial) if retry.is_retry(trial) else []
+        done = _fold_scores(trial) if storage.is_retry(trial) else []
         scores = []
         for fold in range(self.spec.kfold or 0):
             ctx = self.context(trial, lineage, fold=fold, prune=False)
@@ -254,7 +171,7 @@ class Objective:
             trial.report(mean, fold + 1)
             if trial.should_prune():
                 raise TrialPruned(f"pruned after fold {fold + 1}")
-            if self.runtime.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
+            if self.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
                 raise StopRequested
         return sum(scores) / len(scores)
 
@@ -266,8 +183,8 @@ class Objective:
             info.update(c.info)
         attrs: dict[str, Any] = {
             "wall_time_s": round(time.perf_counter() - start, 3),
-            "device": self.runtime.device,
-            "seed": self.spec.seed + retry.lineage(trial),
+            "device": self.assets.device,
+            "seed": self.spec.seed + storage.lineage(trial),
             "epochs_run": max((int(h["epoch"]) for h in history), default=0),
             "versions": versions(),
             **info,
@@ -276,14 +193,14 @@ class Objective:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        set_user_attrs(trial, attrs)
+        storage.set_user_attrs(trial, attrs)
 
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
         if outcome.interrupted:
             return
-        if self.runtime.keep_checkpoints and outcome.state == TrialState.COMPLETE:
+        if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return
         for store in outcome.checkpoints:
             store.delete()
@@ -292,15 +209,10 @@ class Objective:
 def _fold_scores(trial: optuna.Trial) -> list[float]:
     """The scores of the folds a retried trial's first attempts finished, recovered from the
     running means they reported: fold i scored i*m_i - (i-1)*m_(i-1)."""
-    # optuna has no public accessor for a live trial's intermediate values
-    curve = trial.study._storage.get_trial(trial._trial_id).intermediate_values
+    curve = storage.refreshed(trial).intermediate_values
     scores: list[float] = []
     previous = 0.0
     while (step := len(scores) + 1) in curve:
         scores.append(step * curve[step] - (step - 1) * previous)
         previous = curve[step]
     return scores
-
-
-def usercode_path(name: str | None) -> bool:
-    return name is not None and ":" in name

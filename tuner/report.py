@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.retrain import retrained_of
 from tuner.study import Handle
 
 # parameter importances from fewer completed trials are noise
@@ -276,7 +277,7 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     best = handle.study.best_trial
-    retrained = handle.study.user_attrs.get(f"retrain.{best.number}") or {}
+    retrained = retrained_of(handle, best.number) or {}
     test = ", ".join(f"{k} {_num(v)}" for k, v in retrained.get("metrics", {}).items())
     nav = " ".join(f'<a href="#{s.id}">{e(s.title)}</a>' for s in sections)
     body = [

@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import retry
+from tuner import storage
 from tuner.errors import DataError, TunerError, UserCodeError
+from tuner.settings import Settings
 from tuner.spec import Fixed, StudySpec
 from tuner.study import Handle
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from tuner.assets import StudyAssets
     from tuner.context import Context
-    from tuner.objective import Objective, Runtime
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
@@ -61,6 +62,11 @@ class Retrained:
 def attr_name(trial: int) -> str:
     """The study user attr holding the retrain of ``trial``."""
     return f"retrain.{trial}"
+
+
+def retrained_of(handle: Handle, trial: int) -> dict[str, Any] | None:
+    """What the retrain of ``trial`` recorded in the study, if it was retrained."""
+    return handle.study.user_attrs.get(attr_name(trial))
 
 
 def default_folder(study: str, trial: int) -> Path:
@@ -92,15 +98,15 @@ def trial_params(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
     return {**fixed, **trial.params}
 
 
-def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
+def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
             folder: str | Path | None = None) -> Retrained:
     """Retrain ``trial`` (default: the best) on train+val and evaluate it once on the test
     split; write the weights and model card into ``folder`` and record the result in the
     study. Deterministic for a given trial on a CPU."""
     import torch
 
+    from tuner.assets import StudyAssets
     from tuner.context import Context
-    from tuner.objective import Objective
 
     spec = handle.spec
     t = pick_trial(handle, trial)
@@ -110,10 +116,11 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
             "brings its own); add data: to the study file, or retrain in your own code with "
             f"the params of `tuner best {handle.name} --json`"
         )
-    objective = Objective(spec, runtime)
-    final = objective.data().final()  # train+val to train on, the test split as "val"
+    assets = StudyAssets(spec, device=settings.device, data_dir=settings.data_dir,
+                         download=settings.download)
+    final = assets.data().final()  # train+val to train on, the test split as "val"
     epochs = int(t.user_attrs.get("epochs_run") or 0) or spec.epochs
-    seed = int(t.user_attrs.get("seed", spec.seed + retry.lineage(t)))
+    seed = int(t.user_attrs.get("seed", spec.seed + storage.lineage(t)))
     params = trial_params(spec, t)
     out = Path(folder) if folder is not None else default_folder(handle.name, t.number)
     try:
@@ -121,12 +128,12 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
     except OSError as e:
         raise TunerError(f"cannot create {out}: {e.strerror}; pick another --out") from None
     ctx = Context(
-        device=torch.device(runtime.device), seed=seed, max_epochs=epochs, task=spec.task_name,
-        metric=spec.metric_name, data=final, build_model=objective.model_builder(final),
+        device=torch.device(settings.device), seed=seed, max_epochs=epochs, task=final.task,
+        metric=spec.metric_name, data=final, build_model=assets.model_builder(final),
         trial_number=t.number, amp=spec.amp, compile=spec.compile,
     )
     start = time.perf_counter()
-    metrics, state = _fit(objective, params, ctx, out, t.number)
+    metrics, state = _fit(assets, params, ctx, out, t.number)
     wall = time.perf_counter() - start
     metrics = {k: _finite(v) for k, v in metrics.items()}
     weights: Path | None = out / WEIGHTS
@@ -136,35 +143,36 @@ def retrain(handle: Handle, runtime: Runtime, *, trial: int | None = None,
         weights.unlink(missing_ok=True)
         weights = None
     card = out / CARD
-    card.write_text(json.dumps(_card(handle, t, params, metrics, final, epochs, seed, runtime,
-                                     weights, wall), indent=2) + "\n", encoding="utf-8")
+    card.write_text(json.dumps(_card(handle, t, params, metrics, final, epochs, seed,
+                                     settings.device, weights, wall), indent=2) + "\n",
+                    encoding="utf-8")
     n_train, n_test = len(final.train), len(final.split("val"))
     handle.study.set_user_attr(attr_name(t.number), {
         "metrics": metrics, "out": str(out.resolve()),
         "weights": weights.name if weights else None, "card": CARD, "epochs": epochs,
-        "seed": seed, "device": runtime.device, "data": spec.data, "train_samples": n_train,
+        "seed": seed, "device": settings.device, "data": spec.data, "train_samples": n_train,
         "test_samples": n_test, "wall_time_s": round(wall, 3), "created": _now(),
     })
     return Retrained(handle.name, t.number, metrics, out, weights, card, epochs, seed,
                      n_train, n_test)
 
 
-def _fit(objective: Objective, params: dict[str, Any], ctx: Context, out: Path,
+def _fit(assets: StudyAssets, params: dict[str, Any], ctx: Context, out: Path,
          number: int) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     """Train with tuner's loop or the study's trainer: (test metrics, model state_dict)."""
     from tuner.context import CheckpointStore, TrialPruned
 
-    if objective.trainer is None:
+    if assets.trainer is None:
         from tuner import train
 
         model, metrics = train.fit_final(params, ctx)
         return metrics, model.state_dict()
     # the user's loop hands its weights over through the checkpoint it saves each epoch
-    spec = objective.spec
+    spec = assets.spec
     ctx.checkpoints = CheckpointStore(out / _USER_CKPT)
     ctx.checkpoints.delete()
     try:
-        value = float(objective.trainer(params, ctx))
+        value = float(assets.trainer(params, ctx))
         saved = ctx.checkpoints.load()
     except TrialPruned as e:
         raise TunerError(f"retraining trial {number} diverged ({e}); retrain another trial "
@@ -185,6 +193,7 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict
     import torch
 
     from tuner import models, usercode
+    from tuner.kinds import InputKind, Inputs
 
     folder = Path(folder)
     try:
@@ -199,14 +208,20 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict
         build = usercode.resolve(card["model"], "model", card.get("base_dir"))
         model = build(dict(params), shape, outputs)
     else:
-        model = models.build(card["model"], params, shape, outputs)
+        kind = InputKind(card.get("input_kind") or _legacy_kind(shape))
+        model = models.build(card["model"], params, Inputs(kind, shape), outputs)
     state = torch.load(folder / card["files"]["weights"], map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), card
 
 
+def _legacy_kind(shape: tuple[int, ...]) -> str:
+    """Cards written before they named the input kind: images or tabular rows."""
+    return "image" if len(shape) == 3 else "tabular"
+
+
 def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[str, Any],
-          final: Any, epochs: int, seed: int, runtime: Runtime, weights: Path | None,
+          final: Any, epochs: int, seed: int, device: str, weights: Path | None,
           wall: float) -> dict[str, Any]:
     import torch
 
@@ -223,17 +238,18 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
         "test_metrics": metrics,
         "params": params,
         "data": spec.data,
-        "task": spec.task_name,
+        "task": final.task,
         "model": spec.model,
         "trainer": spec.trainer,
         "base_dir": spec.base_dir,
+        "input_kind": str(final.kind),
         "input_shape": list(final.input_shape),
         "num_outputs": final.num_outputs,
         "train_samples": len(final.train),
         "test_samples": len(final.split("val")),
         "epochs": epochs,
         "seed": seed,
-        "device": runtime.device,
+        "device": device,
         "wall_time_s": round(wall, 3),
         # what the model expects: x' = (x * scale - mean) / std, per channel or feature;
         # a regression model predicts (y - y_mean) / y_std
@@ -241,7 +257,7 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
             "scale": 1 / 255 if images else 1.0,
             "mean": final.mean.flatten().tolist(),
             "std": final.std.flatten().tolist(),
-            **({"y_mean": final.y_mean, "y_std": final.y_std} if spec.task_name == "regression"
+            **({"y_mean": final.y_mean, "y_std": final.y_std} if final.task == "regression"
                else {}),
         },
         "versions": versions(),

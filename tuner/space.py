@@ -1,33 +1,20 @@
-"""The search space as data: a spec's ``space`` -> Optuna distributions and sampled params.
+"""The search space as data: a spec's ``space`` -> sampled params, defaults and the grid.
 
 ``suggest(trial, spec)`` is the one place a trial's parameters are drawn; it honours
 conditions (``when``) and per-layer parameters (``per_layer``), and adds the constants.
+It asks the trial through its ``suggest_*`` methods alone, so it imports no Optuna.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from tuner.spec import CategoricalParam, Fixed, FloatParam, IntParam, Param, StudySpec, grid
 
-from tuner.errors import SpecError
-from tuner.spec import CategoricalParam, Fixed, FloatParam, IntParam, Param, StudySpec
+if TYPE_CHECKING:
+    import optuna
 
-GRID_LIMIT = 10_000
-
-
-def distribution(p: Param) -> BaseDistribution:
-    if isinstance(p, FloatParam):
-        return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-    if isinstance(p, IntParam):
-        return IntDistribution(p.low, p.high, log=p.log, step=p.step)
-    return CategoricalDistribution(p.choices)
+__all__ = ["defaults", "describe", "grid", "suggest"]
 
 
 def _suggest_one(trial: optuna.Trial, name: str, p: Param) -> Any:
@@ -72,46 +59,6 @@ def defaults(spec: StudySpec) -> dict[str, Any]:
             for n in _names(name, p, params):
                 params[n] = value
     return params
-
-
-def _grid_values(name: str, p: Param) -> list[Any]:
-    if isinstance(p, CategoricalParam):
-        return list(p.choices)
-    if isinstance(p, FloatParam) and p.step is None:
-        raise SpecError(
-            f"space.{name}: the grid sampler needs a step for float ranges; add step: or use choices"
-        )
-    step = p.step or 1
-    count = int(round((p.high - p.low) / step)) + 1
-    if count > GRID_LIMIT:
-        raise SpecError(f"space.{name}: {count} grid points; use a larger step or another sampler")
-    return [type(p.low)(p.low + i * step) for i in range(count)]
-
-
-def grid(spec: StudySpec) -> dict[str, list[Any]]:
-    """The grid for Optuna's GridSampler: every searched name (per-layer names up to the most
-    layers) mapped to its values."""
-    out: dict[str, list[Any]] = {}
-    highest: dict[str, int] = {}
-    for name, p in spec.space.items():
-        if isinstance(p, Fixed):
-            if isinstance(p.value, int):
-                highest[name] = p.value
-            continue
-        values = _grid_values(name, p)
-        if isinstance(p, IntParam):
-            highest[name] = int(max(values))
-        names = [name] if p.per_layer is None else [
-            f"{name}_{i}" for i in range(highest[p.per_layer])
-        ]
-        for n in names:
-            out[n] = values
-    size = 1
-    for v in out.values():
-        size *= len(v)
-    if size > 1_000_000:
-        raise SpecError(f"the grid has {size:,} points; narrow the space or use sampler: tpe")
-    return out
 
 
 def describe(spec: StudySpec) -> list[tuple[str, str, str, str]]:

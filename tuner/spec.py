@@ -7,7 +7,6 @@ problem becomes one :class:`~tuner.errors.SpecError` line that says how to fix i
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from pathlib import Path
@@ -26,8 +25,12 @@ from pydantic import (
     model_validator,
 )
 
-from tuner import vocab
+from tuner import data as datasets
+from tuner import models, vocab
 from tuner.errors import SpecError
+from tuner.kinds import InputKind
+from tuner.registry import Knob, did_you_mean
+from tuner.usercode import is_import_path
 
 Scalar = str | int | float | bool
 
@@ -123,7 +126,7 @@ SpaceEntry = Annotated[
 
 
 class SamplerSpec(_Frozen):
-    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"  # the samplers
     # startup trials sampled at random before the model-based samplers take over
     n_startup_trials: int | None = Field(default=None, ge=0)
     multivariate: bool = True
@@ -148,8 +151,10 @@ class StudySpec(_Frozen):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     # a built-in dataset, or a user loader ``pkg.mod:load`` / ``file.py:load``; defaults to
-    # mnist, or to nothing when a user ``trainer`` brings its own data
+    # mnist, or to nothing when a user ``trainer`` brings its own data. In the file also
+    # ``data: {name: NAME, as: KIND}`` to say how its samples are read (``data_as``)
     data: str | None = None
+    data_as: InputKind | None = None
     # a built-in model family, or a user builder ``pkg.mod:build`` / ``file.py:build``
     model: str = "mlp"
     # a user training loop ``pkg.mod:fit``; None means tuner's own loop
@@ -179,6 +184,13 @@ class StudySpec(_Frozen):
     def _default_data(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and "data" not in raw and not raw.get("trainer"):
             raw = {**raw, "data": "mnist"}
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            given = dict(raw["data"])
+            unknown = set(given) - {"name", "as"}
+            if unknown or "name" not in given:
+                raise ValueError("data: give a dataset name, or {name: NAME, as: KIND} with KIND "
+                                 f"one of {', '.join(InputKind)}")
+            raw = {**raw, "data": given["name"], "data_as": given.get("as")}
         return raw
 
     @field_validator("sampler", mode="before")
@@ -213,52 +225,51 @@ class StudySpec(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        builtin_data = self.data in vocab.DATASETS
+        builtin_data = self.data in datasets.names()
         if self.data is not None and not builtin_data and not is_import_path(self.data):
             raise ValueError(
-                f"data: unknown dataset {self.data!r}{_did_you_mean(self.data, vocab.DATASETS)}; "
-                f"use one of {', '.join(vocab.DATASETS)} or an import path like mypkg.data:load"
+                f"data: {datasets.SOURCES.unknown(self.data)} or an import path like mypkg.data:load"
             )
-        if self.model not in vocab.MODELS and not is_import_path(self.model):
+        if self.model not in models.names() and not is_import_path(self.model):
             raise ValueError(
-                f"model: unknown model {self.model!r}{_did_you_mean(self.model, vocab.MODELS)}; "
-                f"use one of {', '.join(vocab.MODELS)} or an import path like mypkg.nets:build"
+                f"model: {models.FAMILIES.unknown(self.model)} or an import path like mypkg.nets:build"
             )
         if self.trainer is not None and not is_import_path(self.trainer):
             raise ValueError(f"trainer: {self.trainer!r} is not an import path like mypkg.train:fit")
-        if self.task is None and not builtin_data:
-            raise ValueError(
-                "task: a study with its own data or trainer must say task: classification or regression"
-            )
         if self.metric is not None and self.metric not in vocab.METRICS:
             raise ValueError(
-                f"metric: unknown metric {self.metric!r}{_did_you_mean(self.metric, vocab.METRICS)}; "
+                f"metric: unknown metric {self.metric!r}{did_you_mean(self.metric, vocab.METRICS)}; "
                 f"use one of {', '.join(vocab.METRICS)}"
             )
-        metric_task = vocab.METRICS[self.metric_name][0]
-        if metric_task is not None and metric_task != self.task_name:
-            raise ValueError(f"metric: {self.metric_name} is not a {self.task_name} metric")
+        if self.task_name is None and self.data is None:
+            raise ValueError("task: a study whose trainer brings its own data must say task: "
+                             "classification or regression (or a metric that implies it)")
+        metric_task = vocab.METRICS[self.metric][0] if self.metric else None
+        if metric_task is not None and self.task_name is not None and metric_task != self.task_name:
+            raise ValueError(f"metric: {self.metric} is not a {self.task_name} metric")
+        if builtin_data and self.data_as is not None and self.data_as != datasets.get(self.data).kind:
+            raise ValueError(f"data: {self.data} is {datasets.get(self.data).kind} data and cannot "
+                             f"be read as {self.data_as}")
         self._check_space()
         return self
 
+    def knobs(self) -> dict[str, Knob]:
+        """The hyperparameters tuner's own code reads in this study: its training loop's
+        (unless the study brings a trainer) and its built-in model family's."""
+        out: dict[str, Knob] = {}
+        if self.trainer is None:
+            out.update(vocab.TRAINING_KNOBS)
+            if self.model in models.names():
+                out.update(models.get(self.model).knobs)
+        return out
+
     def _check_space(self) -> None:
         names = list(self.space)
+        knobs = self.knobs()
         for i, (name, p) in enumerate(self.space.items()):
             if isinstance(p, Fixed):
-                values = [p.value]
-            elif isinstance(p, CategoricalParam):
-                values = p.choices
-            else:
-                values = []
-            if self.trainer is None and self.model in vocab.MODELS and name in vocab.CHOICE_PARAMS:
-                allowed = vocab.CHOICE_PARAMS[name]
-                for v in values:
-                    if v not in allowed:
-                        raise ValueError(
-                            f"space.{name}: unknown {name} {v!r}{_did_you_mean(str(v), allowed)}; "
-                            f"use one of {', '.join(allowed)}"
-                        )
-            if isinstance(p, Fixed):
+                if (knob := knobs.get(name)) is not None:
+                    _check_knob(name, p, knob)
                 continue
             for ref in [*(p.when or {}), *([p.per_layer] if p.per_layer else [])]:
                 if ref not in names[:i]:
@@ -271,19 +282,34 @@ class StudySpec(_Frozen):
                     isinstance(ref, Fixed) and isinstance(ref.value, int)
                 ):
                     raise ValueError(f"space.{name}: per_layer must name an int parameter")
+            if (knob := knobs.get(name)) is not None:
+                _check_knob(name, p, knob)
         if self.sampler.name == "grid":
-            from tuner.space import grid  # noqa: PLC0415  (space imports spec)
-
             grid(self)
 
     # ---- derived values -------------------------------------------------------------
     @property
-    def task_name(self) -> str:
-        return self.task or vocab.DATASETS[self.data or "mnist"]
+    def task_name(self) -> str | None:
+        """The task: stated, the built-in dataset's, or implied by the metric; None when only
+        the data's labels can tell (see :meth:`with_task`)."""
+        if self.task is not None:
+            return self.task
+        if self.data in datasets.names():
+            return datasets.get(self.data).task
+        return vocab.METRICS[self.metric][0] if self.metric else None
+
+    def with_task(self, task: str) -> StudySpec:
+        """This spec with the task its data showed (a user loader's labels), before it is stored."""
+        return self if self.task_name is not None else self.model_copy(update={"task": task})
 
     @property
     def metric_name(self) -> str:
-        return self.metric or vocab.DEFAULT_METRIC[self.task_name]
+        if self.metric is not None:
+            return self.metric
+        if self.task_name is None:
+            raise SpecError(f"study {self.name!r}: the task is not known before its data is "
+                            "loaded; say task: or metric: in the study file")
+        return vocab.DEFAULT_METRIC[self.task_name]
 
     @property
     def direction_name(self) -> str:
@@ -308,15 +334,63 @@ class StudySpec(_Frozen):
         return d
 
 
-def is_import_path(text: str) -> bool:
-    """``pkg.mod:attr`` or ``path/to/file.py:attr``."""
-    mod, sep, attr = text.partition(":")
-    return bool(sep and mod and attr.isidentifier())
+GRID_LIMIT = 10_000
 
 
-def _did_you_mean(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _grid_values(name: str, p: Param) -> list[Any]:
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, FloatParam) and p.step is None:
+        raise SpecError(
+            f"space.{name}: the grid sampler needs a step for float ranges; add step: or use choices"
+        )
+    step = p.step or 1
+    count = int(round((p.high - p.low) / step)) + 1
+    if count > GRID_LIMIT:
+        raise SpecError(f"space.{name}: {count} grid points; use a larger step or another sampler")
+    return [type(p.low)(p.low + i * step) for i in range(count)]
+
+
+def grid(spec: StudySpec) -> dict[str, list[Any]]:
+    """The grid for Optuna's GridSampler: every searched name (per-layer names up to the most
+    layers) mapped to its values."""
+    out: dict[str, list[Any]] = {}
+    highest: dict[str, int] = {}
+    for name, p in spec.space.items():
+        if isinstance(p, Fixed):
+            if isinstance(p.value, int):
+                highest[name] = p.value
+            continue
+        values = _grid_values(name, p)
+        if isinstance(p, IntParam):
+            highest[name] = int(max(values))
+        names = [name] if p.per_layer is None else [
+            f"{name}_{i}" for i in range(highest[p.per_layer])
+        ]
+        for n in names:
+            out[n] = values
+    size = 1
+    for v in out.values():
+        size *= len(v)
+    if size > 1_000_000:
+        raise SpecError(f"the grid has {size:,} points; narrow the space or use sampler: tpe")
+    return out
+
+
+def _check_knob(name: str, p: Any, knob: Knob) -> None:
+    """Every value the space can give ``name`` must suit tuner's code: each choice, or both
+    ends of a range (its values lie between them)."""
+    if isinstance(p, Fixed):
+        values = [p.value]
+    elif isinstance(p, CategoricalParam):
+        values = list(p.choices)
+    else:
+        values = [p.low, p.high]
+    for v in values:
+        if (why := knob.problem(name, v)) is not None:
+            raise ValueError(f"space.{name}: {why}")
+
+
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:
@@ -338,7 +412,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         keys = _PARAM_KEYS if len(loc) >= 3 and loc[0] == "space" else _known_keys(StudySpec)
         if len(loc) >= 2 and loc[0] in ("sampler", "pruner"):
             keys = _known_keys(SamplerSpec if loc[0] == "sampler" else PrunerSpec)
-        return f"{source}: unknown key {where!r}{_did_you_mean(key, keys)}; remove it or fix the spelling"
+        return f"{source}: unknown key {where!r}{did_you_mean(key, keys)}; remove it or fix the spelling"
     if e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
         return (
             f"{source}: {where}: unknown parameter type; use type: float, int or categorical "
@@ -349,7 +423,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         got = e.get("input")
         options = [o.strip(" '") for o in str(expected).replace(" or ", ",").split(",")]
         return (
-            f"{source}: {where}: unknown value {got!r}{_did_you_mean(str(got), options)}; "
+            f"{source}: {where}: unknown value {got!r}{did_you_mean(str(got), options)}; "
             f"use one of {expected}"
         )
     return f"{source}: {where + ': ' if where else ''}{msg}"
@@ -374,7 +448,10 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a UTF-8 text file; give the study's YAML file "
+                        "(examples in search_spaces/)") from None
     except FileNotFoundError:
         raise SpecError(f"{path}: no such study file; check the path (examples in search_spaces/)") from None
     except OSError as e:

@@ -10,8 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.budget import Budget, BudgetState
-from tuner.storage import heartbeat_ages
+from tuner.storage import BudgetState, all_studies, heartbeat_ages
 from tuner.study import SPEC_ATTR, Handle
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -72,9 +71,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     ages: dict[int, float] = {}
     if with_heartbeats:
-        storage = study._storage
-        rdb = getattr(storage, "_backend", storage)
-        ages = heartbeat_ages(rdb, study._study_id)
+        ages = heartbeat_ages(study)
     running = []
     for t in trials:
         if t.state != TrialState.RUNNING:
@@ -112,8 +109,7 @@ class StudyRow:
 
 def studies(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
     rows = []
-    for s in storage.get_all_studies():
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+    for s, trials in all_studies(storage):
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
@@ -141,7 +137,3 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "fail_reason": t.user_attrs.get("fail_reason"),
         })
     return rows
-
-
-def budget_of(storage: optuna.storages.RDBStorage, name: str) -> BudgetState:
-    return Budget(storage.engine, name).state()

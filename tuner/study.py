@@ -3,7 +3,6 @@ join a study from the database alone."""
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -11,10 +10,9 @@ from dataclasses import dataclass
 import optuna
 
 from tuner import space
-from tuner.budget import Budget, BudgetState
 from tuner.errors import SpecMismatch, StudyNotFound
 from tuner.spec import StudySpec, spec_from_json
-from tuner.storage import display_url
+from tuner.storage import Budget, BudgetState, display_url
 
 SPEC_ATTR = "tuner.spec"
 
@@ -151,13 +149,3 @@ def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
     load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
     optuna.delete_study(study_name=name, storage=storage)
     _budget(storage, name).delete()
-
-
-def spec_of(study: optuna.Study) -> StudySpec | None:
-    raw = study.user_attrs.get(SPEC_ATTR)
-    return spec_from_json(raw) if raw else None
-
-
-def spec_summary(spec: StudySpec) -> str:
-    return json.dumps({"data": spec.data, "model": spec.model, "metric": spec.metric_name,
-                       "direction": spec.direction_name, "epochs": spec.epochs})

@@ -21,13 +21,13 @@ from torch import Tensor, nn
 
 from tuner import vocab
 from tuner.context import Context
-from tuner.data import DataBundle, Split, resolve_device
+from tuner.data._bundle import DataBundle, Split
+from tuner.device import canonical
 from tuner.errors import DataError
 from tuner.models import build, count_parameters
 
 # samples per evaluation batch: nothing is kept for backward, so big batches are cheap
 EVAL_BATCH_SIZE = 4096
-TASK_METRICS = {"classification": ("accuracy", "loss"), "regression": ("mse", "mae", "r2", "loss")}
 
 
 @dataclass
@@ -171,7 +171,7 @@ def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
 
 # ---- set-up ------------------------------------------------------------------------------
 def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
-    p = {**vocab.BUILTIN_PARAMS, **params}
+    p = {**vocab.defaults(vocab.TRAINING_KNOBS), **params}
     device = data.device
     if device.type == "cuda":
         # TF32 matmuls: several times fp32 throughput on Ampere and later, and precise enough
@@ -237,7 +237,7 @@ def make_schedule(p: Mapping[str, Any], opt: torch.optim.Optimizer,
 def _data(ctx: Context) -> DataBundle:
     if ctx.data is None:
         raise ValueError("tuner's training loop needs data: ctx.data is None")
-    device = resolve_device(ctx.device)
+    device = canonical(ctx.device)
     # normally the worker moved it once; a copy per trial is slow but still right
     return ctx.data if ctx.data.device == device else ctx.data.to(device)
 
@@ -245,13 +245,13 @@ def _data(ctx: Context) -> DataBundle:
 def _builder(ctx: Context, data: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:
     if ctx.build_model is not None:
         return ctx.build_model
-    return lambda params: build("mlp", params, data.input_shape, data.num_outputs)
+    return lambda params: build("mlp", params, data.inputs, data.num_outputs)
 
 
 def _check_metric(metric: str, task: str) -> None:
-    if metric not in TASK_METRICS[task]:
+    if metric not in vocab.task_metrics(task):
         raise ValueError(f"metric {metric!r} is not a {task} metric; use one of "
-                         f"{', '.join(TASK_METRICS[task])}")
+                         f"{', '.join(vocab.task_metrics(task))}")
 
 
 def _channels_last(model: nn.Module, device: torch.device) -> bool:

@@ -30,6 +30,14 @@ _POSITIONAL = {"model": 3, "trainer": 2}
 LOADER_KWARGS = ("seed", "data_dir")
 
 
+def is_import_path(text: str | None) -> bool:
+    """``pkg.mod:attr`` or ``path/to/file.py:attr``: the user's own code, not a built-in name."""
+    if text is None:
+        return False
+    mod, sep, attr = text.partition(":")
+    return bool(sep and mod and attr.isidentifier())
+
+
 def one_line(exc: BaseException) -> str:
     """``Type: message`` on one line (the message's last line, which names the cause)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -1,25 +1,15 @@
-"""Names a study file may use. Plain data, no torch: the spec validates against these
-and ``models``/``train``/``data`` map them to PyTorch (tests check both sides agree)."""
+"""Names a study file may use for tuner's own training loop: tasks, metrics, optimizers,
+schedules and the loop's hyperparameters. Plain data, no torch: the spec validates against
+these and :mod:`tuner.train` maps them to PyTorch. Model families and datasets keep their
+own names in their registries (:mod:`tuner.models`, :mod:`tuner.data`)."""
 
 from __future__ import annotations
 
-ACTIVATIONS = ("relu", "leaky_relu", "prelu", "elu", "gelu", "silu", "tanh", "sigmoid")
-OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad")
-INITS = ("default", "xavier", "kaiming")
-SCHEDULES = ("constant", "cosine", "step", "exponential")
-MODELS = ("mlp", "cnn")
+from tuner.registry import Knob
 
-# dataset name -> task
-DATASETS = {
-    "mnist": "classification",
-    "fashion_mnist": "classification",
-    "cifar10": "classification",
-    "digits": "classification",
-    "moons": "classification",
-    "diabetes": "regression",
-}
+TASKS = ("classification", "regression")
 
-# metric -> (task, direction)
+# metric -> (task it belongs to, or None for both; direction)
 METRICS = {
     "accuracy": ("classification", "maximize"),
     "loss": (None, "minimize"),
@@ -29,33 +19,29 @@ METRICS = {
 }
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "mse"}
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "qmc")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
 
-# hyperparameters that tuner's own model and training loop understand, with their defaults
-BUILTIN_PARAMS = {
-    "lr": 1e-3,
-    "batch_size": 128,
-    "epochs": None,  # defaults to the study's max epochs
-    "depth": 2,
-    "width": 256,
-    "activation": "relu",
-    "dropout": 0.0,
-    "batch_norm": False,
-    "init": "default",
-    "optimizer": "adam",
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "l1": 0.0,
-    "schedule": "constant",
-    "step_size": 3,
-    "gamma": 0.5,
-    "channels": 32,
-    "kernel_size": 3,
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metrics tuner's loop computes for ``task``."""
+    return tuple(m for m, (t, _) in METRICS.items() if t in (None, task))
+
+
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "cosine", "step", "exponential")
+
+# the hyperparameters tuner's own training loop understands, with defaults and valid values
+TRAINING_KNOBS: dict[str, Knob] = {
+    "lr": Knob(1e-3, "learning rate", low=0, low_open=True),
+    "batch_size": Knob(128, "samples per optimizer step", low=1),
+    "epochs": Knob(None, "epochs of this trial [default: the study's epochs]", low=1),
+    "optimizer": Knob("adam", "optimizer", choices=OPTIMIZERS),
+    "momentum": Knob(0.9, "momentum of sgd_momentum", low=0, high=1),
+    "weight_decay": Knob(0.0, "L2 penalty (decoupled for adamw)", low=0),
+    "l1": Knob(0.0, "L1 penalty on weight matrices and kernels", low=0),
+    "schedule": Knob("constant", "learning-rate schedule, stepped per epoch", choices=SCHEDULES),
+    "step_size": Knob(3, "epochs between decays of the step schedule", low=1),
+    "gamma": Knob(0.5, "decay factor of the step and exponential schedules", low=0, low_open=True),
 }
-CHOICE_PARAMS = {
-    "activation": ACTIVATIONS,
-    "optimizer": OPTIMIZERS,
-    "init": INITS,
-    "schedule": SCHEDULES,
-}
+
+
+def defaults(knobs: dict[str, Knob]) -> dict[str, object]:
+    return {k: v.default for k, v in knobs.items()}

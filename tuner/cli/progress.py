@@ -31,10 +31,12 @@ class _State:
 
 
 class ProgressView:
-    def __init__(self, console: Console, name: str, direction: str, max_epochs: int,
-                 done: int, total: int | None, best: float | None = None):
-        self.console, self.name, self.direction, self.max_epochs = console, name, direction, max_epochs
-        self.state = _State(done=done, total=total, best=best)
+    def __init__(self, console: Console, name: str, metric: str, direction: str,
+                 max_epochs: int, done: int, total: int | None, best: float | None = None,
+                 best_trial: int | None = None):
+        self.console, self.name, self.metric = console, name, metric
+        self.direction, self.max_epochs = direction, max_epochs
+        self.state = _State(done=done, total=total, best=best, best_trial=best_trial)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("trials"), TimeElapsedColumn(),
                             console=console)
@@ -91,7 +93,7 @@ class ProgressView:
         s = self.state
         best = "—" if s.best is None else f"{s.best:.4f} (trial {s.best_trial})"
         lines = [self.bar,
-                 Text(f"  best {self.direction[:3]}: {best}   pruned: {s.pruned}   failed: {s.failed}")]
+                 Text(f"  best {self.metric} {best}   pruned: {s.pruned}   failed: {s.failed}")]
         for n, (epoch, value) in sorted(s.running.items()):
             v = "" if value is None else f"  val {value:.4f}"
             lines.append(Text(f"  trial {n}: epoch {epoch}/{self.max_epochs}{v}", style="dim"))

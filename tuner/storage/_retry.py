@@ -12,7 +12,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.budget import Budget
+from tuner.storage._budget import Budget
 
 LINEAGE_ATTR = "lineage"  # number of the first trial of a retry chain: names its checkpoint
 RETRY_OF_ATTR = "retry_of"

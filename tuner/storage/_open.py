@@ -1,4 +1,4 @@
-"""Storage URLs -> Optuna's RDB storage, safe for many workers at once.
+"""Opening a storage: URLs -> Optuna's RDB storage, safe for many workers at once.
 
 - SQLite (the default, ``sqlite:///tuner.db``): WAL journal, a long busy timeout, so a few
   local workers share one file without "database is locked".
@@ -11,13 +11,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import warnings
-from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +24,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import StorageError
+from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
 
-DEFAULT_URL = "sqlite:///tuner.db"
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
 _SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """How often running trials say they are alive, and how long silence means death (s)."""
-
-    interval: int = 5
-    grace_period: int = 20
 
 
 def normalize_url(url: str) -> URL:
     """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL)."""
     try:
         parsed = make_url(url)
-    except (sa_exc.ArgumentError, ValueError):
+    except (sa_exc.ArgumentError, ValueError) as e:
         raise StorageError(
-            f"malformed storage URL {url!r}; use a SQLAlchemy URL, {EXAMPLES}") from None
+            f"malformed storage URL {url!r}; use a SQLAlchemy URL, {EXAMPLES}") from e
     backend = parsed.get_backend_name()
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -63,6 +52,17 @@ def normalize_url(url: str) -> URL:
         if not Path(db).expanduser().resolve().parent.is_dir():
             raise StorageError(f"folder of {db} does not exist; create it or fix the storage URL")
     return parsed
+
+
+def checkpoint_folder(url: str, given: str | Path | None = None) -> str:
+    """``given``, else ``tuner_checkpoints`` beside a SQLite file (so workers sharing the
+    file share the checkpoints), else ``./tuner_checkpoints``."""
+    if given is not None:
+        return str(given)
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return str(Path(parsed.database).expanduser().resolve().parent / CHECKPOINT_FOLDER)
+    return CHECKPOINT_FOLDER
 
 
 def display_url(url: str) -> str:
@@ -133,11 +133,11 @@ def _unreachable(url: str, err: Exception) -> StorageError:
     )
 
 
-def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
+def connect(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
     """Open (creating the schema if needed) the storage at ``url``. Trials whose worker
     stops beating are failed and retried (``tuner.retry``)."""
-    from tuner import budget
-    from tuner.retry import StaleTrialHandler
+    from tuner.storage import _budget as budget
+    from tuner.storage._retry import StaleTrialHandler
 
     parsed = normalize_url(url)
     hb = heartbeat or Heartbeat()
@@ -164,91 +164,16 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
             return storage
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
             if "locked" not in str(e) and "already exists" not in str(e):
-                raise _unreachable(url, e) from None
+                raise _unreachable(url, e) from e
             last = e
         except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as e:
             last = e  # another process created the same table a moment ago: try again
         except sa_exc.ArgumentError as e:
-            raise StorageError(f"bad storage URL {display_url(url)}: {e}; {EXAMPLES}") from None
+            raise StorageError(f"bad storage URL {display_url(url)}: {e}; {EXAMPLES}") from e
         except ImportError as e:
             raise StorageError(
-                f"no database driver for {display_url(url)} ({e}); pip install it") from None
+                f"no database driver for {display_url(url)} ({e}); pip install it") from e
         except RuntimeError as e:  # optuna: schema of an incompatible version
-            raise StorageError(f"{display_url(url)}: {e}".splitlines()[0]) from None
+            raise StorageError(f"{display_url(url)}: {e}".splitlines()[0]) from e
         time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
-    raise _unreachable(url, last or RuntimeError("schema creation kept failing"))
-
-
-def record_heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> None:
-    storage.record_heartbeat(trial._trial_id)  # optuna has no public trial-id accessor
-
-
-def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
-    """Set several user attrs of a running trial in one statement and one transaction.
-
-    ``Trial.set_user_attr`` costs a read, a write and a commit per attr, and the attrs tuner
-    keeps on every trial were the largest part of its per-trial storage time
-    (benchmarks/storage.py)."""
-    if not attrs:
-        return
-    storage = trial.storage
-    rdb = getattr(storage, "_backend", storage)
-    dialect = getattr(getattr(rdb, "engine", None), "name", None)
-    if not isinstance(rdb, optuna.storages.RDBStorage) or not _can_upsert(dialect):
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        return
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    table = models.TrialUserAttributeModel.__table__
-    rows = [{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
-            for k, v in attrs.items()]
-    with _create_scoped_session(rdb.scoped_session) as session:
-        state = session.execute(
-            sqlalchemy.select(models.TrialModel.state)
-            .where(models.TrialModel.trial_id == trial._trial_id)
-        ).scalar_one()
-        rdb.check_trial_is_updatable(trial._trial_id, state)  # as Optuna does per attr
-        session.execute(_upsert(dialect, table, rows))
-    trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr does too
-
-
-def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:
-    """One multi-row INSERT that updates the rows already there."""
-    if dialect == "mysql":
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        stmt = mysql_insert(table).values(rows)
-        return stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json)
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table).values(rows)
-    return stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
-                                      set_={"value_json": stmt.excluded.value_json})
-
-
-def _can_upsert(dialect: str | None) -> bool:
-    import sqlite3
-
-    return dialect in ("postgresql", "mysql") or (
-        dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0))
-
-
-def heartbeat_ages(storage: optuna.storages.RDBStorage, study_id: int) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial, by trial number."""
-    from optuna.storages._rdb import models
-
-    with storage.engine.connect() as conn:
-        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
-        rows = conn.execute(
-            sqlalchemy.select(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
-            .join(models.TrialHeartbeatModel,
-                  models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-            .where(models.TrialModel.study_id == study_id)
-            .where(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
-        ).all()
-    now = now.replace(tzinfo=None)
-    return {n: max(0.0, (now - hb.replace(tzinfo=None)).total_seconds()) for n, hb in rows}
+    raise _unreachable(url, last or RuntimeError("schema creation kept failing")) from last

@@ -1,4 +1,4 @@
-"""CLI commands for after the search: dashboard, report, retrain (registered on tuner.cli.app).
+"""CLI commands for after the search: dashboard, report, retrain.
 
 Thin like the rest of the CLI: the work is in :mod:`tuner.dashboard`, :mod:`tuner.report` and
 :mod:`tuner.retrain`, imported inside each command so ``tuner --help`` stays fast.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tuner.cli import (
+from tuner.cli._common import (
     DEFAULT_STORAGE,
     DataDir,
     Device,
@@ -20,12 +20,12 @@ from tuner.cli import (
     Storage,
     _fmt,
     _open,
-    _runtime,
     _setup_logging,
     command,
     err,
     out,
 )
+from tuner.settings import DEFAULT_DATA_DIR
 
 Name = Annotated[str, typer.Argument(help="Study name.")]
 
@@ -42,19 +42,19 @@ def dashboard(
     from tuner.dashboard import is_loopback, open_server
     from tuner.storage import display_url
 
-    _setup_logging(quiet=True)
+    _setup_logging()
     server = open_server(_open(storage), host, port)
     if not is_loopback(host):
-        err.print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
+        err().print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
                   f"listening on {host}: anyone who can reach this port can read, change and "
                   "delete your studies. Prefer --host 127.0.0.1 and an SSH tunnel.",
                   markup=True, highlight=False, soft_wrap=True)
-    out.print(f"dashboard for {display_url(storage)} at {server.url} (Ctrl-C to stop)",
+    out().print(f"dashboard for {display_url(storage)} at {server.url} (Ctrl-C to stop)",
               highlight=False, soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        out.print("dashboard stopped")
+        out().print("dashboard stopped")
     finally:
         server.server_close()
 
@@ -72,13 +72,13 @@ def report(
     from tuner import study as st
     from tuner.report import build
 
-    _setup_logging(quiet=True)
+    _setup_logging()
     handle = st.load(_open(storage), name)
     result = build(handle, out_dir or Path("runs") / name / "report", top=top)
-    out.print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
-    out.print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
+    out().print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
+    out().print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
     for sid, why in result.skipped.items():
-        out.print(f"skipped {sid}: {why}", highlight=False, soft_wrap=True)
+        out().print(f"skipped {sid}: {why}", highlight=False, soft_wrap=True)
 
 
 @command
@@ -90,7 +90,7 @@ def retrain(
         "--out", help="Folder for model.pt and model.json [default: runs/NAME/trial-N].")] = None,
     storage: Storage = DEFAULT_STORAGE,
     device: Device = "auto",
-    data_dir: DataDir = Path("data"),
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
     download: Download = True,
     quiet: Quiet = False,
 ) -> None:
@@ -98,22 +98,23 @@ def retrain(
 
     The trial (or --trial N) is retrained with its own seed for the epochs it ran, then
     evaluated once on the held-out test set; `tuner best NAME` shows the test score."""
+    from tuner import api
     from tuner import study as st
     from tuner.retrain import pick_trial
     from tuner.retrain import retrain as run_retrain
 
-    _setup_logging(quiet)
-    runtime = _runtime(storage, device, data_dir, ckpt=None, keep=False, download=download)
+    _setup_logging()
+    settings = api.settings(storage=storage, device=device, data_dir=data_dir, download=download)
     handle = st.load(_open(storage), name)
     number = pick_trial(handle, trial).number
     if not quiet:
-        out.print(f"retraining trial {number} of {name} on train+val on {runtime.device}")
-    r = run_retrain(handle, runtime, trial=number, folder=out_dir)
+        out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")
+    r = run_retrain(handle, settings, trial=number, folder=out_dir)
     metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in r.metrics.items() if k != "train_loss")
-    out.print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples, "
+    out().print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples, "
               f"seed {r.seed}; test set ({r.test_samples} samples): {metrics}", highlight=False)
     saved = [p for p in (r.weights, r.card) if p is not None]
-    out.print("saved " + " and ".join(str(p) for p in saved), highlight=False, soft_wrap=True)
+    out().print("saved " + " and ".join(str(p) for p in saved), highlight=False, soft_wrap=True)
     if r.weights is None:
-        out.print("no weights: the study's trainer saved no checkpoint with a \"model\" "
+        out().print("no weights: the study's trainer saved no checkpoint with a \"model\" "
                   "state_dict (ctx.save_checkpoint)", highlight=False)

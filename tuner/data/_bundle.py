@@ -1,13 +1,12 @@
 """Datasets as tensors kept on the training device (the airbench way: no DataLoader).
 
-A :class:`DataBundle` holds the train / validation / test :class:`Split` s of one dataset.
-Images stay uint8 (4x smaller than float32) and are normalised batch by batch on the device;
-a batch is one ``randperm`` slice and one gather, with no per-sample Python work.
+A :class:`DataBundle` holds the train / validation / test :class:`Split` s of one dataset and
+the kind of its samples (:class:`~tuner.kinds.InputKind`), which decides how it is
+normalised. Images stay uint8 (4x smaller than float32) and are normalised batch by batch on
+the device; a batch is one ``randperm`` slice and one gather, with no per-sample Python work.
+Token ids are passed through as integers.
 
-Load once per worker and reuse the bundle for every trial: the load functions are pure.
-
-    load_builtin("mnist", "data", validation=0.1, seed=0).to("cuda")
-    from_user(((X, y), (X_val, y_val)), "regression", validation=0.1, seed=0, name="mine")
+Load once per worker and reuse the bundle for every trial: the loaders are pure.
 """
 
 from __future__ import annotations
@@ -21,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tuner import vocab
+from tuner.device import canonical
 from tuner.errors import DataError
+from tuner.kinds import InputKind, Inputs
 
 SPLITS = ("train", "val", "test")
 # free GPU memory kept back when deciding whether a dataset fits: activations, weights and
@@ -38,8 +38,9 @@ TEST_FRACTION = 0.2
 # eq=False: tensors have no truth value to compare by, and a bundle hashes by identity
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Inputs and targets of one split. Images uint8 (N,C,H,W), tabular float32 (N,F);
-    class labels int64 (N,), regression targets float32 (N,)."""
+    """Inputs and targets of one split. Images uint8 or float32 (N,C,H,W), tabular float32
+    (N,F), sequences float32 (N,T,F), tokens int64 (N,T); class labels int64 (N,), regression
+    targets float32 (N,)."""
 
     x: Tensor
     y: Tensor
@@ -68,10 +69,11 @@ class DataBundle:
     input_shape: tuple[int, ...]  # one sample: (1, 28, 28) or (64,)
     num_outputs: int  # classes, or 1 for regression
     task: str  # "classification" | "regression"
-    # per channel (1,C,1,1) for images, per feature (1,F) for tabular, in the units of
-    # x/255 for uint8 images and of x otherwise
+    # per channel (1,C,1,1) for images, per feature (1,F) for tabular and (1,1,F) for
+    # sequences, in the units of x/255 for uint8 images and of x otherwise; 0 and 1 for tokens
     mean: Tensor
     std: Tensor
+    kind: InputKind = InputKind.tabular
     # regression targets are trained on as (y - y_mean) / y_std
     y_mean: float = 0.0
     y_std: float = 1.0
@@ -81,6 +83,11 @@ class DataBundle:
     batch_device: torch.device | None = None
 
     @property
+    def inputs(self) -> Inputs:
+        """What one sample is, as model builders receive it."""
+        return Inputs(self.kind, self.input_shape)
+
+    @property
     def device(self) -> torch.device:
         """Where batches come out (the training device)."""
         return self.batch_device if self.batch_device is not None else self.train.x.device
@@ -88,7 +95,7 @@ class DataBundle:
     def __repr__(self) -> str:
         sizes = "/".join(str(len(s)) if s is not None else "-"
                          for s in (self.train, self.val, self.test))
-        return (f"DataBundle({self.name}: {self.task}, train/val/test {sizes}, input "
+        return (f"DataBundle({self.name}: {self.task}, train/val/test {sizes}, {self.kind} "
                 f"{self.input_shape}, {self.num_outputs} outputs, "
                 f"{self.nbytes / 2**20:.1f} MiB, on {self.device})")
 
@@ -113,7 +120,7 @@ class DataBundle:
     def to(self, device: str | torch.device) -> DataBundle:
         """All tensors on ``device``; on CUDA, when the data would not fit in free memory
         (with a margin), the splits stay on the host and batches are copied (slower)."""
-        device = resolve_device(device)
+        device = canonical(device)
         if device.type == "cuda" and not _fits_on_gpu(self.nbytes, device):
             return self._staged(device)
         moved = {k: (s.to(device) if s is not None else None)
@@ -153,17 +160,16 @@ class DataBundle:
             if host:
                 xb = xb.to(self.batch_device, non_blocking=True)
                 yb = yb.to(self.batch_device, non_blocking=True)
-            # not in place: xb may be a view of the stored split (unshuffled float data)
-            yield (xb.float() * scale).sub_(shift), self.scale_targets(yb)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """Raw inputs (uint8 or float) -> float32 with zero mean and unit std per channel."""
-        scale, shift = self._affine(x.dtype)
-        return (x.float() * scale).sub_(shift)
+            if self.kind == InputKind.tokens:
+                yield xb, self.scale_targets(yb)
+            else:
+                # not in place: xb may be a view of the stored split (unshuffled float data)
+                yield (xb.float() * scale).sub_(shift), self.scale_targets(yb)
 
     def _affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """((x / 255) - mean) / std as x * scale - shift: one multiply, one subtract."""
-        scale = 1.0 / (255.0 * self.std) if dtype == torch.uint8 else 1.0 / self.std
+        images = dtype == torch.uint8 and self.kind == InputKind.image
+        scale = 1.0 / (255.0 * self.std) if images else 1.0 / self.std
         return scale, self.mean / self.std
 
     def scale_targets(self, y: Tensor) -> Tensor:
@@ -199,16 +205,17 @@ class DataBundle:
         return self._resplit(_concat(self.train, self.val), self.test, None)
 
     def _resplit(self, train: Split, val: Split | None, test: Split | None) -> DataBundle:
-        fresh = make_bundle(self.name, self.task, train, val, test, self.num_outputs)
+        fresh = make_bundle(self.name, self.task, train, val, test, self.num_outputs, self.kind)
         return replace(fresh, mean=fresh.mean.to(self.device), std=fresh.std.to(self.device),
                        batch_device=self.batch_device)
 
 
 # ---- building bundles --------------------------------------------------------------------
 def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Split | None,
-                num_outputs: int) -> DataBundle:
-    """A bundle with normalisation statistics computed on ``train``."""
-    mean, std = _input_stats(train.x)
+                num_outputs: int, kind: InputKind) -> DataBundle:
+    """A bundle of ``kind`` samples with normalisation statistics computed on ``train``."""
+    Inputs(kind, tuple(train.x.shape[1:]))  # the shape must fit the kind
+    mean, std = _input_stats(train.x, kind)
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
         y = train.y.double()
@@ -216,22 +223,28 @@ def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Spl
         y_std = float(y.std(correction=0)) if len(y) > 1 else 1.0
         y_std = y_std if y_std > 0 else 1.0
     return DataBundle(train=train, val=val, test=test, input_shape=tuple(train.x.shape[1:]),
-                      num_outputs=num_outputs, task=task, mean=mean, std=std,
+                      num_outputs=num_outputs, task=task, mean=mean, std=std, kind=kind,
                       y_mean=y_mean, y_std=y_std, name=name)
 
 
-def _input_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and std per channel (dim 1 of N,C,H,W) or per feature (N,F), float32, shaped to
-    broadcast over a batch; for uint8 in units of x/255. Computed in float64."""
-    if x.dtype == torch.uint8:
+def _input_stats(x: Tensor, kind: InputKind) -> tuple[Tensor, Tensor]:
+    """Mean and std, float32, shaped to broadcast over a batch: per channel for images (dim 1
+    of N,C,H,W; for uint8 in units of x/255), per feature for tabular data (N,F), per feature
+    over all steps for sequences (last dim of N,T,F); none for token ids. Float64 sums."""
+    if kind == InputKind.tokens:
+        return torch.zeros(()), torch.ones(())
+    if kind == InputKind.image:
+        channel, shape = 1, (1, x.shape[1], 1, 1)
+    else:  # the feature axis is the last: (N,F) or (N,T,F)
+        channel, shape = x.dim() - 1, (*[1] * (x.dim() - 1), x.shape[-1])
+    if x.dtype == torch.uint8 and kind == InputKind.image:
         mean, var = _uint8_moments(x)
     else:
-        dims = [0, *range(2, x.dim())]
+        dims = [d for d in range(x.dim()) if d != channel]
         var, mean = torch.var_mean(x.double(), dim=dims, correction=0)
     std = var.clamp_min(0).sqrt()
     # a constant feature (digits has blank border pixels) is centred, not scaled up
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
-    shape = (1, x.shape[1], *[1] * (x.dim() - 2))
     return mean.float().reshape(shape), std.float().reshape(shape)
 
 
@@ -247,14 +260,6 @@ def _uint8_moments(x: Tensor) -> tuple[Tensor, Tensor]:
         means.append(mean)
         variances.append((p * (levels - mean).square()).sum())
     return torch.stack(means), torch.stack(variances)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``cuda`` -> ``cuda:N`` (the current GPU), so that devices compare equal."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def _gather(t: Tensor, idx: Tensor, pinned: bool) -> Tensor:
@@ -291,189 +296,8 @@ def carve(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None
     return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 
-# ---- built-in datasets -------------------------------------------------------------------
-# name -> (torchvision class, folder under data_dir it reads, what belongs in that folder)
-_TORCHVISION = {
-    "mnist": ("MNIST", "MNIST/raw", "the four MNIST *-ubyte files"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", "the four Fashion-MNIST *-ubyte files"),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py",
-                "the extracted CIFAR-10 python batches (data_batch_1..5, test_batch, ...)"),
-}
-
-
-def load_builtin(name: str, data_dir: str | Path, *, validation: float, seed: int,
-                 download: bool = True) -> DataBundle:
-    """A built-in dataset (``vocab.DATASETS``) on the CPU, with ``validation`` of the training
-    set held out by a permutation seeded with ``seed``. The test split is kept apart."""
-    if name not in vocab.DATASETS:
-        raise DataError(f"unknown dataset {name!r}; use one of {', '.join(vocab.DATASETS)}")
-    task = vocab.DATASETS[name]
-    if name in _TORCHVISION:
-        train, test = _load_torchvision(name, Path(data_dir), download)
-        num_outputs = 10
-    else:
-        x, y = _load_sklearn(name)
-        if name == "moons":  # generated as 2000 train + 500 test samples
-            train, test = Split(x[:2000], y[:2000]), Split(x[2000:], y[2000:])
-        else:
-            train, test = carve(Split(x, y), TEST_FRACTION, TEST_SEED)
-        num_outputs = 1 if task == "regression" else int(y.max()) + 1
-    train, val = carve(train, validation, seed)
-    return make_bundle(name, task, train, val, test, num_outputs)
-
-
-def _load_torchvision(name: str, data_dir: Path, download: bool) -> tuple[Split, Split]:
-    import torchvision.datasets  # noqa: PLC0415  (slow import, only for these datasets)
-
-    cls_name, folder, contents = _TORCHVISION[name]
-    cls = getattr(torchvision.datasets, cls_name)
-    try:
-        parts = cls(data_dir, train=True), cls(data_dir, train=False)
-    except RuntimeError:  # torchvision's "Dataset not found"
-        parts = None
-    if parts is None:
-        where = data_dir / folder
-        if not download:
-            raise DataError(
-                f"{cls_name} not found in {where}; put {contents} there or set TUNER_DATA_DIR "
-                "to a folder that has them"
-            ) from None
-        try:
-            parts = cls(data_dir, train=True, download=True), cls(data_dir, train=False)
-        except Exception as e:  # no network, a mirror down, a bad checksum: all one fix
-            raise DataError(
-                f"{cls_name} not found in {where} and could not be downloaded ({_reason(e)}); "
-                f"put {contents} there or set TUNER_DATA_DIR to a folder that has them"
-            ) from None
-    return _torchvision_split(parts[0]), _torchvision_split(parts[1])
-
-
-def _torchvision_split(ds: Any) -> Split:
-    x = torch.as_tensor(ds.data)
-    if x.dim() == 3:  # MNIST: (N, H, W) -> (N, 1, H, W)
-        x = x.unsqueeze(1)
-    elif x.shape[-1] == 3:  # CIFAR-10 ships (N, H, W, C) numpy
-        x = x.permute(0, 3, 1, 2).contiguous()
-    return Split(x, torch.as_tensor(ds.targets, dtype=torch.int64))
-
-
-def _load_sklearn(name: str) -> tuple[Tensor, Tensor]:
-    import sklearn.datasets  # noqa: PLC0415
-
-    if name == "digits":
-        x, y = sklearn.datasets.load_digits(return_X_y=True)
-    elif name == "moons":
-        x, y = sklearn.datasets.make_moons(n_samples=2500, noise=0.25, random_state=TEST_SEED)
-    else:  # diabetes
-        x, y = sklearn.datasets.load_diabetes(return_X_y=True)
-    y_dtype = torch.float32 if vocab.DATASETS[name] == "regression" else torch.int64
-    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=y_dtype)
-
-
-# ---- a user's data loader ----------------------------------------------------------------
-_EXPECTED = ("expected (train, val), (train, val, test) or a dict with keys train/val/test, "
-             "each an (X, y) pair of tensors or numpy arrays, or a torch Dataset "
-             "(without val, one is carved from train)")
-
-
-def from_user(result: Any, task: str, *, validation: float, seed: int, name: str) -> DataBundle:
-    """What a user's ``data:`` loader returned -> a bundle on the CPU. A missing ``val`` is
-    carved out of ``train`` (``validation`` fraction, seeded)."""
-    if task not in ("classification", "regression"):
-        raise ValueError(f"task must be classification or regression (got {task!r})")
-    splits = {k: _user_split(part, task, f"{name}: {k}") if part is not None or k == "train"
-              else None for k, part in _user_parts(result, name).items()}
-    train, val, test = splits["train"], splits.get("val"), splits.get("test")
-    if val is None:
-        train, val = carve(train, validation, seed)
-    for label, s in (("val", val), ("test", test)):
-        if s is not None and s.x.shape[1:] != train.x.shape[1:]:
-            raise DataError(f"{name}: {label} inputs are shaped {tuple(s.x.shape[1:])} but train "
-                            f"inputs {tuple(train.x.shape[1:])}; make them match")
-    if task == "regression":
-        num_outputs = 1
-    else:
-        # labels 0..C-1; None and empty splits are falsy
-        num_outputs = 1 + max(int(s.y.max()) for s in (train, val, test) if s)
-    return make_bundle(name, task, train, val, test, num_outputs)
-
-
-def _user_parts(result: Any, name: str) -> dict[str, Any]:
-    if isinstance(result, Mapping):
-        unknown = set(result) - set(SPLITS)
-        if "train" not in result or unknown:
-            keys = ", ".join(map(repr, result))
-            raise DataError(f"{name}: the data loader returned a dict of {keys}; {_EXPECTED}")
-        return dict(result)
-    if isinstance(result, tuple | list) and len(result) in (2, 3) and not _is_array(result[0]):
-        return dict(zip(SPLITS, result, strict=False))
-    raise DataError(f"{name}: the data loader returned {_describe(result)}; {_EXPECTED}")
-
-
-def _user_split(part: Any, task: str, where: str) -> Split:
-    if isinstance(part, torch.utils.data.Dataset):
-        x, y = _materialise(part, where)
-    elif isinstance(part, tuple | list) and len(part) == 2 and all(map(_is_array, part)):
-        x, y = (p if isinstance(p, Tensor) else torch.from_numpy(np.asarray(p)) for p in part)
-    else:
-        raise DataError(f"{where} is {_describe(part)}; {_EXPECTED}")
-    if x.dim() < 2 or len(x) != len(y):
-        raise DataError(f"{where}: X is shaped {tuple(x.shape)} and y {tuple(y.shape)}; X needs "
-                        "one row per sample and y one target per row")
-    if x.dim() == 3:  # (N, H, W) greyscale images get their channel axis
-        x = x.unsqueeze(1)
-    if x.dtype != torch.uint8:
-        x = x.float()
-    return Split(x.contiguous(), _targets(y.reshape(len(y), -1), task, where))
-
-
-def _targets(y: Tensor, task: str, where: str) -> Tensor:
-    if y.shape[1] != 1:
-        raise DataError(f"{where}: y is shaped {tuple(y.shape)}; give one target per sample")
-    y = y[:, 0]
-    if task == "regression":
-        return y.float()
-    if y.is_floating_point() and not bool((y == y.round()).all()):
-        raise DataError(f"{where}: classification labels must be integers 0..C-1 (got floats)")
-    y = y.long()
-    if len(y) and (low := int(y.min())) < 0:
-        raise DataError(f"{where}: classification labels must be integers 0..C-1 (got {low})")
-    return y
-
-
-def _materialise(ds: torch.utils.data.Dataset, where: str) -> tuple[Tensor, Tensor]:
-    """A Dataset of (x, y) samples -> two tensors, read once in big batches."""
-    if isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
-        return ds.tensors[0], ds.tensors[1]
-    loader = torch.utils.data.DataLoader(ds, batch_size=4096, shuffle=False)
-    xs, ys = [], []
-    try:
-        for batch in loader:
-            if not (isinstance(batch, list | tuple) and len(batch) == 2):
-                raise TypeError("samples are not (x, y) pairs")
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise DataError(f"{where}: cannot read the Dataset as (tensor, label) samples "
-                        f"({_reason(e)}); return tensors from __getitem__, not images") from None
-    if not xs:
-        raise DataError(f"{where}: the Dataset is empty")
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _reason(e: BaseException) -> str:
+def reason(e: BaseException) -> str:
     """The last line of an error, which names the cause (torchvision's download errors list
     each mirror tried, then why)."""
     lines = [line.strip(" <>") for line in str(e).splitlines() if line.strip()]
     return (lines[-1] if lines else type(e).__name__)[:120]
-
-
-def _is_array(a: Any) -> bool:
-    return isinstance(a, Tensor | np.ndarray)
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, tuple | list):
-        inner = ", ".join(type(o).__name__ for o in obj[:4])
-        return f"a {type(obj).__name__} of {len(obj)} ({inner}{', ...' if len(obj) > 4 else ''})"
-    return f"a {type(obj).__name__}"

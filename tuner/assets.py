@@ -1,0 +1,109 @@
+"""What one process needs to train a study's trials, prepared once and reused by every
+trial: the study's own code (resolved from its import paths), its data on the device, the
+k-fold splits, the model builder, and the preflight check. Pure PyTorch: knows nothing of
+Optuna or the database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from tuner import space, usercode
+from tuner.errors import UserCodeError
+from tuner.spec import StudySpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from tuner.data import DataBundle
+
+
+class StudyAssets:
+    """The study's code and data in this process. ``device`` is where data and models go."""
+
+    def __init__(self, spec: StudySpec, *, device: str, data_dir: str, download: bool = True):
+        self.spec, self.device, self.data_dir, self.download = spec, device, data_dir, download
+        base = spec.base_dir
+        self.trainer = usercode.resolve(spec.trainer, "trainer", base) if spec.trainer else None
+        self.model_fn = (usercode.resolve(spec.model, "model", base)
+                         if usercode.is_import_path(spec.model) else None)
+        self.data_fn = (usercode.resolve(spec.data, "data", base)
+                        if usercode.is_import_path(spec.data) else None)
+        self._bundle: DataBundle | None = None
+        self._folds: list[DataBundle] | None = None
+        self._checked = False
+
+    @property
+    def has_data(self) -> bool:
+        # a user trainer may bring its own data (no ``data:`` in its study file)
+        return self.spec.data is not None
+
+    def data(self) -> DataBundle:
+        """The study's data on the device, loaded on first use."""
+        if self._bundle is None:
+            self._bundle = self._load().to(self.device)
+        return self._bundle
+
+    def _load(self) -> DataBundle:
+        from tuner import data as tdata
+
+        spec = self.spec
+        frac = spec.validation if isinstance(spec.validation, float) else 0.1
+        if self.data_fn is None:
+            return tdata.load(spec.data or "", tdata.Request(self.data_dir, frac, spec.seed,
+                                                             self.download))
+        try:
+            raw = usercode.call_loader(self.data_fn, seed=spec.seed, data_dir=self.data_dir)
+        except Exception as e:
+            raise UserCodeError(f"data: {spec.data} raised {usercode.one_line(e)}") from e
+        return tdata.from_user(raw, spec.task_name, validation=frac, seed=spec.seed,
+                               name=spec.data or "data", kind=spec.data_as)
+
+    def folds(self) -> list[DataBundle]:
+        """The k folds of the study's data, split once per process like the data itself."""
+        if self._folds is None:
+            self._folds = self.data().folds(self.spec.kfold or 0, self.spec.seed)
+        return self._folds
+
+    def model_builder(self, bundle: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:
+        if self.model_fn is not None:
+            fn = self.model_fn
+            return lambda params: fn(dict(params), bundle.input_shape, bundle.num_outputs)
+        from tuner import models
+
+        family = self.spec.model
+        return lambda params: models.build(family, params, bundle.inputs, bundle.num_outputs)
+
+    def preflight(self) -> None:
+        """Check, once, that the data loads and the model fits the task: one clear error now
+        rather than a study of failed trials."""
+        if self._checked or not self.has_data:
+            return
+        bundle = self.data()
+        if self.spec.trainer is None:  # a user loop may use its model its own way
+            self._try_model(bundle)
+        self._checked = True
+
+    def _try_model(self, bundle: DataBundle) -> None:
+        import torch
+
+        spec = self.spec
+        params = space.defaults(spec)
+        try:
+            model = self.model_builder(bundle)(params).to(bundle.device)
+            x, _ = next(bundle.batches(bundle.train, 2, shuffle=False))
+            with torch.no_grad():
+                out = model(x)
+        except Exception as e:
+            raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
+                                f"{spec.data}: {usercode.one_line(e)}") from e
+        want = bundle.num_outputs
+        if tuple(out.shape) not in ((2, want),) + (((2,),) if want == 1 else ()):
+            raise UserCodeError(
+                f"model: {spec.model} returns shape {tuple(out.shape)} for a batch of 2; "
+                f"a {bundle.task} model here must return (batch, {want})"
+            )
+
+    def release(self) -> None:
+        """Drop the data and folds (and their device memory)."""
+        self._bundle, self._folds = None, None

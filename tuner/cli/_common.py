@@ -1,0 +1,174 @@
+"""What every command module of the CLI shares: the Typer app, the error handling of
+:func:`command`, the options, and the consoles.
+
+The settings options (storage, device, folders, heartbeat) are declared once, in
+:data:`SETTINGS`, and reach a command as one :class:`~tuner.settings.Settings`
+(:func:`with_settings`). Heavy libraries (torch, optuna, rich) are imported inside
+commands, so ``tuner --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from tuner.errors import TunerError
+from tuner.settings import DEFAULT_DATA_DIR, DEFAULT_URL, Heartbeat
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import Console
+
+
+QUIET_WARNINGS = r".*(experimental|Heartbeat of storage).*"
+DEFAULT_STORAGE = DEFAULT_URL
+
+app = typer.Typer(
+    name="tuner",
+    help="Hyperparameter tuning for PyTorch: study files, pruning, SQL storage, many workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: ...]" stays as written
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@functools.cache
+def out() -> Console:
+    from rich.console import Console
+
+    return Console()
+
+
+@functools.cache
+def err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.callback()
+def _quiet_library_warnings() -> None:
+    # tuner drives heartbeats itself (not through Study.optimize) and knows which Optuna
+    # features are experimental: these warnings say nothing actionable to a user
+    warnings.filterwarnings("ignore", message=QUIET_WARNINGS)
+
+
+def command(fn: F) -> F:
+    """Register a command whose TunerErrors become one line on stderr and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TunerError as e:
+            err().print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err().print("interrupted")
+            raise typer.Exit(130) from None
+
+    return app.command()(wrapper)  # type: ignore[return-value]
+
+
+# ---- shared options (read once here, passed down) ----------------------------------------
+Storage = Annotated[str, typer.Option("--storage", envvar="TUNER_STORAGE",
+                                      help="SQLAlchemy URL of the study database.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+DataDir = Annotated[Path, typer.Option(envvar="TUNER_DATA_DIR", help="Where datasets live.")]
+Download = Annotated[bool, typer.Option(envvar="TUNER_DOWNLOAD",
+                                        help="Download missing torchvision datasets.")]
+Trials = Annotated[int | None, typer.Option(
+    min=1, help="Run this many more trials (whole study, all workers).")]
+Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
+Workers = Annotated[int, typer.Option(
+    min=0, help="Worker processes on this machine (0: only create the study and its budget).")]
+PerGpu = Annotated[int | None, typer.Option(min=1, help="Workers packed on each GPU.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+# the options every running command takes, as (name, annotation, default): they become one
+# Settings argument of the command (see ``with_settings``)
+SETTINGS: list[tuple[str, Any, Any]] = [
+    ("storage", Storage, DEFAULT_URL),
+    ("device", Device, "auto"),
+    ("data_dir", DataDir, Path(DEFAULT_DATA_DIR)),
+    ("checkpoint_dir", Annotated[Path | None, typer.Option(
+        envvar="TUNER_CHECKPOINT_DIR",
+        help="Per-epoch checkpoints; must be shared by all workers [default: beside the SQLite "
+             "file, else ./tuner_checkpoints].")], None),
+    ("keep_checkpoints", Annotated[bool, typer.Option(
+        help="Keep the checkpoints of completed trials.")], False),
+    ("download", Download, True),
+    ("heartbeat", Annotated[int, typer.Option(envvar="TUNER_HEARTBEAT", min=1,
+                                              help="Seconds between heartbeats.")],
+     Heartbeat.interval),
+    ("grace_period", Annotated[int, typer.Option(
+        envvar="TUNER_GRACE_PERIOD", min=1,
+        help="Seconds of silence before a trial's worker counts as dead.")], Heartbeat.grace_period),
+]
+
+
+def with_settings(fn: F) -> F:
+    """Give a command the SETTINGS options, collected into its ``settings`` argument."""
+    sig = inspect.signature(fn, eval_str=True)  # the command's own options, resolved
+    names = [n for n, _, _ in SETTINGS]
+    extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+             for n, a, d in SETTINGS]
+    params = [p for p in sig.parameters.values() if p.name != "settings"]
+    hints = {p.name: p.annotation for p in params}
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        from tuner import api
+
+        given = {n: kwargs.pop(n) for n in names}
+        settings = api.settings(
+            storage=given["storage"], device=given["device"], data_dir=given["data_dir"],
+            checkpoint_dir=given["checkpoint_dir"], keep_checkpoints=given["keep_checkpoints"],
+            download=given["download"], heartbeat_s=given["heartbeat"],
+            grace_period_s=given["grace_period"])
+        return fn(**kwargs, settings=settings)
+
+    wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
+    # typer reads the annotations too: the command's own, less ``settings``, and the options'
+    wrapper.__annotations__ = {**hints, **{n: a for n, a, _ in SETTINGS}, "return": None}
+    return wrapper  # type: ignore[return-value]
+
+
+class Fmt(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _open(url: str) -> optuna.storages.RDBStorage:
+    from tuner.storage import connect
+
+    return connect(url)
+
+
+def _setup_logging() -> None:
+    from tuner.api import quiet_logging
+
+    quiet_logging()
+
+
+def display_url(url: str) -> str:
+    from tuner.storage import display_url as hide_password
+
+    return hide_password(url)
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.6g}"
+
+

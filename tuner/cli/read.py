@@ -1,0 +1,183 @@
+"""Commands that read a study: studies, trials, best, status, check, delete."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, out
+from tuner.errors import TunerError
+
+
+@command
+def studies(storage: Storage = DEFAULT_STORAGE) -> None:
+    """Every study in the storage: trials by state, best value, last activity."""
+    from rich.table import Table
+
+    from tuner.status import studies as rows
+
+    table = Table()
+    table.add_column("study", no_wrap=True)
+    for column in ("complete", "pruned", "failed", "running", "best", "direction", "last activity"):
+        table.add_column(column)
+    for r in rows(_open(storage)):
+        c = r.counts
+        table.add_row(r.name, str(c.get("COMPLETE", 0)), str(c.get("PRUNED", 0)),
+                      str(c.get("FAIL", 0)), str(c.get("RUNNING", 0)), _fmt(r.best_value),
+                      r.direction, r.last_activity.isoformat(sep=" ", timespec="seconds")
+                      if r.last_activity else "—")
+    out().print(table)
+
+
+@command
+def trials(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
+    storage: Storage = DEFAULT_STORAGE,
+) -> None:
+    """The trials of a study, as a table, CSV or JSON."""
+    from rich.table import Table
+
+    from tuner import study as st
+    from tuner.status import trial_rows
+
+    rows = trial_rows(st.load(_open(storage), name).study)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    if format == Fmt.table:  # the essentials first; every column is in csv and json
+        skip = {"started", "fail_reason", "retry_of"}
+        columns = [c for c in columns if c not in skip]
+    if format == Fmt.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+    elif format == Fmt.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(box=None, header_style="bold")
+        for c in columns:
+            header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
+            table.add_column(header, no_wrap=c in ("number", "state", "value"))
+        for r in rows:
+            table.add_row(*[_cell(r.get(c)) for c in columns])
+        out().print(table)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@command
+def best(name: Annotated[str, typer.Argument(help="Study name.")],
+         storage: Storage = DEFAULT_STORAGE,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The best trial: its value, params, and the test score of its retrain if there is one."""
+    from tuner import study as st
+    from tuner.retrain import retrained_of
+    from tuner.status import snapshot
+
+    handle = st.load(_open(storage), name)
+    snap = snapshot(handle, with_heartbeats=False)
+    if snap.best_trial is None:
+        raise TunerError(f"study {name!r} has no completed trial yet; run `tuner resume {name}`")
+    t = handle.study.trials[snap.best_trial]
+    result: dict[str, Any] = {"study": name, "trial": t.number, "metric": handle.spec.metric_name,
+                              "value": t.value, "params": t.params,
+                              "epochs": t.user_attrs.get("epochs_run")}
+    retrained = retrained_of(handle, t.number)
+    if retrained:
+        result["test"] = retrained
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    out().print(f"best trial {t.number} of {name}: {handle.spec.metric_name} = {_fmt(t.value)}"
+              f" after {result['epochs']} epochs")
+    for k, v in t.params.items():
+        out().print(f"  {k}: {v}")
+    if retrained:
+        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
+        out().print(f"test set (retrained): {metrics}")
+
+
+@command
+def status(name: Annotated[str, typer.Argument(help="Study name.")],
+           storage: Storage = DEFAULT_STORAGE) -> None:
+    """Live view of a study: workers and their trials, counts, best, time left."""
+    from rich.table import Table
+
+    from tuner import study as st
+    from tuner.status import snapshot
+
+    handle = st.load(_open(storage), name)
+    snap = snapshot(handle)
+    b = snap.budget
+    c = snap.counts
+    out().print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+              f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
+              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
+    out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
+              + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
+    if snap.eta_s is not None:
+        out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
+    if b.deadline is not None:
+        out().print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
+    if snap.running:
+        table = Table("trial", "epoch", "last value", "host", "pid", "device", "heartbeat")
+        for r in snap.running:
+            table.add_row(str(r.number), f"{r.epoch}/{handle.spec.epochs}", _fmt(r.last_value),
+                          r.host or "?", str(r.pid or "?"), r.device or "?",
+                          "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago")
+        out().print(table)
+    else:
+        out().print("no trial is running")
+
+
+@command
+def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> None:
+    """Validate a study file and print its search space."""
+    from rich.table import Table
+
+    from tuner.space import describe
+    from tuner.spec import load_spec
+
+    spec = load_spec(file)
+    goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name
+            else "task and metric from the data's labels")
+    out().print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
+                f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
+                f"{goal}, up to {spec.epochs} epochs, "
+                f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")
+    table = Table("parameter", "kind", "range", "when")
+    for row in describe(spec):
+        table.add_row(*row)
+    out().print(table)
+
+
+@command
+def delete(name: Annotated[str, typer.Argument(help="Study name.")],
+           storage: Storage = DEFAULT_STORAGE,
+           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False) -> None:
+    """Delete a study and all its trials."""
+    from tuner import study as st
+
+    opened = _open(storage)
+    handle = st.load(opened, name, wait_s=0)
+    n = len(handle.study.trials)
+    if not yes and not typer.confirm(f"Delete study {name!r} and its {n} trials?", default=False):
+        raise typer.Exit(1)
+    st.delete(opened, name)
+    out().print(f"deleted study {name} ({n} trials)")
+
+

@@ -1,0 +1,159 @@
+"""``tuner run``, ``resume`` and ``worker``: prepare through the API, show progress, say how it ended."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tuner.cli._common import (
+    PerGpu,
+    Quiet,
+    Timeout,
+    Trials,
+    Workers,
+    _fmt,
+    _setup_logging,
+    command,
+    display_url,
+    out,
+    with_settings,
+)
+from tuner.settings import Settings  # at run time: typer reads the commands' annotations
+
+if TYPE_CHECKING:
+    from tuner.api import Prepared
+
+
+# ---- running ------------------------------------------------------------------------------
+def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) -> None:
+    """Run the prepared study's remaining budget with ``workers`` workers on this machine,
+    showing progress, then say how it ended."""
+    from tuner import api
+    from tuner.cli.progress import ProgressView
+    from tuner.status import snapshot
+
+    handle = prepared.handle
+    snap = snapshot(handle, with_heartbeats=False)
+    if workers == 0:
+        out().print(f"study {handle.name} is ready (budget {snap.budget.target}); start workers "
+                    f"with `tuner worker {handle.name} --storage "
+                    f"{display_url(prepared.settings.storage)}`", highlight=False, soft_wrap=True)
+        return
+    if snap.budget.remaining == 0 and not snap.counts.get("WAITING") and not snap.running:
+        out().print(f"study {handle.name}: budget spent ({snap.finished} trials finished); "
+                    f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
+        return
+    if quiet:
+        result = api.go(prepared, workers=workers, workers_per_gpu=per_gpu)
+    else:
+        view = ProgressView(out(), handle.name, handle.spec.metric_name,
+                            handle.spec.direction_name, handle.spec.epochs, snap.finished,
+                            snap.budget.target, snap.best_value, snap.best_trial)
+        with view:
+            result = api.go(prepared, workers=workers, workers_per_gpu=per_gpu,
+                            on_event=view.event,
+                            on_poll=lambda: view.snapshot(snapshot(handle)))
+    _print_result(prepared, result.stopped_because or "done")
+
+
+def _print_result(prepared: Prepared, why: str) -> None:
+    from tuner.status import snapshot
+
+    handle = prepared.handle
+    snap = snapshot(handle, with_heartbeats=False)
+    c = snap.counts
+    out().print(
+        f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
+        f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
+        + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
+           f"`tuner resume {handle.name}`" if why == "stopped" or c.get("WAITING") else "")
+    )
+    if snap.best_trial is not None:
+        best = handle.study.trials[snap.best_trial]
+        out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)} (trial "
+                    f"{snap.best_trial}) {json.dumps(best.params)}", highlight=False)
+
+
+@command
+@with_settings
+def run(
+    file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
+    study: Annotated[str | None, typer.Option(help="Study name [default: the file's name].")] = None,
+    trials: Trials = None,
+    timeout: Timeout = None,
+    seed: Annotated[int | None, typer.Option(help="Override the file's seed.")] = None,
+    workers: Workers = 1,
+    workers_per_gpu: PerGpu = None,
+    force: Annotated[bool, typer.Option(help="Resume even if the file's space changed.")] = False,
+    quiet: Quiet = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Create a study from FILE, or resume it if it exists, and run trials."""
+    from tuner import api
+
+    spec = api.as_spec(file, study=study, seed=seed)
+    _setup_logging()
+    # the study's own code and data are checked before anything is written
+    prepared = api.prepare(spec, settings, force=force, trials=trials, timeout=timeout,
+                           local_workers=workers)
+    if not quiet:
+        verb = "created" if prepared.handle.created else "resuming"
+        out().print(f"{verb} study [bold]{prepared.handle.name}[/bold] in "
+                    f"{display_url(settings.storage)} on {settings.device}", highlight=False)
+    _work(prepared, workers, workers_per_gpu, quiet)
+
+
+@command
+@with_settings
+def resume(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    trials: Trials = None,
+    timeout: Timeout = None,
+    workers: Workers = 1,
+    workers_per_gpu: PerGpu = None,
+    quiet: Quiet = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Continue a study from the database alone (no study file needed)."""
+    from tuner import api
+
+    _setup_logging()
+    prepared = api.prepare_existing(name, settings, trials=trials, timeout=timeout,
+                                    local_workers=workers)
+    _work(prepared, workers, workers_per_gpu, quiet)
+
+
+@command
+@with_settings
+def worker(
+    study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
+    worker_index: Annotated[int | None, typer.Option(
+        help="Offsets the sampler seed [default: random, so workers started alike sample apart].")
+    ] = None,
+    quiet: Quiet = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Join a study as one worker, until its budget is spent. Given a study file, create the
+    study first if nobody has (with the file's budget); never adds budget."""
+    from tuner import api
+
+    _setup_logging()
+    if worker_index is None:
+        worker_index = secrets.randbelow(1 << 30)
+    on_event = None
+    if not quiet:
+        def on_event(e: Any) -> None:
+            if e.kind == "finished":
+                out().print(f"trial {e.trial}: {e.state} {_fmt(e.value)}", highlight=False)
+    result = api.work(study, settings, worker_index=worker_index, on_event=on_event)
+    if not quiet:
+        out().print(f"worker done ({result.stopped_because})")
+
+

@@ -1,0 +1,117 @@
+"""Worker processes on this machine (``tuner run --workers K``): one device each, settings
+passed serialised in the environment, SIGTERM forwarded, exit codes collected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from tuner.errors import TunerError
+from tuner.settings import Settings
+
+# the child's settings and study, as JSON (not argv: a storage URL may hold a password)
+CHILD_ENV = "TUNER_CHILD"
+
+
+def assign_devices(workers: int, device: str, gpus: int,
+                   per_gpu: int | None) -> list[dict[str, str]]:
+    """Environment for each local worker. With GPUs and ``device`` auto/cuda, worker i gets
+    GPU ``i // per_gpu`` through CUDA_VISIBLE_DEVICES; by default the workers are spread
+    evenly, ``ceil(workers / gpus)`` per GPU (one GPU each when workers <= gpus)."""
+    if gpus == 0 or device == "cpu" or device.startswith("cuda:"):
+        return [{} for _ in range(workers)]
+    per = per_gpu or -(-workers // gpus)
+    if workers > per * gpus:
+        raise TunerError(
+            f"--workers {workers} with --workers-per-gpu {per} needs {-(-workers // per)} GPUs "
+            f"but {gpus} are visible; lower --workers or raise --workers-per-gpu"
+        )
+    return [{"CUDA_VISIBLE_DEVICES": str(i // per)} for i in range(workers)]
+
+
+def _visible_device(index: str, parent: str | None) -> str:
+    """GPU ``index`` as counted by this process -> its name in the parent's
+    CUDA_VISIBLE_DEVICES (``"2,3"``: GPU 1 here is GPU 3 of the machine)."""
+    if not parent:
+        return index
+    names = [d.strip() for d in parent.split(",") if d.strip()]
+    return names[int(index)] if int(index) < len(names) else index
+
+
+def spawn(name: str, settings: Settings, envs: list[dict[str, str]]) -> list[subprocess.Popen[bytes]]:
+    """Start one worker process of study ``name`` per env (``python -m tuner.child``)."""
+    procs = []
+    parent_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    for i, env in enumerate(envs):
+        env = dict(env)
+        if "CUDA_VISIBLE_DEVICES" in env:
+            env["CUDA_VISIBLE_DEVICES"] = _visible_device(env["CUDA_VISIBLE_DEVICES"], parent_gpus)
+        env[CHILD_ENV] = json.dumps({"study": name, "worker_index": i,
+                                     "settings": settings.to_json()})
+        procs.append(subprocess.Popen([sys.executable, "-m", "tuner.child"],
+                                      env={**os.environ, **env}))
+    return procs
+
+
+def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None = None,
+              poll: Callable[[], None] | None = None) -> None:
+    """Run study ``name`` with ``workers`` worker processes on this machine, one device each,
+    calling ``poll`` every second until they end."""
+    gpus = 0
+    if settings.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    envs = assign_devices(workers, settings.device, gpus, per_gpu)
+    if not gpus and "OMP_NUM_THREADS" not in os.environ:
+        # CPU workers share the cores: more torch threads than cores stalls them all
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        envs = [{**env, "OMP_NUM_THREADS": threads} for env in envs]
+    device = "cuda" if gpus and settings.device == "cuda" else settings.device
+    procs = spawn(name, settings.replace(device=device), envs)
+    with _forward_sigterm(procs):
+        try:
+            while any(p.poll() is None for p in procs):
+                if poll is not None:
+                    poll()
+                time.sleep(1.0)
+            if poll is not None:
+                poll()
+        except KeyboardInterrupt:
+            for p in procs:  # the workers got the same Ctrl-C; give them time to checkpoint
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
+    codes = [p.returncode for p in procs]
+    if any(codes):
+        raise TunerError(f"{sum(1 for c in codes if c)} of {workers} workers failed (exit codes "
+                         f"{codes}); see their messages above")
+
+
+@contextmanager
+def _forward_sigterm(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """SIGTERM to the parent (``docker stop``, a scheduler) reaches its workers too: each
+    finishes its epoch and leaves its trial resumable; the parent waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

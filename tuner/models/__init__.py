@@ -1,0 +1,78 @@
+"""Model families: params -> ``nn.Module``, one module per family, each registering itself.
+
+    from tuner import models
+    models.names()                                   # ("cnn", "mlp", ...)
+    models.build("mlp", params, Inputs(InputKind.tabular, (64,)), num_outputs=10)
+
+A family module (``tuner/models/NAME.py``) calls :func:`register` with a :class:`Family`:
+its name, the input kinds it accepts, the hyperparameters it understands (``Knob`` s, which
+spec validation and ``tuner check`` read) and its builder. Nothing else lists families.
+Importing this package does not import torch; building a model does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tuner.kinds import InputKind, Inputs
+from tuner.registry import Knob, Registry, discover
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "get", "names",
+           "register", "FAMILIES"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    summary: str
+    inputs: frozenset[InputKind]
+    knobs: Mapping[str, Knob]
+    build: Callable[[Mapping[str, Any], Inputs, int], nn.Module]
+    # knobs a study may also give per layer (``width_0 .. width_{depth-1}``)
+    per_layer: tuple[str, ...] = field(default=())
+
+
+FAMILIES: Registry[Family] = Registry("model")
+
+
+def register(family: Family) -> Family:
+    return FAMILIES.register(family.name, family)
+
+
+def get(name: str) -> Family:
+    return FAMILIES.get(name)
+
+
+def names() -> tuple[str, ...]:
+    return FAMILIES.names()
+
+
+def build(family: str, params: Mapping[str, Any], inputs: Inputs,
+          num_outputs: int) -> nn.Module:
+    """The model ``family`` configured by ``params`` (missing knobs take their defaults) for
+    samples described by ``inputs`` and ``num_outputs`` logits (1 for regression)."""
+    try:
+        fam = get(family)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if inputs.kind not in fam.inputs:
+        kinds = ", ".join(sorted(fam.inputs))
+        raise ValueError(f"the {family} model needs {kinds} inputs; this data is {inputs.kind} "
+                         f"shaped {inputs.shape}; pick a model for {inputs.kind} data")
+    p = {**{k: v.default for k, v in fam.knobs.items()}, **params}
+    for name, knob in fam.knobs.items():
+        if knob.choices is not None and (why := knob.problem(name, p[name])) is not None:
+            raise ValueError(why)
+    return fam.build(p, inputs, num_outputs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.parameters())
+
+
+discover(__name__, __path__)

@@ -1,0 +1,50 @@
+"""The settings of one tuner process: read once at the edge (CLI options, environment,
+Python keyword arguments), frozen, and passed down. Local worker processes receive them
+serialised (:meth:`Settings.to_json`), never as command-line flags. Plain data: the one
+place each default is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+DEFAULT_URL = "sqlite:///tuner.db"
+DEFAULT_DATA_DIR = "data"
+CHECKPOINT_FOLDER = "tuner_checkpoints"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How often running trials say they are alive, and how long silence means death (s)."""
+
+    interval: int = 5
+    grace_period: int = 20
+
+    def __post_init__(self) -> None:
+        # a grace period no longer than the interval would fail live trials between beats
+        if self.grace_period <= self.interval:
+            object.__setattr__(self, "grace_period", self.interval + 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: str = DEFAULT_URL
+    device: str = "cpu"  # cpu | cuda | cuda:N (``auto`` is resolved before a Settings is made)
+    data_dir: str = DEFAULT_DATA_DIR  # where datasets live (TUNER_DATA_DIR)
+    # per-epoch checkpoints, shared by every worker of a study
+    checkpoint_dir: str = CHECKPOINT_FOLDER
+    keep_checkpoints: bool = False  # keep the checkpoints of completed trials
+    download: bool = True  # fetch missing torchvision datasets into data_dir
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        raw = json.loads(text)
+        return cls(**{**raw, "heartbeat": Heartbeat(**raw["heartbeat"])})

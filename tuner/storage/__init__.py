@@ -1,0 +1,44 @@
+"""Everything that touches the study database: opening URLs and pools, heartbeats and the
+reaper of dead workers' trials, study-wide budgets, retries, and the trial-state operations
+workers, status and retrain need. The only package of tuner that uses Optuna's private API
+(in :mod:`tuner.storage._trials`); database errors become :class:`~tuner.errors.StorageError`
+with their cause kept.
+
+    storage = connect("postgresql://user@db/tuner", Heartbeat(interval=5))
+    budget = Budget(storage.engine, "mnist_mlp"); budget.acquire()
+"""
+
+from __future__ import annotations
+
+from tuner.settings import DEFAULT_URL, Heartbeat
+from tuner.storage._budget import Budget, BudgetState
+from tuner.storage._heartbeat import HeartbeatThread
+from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
+from tuner.storage._retry import (
+    CRASHES_ATTR,
+    LINEAGE_ATTR,
+    MAX_RETRIES,
+    RETRY_OF_ATTR,
+    is_retry,
+    lineage,
+    retry,
+)
+from tuner.storage._trials import (
+    all_studies,
+    claim,
+    engine_of,
+    fail_stale_trials,
+    heartbeat_ages,
+    record_heartbeat,
+    refreshed,
+    set_user_attrs,
+    state,
+)
+
+__all__ = [
+    "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
+    "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
+    "connect", "display_url", "engine_of",
+    "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
+    "record_heartbeat", "refreshed", "retry", "set_user_attrs", "state",
+]
