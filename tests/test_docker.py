@@ -11,10 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
-
-from tuner.cli import app
+from cli_parse import cli_command, envvars
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -31,24 +29,6 @@ def interpolate(text: str) -> str:
 def as_argv(command: str | list[str]) -> list[str]:
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     return [interpolate(a) for a in argv]
-
-
-def cli_command(argv: list[str]) -> typer.core.TyperCommand:
-    """Parse ``tuner ARGS...`` with the real app; returns the subcommand. Raises click's
-    UsageError / BadParameter when the command line would be refused."""
-    assert argv[0] == "tuner", argv
-    group = typer.main.get_command(app)
-    if argv[1:] in ([], ["--help"]):
-        return group
-    root = group.make_context("tuner", [argv[1]])
-    sub = group.get_command(root, argv[1])
-    assert sub is not None, f"no command `tuner {argv[1]}`"
-    sub.make_context(argv[1], argv[2:], parent=root)
-    return sub
-
-
-def envvars(command: typer.core.TyperCommand) -> set[str]:
-    return {p.envvar for p in command.params if isinstance(p.envvar, str)}
 
 
 def dockerfile_cmds() -> list[list[str]]:

@@ -463,3 +463,8 @@ def main() -> None:
 
 # commands for after the search (dashboard, report, retrain) live beside this module
 from tuner import cli_report  # noqa: E402, F401  (registers its commands on ``app``)
+
+# `tuner launch slurm|k8s` lives beside this module too
+from tuner.cli_launch import launch_app  # noqa: E402
+
+app.add_typer(launch_app, name="launch")
