@@ -7,8 +7,10 @@ the commands, so ``tuner --help`` stays fast.
 from __future__ import annotations
 
 import functools
+import secrets
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,7 +18,7 @@ import typer
 from rich.console import Console
 
 from tuner.api import DEFAULT_STORAGE
-from tuner.errors import TunerError
+from tuner.errors import LaunchError, TunerError
 
 launch_app = typer.Typer(
     help="Launch a study's workers on a cluster: a Slurm job array, or Kubernetes manifests.",
@@ -139,3 +141,78 @@ def _display(url: str) -> str:
     from tuner.storage import display_url
 
     return display_url(url)
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------
+class ServiceType(StrEnum):
+    ClusterIP = "ClusterIP"
+    NodePort = "NodePort"
+    LoadBalancer = "LoadBalancer"
+
+
+@command
+def k8s(
+    study: Study,
+    image: Annotated[str | None, typer.Option(
+        help="Image with tuner installed (the Dockerfile's), pushed where the cluster pulls.")] = None,
+    workers: WorkersOpt = 2,
+    gpus_per_worker: Gpus = 0,
+    cpus_per_worker: Cpus = 1,
+    mem: Annotated[str | None, typer.Option(help="Memory per worker, e.g. 16Gi.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="The study database as pods reach it; written into a Secret.")] = None,
+    storage_secret: Annotated[str | None, typer.Option(
+        help="An existing Secret holding the storage URL (instead of --storage).")] = None,
+    storage_secret_key: Annotated[str, typer.Option(help="Its key.")] = "url",
+    with_postgres: Annotated[bool, typer.Option(
+        help="Run a one-replica PostgreSQL for the study too (for trying tuner out).")] = False,
+    checkpoint_claim: Annotated[str | None, typer.Option(
+        help="ReadWriteMany PersistentVolumeClaim for checkpoints [default: tuner-NAME-checkpoints].")
+    ] = None,
+    checkpoint_size: Annotated[str | None, typer.Option(
+        help="Write the claim too, of this size (e.g. 20Gi); else it must exist.")] = None,
+    storage_class: Annotated[str | None, typer.Option(
+        help="StorageClass of that claim (one that offers ReadWriteMany).")] = None,
+    termination_grace: Annotated[int, typer.Option(
+        help="Seconds a stopped pod has to finish its epoch and checkpoint.")] = 300,
+    dashboard: Annotated[bool, typer.Option(help="Add the dashboard (Deployment and Service).")] = True,
+    dashboard_service: Annotated[ServiceType, typer.Option(
+        help="The dashboard's Service type; only ClusterIP keeps it inside the cluster (it has "
+             "no login).")] = ServiceType.ClusterIP,
+    namespace: Annotated[str | None, typer.Option(help="Namespace of every object.")] = None,
+    device: Device = "auto",
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Write one file per object into this folder [default: print them].")] = None,
+) -> None:
+    """Write the Kubernetes manifests of a study's workers (an Indexed Job), its dashboard,
+    and optionally a PostgreSQL. Given a study file, it goes into a ConfigMap and the first
+    worker creates the study."""
+    from tuner import launch
+    from tuner.launch import k8s as kube
+
+    kube.require_image(image)
+    sources = [n for n, v in (("--storage", storage), ("--storage-secret", storage_secret),
+                              ("--with-postgres", with_postgres)) if v]
+    if len(sources) > 1:
+        raise LaunchError(f"{' and '.join(sources)} both name the study database; give one")
+    name, text = kube.study_file(study) if _is_file(study) else (study, None)
+    password = secrets.token_urlsafe(18) if with_postgres else None
+    url = kube.check_storage(storage) if storage else None
+    if password is not None:
+        url = kube.postgres_url(name, password)
+    ref = launch.StorageRef(secret=storage_secret, key=storage_secret_key, url=url)
+    settings = launch.K8sSettings(
+        study=name, image=image, storage=ref, workers=workers,
+        resources=launch.Resources(gpus_per_worker, cpus_per_worker, mem), study_file=text,
+        checkpoints=launch.Claim(checkpoint_claim, checkpoint_size, storage_class),
+        grace_s=termination_grace, dashboard=dashboard, dashboard_service=dashboard_service.value,
+        postgres_password=password, namespace=namespace, device=device)
+    docs = launch.manifests(settings)
+    if out_dir is None:
+        sys.stdout.write(launch.to_yaml(docs))
+        return
+    for path in launch.write_manifests(docs, out_dir):
+        out.print(f"wrote {path}", soft_wrap=True)
+    ns = f" -n {namespace}" if namespace else ""
+    out.print(f"apply with `kubectl apply{ns} -f {out_dir}`; dashboard: `kubectl port-forward{ns} "
+              f"svc/{settings.name}-dashboard 8080` then http://127.0.0.1:8080", soft_wrap=True)
