@@ -41,7 +41,8 @@ wait_until() {  # wait_until SECONDS WHAT COMMAND...
 
 # ---- PgBouncer ---------------------------------------------------------------------------
 pgbouncer_works() {
-  psql "postgresql://postgres@127.0.0.1:${PGBOUNCER_PORT}/test" -tAc "SELECT 1" 2>/dev/null | grep -qx 1
+  # the `postgres` database exists on every server; PgBouncer passes any name through
+  psql "postgresql://postgres@127.0.0.1:${PGBOUNCER_PORT}/postgres" -tAc "SELECT 1" 2>/dev/null | grep -qx 1
 }
 
 start_pgbouncer() {
@@ -77,6 +78,10 @@ logfile = /var/log/postgresql/pgbouncer-tuner-ci.log
 pidfile = /var/run/postgresql/pgbouncer-tuner-ci.pid
 EOF
   chmod 644 "$conf" /etc/pgbouncer/tuner-ci-users.txt
+  # the package's own instance, where its install started one, would hold the same port
+  if [ -x /etc/init.d/pgbouncer ] && /etc/init.d/pgbouncer status >/dev/null 2>&1; then
+    /etc/init.d/pgbouncer stop || true
+  fi
   # a stale instance of ours (wrong config, half dead) goes first
   local pidfile=/var/run/postgresql/pgbouncer-tuner-ci.pid
   if [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then

@@ -12,13 +12,17 @@ import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from tuner.api import DEFAULT_STORAGE
 from tuner.errors import LaunchError, TunerError
+
+if TYPE_CHECKING:
+    from tuner.launch import SlurmSettings
+    from tuner.spec import StudySpec
 
 launch_app = typer.Typer(
     help="Launch a study's workers on a cluster: a Slurm job array, or Kubernetes manifests.",
@@ -119,7 +123,7 @@ def slurm(
               f"{settings.study} --storage {_display(url)}`", soft_wrap=True)
 
 
-def _prepare_study(spec: Any, s: Any, data_dir: Path) -> None:
+def _prepare_study(spec: StudySpec | None, s: SlurmSettings, data_dir: Path) -> None:
     """Create the study from its file (with the file's budget) before any task starts, so
     tasks only join it; or check that the named study exists."""
     from tuner import api

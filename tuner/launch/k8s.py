@@ -360,9 +360,10 @@ def check_storage(url: str) -> str:
 def study_file(path: str | Path) -> tuple[str, str]:
     """A study file for the ConfigMap: its study's name and its text, once it validates. Its
     own code must come with the image: the ConfigMap carries only the file."""
-    from tuner import api, usercode
+    from tuner import usercode
+    from tuner.spec import load_spec
 
-    spec = api.as_spec(path)
+    spec = load_spec(path)
     for role in usercode.ROLES:
         ref = getattr(spec, role, None)
         if isinstance(ref, str) and ".py:" in ref:
