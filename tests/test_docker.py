@@ -11,10 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
-
-from tuner.cli import app
+from cli_parse import cli_command, envvars
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -31,24 +29,6 @@ def interpolate(text: str) -> str:
 def as_argv(command: str | list[str]) -> list[str]:
     argv = shlex.split(command) if isinstance(command, str) else list(command)
     return [interpolate(a) for a in argv]
-
-
-def cli_command(argv: list[str]) -> typer.core.TyperCommand:
-    """Parse ``tuner ARGS...`` with the real app; returns the subcommand. Raises click's
-    UsageError / BadParameter when the command line would be refused."""
-    assert argv[0] == "tuner", argv
-    group = typer.main.get_command(app)
-    if argv[1:] in ([], ["--help"]):
-        return group
-    root = group.make_context("tuner", [argv[1]])
-    sub = group.get_command(root, argv[1])
-    assert sub is not None, f"no command `tuner {argv[1]}`"
-    sub.make_context(argv[1], argv[2:], parent=root)
-    return sub
-
-
-def envvars(command: typer.core.TyperCommand) -> set[str]:
-    return {p.envvar for p in command.params if isinstance(p.envvar, str)}
 
 
 def dockerfile_cmds() -> list[list[str]]:
@@ -89,7 +69,7 @@ def test_published_ports_are_loopback_only():
     for name, port in published:
         spec = port if isinstance(port, str) else f"{port.get('host_ip')}:{port.get('published')}"
         assert spec.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
-    assert "postgres" not in {name for name, _ in published}
+    assert not {"postgres", "pgbouncer"} & {name for name, _ in published}
 
 
 def test_dashboard_serves_the_shared_database():
@@ -105,8 +85,30 @@ def test_postgres_has_a_volume_and_a_healthcheck():
     assert pg["image"] == "postgres:16"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
-    for name in ("dashboard", "worker"):
+    for name in ("pgbouncer", "dashboard", "worker"):
         assert SERVICES[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_pgbouncer_pools_postgres_by_transaction_for_every_client():
+    bouncer = SERVICES["pgbouncer"]
+    image, _, tag = bouncer["image"].partition(":")
+    assert image == "edoburu/pgbouncer" and tag.startswith("v1.")  # pinned, not latest
+    env = {k: interpolate(str(v)) for k, v in bouncer["environment"].items()}
+    assert env["POOL_MODE"] == "transaction"
+    assert env["DB_HOST"] == "postgres" and "DB_NAME" not in env  # any database passes through
+    pg = SERVICES["postgres"]["environment"]
+    assert env["DB_USER"] == pg["POSTGRES_USER"]
+    assert env["DB_PASSWORD"] == interpolate(pg["POSTGRES_PASSWORD"])
+    assert env["AUTH_TYPE"] == "scram-sha-256"  # postgres:16's password_encryption
+    # a small pool of server connections for many clients: PostgreSQL allows 100
+    assert int(env["DEFAULT_POOL_SIZE"]) < 100 <= int(env["MAX_CLIENT_CONN"])
+    assert "pg_isready" in " ".join(bouncer["healthcheck"]["test"])
+    # every tuner client goes through it, and waits until it is up
+    for name in ("dashboard", "worker"):
+        assert SERVICES[name]["depends_on"]["pgbouncer"]["condition"] == "service_healthy"
+        argv = as_argv(SERVICES[name]["command"])
+        storage = argv[argv.index("--storage") + 1]
+        assert f"@pgbouncer:5432/{pg['POSTGRES_DB']}" in storage
 
 
 def test_workers_share_the_study_database_and_checkpoints():
@@ -114,7 +116,7 @@ def test_workers_share_the_study_database_and_checkpoints():
     argv = as_argv(worker["command"])
     assert argv[:3] == ["tuner", "worker", "/study/study.yaml"]
     storage = argv[argv.index("--storage") + 1]
-    assert storage.startswith("postgresql://") and "@postgres:5432/" in storage
+    assert storage.startswith("postgresql://") and "@pgbouncer:5432/" in storage
     assert storage == as_argv(SERVICES["dashboard"]["command"])[3]
     assert interpolate(SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]) in storage
     volumes = [interpolate(v) for v in worker["volumes"]]

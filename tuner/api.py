@@ -210,7 +210,8 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
                          keep_checkpoints=settings.keep_checkpoints)
     wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event)
     with w.graceful_signals(stop), _quiet():
-        return Result(handle, wk.run().stopped_because)
+        summary = wk.run()
+    return Result(handle, summary.stopped_because, summary.trials)
 
 
 def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
@@ -274,6 +275,8 @@ class Result:
     # why the run ended: "budget spent", "timeout", "stopped" or "done" (several workers);
     # None for a study opened by :func:`load`
     stopped_because: str | None = None
+    # trials this process ran (one worker in this process), else None
+    trials_run: int | None = None
 
     @property
     def name(self) -> str:

@@ -7,6 +7,8 @@
     ├── SpecMismatch           resuming a study with a different study file
     ├── DataError              a dataset cannot be found, downloaded or loaded
     ├── UserCodeError          a user's model/data/trainer import path or signature is wrong
+    ├── LaunchError            a launch onto a scheduler (Slurm, Kubernetes) cannot go ahead:
+    │                          its command is missing, an option is wrong, sbatch refused
     └── TooManyFailures        several trials failed in a row; the study was stopped
 
 Only ``tuner.cli`` turns these into a printed line and an exit code.
@@ -42,6 +44,10 @@ class DataError(TunerError):
 
 
 class UserCodeError(TunerError):
+    pass
+
+
+class LaunchError(TunerError):
     pass
 
 

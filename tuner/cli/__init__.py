@@ -5,6 +5,7 @@
     run       run, resume, worker
     read      studies, trials, best, status, check, delete
     after     dashboard, report, retrain
+    launch    launch slurm, launch k8s (a sub-app)
 
 Each command module registers its commands on the one app when imported here.
 """
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 from tuner.cli import after, read, run  # noqa: F401  (each registers its commands)
 from tuner.cli._common import app
+from tuner.cli.launch import launch_app
+
+app.add_typer(launch_app, name="launch")
 
 __all__ = ["app", "main"]
 

@@ -154,6 +154,6 @@ def worker(
                 out().print(f"trial {e.trial}: {e.state} {_fmt(e.value)}", highlight=False)
     result = api.work(study, settings, worker_index=worker_index, on_event=on_event)
     if not quiet:
-        out().print(f"worker done ({result.stopped_because})")
+        out().print(f"worker done: {result.trials_run} trials ({result.stopped_because})")
 
 
