@@ -166,6 +166,20 @@ def test_a_kfold_retry_trains_only_the_folds_its_curve_lacks(tmp_path: Path) -> 
     assert outcome.value == pytest.approx((2 + 4 + 10 + 10) / 4)
 
 
+def test_own_data_needs_no_task_line(store: dict[str, Any]) -> None:
+    space = {"hidden": 4, "lr": 0.01, "batch_size": 32}
+    # the metric implies the task
+    r = api.run({"name": "by_metric", "data": load, "model": build, "metric": "r2", "epochs": 1,
+                 "trials": 1, "space": space}, **store)
+    assert r.spec.task_name == "regression" and r.counts == {"COMPLETE": 1}
+    # no metric: the float labels say regression, and the stored spec says so for workers
+    r = api.run({"name": "by_labels", "data": load, "model": build, "epochs": 1, "trials": 1,
+                 "space": space}, **store)
+    assert (r.spec.task_name, r.spec.metric_name) == ("regression", "mse")
+    assert api.load("by_labels", storage=store["storage"]).spec.task == "regression"
+    assert r.study.metric_names == ["mse"]  # what optuna-dashboard labels its axes with
+
+
 def test_bad_user_code_raises_before_the_study_exists(store: dict[str, Any]) -> None:
     with pytest.raises(UserCodeError, match="has no attribute 'nope'"):
         api.run({**MODEL_SPEC, "model": "test_api:nope"}, **store)

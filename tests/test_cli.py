@@ -158,6 +158,13 @@ BAD_FILES = {
     "optimizer.yaml": ("space: {optimizer: adamm}\n", "did you mean 'adam'"),
     "sampler.yaml": ("sampler: bayes\n", "unknown value 'bayes'"),
     "pruner.yaml": ("pruner: asha\n", "unknown value 'asha'"),
+    # every count and rate tuner's own loop and models read is checked before any write
+    "batch_size.yaml": ("space: {batch_size: [0]}\n", "batch_size must be >= 1 (got 0)"),
+    "width.yaml": ("space: {width: {type: int, low: 0, high: 64}}\n", "width must be >= 1"),
+    "depth.yaml": ("space: {depth: -1}\n", "depth must be >= 0"),
+    "epochs_param.yaml": ("space: {epochs: [0, 2]}\n", "epochs must be >= 1"),
+    "lr.yaml": ("space: {lr: 0}\n", "lr must be > 0"),
+    "dropout.yaml": ("space: {dropout: {type: float, low: 0.2, high: 1.0}}\n", "dropout must be < 1"),
 }
 
 
@@ -177,6 +184,31 @@ def test_bad_study_files_give_one_line_and_exit_2(name: str, tmp_path: Path, env
         assert "Traceback" not in r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
     assert counts(tmp_path / "tuner.db") == before
+
+
+def test_progress_names_the_metric_and_the_best_trial() -> None:
+    from rich.console import Console
+
+    from tuner.cli.progress import ProgressView
+    from tuner.worker import Event
+
+    console = Console(record=True, width=120)
+    view = ProgressView(console, "s", "accuracy", "maximize", 3, 0, 5)
+    view.event(Event("started", 6))
+    view.event(Event("finished", 6, value=0.9825, state="COMPLETE"))
+    console.print(view._render())
+    assert "best accuracy 0.9825 (trial 6)" in console.export_text()
+
+
+def test_a_binary_study_file_is_one_line_and_exit_2(tmp_path: Path, env: str) -> None:
+    bad = tmp_path / "model.yaml"
+    bad.write_bytes(bytes(range(256)) * 4)  # not UTF-8 text
+    for cmd in (["run", str(bad), "--device", "cpu"], ["check", str(bad)]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 2, r.output
+        assert "not a UTF-8 text file" in r.output and str(bad) in r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "tuner.db").exists()
 
 
 @pytest.mark.parametrize(("url", "message"), [

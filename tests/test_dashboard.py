@@ -93,6 +93,11 @@ def test_api_lists_the_study(served: str) -> None:
     with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as r:
         studies = json.load(r)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["dash_digits"]
+    # the dashboard labels the objective with the study's metric, not "Objective 0"
+    sid = studies[0]["study_id"]
+    with urllib.request.urlopen(f"{base}/api/studies/{sid}?after=0", timeout=10) as r:
+        detail = json.load(r)
+    assert detail["metric_names"] == ["accuracy"]
 
 
 def test_browser_shows_the_study_and_its_trials(served: str, tmp_path: Path) -> None:

@@ -87,12 +87,12 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
     if stored_json is None:
         # new (or created by a worker a moment ago): whoever stores the spec first decides
         study.set_user_attr(SPEC_ATTR, spec.to_json())
-        with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
-            warnings.simplefilter("ignore")
-            study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
+        _name_metrics(study, spec)
         budget.initialize(spec.trials, spec.timeout)  # atomic: 8 workers may get here at once
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
+    if study.metric_names is None:  # created before tuner named them
+        _name_metrics(study, stored)
     if stored.search_fields() != spec.search_fields():
         if not force:
             changed = sorted(
@@ -112,6 +112,12 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         stored = spec
     return Handle(study, stored, budget)
+
+
+def _name_metrics(study: optuna.Study, spec: StudySpec) -> None:
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
+        warnings.simplefilter("ignore")
+        study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
 
 
 def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 0,
