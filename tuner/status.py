@@ -10,6 +10,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.objective import INFEASIBLE_ATTR
+from tuner.spec import StudySpec
 from tuner.storage import BudgetState, all_studies, heartbeat_ages
 from tuner.study import SPEC_ATTR, Handle
 
@@ -44,12 +46,40 @@ class Snapshot:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
 
 
-def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+def feasible(t: FrozenTrial) -> bool:
+    """No constraint of the trial is violated (Optuna's convention: > 0 is a violation)."""
+    return INFEASIBLE_ATTR not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
+
+
+def primary_value(spec: StudySpec, t: FrozenTrial) -> float | None:
+    """The trial's value of the metric its training loop reports (the only one, or the
+    pruned-on objective of a multi-objective study)."""
+    if not t.values:
+        return None
+    return t.values[spec.objective_names.index(spec.metric_name)] if len(t.values) > 1 else t.values[0]
+
+
+def _best(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
     if not done:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(done, key=lambda t: t.value)
+    pick = max if spec.direction_name == "maximize" else min
+    return pick(done, key=lambda t: primary_value(spec, t))
+
+
+def pareto_front(handle: Handle) -> list[FrozenTrial]:
+    """The feasible completed trials no other feasible trial dominates, by trial number.
+    For a single-objective study, the best trial (ties included)."""
+    spec = handle.spec
+    signs = [1.0 if d == "minimize" else -1.0 for d in spec.directions]
+    done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and feasible(t)]
+    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in done]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in keyed)
+
+    return [t for t, k in keyed if not dominated(k)]
 
 
 def _duration(t: FrozenTrial) -> float | None:
@@ -83,7 +113,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
             t.intermediate_values[steps[-1]] if steps else None,
             worker.get("host"), worker.get("pid"), worker.get("device"), ages.get(t.number),
         ))
-    best = _best(study, trials)
+    best = _best(handle.spec, trials)
     budget = handle.budget.state()
     durations = [d for t in trials if t.state in FINISHED and (d := _duration(t)) is not None]
     eta = None
@@ -91,8 +121,9 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         todo = budget.remaining + len(running) / 2
         eta = todo * (sum(durations) / len(durations)) / max(1, len(running))
     return Snapshot(
-        name=study.study_name, direction=study.direction.name.lower(), counts=counts,
-        best_value=best.value if best else None, best_trial=best.number if best else None,
+        name=study.study_name, direction=handle.spec.direction_name, counts=counts,
+        best_value=primary_value(handle.spec, best) if best else None,
+        best_trial=best.number if best else None,
         budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
     )
 
@@ -114,26 +145,34 @@ def studies(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         direction = s.directions[0].name.lower()
-        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        done = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
         best = (max(done) if direction == "maximize" else min(done)) if done else None
         rows.append(StudyRow(s.study_name, counts, best, direction, _last_activity(trials),
                              SPEC_ATTR in s.user_attrs))
     return rows
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat row per trial: number, state, value, params, duration, epochs, and notes."""
+def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state (INFEASIBLE for a rejected configuration),
+    the value (each objective its own column in a multi-objective study), params,
+    duration, epochs, and notes."""
     rows = []
+    names = spec.objective_names if spec is not None and spec.multi_objective else None
     for t in study.get_trials(deepcopy=False):
+        if names is None:
+            values: dict[str, Any] = {"value": t.values[0] if t.values else None}
+        else:
+            values = {n: (t.values[i] if t.values else None) for i, n in enumerate(names)}
         rows.append({
             "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
+            "state": "INFEASIBLE" if not feasible(t) else t.state.name,
+            **values,
             **{f"params_{k}": v for k, v in t.params.items()},
             "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
             "duration_s": round(d, 3) if (d := _duration(t)) is not None else None,
             "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "retry_of": t.user_attrs.get("retry_of"),
             "fail_reason": t.user_attrs.get("fail_reason"),
+            **({"constraints": t.constraints} if t.constraints else {}),
         })
     return rows

@@ -79,7 +79,7 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
     """Create the study from ``spec``, or open it if it exists. A stored spec that differs in
     what is searched is an error unless ``force`` (then the file's spec replaces it)."""
     study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction=spec.direction_name,
+        study_name=spec.name, storage=storage, directions=spec.directions,
         sampler=build_sampler(spec, worker_index), pruner=build_pruner(spec), load_if_exists=True,
     )
     budget = _budget(storage, spec.name)
@@ -89,7 +89,7 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
             warnings.simplefilter("ignore")
-            study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
+            study.set_metric_names(spec.objective_names)  # the dashboard labels its axes so
         budget.initialize(spec.trials, spec.timeout)  # atomic: 8 workers may get here at once
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
@@ -104,14 +104,18 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
                 f"{', '.join(changed)}); use --study NEW_NAME for a new study, or --force to "
                 "continue this one with the new file"
             )
-        if stored.direction_name != spec.direction_name:
+        if stored.directions != spec.directions:
             raise SpecMismatch(
-                f"study {spec.name!r} {stored.direction_name}s {stored.metric_name}; a study's "
-                "direction cannot change, use --study NEW_NAME"
+                f"study {spec.name!r} optimizes {_goal(stored)}; a study's objectives and "
+                "directions cannot change, use --study NEW_NAME"
             )
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         stored = spec
     return Handle(study, stored, budget)
+
+
+def _goal(spec: StudySpec) -> str:
+    return ", ".join(f"{d} {m}" for m, d in zip(spec.objective_names, spec.directions, strict=True))
 
 
 def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 0,
