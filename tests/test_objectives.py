@@ -18,6 +18,7 @@ from tuner import study as st
 from tuner.cli import app
 from tuner.errors import SpecError
 from tuner.objective import TrialRunner
+from tuner.retrain import pick_trial
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.status import pareto_front, trial_rows
@@ -190,7 +191,7 @@ TUPLE_FIT = textwrap.dedent("""
     def fit(params, ctx):
         for epoch in range(1, ctx.max_epochs + 1):
             ctx.report(epoch, params["x"] * epoch, cost=params["x"] ** 2)
-        return params["x"] * ctx.max_epochs, 1.0 - params["x"]
+        return params["x"] * ctx.max_epochs, params["x"]
 """)
 
 
@@ -207,9 +208,14 @@ def test_a_trainer_returns_several_values(tmp_path):
     for t in handle.study.get_trials(deepcopy=False):
         assert t.state == TrialState.COMPLETE
         x = t.params["x"]
-        assert math.isclose(t.values[0], 2 * x) and math.isclose(t.values[1], 1.0 - x)
-    # score against slack: every trial is on the front (more x, more score and less slack)
+        assert math.isclose(t.values[0], 2 * x) and math.isclose(t.values[1], x)
+    # score against slack: every trial is on the front (more x, more score and more slack)
     assert len(pareto_front(handle)) == 3
+    xs = sorted(t.params["x"] for t in handle.study.trials)
+    assert pick_trial(handle).params["x"] == xs[-1]  # the first objective's best
+    assert pick_trial(handle, prefer="slack").params["x"] == xs[0]
+    with pytest.raises(SpecError, match="--prefer accuracy: not an objective"):
+        pick_trial(handle, prefer="accuracy")
 
 
 @pytest.mark.slow

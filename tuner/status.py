@@ -10,10 +10,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec
 from tuner.storage import BudgetState, all_studies, heartbeat_ages
-from tuner.study import SPEC_ATTR, Handle
+from tuner.study import SPEC_ATTR, Handle, feasible, pareto_front, primary_value
+
+__all__ = ["pareto_front", "primary_value", "snapshot", "studies", "trial_rows"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -46,40 +47,12 @@ class Snapshot:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
 
 
-def feasible(t: FrozenTrial) -> bool:
-    """No constraint of the trial is violated (Optuna's convention: > 0 is a violation)."""
-    return INFEASIBLE_ATTR not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
-
-
-def primary_value(spec: StudySpec, t: FrozenTrial) -> float | None:
-    """The trial's value of the metric its training loop reports (the only one, or the
-    pruned-on objective of a multi-objective study)."""
-    if not t.values:
-        return None
-    return t.values[spec.objective_names.index(spec.metric_name)] if len(t.values) > 1 else t.values[0]
-
-
 def _best(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
     if not done:
         return None
     pick = max if spec.direction_name == "maximize" else min
     return pick(done, key=lambda t: primary_value(spec, t))
-
-
-def pareto_front(handle: Handle) -> list[FrozenTrial]:
-    """The feasible completed trials no other feasible trial dominates, by trial number.
-    For a single-objective study, the best trial (ties included)."""
-    spec = handle.spec
-    signs = [1.0 if d == "minimize" else -1.0 for d in spec.directions]
-    done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and feasible(t)]
-    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in done]
-
-    def dominated(a: list[float]) -> bool:
-        return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in keyed)
-
-    return [t for t, k in keyed if not dominated(k)]
 
 
 def _duration(t: FrozenTrial) -> float | None:

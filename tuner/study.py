@@ -8,9 +8,11 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
 from tuner.errors import SpecMismatch, StudyNotFound
+from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import Budget, BudgetState, display_url
 
@@ -153,3 +155,32 @@ def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
     load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
     optuna.delete_study(study_name=name, storage=storage)
     _budget(storage, name).delete()
+
+
+# ---- what a study found -------------------------------------------------------------
+def feasible(t: FrozenTrial) -> bool:
+    """No constraint of the trial is violated (Optuna's convention: > 0 is a violation)."""
+    return INFEASIBLE_ATTR not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
+
+
+def primary_value(spec: StudySpec, t: FrozenTrial) -> float | None:
+    """The trial's value of the metric its training loop reports (the only one, or the
+    pruned-on objective of a multi-objective study)."""
+    if not t.values:
+        return None
+    return t.values[spec.objective_names.index(spec.metric_name)] if len(t.values) > 1 else t.values[0]
+
+
+def pareto_front(handle: Handle) -> list[FrozenTrial]:
+    """The feasible completed trials no other feasible trial dominates, by trial number.
+    For a single-objective study, the best trial (ties included)."""
+    spec = handle.spec
+    signs = [1.0 if d == "minimize" else -1.0 for d in spec.directions]
+    done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and feasible(t)]
+    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in done]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in keyed)
+
+    return [t for t, k in keyed if not dominated(k)]
