@@ -85,8 +85,8 @@ def pick_trial(handle: Handle, number: int | None = None,
     if number is None:
         front = pareto_front(handle)
         if not front:
-            raise TunerError(f"study {name!r} has no completed feasible trial to retrain; "
-                             f"run `tuner resume {name}` first")
+            raise TunerError(f"study {name!r} has no completed trial to retrain (infeasible "
+                             f"ones do not count); run `tuner resume {name}` first")
         i = spec.objective_names.index(prefer or spec.metric_name)
         pick = max if spec.directions[i] == "maximize" else min
         return pick(front, key=lambda t: t.values[i])  # ties: the earliest trial
