@@ -307,8 +307,10 @@ class Result:
 
     @property
     def best_value(self) -> float | None:
-        n = self.best_trial
-        return None if n is None else self.handle.study.trials[n].value
+        """The best trial's value (of the reported metric, in a multi-objective study)."""
+        from tuner.status import snapshot
+
+        return snapshot(self.handle, with_heartbeats=False).best_value
 
     @property
     def best_params(self) -> dict[str, Any]:
@@ -324,7 +326,7 @@ class Result:
         """One row per trial, as ``tuner trials NAME --format json`` prints them."""
         from tuner.status import trial_rows
 
-        return trial_rows(self.handle.study)
+        return trial_rows(self.handle.study, self.handle.spec)
 
     def __repr__(self) -> str:
         c = self.counts

@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner import space, storage, usercode
+from tuner import measure, space, storage, usercode, vocab
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.settings import Settings
@@ -38,20 +38,40 @@ class Outcome:
     fail_reason: str | None = None
     interrupted: bool = False  # stopped by SIGTERM/Ctrl-C: keep its checkpoint, retry it
     checkpoints: tuple[CheckpointStore, ...] = ()
+    # every objective's value, in the study's order (``value`` is the reported metric's)
+    values: tuple[float, ...] | None = None
+
+
+class _Infeasible(Exception):
+    """A constraint known before training (params, size_mb) rejects the configuration."""
+
+
+INFEASIBLE_ATTR = "infeasible"
 
 
 class _TrialReporter:
     """Context reports -> the Optuna trial (and the worker's progress callback)."""
 
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
-                 on_epoch: Callable[[int, int, float], None] | None, prune: bool = True):
+                 on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
+                 primary: tuple[int, str] | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
+        # (index, direction) of the pruned-on objective of a multi-objective study, whose
+        # curve tuner records and judges itself: Optuna's report/should_prune refuse there
+        self._primary = primary
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
         if self._on_epoch:
             self._on_epoch(self.trial.number, epoch, value)
         if not self._prune:
             return False
+        if self._primary is not None:
+            if not math.isfinite(value):
+                return False
+            storage.report_primary(self.trial, epoch, value)
+            index, direction = self._primary
+            return storage.should_prune_primary(self.trial, index, direction,
+                                                self.trial.study.pruner)
         if math.isfinite(value):
             self.trial.report(value, epoch)
         return self.trial.should_prune()
@@ -108,9 +128,94 @@ class TrialRunner:
             metric=spec.metric_name, data=bundle,
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
-            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune),
+            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary()),
             checkpoints=ckpt,
         )
+
+    def _primary(self) -> tuple[int, str] | None:
+        if not self.spec.multi_objective:
+            return None
+        index = self.spec.objective_names.index(self.spec.metric_name)
+        return index, self.spec.directions[index]
+
+    # ---- objectives and constraints -------------------------------------------------------
+    def _wanted(self) -> set[str]:
+        return {*self.spec.objective_names, *self.spec.constraints} & set(vocab.SECONDARY_METRICS)
+
+    def _model(self, params: Mapping[str, Any]) -> Any:
+        assets = self.assets
+        if not assets.has_data:
+            return None
+        return assets.model_builder(assets.data())(params)
+
+    def _before_training(self, trial: optuna.Trial, params: Mapping[str, Any]) -> dict[str, float]:
+        """params and size_mb when the study needs them; raises :class:`_Infeasible` when a
+        constraint on them fails (no epoch is spent)."""
+        if not self._wanted() & set(vocab.BEFORE_TRAINING):
+            return {}
+        model = self._model(params)
+        measured = measure.size(model) if model is not None else {}
+        self._constrain(trial, measured, before=True)
+        return measured
+
+    def _constrain(self, trial: optuna.Trial, measured: Mapping[str, float], *,
+                   before: bool = False) -> None:
+        """Tell the sampler how far each measured metric is from its bounds (Optuna's
+        constraints: <= 0 is feasible)."""
+        broken = []
+        for name, bound in self.spec.constraints.items():
+            if name not in measured or (not before and name in vocab.BEFORE_TRAINING):
+                continue  # not measured, or set before training already
+            violation = bound.violation(measured[name])
+            trial.set_constraint(name, violation)
+            if violation > 0:
+                broken.append(f"{name} {measured[name]:.4g} outside "
+                              f"[{bound.min if bound.min is not None else '-inf'}, "
+                              f"{bound.max if bound.max is not None else 'inf'}]")
+        if broken and before:
+            raise _Infeasible("infeasible before training: " + "; ".join(broken))
+
+    def _values(self, raw: Any, params: Mapping[str, Any], ctxs: list[Context],
+                measured: dict[str, float], fit_s: float) -> tuple[float, ...]:
+        """Every objective's value: a trainer's tuple gives them in order; otherwise the
+        returned value is the reported metric's, built-in secondary metrics are measured
+        here, and the rest come from the last ``ctx.report`` extras or ``ctx.info``."""
+        names = self.spec.objective_names
+        if isinstance(raw, tuple | list):
+            if len(raw) != len(names):
+                raise ValueError(f"the trainer returned {len(raw)} values for the "
+                                 f"{len(names)} objectives {', '.join(names)}")
+            out = dict(zip(names, map(float, raw), strict=True))
+        else:
+            out = {self.spec.metric_name: float(raw)}
+        last = ctxs[-1].history[-1] if ctxs and ctxs[-1].history else {}
+        info: dict[str, Any] = {k: v for c in ctxs for k, v in c.info.items()}
+        wanted = self._wanted()
+        if "latency_ms" in wanted and "latency_ms" not in out and self.assets.has_data:
+            import torch
+
+            bundle = self.assets.data()
+            split = bundle.val if bundle.val is not None else bundle.train
+            batch = split.x[: int(params.get("batch_size", 128))].to(torch.device(self.assets.device))
+            measured["latency_ms"] = measure.latency_ms(self._model(params), batch)
+        if "epoch_s" in wanted:
+            epochs = max(1, len([h for c in ctxs for h in c.history]))
+            measured["epoch_s"] = fit_s / epochs
+        for name in [*names, *self.spec.constraints]:
+            if name in out or name in measured:
+                continue
+            for source in (last.get(name), last.get(f"val_{name}"), info.get(name)):
+                if isinstance(source, int | float):
+                    measured[name] = float(source)
+                    break
+        for name in names:
+            if name not in out:
+                if name not in measured:
+                    raise ValueError(f"objective {name} has no value; return a tuple of every "
+                                     f"objective or ctx.report(epoch, value, {name}=...)")
+                out[name] = measured[name]
+        measured.update(out)
+        return tuple(out[n] for n in names)
 
     # ---- one trial ----------------------------------------------------------------------
     def run(self, trial: optuna.Trial) -> Outcome:
@@ -128,15 +233,28 @@ class TrialRunner:
         ctxs: list[Context] = []
         try:
             params = space.suggest(trial, self.spec)
+            measured = self._before_training(trial, params)
+            fit_start = time.perf_counter()
             if self.spec.kfold:
-                value = self._run_folds(trial, lineage, params, fit, ctxs)
+                raw: Any = self._run_folds(trial, lineage, params, fit, ctxs)
             else:
                 ctx = self.context(trial, lineage)
                 ctxs.append(ctx)
-                value = float(fit(params, ctx))
-            if not math.isfinite(value):
+                raw = fit(params, ctx)
+            fit_s = time.perf_counter() - fit_start
+            if not isinstance(raw, tuple | list):
+                raw = float(raw)
+            values = self._values(raw, params, ctxs, measured, fit_s)
+            value = values[self.spec.objective_names.index(self.spec.metric_name)]
+            if not all(math.isfinite(v) for v in values):
                 raise TrialPruned(f"final metric is {value}")
-            outcome = Outcome(TrialState.COMPLETE, value)
+            self._constrain(trial, measured)
+            if self._wanted() or self.spec.multi_objective:
+                storage.set_user_attrs(trial, {"metrics": dict(sorted(measured.items()))})
+            outcome = Outcome(TrialState.COMPLETE, value, values=values)
+        except _Infeasible as e:
+            storage.set_user_attrs(trial, {INFEASIBLE_ATTR: str(e)})
+            outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
         except TrialPruned as e:
             outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
         except StopRequested:

@@ -74,6 +74,9 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     """Write ``report.html``, ``<plot>.png`` and ``trials.csv`` for the study into
     ``out_dir`` (created if needed). Raises TunerError when no trial has completed."""
     study, spec = handle.study, handle.spec
+    if spec.multi_objective:
+        raise TunerError(f"study {handle.name!r} has several objectives, which the report does "
+                         f"not show yet; `tuner best {handle.name}` prints its Pareto front")
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:

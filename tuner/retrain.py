@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import storage
-from tuner.errors import DataError, TunerError, UserCodeError
+from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.settings import Settings
 from tuner.spec import Fixed, StudySpec
-from tuner.study import Handle
+from tuner.study import Handle, pareto_front
 
 if TYPE_CHECKING:
     from torch import nn
@@ -73,15 +73,23 @@ def default_folder(study: str, trial: int) -> Path:
     return Path("runs") / study / f"trial-{trial}"
 
 
-def pick_trial(handle: Handle, number: int | None = None) -> FrozenTrial:
-    """Trial ``number``, or the best completed trial; it must be COMPLETE."""
-    name = handle.name
+def pick_trial(handle: Handle, number: int | None = None,
+               prefer: str | None = None) -> FrozenTrial:
+    """Trial ``number``, or the best completed trial; it must be COMPLETE. In a
+    multi-objective study, the member of the Pareto front best at ``prefer`` (default: the
+    metric the loop reports)."""
+    name, spec = handle.name, handle.spec
+    if prefer is not None and prefer not in spec.objective_names:
+        raise SpecError(f"--prefer {prefer}: not an objective of study {name!r}; use one of "
+                        f"{', '.join(spec.objective_names)}")
     if number is None:
-        done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if not done:
-            raise TunerError(f"study {name!r} has no completed trial to retrain; "
-                             f"run `tuner resume {name}` first")
-        return handle.study.best_trial
+        front = pareto_front(handle)
+        if not front:
+            raise TunerError(f"study {name!r} has no completed trial to retrain (infeasible "
+                             f"ones do not count); run `tuner resume {name}` first")
+        i = spec.objective_names.index(prefer or spec.metric_name)
+        pick = max if spec.directions[i] == "maximize" else min
+        return pick(front, key=lambda t: t.values[i])  # ties: the earliest trial
     by_number = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
     if number not in by_number:
         raise TunerError(f"study {name!r} has no trial {number}; `tuner trials {name}` lists them")

@@ -141,6 +141,41 @@ class PrunerSpec(_Frozen):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+class Objective(_Frozen):
+    """One objective of a multi-objective study: a metric and its direction (the metric's
+    own direction when not given)."""
+
+    metric: str = Field(min_length=1)
+    direction: Literal["maximize", "minimize"] | None = None
+
+
+class Bound(_Frozen):
+    """Feasible values of one metric: ``{max: 1.0e6}``, ``{min: 0.9}`` or both."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min:, max: or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max}); swap them")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Optuna's constraint value: <= 0 when ``value`` is feasible, else how far out."""
+        over = value - self.max if self.max is not None else -math.inf
+        under = self.min - value if self.min is not None else -math.inf
+        return float(max(over, under))
+
+
+def _direction_of(metric: str) -> str | None:
+    if metric in vocab.METRICS:
+        return vocab.METRICS[metric][1]
+    return "minimize" if metric in vocab.SECONDARY_METRICS else None
+
+
 class KFold(_Frozen):
     kfold: int = Field(ge=2, le=20)
 
@@ -176,6 +211,13 @@ class StudySpec(_Frozen):
     compile: bool = False  # torch.compile the model
     checkpoint: bool = True  # save a checkpoint every epoch so a killed trial resumes
     space: dict[str, SpaceEntry] = Field(default_factory=dict)
+    # several objectives (a Pareto front): ``[accuracy, params]`` or
+    # ``[{metric: accuracy}, {metric: latency_ms, direction: minimize}]``; None: ``metric``
+    objectives: list[Objective] | None = Field(default=None, min_length=1)
+    # the objective whose learning curve the pruner judges [default: the first]
+    prune_on: str | None = None
+    # bounds on metrics, e.g. ``{params: {max: 1.0e6}, latency_ms: {max: 2.0}}``
+    constraints: dict[str, Bound] = Field(default_factory=dict)
     # folder the study file was read from: relative user-code paths resolve against it
     base_dir: str | None = None
 
@@ -202,6 +244,15 @@ class StudySpec(_Frozen):
     @classmethod
     def _pruner_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objective_shorthand(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if not isinstance(v, list):
+            raise ValueError("objectives: give a list, e.g. [accuracy, params]")
+        return [{"metric": o} if isinstance(o, str) else o for o in v]
 
     @field_validator("space", mode="before")
     @classmethod
@@ -251,7 +302,46 @@ class StudySpec(_Frozen):
             raise ValueError(f"data: {self.data} is {datasets.get(self.data).kind} data and cannot "
                              f"be read as {self.data_as}")
         self._check_space()
+        self._check_objectives()
         return self
+
+    def _check_objectives(self) -> None:
+        known = [*vocab.METRICS, *vocab.SECONDARY_METRICS]
+        names = [o.metric for o in self.objectives or []]
+        if self.objectives is not None and self.metric is not None:
+            raise ValueError("give metric: or objectives:, not both (the first objective is "
+                             "the metric)")
+        if len(set(names)) != len(names):
+            raise ValueError("objectives: a metric is listed twice; list each once")
+        for o in self.objectives or []:
+            builtin = _direction_of(o.metric)
+            if builtin is None and self.trainer is None:
+                raise ValueError(f"objectives: unknown metric {o.metric!r}"
+                                 f"{did_you_mean(o.metric, known)}; use one of {', '.join(known)}")
+            if builtin is None and o.direction is None:
+                raise ValueError(f"objectives: {o.metric} is the trainer's own metric; give it "
+                                 "a direction: {metric: NAME, direction: maximize}")
+            if builtin is not None and o.direction is not None and o.direction != builtin:
+                raise ValueError(f"objectives: {o.metric} is a metric to {builtin}, not to "
+                                 f"{o.direction}; drop its direction:")
+            task = vocab.METRICS.get(o.metric, (None,))[0]
+            if task is not None and self.task_name is not None and task != self.task_name:
+                raise ValueError(f"objectives: {o.metric} is not a {self.task_name} metric")
+        if not any(n not in vocab.SECONDARY_METRICS for n in names) and names:
+            raise ValueError("objectives: name at least one metric the training loop reports "
+                             f"each epoch (e.g. {', '.join(vocab.METRICS)})")
+        if self.prune_on is not None and self.prune_on not in self.objective_names:
+            raise ValueError(f"prune_on: {self.prune_on!r} is not one of the objectives "
+                             f"({', '.join(self.objective_names)})")
+        if self.prune_on in vocab.SECONDARY_METRICS:
+            raise ValueError(f"prune_on: {self.prune_on} has no learning curve; name a metric "
+                             "the training loop reports each epoch")
+        produced = [*self.objective_names, *vocab.SECONDARY_METRICS]
+        for m in self.constraints:
+            if m not in produced:
+                raise ValueError(f"constraints: the study does not produce {m!r}"
+                                 f"{did_you_mean(m, produced)}; constrain one of "
+                                 f"{', '.join(produced)}")
 
     def knobs(self) -> dict[str, Knob]:
         """The hyperparameters tuner's own code reads in this study: its training loop's
@@ -304,8 +394,13 @@ class StudySpec(_Frozen):
 
     @property
     def metric_name(self) -> str:
+        """The metric the training loop reports each epoch: ``metric:``, or ``prune_on:`` /
+        the first objective that has a learning curve."""
         if self.metric is not None:
             return self.metric
+        if self.objectives is not None:
+            return self.prune_on or next(o.metric for o in self.objectives
+                                         if o.metric not in vocab.SECONDARY_METRICS)
         if self.task_name is None:
             raise SpecError(f"study {self.name!r}: the task is not known before its data is "
                             "loaded; say task: or metric: in the study file")
@@ -313,7 +408,27 @@ class StudySpec(_Frozen):
 
     @property
     def direction_name(self) -> str:
+        """The direction of the metric the loop reports (the primary objective)."""
+        if self.objectives is not None:
+            return self.directions[self.objective_names.index(self.metric_name)]
         return self.direction or vocab.METRICS[self.metric_name][1]
+
+    @property
+    def objective_names(self) -> list[str]:
+        """What the study optimizes, in order: the objectives, or the one metric."""
+        if self.objectives is None:
+            return [self.metric_name]
+        return [o.metric for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        if self.objectives is None:
+            return [self.direction_name]
+        return [o.direction or _direction_of(o.metric) or "maximize" for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_names) > 1
 
     @property
     def kfold(self) -> int | None:

@@ -10,8 +10,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.spec import StudySpec
 from tuner.storage import BudgetState, all_studies, heartbeat_ages
-from tuner.study import SPEC_ATTR, Handle
+from tuner.study import SPEC_ATTR, Handle, feasible, pareto_front, primary_value
+
+__all__ = ["pareto_front", "primary_value", "snapshot", "studies", "trial_rows"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -44,12 +47,12 @@ class Snapshot:
         return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
 
 
-def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+def _best(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
     if not done:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(done, key=lambda t: t.value)
+    pick = max if spec.direction_name == "maximize" else min
+    return pick(done, key=lambda t: primary_value(spec, t))
 
 
 def _duration(t: FrozenTrial) -> float | None:
@@ -83,7 +86,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
             t.intermediate_values[steps[-1]] if steps else None,
             worker.get("host"), worker.get("pid"), worker.get("device"), ages.get(t.number),
         ))
-    best = _best(study, trials)
+    best = _best(handle.spec, trials)
     budget = handle.budget.state()
     durations = [d for t in trials if t.state in FINISHED and (d := _duration(t)) is not None]
     eta = None
@@ -91,8 +94,9 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         todo = budget.remaining + len(running) / 2
         eta = todo * (sum(durations) / len(durations)) / max(1, len(running))
     return Snapshot(
-        name=study.study_name, direction=study.direction.name.lower(), counts=counts,
-        best_value=best.value if best else None, best_trial=best.number if best else None,
+        name=study.study_name, direction=handle.spec.direction_name, counts=counts,
+        best_value=primary_value(handle.spec, best) if best else None,
+        best_trial=best.number if best else None,
         budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
     )
 
@@ -114,26 +118,34 @@ def studies(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         direction = s.directions[0].name.lower()
-        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        done = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
         best = (max(done) if direction == "maximize" else min(done)) if done else None
         rows.append(StudyRow(s.study_name, counts, best, direction, _last_activity(trials),
                              SPEC_ATTR in s.user_attrs))
     return rows
 
 
-def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat row per trial: number, state, value, params, duration, epochs, and notes."""
+def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state (INFEASIBLE for a rejected configuration),
+    the value (each objective its own column in a multi-objective study), params,
+    duration, epochs, and notes."""
     rows = []
+    names = spec.objective_names if spec is not None and spec.multi_objective else None
     for t in study.get_trials(deepcopy=False):
+        if names is None:
+            values: dict[str, Any] = {"value": t.values[0] if t.values else None}
+        else:
+            values = {n: (t.values[i] if t.values else None) for i, n in enumerate(names)}
         rows.append({
             "number": t.number,
-            "state": t.state.name,
-            "value": t.value,
+            "state": "INFEASIBLE" if not feasible(t) else t.state.name,
+            **values,
             **{f"params_{k}": v for k, v in t.params.items()},
             "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
             "duration_s": round(d, 3) if (d := _duration(t)) is not None else None,
             "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "retry_of": t.user_attrs.get("retry_of"),
             "fail_reason": t.user_attrs.get("fail_reason"),
+            **({"constraints": t.constraints} if t.constraints else {}),
         })
     return rows

@@ -8,9 +8,11 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
 from tuner.errors import SpecMismatch, StudyNotFound
+from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import Budget, BudgetState, display_url
 
@@ -79,7 +81,7 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
     """Create the study from ``spec``, or open it if it exists. A stored spec that differs in
     what is searched is an error unless ``force`` (then the file's spec replaces it)."""
     study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction=spec.direction_name,
+        study_name=spec.name, storage=storage, directions=spec.directions,
         sampler=build_sampler(spec, worker_index), pruner=build_pruner(spec), load_if_exists=True,
     )
     budget = _budget(storage, spec.name)
@@ -104,10 +106,10 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
                 f"{', '.join(changed)}); use --study NEW_NAME for a new study, or --force to "
                 "continue this one with the new file"
             )
-        if stored.direction_name != spec.direction_name:
+        if stored.directions != spec.directions:
             raise SpecMismatch(
-                f"study {spec.name!r} {stored.direction_name}s {stored.metric_name}; a study's "
-                "direction cannot change, use --study NEW_NAME"
+                f"study {spec.name!r} optimizes {_goal(stored)}; a study's objectives and "
+                "directions cannot change, use --study NEW_NAME"
             )
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         stored = spec
@@ -117,7 +119,11 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
 def _name_metrics(study: optuna.Study, spec: StudySpec) -> None:
     with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna
         warnings.simplefilter("ignore")
-        study.set_metric_names([spec.metric_name])  # the dashboard labels its axes with it
+        study.set_metric_names(spec.objective_names)  # the dashboard labels its axes with them
+
+
+def _goal(spec: StudySpec) -> str:
+    return ", ".join(f"{d} {m}" for m, d in zip(spec.objective_names, spec.directions, strict=True))
 
 
 def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 0,
@@ -155,3 +161,32 @@ def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
     load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
     optuna.delete_study(study_name=name, storage=storage)
     _budget(storage, name).delete()
+
+
+# ---- what a study found -------------------------------------------------------------
+def feasible(t: FrozenTrial) -> bool:
+    """No constraint of the trial is violated (Optuna's convention: > 0 is a violation)."""
+    return INFEASIBLE_ATTR not in t.user_attrs and all(v <= 0 for v in t.constraints.values())
+
+
+def primary_value(spec: StudySpec, t: FrozenTrial) -> float | None:
+    """The trial's value of the metric its training loop reports (the only one, or the
+    pruned-on objective of a multi-objective study)."""
+    if not t.values:
+        return None
+    return t.values[spec.objective_names.index(spec.metric_name)] if len(t.values) > 1 else t.values[0]
+
+
+def pareto_front(handle: Handle) -> list[FrozenTrial]:
+    """The feasible completed trials no other feasible trial dominates, by trial number.
+    For a single-objective study, the best trial (ties included)."""
+    spec = handle.spec
+    signs = [1.0 if d == "minimize" else -1.0 for d in spec.directions]
+    done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and feasible(t)]
+    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in done]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in keyed)
+
+    return [t for t, k in keyed if not dominated(k)]

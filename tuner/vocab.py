@@ -19,6 +19,18 @@ METRICS = {
 }
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "mse"}
 
+# metrics tuner measures on every trial's model besides the validation metric, for
+# ``objectives:`` and ``constraints:`` (all minimized). params and size_mb are known before
+# training (a constraint on them rejects a config before any epoch); latency_ms (inference
+# of one batch, median after warm-up, on the worker's device) and epoch_s after training.
+SECONDARY_METRICS = {
+    "params": "parameter count",
+    "size_mb": "size of the parameters and buffers in MB",
+    "latency_ms": "inference latency of one batch in ms",
+    "epoch_s": "training seconds per epoch",
+}
+BEFORE_TRAINING = ("params", "size_mb")
+
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """The metrics tuner's loop computes for ``task``."""

@@ -154,7 +154,7 @@ class Worker:
         study = self.handle.study
         try:
             if outcome.state == TrialState.COMPLETE:
-                study.tell(trial, outcome.value)
+                study.tell(trial, outcome.values or outcome.value)
             else:
                 study.tell(trial, state=outcome.state)
         except (UpdateFinishedTrialError, ValueError) as e:

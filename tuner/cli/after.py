@@ -86,6 +86,9 @@ def retrain(
     name: Name,
     trial: Annotated[int | None, typer.Option(min=0, help="Trial number [default: the best].")
                      ] = None,
+    prefer: Annotated[str | None, typer.Option(
+        help="With several objectives: the Pareto-front member best at this metric "
+             "[default: the first objective].")] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for model.pt and model.json [default: runs/NAME/trial-N].")] = None,
     storage: Storage = DEFAULT_STORAGE,
@@ -106,7 +109,7 @@ def retrain(
     _setup_logging()
     settings = api.settings(storage=storage, device=device, data_dir=data_dir, download=download)
     handle = st.load(_open(storage), name)
-    number = pick_trial(handle, trial).number
+    number = pick_trial(handle, trial, prefer).number
     if not quiet:
         out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")
     r = run_retrain(handle, settings, trial=number, folder=out_dir)

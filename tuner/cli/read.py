@@ -48,10 +48,11 @@ def trials(
     from tuner import study as st
     from tuner.status import trial_rows
 
-    rows = trial_rows(st.load(_open(storage), name).study)
+    handle = st.load(_open(storage), name)
+    rows = trial_rows(handle.study, handle.spec)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if format == Fmt.table:  # the essentials first; every column is in csv and json
-        skip = {"started", "fail_reason", "retry_of"}
+        skip = {"started", "fail_reason", "retry_of", "constraints"}
         columns = [c for c in columns if c not in skip]
     if format == Fmt.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
@@ -65,7 +66,8 @@ def trials(
         table = Table(box=None, header_style="bold")
         for c in columns:
             header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
-            table.add_column(header, no_wrap=c in ("number", "state", "value"))
+            table.add_column(header, no_wrap=c in ("number", "state", "value",
+                                                   *handle.spec.objective_names))
         for r in rows:
             table.add_row(*[_cell(r.get(c)) for c in columns])
         out().print(table)
@@ -89,6 +91,9 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
     from tuner.status import snapshot
 
     handle = st.load(_open(storage), name)
+    if handle.spec.multi_objective:
+        _front(handle, as_json)
+        return
     snap = snapshot(handle, with_heartbeats=False)
     if snap.best_trial is None:
         raise TunerError(f"study {name!r} has no completed trial yet; run `tuner resume {name}`")
@@ -109,6 +114,35 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
     if retrained:
         metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
         out().print(f"test set (retrained): {metrics}")
+
+
+def _front(handle: Any, as_json: bool) -> None:
+    """A multi-objective study's Pareto front, one row per trial."""
+    from rich.table import Table
+
+    from tuner.status import pareto_front
+
+    spec, name = handle.spec, handle.name
+    front = sorted(pareto_front(handle), key=lambda t: t.number)
+    if not front:
+        raise TunerError(f"study {name!r} has no feasible completed trial yet; run "
+                         f"`tuner resume {name}`")
+    names = spec.objective_names
+    if as_json:
+        rows = [{"trial": t.number, **dict(zip(names, t.values, strict=True)), "params": t.params,
+                 "epochs": t.user_attrs.get("epochs_run")} for t in front]
+        sys.stdout.write(json.dumps({"study": name, "objectives": names,
+                                     "directions": spec.directions, "front": rows},
+                                    indent=2, default=str) + "\n")
+        return
+    out().print(f"Pareto front of {name}: {len(front)} trials ("
+                + ", ".join(f"{d} {m}" for m, d in zip(names, spec.directions, strict=True)) + ")")
+    params = list(dict.fromkeys(k for t in front for k in t.params))
+    table = Table("#", *names, *params, "epochs", box=None, header_style="bold")
+    for t in front:
+        table.add_row(str(t.number), *[_cell(v) for v in t.values],
+                      *[_cell(t.params.get(p)) for p in params], _cell(t.user_attrs.get("epochs_run")))
+    out().print(table)
 
 
 @command

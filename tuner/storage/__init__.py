@@ -14,6 +14,7 @@ from tuner.settings import DEFAULT_URL, Heartbeat
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._heartbeat import HeartbeatThread
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
+from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
     CRASHES_ATTR,
     LINEAGE_ATTR,
@@ -40,5 +41,6 @@ __all__ = [
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
     "connect", "display_url", "engine_of",
     "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
-    "record_heartbeat", "refreshed", "retry", "set_user_attrs", "state",
+    "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
+    "should_prune_primary", "state",
 ]
