@@ -7,7 +7,8 @@
     ├── SpecMismatch           resuming a study with a different study file
     ├── DataError              a dataset cannot be found, downloaded or loaded
     ├── UserCodeError          a user's model/data/trainer import path or signature is wrong
-    └── TooManyFailures        several trials failed in a row; the study was stopped
+    ├── TooManyFailures        several trials failed in a row; the study was stopped
+    └── DeviceBroken           a CUDA device-side assert broke this process's GPU context
 
 Only ``tuner.cli`` turns these into a printed line and an exit code.
 """
@@ -47,3 +48,11 @@ class UserCodeError(TunerError):
 
 class TooManyFailures(TunerError):
     exit_code = 1
+
+
+class DeviceBroken(TunerError):
+    """The CUDA context of this process is unusable (a device-side assert): the worker exits
+    with ``exit_code`` so that a fresh process takes over (``tuner run --workers K`` starts
+    one; a supervisor such as Docker's restart policy does the same)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again in a new process
