@@ -356,3 +356,24 @@ def test_the_parent_of_local_workers_preflights_on_the_cpu(mnist_dir, monkeypatc
     assert kept is None
     (a,) = made
     assert a.device == "cpu" and a._bundle is None and a._folds is None  # nothing left
+
+
+# ---- 12. the training-loop example retried on a CPU after a GPU ---------------------------
+def test_the_example_loop_resumes_a_cuda_checkpoint_on_the_cpu(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "examples" / "training_loop" / "train.py"
+    spec = importlib.util.spec_from_file_location("example_training_loop", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    params = {"hidden": 32, "dropout": 0.1, "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64,
+              "warmup_epochs": 0, "label_smoothing": 0.0}
+    store = CheckpointStore(tmp_path / "t.pt")
+    ctx = Context(device=CPU, seed=0, max_epochs=1, checkpoints=store)
+    example.fit(params, ctx)
+    state = store.load()  # as a CUDA worker saves it: a CUDA generator's state
+    store.save({**state, "shuffle": torch.zeros(16, dtype=torch.uint8),
+                "shuffle_device": "cuda"})
+    again = Context(device=CPU, seed=0, max_epochs=2, checkpoints=store)
+    assert 0.0 <= example.fit(params, again) <= 1.0
+    assert [h["epoch"] for h in again.history] == [2]
