@@ -13,6 +13,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tuner ./tuner
 COPY search_spaces ./search_spaces
+# gcc: Triton and Inductor build their kernels with a C compiler (`compile: true` in a
+# study file); python:slim has none
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN pip install "torch==2.14.1" . \
     && useradd --create-home --uid 1000 tuner \
     && mkdir -p /checkpoints /data \

@@ -49,12 +49,28 @@ CPU_NOTE = ("NOTE: --device cpu is a smoke test of this script: K workers share 
             "cores, so these figures say nothing about packing a GPU.")
 
 
+def _number(text: str) -> float | None:
+    """An nvidia-smi field as a number; None for "[N/A]", "[Not Supported]" and the like."""
+    try:
+        return float(text.strip())
+    except ValueError:
+        return None
+
+
+def gpu_name(index: int, inherited: str | None) -> str:
+    """GPU ``index`` of this process as the machine names it: through an inherited
+    CUDA_VISIBLE_DEVICES (indices, UUIDs or MIG names), kept as written."""
+    names = [n.strip() for n in (inherited or "").split(",") if n.strip()]
+    return names[index] if index < len(names) else str(index)
+
+
 class GpuMonitor(threading.Thread):
     """Samples one GPU's utilisation (%) and memory in use (MiB) until stopped."""
 
     def __init__(self, index: int, interval: float):
         super().__init__(name="gpu-monitor", daemon=True)
         self.index, self.interval = index, interval
+        self.name = gpu_name(index, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.util: list[float] = []
         self.mem: list[float] = []
         self.halt = threading.Event()
@@ -64,12 +80,13 @@ class GpuMonitor(threading.Thread):
         if self.smi:
             out = subprocess.run(
                 [self.smi, "--query-gpu=utilization.gpu,memory.used",
-                 "--format=csv,noheader,nounits", "-i", str(self.index)],
+                 "--format=csv,noheader,nounits", "-i", self.name],
                 capture_output=True, text=True, timeout=10,
             )
             if out.returncode == 0 and out.stdout.strip():
-                util, mem = out.stdout.strip().splitlines()[0].split(",")
-                return float(util), float(mem)
+                util, mem = out.stdout.strip().splitlines()[0].split(",")[:2]
+                if (u := _number(util)) is not None:  # MIG reports "[N/A]"
+                    return u, _number(mem)
         try:  # needs the nvidia-ml-py package
             return float(torch.cuda.utilization(self.index)), None
         except Exception:  # noqa: BLE001 - no way to read it: report nothing
@@ -127,7 +144,8 @@ def run_packed(spec_path: Path, k: int, trials: int, args: argparse.Namespace,
     env = dict(os.environ)
     if args.device == "cuda":
         # one GPU, named as nvidia-smi names it
-        env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=str(args.gpu))
+        env.update(CUDA_DEVICE_ORDER="PCI_BUS_ID",
+                   CUDA_VISIBLE_DEVICES=gpu_name(args.gpu, os.environ.get("CUDA_VISIBLE_DEVICES")))
     monitor = GpuMonitor(args.gpu, args.interval) if args.device == "cuda" else None
     if monitor is not None:
         monitor.start()
@@ -170,7 +188,7 @@ def report(runs: list[PackRun], spec: StudySpec, device: str, args: argparse.Nam
             "-" if r.best is None else f"{r.best:.4f}",
         ])
     fixed = ", ".join(f"{k}={v}" for k, v in args.fixed_params.items())
-    dev = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
+    dev = torch.device("cuda", args.gpu) if device == "cuda" else torch.device("cpu")
     head = (f"{spec.data} {spec.model}, {args.trials} trials x {args.epochs} epochs per K, no "
             f"pruning, fixed {fixed or 'nothing'}; `tuner run --workers K --workers-per-gpu K "
             f"--device {device}`\n{c.machine(dev)}")

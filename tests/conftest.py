@@ -43,3 +43,17 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_mnist(root, "MNIST")
     write_mnist(root, "FashionMNIST", seed=10)
     return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip without a CUDA device (torch is imported only if one is marked)."""
+    marked = [item for item in items if "gpu" in item.keywords]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in marked:
+        item.add_marker(skip)

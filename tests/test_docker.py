@@ -152,3 +152,8 @@ def test_dockerfile_matches_pyproject():
     for src in re.findall(r"^COPY\s+(.+?)\s+\S+$", DOCKERFILE, re.M):
         for path in src.split():
             assert (ROOT / path).exists(), f"Dockerfile copies {path}, which is not in the repo"
+
+
+def test_the_image_has_a_c_compiler_for_torch_compile():
+    """Triton and Inductor (``compile: true``) build kernels with gcc: slim images lack it."""
+    assert re.search(r"apt-get install[^\n]*\bgcc\b", DOCKERFILE)

@@ -166,9 +166,11 @@ def test_a_trial_finished_elsewhere_is_not_counted(handle, tmp_path):
     (3, "auto", 0, None, [None] * 3),
     (2, "cuda:1", 4, None, [None] * 2),  # all on the GPU asked for
     (2, "cuda", 4, None, ["0", "1"]),
-    (4, "cuda", 2, None, ["0", "0", "1", "1"]),
-    (3, "auto", 2, None, ["0", "0", "1"]),
-    (4, "cuda", 4, 2, ["0", "0", "1", "1"]),
+    (4, "cuda", 2, None, ["0", "1", "0", "1"]),  # round-robin
+    (3, "auto", 2, None, ["0", "1", "0"]),
+    (6, "cuda", 4, None, ["0", "1", "2", "3", "0", "1"]),  # no GPU left idle
+    (5, "cuda", 4, None, ["0", "1", "2", "3", "0"]),
+    (4, "cuda", 4, 2, ["0", "0", "1", "1"]),  # blocks when --workers-per-gpu is given
     (1, "cuda", 1, None, ["0"]),
 ])
 def test_assign_devices(workers, device, gpus, per_gpu, expected):
@@ -185,3 +187,6 @@ def test_gpu_indices_follow_the_parents_visible_devices():
     assert _visible_device("1", "2,3") == "3"
     assert _visible_device("0", None) == "0"
     assert _visible_device("0", "GPU-5e0a,GPU-77b1") == "GPU-5e0a"
+    assert _visible_device("1", "GPU-5e0a, GPU-77b1") == "GPU-77b1"
+    mig = "MIG-4b1a2f0e-8c1d-5f6e-9a7b-0c1d2e3f4a5b"
+    assert _visible_device("0", mig) == mig

@@ -85,15 +85,13 @@ class StudyAssets:
         self._checked = True
 
     def _try_model(self, bundle: DataBundle) -> None:
-        import torch
+        from tuner import train
 
         spec = self.spec
         params = space.defaults(spec)
         try:
             model = self.model_builder(bundle)(params).to(bundle.device)
-            x, _ = next(bundle.batches(bundle.train, 2, shuffle=False))
-            with torch.no_grad():
-                out = model(x)
+            out = train.probe(model, bundle, amp=spec.amp)  # the settings of training
         except Exception as e:
             raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
                                 f"{spec.data}: {usercode.one_line(e)}") from e

@@ -6,18 +6,42 @@ import torch
 
 from tuner.errors import TunerError
 
+# a GPU with less free memory than this is busy, not a place to train (bytes)
+MIN_FREE_BYTES = 2**30
+
 
 def resolve(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; checks the others. Returns
-    the name to pass on (``cuda`` stays unnumbered: each worker process numbers its own)."""
+    the name to pass on (``cuda`` stays unnumbered: each worker process numbers its own).
+    A visible GPU that cannot be used (full, or held by another process in exclusive mode)
+    is one clear error naming it and its free memory, not a raw CUDA error later."""
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        _usable(0, "auto")
+        return "cuda"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise TunerError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu "
                          "or auto")
     return device
+
+
+def _usable(index: int, asked: str) -> None:
+    try:
+        name = torch.cuda.get_device_name(index)
+    except Exception:  # the name is only for the message
+        name = "GPU"
+    try:
+        free, total = torch.cuda.mem_get_info(index)
+    except RuntimeError as e:  # exclusive-process mode, a broken driver
+        raise TunerError(f"--device {asked}: cuda:{index} ({name}) cannot be used "
+                         f"({str(e).splitlines()[0][:120]}); free it, or use --device cpu"
+                         ) from e
+    if free < MIN_FREE_BYTES:
+        raise TunerError(f"--device {asked}: cuda:{index} ({name}) has {free / 2**30:.1f} of "
+                         f"{total / 2**30:.0f} GiB free; free it, or use --device cpu")
 
 
 def canonical(device: str | torch.device) -> torch.device:

@@ -9,7 +9,8 @@
     ├── UserCodeError          a user's model/data/trainer import path or signature is wrong
     ├── LaunchError            a launch onto a scheduler (Slurm, Kubernetes) cannot go ahead:
     │                          its command is missing, an option is wrong, sbatch refused
-    └── TooManyFailures        several trials failed in a row; the study was stopped
+    ├── TooManyFailures        several trials failed in a row; the study was stopped
+    └── DeviceBroken           a CUDA device-side assert broke this process's GPU context
 
 Only ``tuner.cli`` turns these into a printed line and an exit code.
 """
@@ -53,3 +54,11 @@ class LaunchError(TunerError):
 
 class TooManyFailures(TunerError):
     exit_code = 1
+
+
+class DeviceBroken(TunerError):
+    """The CUDA context of this process is unusable (a device-side assert): the worker exits
+    with ``exit_code`` so that a fresh process takes over (``tuner run --workers K`` starts
+    one; a supervisor such as Docker's restart policy does the same)."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again in a new process

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tuner.errors import TunerError
+from tuner.errors import DeviceBroken, TunerError
 from tuner.settings import Settings
 
 # the child's settings and study, as JSON (not argv: a storage URL may hold a password)
@@ -23,41 +23,52 @@ CHILD_ENV = "TUNER_CHILD"
 def assign_devices(workers: int, device: str, gpus: int,
                    per_gpu: int | None) -> list[dict[str, str]]:
     """Environment for each local worker. With GPUs and ``device`` auto/cuda, worker i gets
-    GPU ``i // per_gpu`` through CUDA_VISIBLE_DEVICES; by default the workers are spread
-    evenly, ``ceil(workers / gpus)`` per GPU (one GPU each when workers <= gpus)."""
+    one GPU through CUDA_VISIBLE_DEVICES: round-robin by default (GPU ``i % gpus``, so 6
+    workers on 4 GPUs leave none idle), or in blocks of ``per_gpu`` (GPU ``i // per_gpu``)."""
     if gpus == 0 or device == "cpu" or device.startswith("cuda:"):
         return [{} for _ in range(workers)]
-    per = per_gpu or -(-workers // gpus)
-    if workers > per * gpus:
+    if per_gpu is None:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(workers)]
+    if workers > per_gpu * gpus:
         raise TunerError(
-            f"--workers {workers} with --workers-per-gpu {per} needs {-(-workers // per)} GPUs "
-            f"but {gpus} are visible; lower --workers or raise --workers-per-gpu"
+            f"--workers {workers} with --workers-per-gpu {per_gpu} needs "
+            f"{-(-workers // per_gpu)} GPUs but {gpus} are visible; lower --workers or raise "
+            "--workers-per-gpu"
         )
-    return [{"CUDA_VISIBLE_DEVICES": str(i // per)} for i in range(workers)]
+    return [{"CUDA_VISIBLE_DEVICES": str(i // per_gpu)} for i in range(workers)]
 
 
 def _visible_device(index: str, parent: str | None) -> str:
     """GPU ``index`` as counted by this process -> its name in the parent's
-    CUDA_VISIBLE_DEVICES (``"2,3"``: GPU 1 here is GPU 3 of the machine)."""
+    CUDA_VISIBLE_DEVICES, kept as written: ``"2,3"`` (GPU 1 here is GPU 3 of the machine),
+    UUIDs (``GPU-5d3c...``) or MIG instances (``MIG-...``). CUDA stops counting at the first
+    name it cannot use, as torch's device_count does, so the index is always in the list."""
     if not parent:
         return index
     names = [d.strip() for d in parent.split(",") if d.strip()]
-    return names[int(index)] if int(index) < len(names) else index
+    if not names:
+        return index
+    return names[int(index) % len(names)]
 
 
 def spawn(name: str, settings: Settings, envs: list[dict[str, str]]) -> list[subprocess.Popen[bytes]]:
     """Start one worker process of study ``name`` per env (``python -m tuner.child``)."""
-    procs = []
-    parent_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    for i, env in enumerate(envs):
-        env = dict(env)
-        if "CUDA_VISIBLE_DEVICES" in env:
-            env["CUDA_VISIBLE_DEVICES"] = _visible_device(env["CUDA_VISIBLE_DEVICES"], parent_gpus)
-        env[CHILD_ENV] = json.dumps({"study": name, "worker_index": i,
-                                     "settings": settings.to_json()})
-        procs.append(subprocess.Popen([sys.executable, "-m", "tuner.child"],
-                                      env={**os.environ, **env}))
-    return procs
+    return [_spawn_one(name, settings, env, i) for i, env in enumerate(envs)]
+
+
+def _spawn_one(name: str, settings: Settings, env: dict[str, str],
+               index: int) -> subprocess.Popen[bytes]:
+    env = dict(env)
+    if "CUDA_VISIBLE_DEVICES" in env:
+        env["CUDA_VISIBLE_DEVICES"] = _visible_device(env["CUDA_VISIBLE_DEVICES"],
+                                                      os.environ.get("CUDA_VISIBLE_DEVICES"))
+    env[CHILD_ENV] = json.dumps({"study": name, "worker_index": index,
+                                 "settings": settings.to_json()})
+    return subprocess.Popen([sys.executable, "-m", "tuner.child"], env={**os.environ, **env})
+
+
+# fresh processes started for one worker slot whose GPU context broke (DeviceBroken), at most
+MAX_RESPAWNS = 3
 
 
 def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None = None,
@@ -75,10 +86,18 @@ def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None =
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         envs = [{**env, "OMP_NUM_THREADS": threads} for env in envs]
     device = "cuda" if gpus and settings.device == "cuda" else settings.device
-    procs = spawn(name, settings.replace(device=device), envs)
+    settings = settings.replace(device=device)
+    procs = spawn(name, settings, envs)
+    respawns = 0
     with _forward_sigterm(procs):
         try:
-            while any(p.poll() is None for p in procs):
+            while True:
+                for i, p in enumerate(procs):  # a broken CUDA context: a fresh process
+                    if p.poll() == DeviceBroken.exit_code and respawns < MAX_RESPAWNS:
+                        respawns += 1
+                        procs[i] = _spawn_one(name, settings, envs[i], i)
+                if all(p.poll() is not None for p in procs):
+                    break
                 if poll is not None:
                     poll()
                 time.sleep(1.0)

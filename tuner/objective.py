@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tuner import measure, space, storage, usercode, vocab
+from tuner import measure, space, storage, vocab
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.settings import Settings
@@ -40,6 +40,8 @@ class Outcome:
     checkpoints: tuple[CheckpointStore, ...] = ()
     # every objective's value, in the study's order (``value`` is the reported metric's)
     values: tuple[float, ...] | None = None
+    # a CUDA device-side assert: this process's GPU context is broken, the worker must exit
+    broken_device: bool = False
 
 
 class _Infeasible(Exception):
@@ -47,6 +49,49 @@ class _Infeasible(Exception):
 
 
 INFEASIBLE_ATTR = "infeasible"
+
+# a trial that could not run where it ran (out of GPU memory) is PRUNED with INFEASIBLE_ATTR,
+# not FAIL, and violates constraint MEMORY_CONSTRAINT (Trial.set_constraint)
+MEMORY_CONSTRAINT = "gpu_memory"
+FAIL_REASON_CHARS = 1000
+
+
+def fail_reason(e: BaseException) -> str:
+    """``Type: message`` with every line of the message and of its causes, on one line: CUDA
+    errors name their cause on the first line and advice on the last."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        lines = [line.strip() for line in str(cur).splitlines() if line.strip()]
+        parts.append(f"{type(cur).__name__}: {' | '.join(lines)}" if lines
+                     else type(cur).__name__)
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    return " <- ".join(parts)[:FAIL_REASON_CHARS]
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA out-of-memory error, even wrapped by a user's trainer."""
+    import torch
+
+    return any(isinstance(c, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(c)
+               for c in _chain(e))
+
+
+def is_device_assert(e: BaseException) -> bool:
+    """A CUDA device-side assert (an index out of range in a kernel, say): after one, every
+    CUDA call of this process fails."""
+    return any("device-side assert" in str(c) for c in _chain(e))
 
 
 class _TrialReporter:
@@ -229,6 +274,7 @@ class TrialRunner:
             "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
         })
         fit = self.assets.trainer or train.fit
+        _reset_peak_memory(self.assets.device)
         start = time.perf_counter()
         ctxs: list[Context] = []
         try:
@@ -264,10 +310,32 @@ class TrialRunner:
             self._record(trial, ctxs, start, "interrupted")
             raise
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
-            outcome = Outcome(TrialState.FAIL, fail_reason=usercode.one_line(e))
+            outcome = self._failed(trial, e)
         self._record(trial, ctxs, start, outcome.fail_reason)
+        if not outcome.broken_device:
+            _free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
+
+    def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
+        """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with
+        its peak memory, and a violated constraint for the sampler), not a failure; a
+        device-side assert fails the trial and marks the process as broken."""
+        reason = fail_reason(e)
+        if is_out_of_memory(e):
+            peak = _peak_memory(self.assets.device)
+            attrs: dict[str, Any] = {INFEASIBLE_ATTR: "out of GPU memory"}
+            if peak is not None:
+                attrs["peak_memory_mib"] = round(peak / 2**20, 1)
+                reason = f"out of GPU memory (peak {peak / 2**30:.2f} GiB): {reason}"
+            storage.set_user_attrs(trial, attrs)
+            # a violated constraint: TPE (and the other constrained samplers) rank it below
+            # every feasible trial and steer away from its region
+            trial.set_constraint(MEMORY_CONSTRAINT, 1.0)
+            return Outcome(TrialState.PRUNED, fail_reason=reason[:FAIL_REASON_CHARS])
+        if is_device_assert(e):
+            return Outcome(TrialState.FAIL, fail_reason=reason, broken_device=True)
+        return Outcome(TrialState.FAIL, fail_reason=reason)
 
     def _run_folds(self, trial: optuna.Trial, lineage: int, params: dict[str, Any],
                    fit: Callable[..., float], ctxs: list[Context]) -> float:
@@ -322,6 +390,39 @@ class TrialRunner:
             return
         for store in outcome.checkpoints:
             store.delete()
+
+
+def _cuda(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
+def _reset_peak_memory(device: str) -> None:
+    if _cuda(device):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory(device: str) -> int | None:
+    if not _cuda(device):
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated())
+
+
+def _free_device_cache(device: str) -> None:
+    """Between trials, hand the allocator's cached blocks back: with several workers on one
+    GPU, each would otherwise keep its largest trial's peak reserved."""
+    if _cuda(device):
+        import gc
+
+        import torch
+
+        gc.collect()  # the trial's model and optimizer, if a cycle still holds them
+        torch.cuda.empty_cache()
 
 
 def _fold_scores(trial: optuna.Trial) -> list[float]:

@@ -26,7 +26,8 @@ from tuner.device import canonical
 from tuner.errors import DataError
 from tuner.models import build, count_parameters
 
-# samples per evaluation batch: nothing is kept for backward, so big batches are cheap
+# samples per evaluation batch: nothing is kept for backward, so big batches are cheap; a
+# model too big for it on its GPU halves it until it fits (evaluate)
 EVAL_BATCH_SIZE = 4096
 
 
@@ -44,6 +45,9 @@ class _Run:
     l1: float  # weight of sum|w| over the weight matrices and kernels
     amp: bool  # bf16 autocast (CUDA only)
     device: torch.device  # where the model trains
+    # compiled: the last partial batch is dropped (when there was a full one), since a new
+    # batch shape would cost a recompile every trial
+    compiled: bool = False
 
 
 def fit(params: Mapping[str, Any], ctx: Context) -> float:
@@ -102,7 +106,9 @@ def train_epoch(run: _Run, data: DataBundle) -> float:
     for x, y in data.batches("train", run.batch_size, shuffle=True, generator=run.gen):
         if len(y) < 2:  # batch norm cannot train on a single sample; skip a lone last one
             continue
-        if channels_last:
+        if run.compiled and seen and len(y) < run.batch_size:
+            continue
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(data.device.type, torch.bfloat16, enabled=run.amp):
             loss = _loss(run.forward(x), y, data.task)
@@ -131,13 +137,18 @@ def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str | S
     if module is not None:
         module.eval()
     channels_last = module is not None and _channels_last(module, data.device)
-    sums: Tensor | int = 0
-    for x, y in data.batches(split, EVAL_BATCH_SIZE, shuffle=False):
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
-            out = model(x)
-        sums = sums + _batch_sums(out.float(), y, data)
+    batch_size = EVAL_BATCH_SIZE
+    while True:  # out of memory: halve the batch and start the split again
+        try:
+            sums = _eval_sums(model, data, split, batch_size, amp=amp,
+                              channels_last=channels_last)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            if data.device.type == "cuda":
+                torch.cuda.empty_cache()
     if module is not None:
         module.train(was_training)
     s = torch.as_tensor(sums).tolist()  # the one host sync
@@ -149,6 +160,18 @@ def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str | S
     # the scale cancels in r2; mse and mae go back to the original units
     return {"mse": sse / n * data.y_std**2, "mae": sae / n * data.y_std, "r2": r2,
             "loss": sse / n}
+
+
+def _eval_sums(model: Callable[[Tensor], Tensor], data: DataBundle, split: str | Split,
+               batch_size: int, *, amp: bool, channels_last: bool) -> Tensor | int:
+    sums: Tensor | int = 0
+    for x, y in data.batches(split, batch_size, shuffle=False):
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
+            out = model(x)
+        sums = sums + _batch_sums(out.float(), y, data)
+    return sums
 
 
 def _batch_sums(out: Tensor, y: Tensor, data: DataBundle) -> Tensor:
@@ -188,7 +211,7 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
     opt = make_optimizer(p, model, device)
     return _Run(
         model=model,
-        forward=torch.compile(model) if ctx.compile else model,
+        forward=compile_model(model) if ctx.compile else model,
         opt=opt,
         sched=make_schedule(p, opt, epochs),
         gen=torch.Generator(device=data.train.x.device).manual_seed(ctx.seed),
@@ -197,7 +220,21 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
         l1=float(p["l1"]),
         amp=ctx.amp and device.type == "cuda",
         device=device,
+        compiled=ctx.compile,
     )
+
+
+# torch.compile backend; tests use "eager" (dynamo's guards and caches without a compiler)
+COMPILE_BACKEND = "inductor"
+
+
+def compile_model(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``torch.compile(model)`` after clearing dynamo's caches. Every nn.Sequential shares
+    one ``forward`` code object, so without the reset each trial's graphs (training batch,
+    evaluation batch, each new width) pile up on it until dynamo's recompile limit, about
+    four trials into a worker, after which it runs uncompiled with only a warning."""
+    torch.compiler.reset()
+    return torch.compile(model, backend=COMPILE_BACKEND)
 
 
 def make_optimizer(p: Mapping[str, Any], model: nn.Module,
@@ -254,8 +291,35 @@ def _check_metric(metric: str, task: str) -> None:
                          f"{', '.join(vocab.task_metrics(task))}")
 
 
+def wants_channels_last(model: nn.Module) -> bool:
+    """Whether ``model`` asked for NHWC inputs and weights (``model.channels_last = True``):
+    tuner's CNN does; a user model opts in the same way. Never forced: a model that flattens
+    with ``x.view(n, -1)`` or takes inputs that are not 4-D fails in channels_last."""
+    return bool(getattr(model, "channels_last", False)) and any(
+        isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def _channels_last(model: nn.Module, device: torch.device) -> bool:
-    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cuda" and wants_channels_last(model)
+
+
+def probe(model: nn.Module, data: DataBundle, *, amp: bool) -> Tensor:
+    """One training step's forward and backward on 2 samples, with the settings of training
+    (memory format, autocast), wherever the data is: the preflight. channels_last follows the
+    model's own choice even on the CPU, so a model that cannot take it fails here, not on
+    every GPU trial. Returns the output of the forward pass."""
+    device = data.device
+    if wants_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
+    x, _ = next(data.batches(data.train, 2, shuffle=False))
+    if wants_channels_last(model) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+        out = model(x)
+    if out.requires_grad:
+        out.float().sum().backward()
+    return out.detach()
 
 
 # ---- checkpoints -------------------------------------------------------------------------
@@ -274,13 +338,45 @@ def _state(run: _Run, epoch: int) -> dict[str, Any]:
     }
 
 
+# optimizer settings that say how to run on a device, not what was learned: a checkpoint
+# saved with fused Adam on a GPU must not bring fused=True to a CPU retry, nor a CPU
+# checkpoint take fused away on a GPU
+DEVICE_SETTINGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: Mapping[str, Any]) -> None:
+    """``opt.load_state_dict(saved)``, keeping this optimizer's device settings and laying
+    each state tensor out like its parameter (dtype, device, memory format); ``step`` goes
+    where this optimizer's kernels want it (on the device for fused/capturable, else CPU)."""
+    own = [{k: g[k] for k in DEVICE_SETTINGS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, settings in zip(opt.param_groups, own, strict=True):
+        for k in DEVICE_SETTINGS:
+            if k in settings:
+                group[k] = settings[k]
+            else:
+                group.pop(k, None)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in st.items():
+                if not isinstance(v, Tensor):
+                    continue
+                if k == "step":
+                    st[k] = v.to(device=p.device if on_device else "cpu", dtype=torch.float32)
+                elif v.shape == p.shape:
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def _resume(run: _Run, ctx: Context) -> int:
     """Restore the trial's last checkpoint, if any; returns the first epoch to train."""
     state = ctx.load_checkpoint()
     if state is None:
         return 1
     run.model.load_state_dict(state["model"])
-    run.opt.load_state_dict(state["optimizer"])
+    load_optimizer_state(run.opt, state["optimizer"])
     if run.sched is not None and state.get("scheduler") is not None:
         run.sched.load_state_dict(state["scheduler"])
     report = state.get("report")

@@ -31,7 +31,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tuner import storage
-from tuner.errors import TooManyFailures
+from tuner.errors import DeviceBroken, TooManyFailures
 from tuner.objective import Outcome, TrialRunner
 from tuner.study import Handle
 
@@ -104,6 +104,11 @@ class Worker:
                 self.on_event(Event("finished", trial.number, value=outcome.value,
                                     state=outcome.state.name))
                 done += 1
+                if outcome.broken_device:  # every later CUDA call here would fail too
+                    raise DeviceBroken(
+                        f"trial {trial.number} hit a CUDA device-side assert, which leaves this "
+                        "process's GPU unusable; it saved nothing and exits so that a fresh "
+                        "worker process takes over (its fail_reason has the full error)")
                 failures = failures + 1 if outcome.state == TrialState.FAIL else 0
                 if outcome.interrupted:
                     return Summary(done, "stopped")

@@ -72,14 +72,17 @@ def fit(params: dict, ctx) -> float:
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        shuffle.set_state(state["shuffle"])
+        # the shuffle generator lives on the device: a CUDA state cannot go into a CPU
+        # generator (a retry on another kind of worker), so it reshuffles there instead
+        if state.get("shuffle_device", "cpu") == shuffle.device.type:
+            shuffle.set_state(state["shuffle"])
         start, score = state["epoch"], state["score"]
 
     for epoch in range(start, epochs):
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, params, epochs)
         model.train()
-        total = 0.0
+        total = torch.zeros((), device=x_train.device)  # summed on the device: no sync per batch
         for idx in torch.randperm(len(y_train), device=x_train.device,
                                   generator=shuffle).split(batch):
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx],
@@ -89,11 +92,11 @@ def fit(params: dict, ctx) -> float:
             if params.get("clip_norm") is not None:  # sampled only when clip is true
                 nn.utils.clip_grad_norm_(model.parameters(), params["clip_norm"])
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
         score = accuracy(model, x_val, y_val)
         # save first, then report: if the worker dies now, the retry starts after this epoch
         ctx.save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "shuffle": shuffle.get_state(), "epoch": epoch + 1,
-                             "score": score})
-        ctx.report(epoch + 1, score, train_loss=total / len(y_train))
+                             "shuffle": shuffle.get_state(), "shuffle_device": shuffle.device.type,
+                             "epoch": epoch + 1, "score": score})
+        ctx.report(epoch + 1, score, train_loss=total.item() / len(y_train))
     return score

@@ -23,9 +23,10 @@ from tuner.kinds import InputKind, Inputs
 
 SPLITS = ("train", "val", "test")
 # free GPU memory kept back when deciding whether a dataset fits: activations, weights and
-# the allocator's fragmentation need room too (bytes)
+# the allocator's fragmentation need room too: 2 GiB, or 10% of what is free if more (a
+# share of *total* memory would keep back 28 GiB of an H200, even when all of it is free)
 GPU_MARGIN_BYTES = 2 * 2**30
-GPU_MARGIN_FRACTION = 0.2
+GPU_MARGIN_FRACTION = 0.1
 # a fixed seed for the held-out test split of datasets that ship without one: the test set
 # must be the same whatever the study's seed
 TEST_SEED = 0
@@ -269,9 +270,13 @@ def _gather(t: Tensor, idx: Tensor, pinned: bool) -> Tensor:
 
 
 def _fits_on_gpu(nbytes: int, device: torch.device) -> bool:
-    free, total = torch.cuda.mem_get_info(device)
-    margin = max(GPU_MARGIN_BYTES, GPU_MARGIN_FRACTION * total)
-    return nbytes < free - margin
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes < free - gpu_margin(free)
+
+
+def gpu_margin(free: int) -> float:
+    """Bytes of ``free`` GPU memory kept back from the data (see GPU_MARGIN_BYTES)."""
+    return max(GPU_MARGIN_BYTES, GPU_MARGIN_FRACTION * free)
 
 
 def _concat(a: Split, b: Split | None) -> Split:

@@ -50,6 +50,7 @@ def build(p: Mapping[str, Any], inputs: Inputs, num_outputs: int) -> nn.Module:
                nn.Linear(width, num_outputs)]
     model = nn.Sequential(*layers)
     initialise(model, p["init"], p["activation"])
+    model.channels_last = True  # NHWC on CUDA (tensor-core convs): safe, it flattens by Flatten
     return model
 
 
