@@ -92,13 +92,17 @@ class StudyAssets:
         params = space.defaults(spec)
         try:
             model = self.model_builder(bundle)(params).to(bundle.device)
+        except Exception as e:
+            raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
+                                f"{spec.data}: {usercode.one_line(e)}") from e
+        _check_vocabulary(model, bundle, spec.model)
+        try:
             x, _ = next(bundle.batches(bundle.train, 2, shuffle=False))
             with torch.no_grad():
                 out = model(x)
         except Exception as e:
             raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
                                 f"{spec.data}: {usercode.one_line(e)}") from e
-        _check_vocabulary(model, bundle, spec.model)
         want = bundle.num_outputs
         if tuple(out.shape) not in ((2, want),) + (((2,),) if want == 1 else ()):
             raise UserCodeError(
