@@ -28,7 +28,8 @@ class StudyAssets:
         self.model_fn = (usercode.resolve(spec.model, "model", base)
                          if usercode.is_import_path(spec.model) else None)
         self.data_fn = (usercode.resolve(spec.data, "data", base)
-                        if usercode.is_import_path(spec.data) else None)
+                        if usercode.is_import_path(spec.data) and not spec.builtin_data
+                        else None)
         self._bundle: DataBundle | None = None
         self._folds: list[DataBundle] | None = None
         self._checked = False
@@ -51,7 +52,7 @@ class StudyAssets:
         frac = spec.validation if isinstance(spec.validation, float) else 0.1
         if self.data_fn is None:
             return tdata.load(spec.data or "", tdata.Request(self.data_dir, frac, spec.seed,
-                                                             self.download))
+                                                             self.download, spec.data_as))
         try:
             raw = usercode.call_loader(self.data_fn, seed=spec.seed, data_dir=self.data_dir)
         except Exception as e:
@@ -91,6 +92,11 @@ class StudyAssets:
         params = space.defaults(spec)
         try:
             model = self.model_builder(bundle)(params).to(bundle.device)
+        except Exception as e:
+            raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
+                                f"{spec.data}: {usercode.one_line(e)}") from e
+        _check_vocabulary(model, bundle, spec.model)
+        try:
             out = train.probe(model, bundle, amp=spec.amp)  # the settings of training
         except Exception as e:
             raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
@@ -105,3 +111,22 @@ class StudyAssets:
     def release(self) -> None:
         """Drop the data and folds (and their device memory)."""
         self._bundle, self._folds = None, None
+
+
+def _check_vocabulary(model: nn.Module, bundle: DataBundle, model_name: str) -> None:
+    """Token ids must fit the model's (first) embedding table: an id past its end would fail
+    in every trial, on the GPU without a readable message."""
+    from torch import nn
+
+    from tuner.kinds import InputKind
+
+    if bundle.kind != InputKind.tokens:
+        return
+    table = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if table is None:
+        return
+    top = max(int(s.x.max()) for s in (bundle.train, bundle.val, bundle.test)
+              if s is not None and len(s))
+    if top >= table.num_embeddings:
+        raise UserCodeError(f"model: {model_name}: token ids go up to {top} but the embedding "
+                            f"holds {table.num_embeddings}; set vocab_size: {top + 1} (or more)")

@@ -27,12 +27,14 @@ from pydantic import (
 
 from tuner import data as datasets
 from tuner import models, vocab
+from tuner.data import uea
 from tuner.errors import SpecError
 from tuner.kinds import InputKind
 from tuner.registry import Knob, did_you_mean
 from tuner.usercode import is_import_path
 
 Scalar = str | int | float | bool
+UEA_PREFIX = "uea:"
 
 
 class _Frozen(BaseModel):
@@ -276,7 +278,9 @@ class StudySpec(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        builtin_data = self.data in datasets.names()
+        builtin_data = self.builtin_data
+        if self.data is not None and self.data.startswith(UEA_PREFIX) and not builtin_data:
+            raise ValueError(f"data: {uea.unknown(self.data)}")
         if self.data is not None and not builtin_data and not is_import_path(self.data):
             raise ValueError(
                 f"data: {datasets.SOURCES.unknown(self.data)} or an import path like mypkg.data:load"
@@ -298,9 +302,12 @@ class StudySpec(_Frozen):
         metric_task = vocab.METRICS[self.metric][0] if self.metric else None
         if metric_task is not None and self.task_name is not None and metric_task != self.task_name:
             raise ValueError(f"metric: {self.metric} is not a {self.task_name} metric")
-        if builtin_data and self.data_as is not None and self.data_as != datasets.get(self.data).kind:
-            raise ValueError(f"data: {self.data} is {datasets.get(self.data).kind} data and cannot "
-                             f"be read as {self.data_as}")
+        if builtin_data and self.data_as is not None:
+            kind = datasets.get(self.data).kind
+            if self.data_as != kind and self.data_as not in datasets.READINGS.get(kind, ()):
+                raise ValueError(f"data: {self.data} is {kind} data and cannot be read as "
+                                 f"{self.data_as}")
+        self._check_kinds()
         self._check_space()
         self._check_objectives()
         return self
@@ -342,6 +349,37 @@ class StudySpec(_Frozen):
                 raise ValueError(f"constraints: the study does not produce {m!r}"
                                  f"{did_you_mean(m, produced)}; constrain one of "
                                  f"{', '.join(produced)}")
+
+    @property
+    def builtin_data(self) -> bool:
+        return self.data in datasets.names()
+
+    @property
+    def data_kind(self) -> InputKind | None:
+        """The kind of sample the model will see, when known before loading: a built-in
+        source's own or the one it is read as (``data: {as: KIND}``)."""
+        if self.data_as is not None:
+            return self.data_as
+        return datasets.get(self.data).kind if self.builtin_data else None
+
+    def _check_kinds(self) -> None:
+        kind = self.data_kind
+        if kind is None:
+            return
+        if self.model in models.names() and self.trainer is None:
+            fam = models.get(self.model)
+            if kind not in fam.inputs:
+                need = " or ".join(sorted(fam.inputs))
+                hint = (f"; read the images as sequences with data: {{name: {self.data}, as: "
+                        "sequence}" if kind == InputKind.image and InputKind.sequence in fam.inputs
+                        else f"; pick a model for {kind} data")
+                raise ValueError(f"model: {self.model} needs {need} inputs but {self.data} is "
+                                 f"{kind} data{hint}")
+        if kind != InputKind.image and self.trainer is None:
+            for name in self.space:
+                if name in vocab.IMAGE_ONLY_KNOBS:
+                    raise ValueError(f"space.{name}: augmentation works on images only and "
+                                     f"{self.data} is {kind} data; remove {name}")
 
     def knobs(self) -> dict[str, Knob]:
         """The hyperparameters tuner's own code reads in this study: its training loop's

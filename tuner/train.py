@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tuner import vocab
+from tuner import recipes, vocab
 from tuner.context import Context
 from tuner.data._bundle import DataBundle, Split
 from tuner.device import canonical
@@ -48,6 +48,7 @@ class _Run:
     # compiled: the last partial batch is dropped (when there was a full one), since a new
     # batch shape would cost a recompile every trial
     compiled: bool = False
+    recipe: recipes.Recipe  # clipping, label smoothing, warm-up, patience, augmentation
 
 
 def fit(params: Mapping[str, Any], ctx: Context) -> float:
@@ -57,8 +58,12 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
     _check_metric(ctx.metric, data.task)
     run = _setup(params, ctx, data)
     start = _resume(run, ctx)
+    stopper = recipes.EarlyStopping(run.recipe.patience, vocab.METRICS[ctx.metric][1])
+    stopper.replay(ctx.history)
     metrics: dict[str, float] = {}
     for epoch in range(start, run.epochs + 1):
+        if stopper.stop:
+            break
         lr = run.opt.param_groups[0]["lr"]
         train_loss = train_epoch(run, data)
         ctx.info["epochs_run"] = epoch
@@ -74,6 +79,12 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
             report = {"epoch": epoch, "value": value, **extras}
             ctx.save_checkpoint({**_state(run, epoch), "report": report})
         ctx.report(epoch, value, **extras)
+        stopper.update(epoch, value)
+    if stopper.patience and stopper.best is not None:  # the trial keeps its best epoch
+        ctx.info["best_epoch"] = stopper.best_epoch
+        if stopper.stop and stopper.epoch < run.epochs:
+            ctx.info["stopped_early_at"] = stopper.epoch
+        return stopper.best
     if start > run.epochs:  # killed after the last epoch's checkpoint: nothing left to train
         metrics = evaluate(run.forward, data, "val", amp=run.amp)
         ctx.info["epochs_run"] = run.epochs
@@ -108,16 +119,18 @@ def train_epoch(run: _Run, data: DataBundle) -> float:
             continue
         if run.compiled and seen and len(y) < run.batch_size:
             continue
+        x = run.recipe.augment(x, run.gen)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(data.device.type, torch.bfloat16, enabled=run.amp):
-            loss = _loss(run.forward(x), y, data.task)
+            loss = _loss(run.forward(x), y, data.task, run.recipe.label_smoothing)
         total += loss.detach() * len(y)
         seen += len(y)
         if l1_weights:
             loss = loss + run.l1 * sum(w.abs().sum() for w in l1_weights)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        run.recipe.clip(run.model)
         run.opt.step()
     if run.sched is not None:
         run.sched.step()
@@ -186,9 +199,9 @@ def _batch_sums(out: Tensor, y: Tensor, data: DataBundle) -> Tensor:
     return torch.stack([err.square().sum(), err.abs().sum(), y.sum(), y.square().sum()])
 
 
-def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+def _loss(out: Tensor, y: Tensor, task: str, label_smoothing: float = 0.0) -> Tensor:
     if task == "classification":
-        return F.cross_entropy(out.float(), y)
+        return F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
     return F.mse_loss(out.float().squeeze(-1), y)
 
 
@@ -209,11 +222,14 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
         model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convs
     ctx.info["param_count"] = count_parameters(model)
     opt = make_optimizer(p, model, device)
+    recipe = recipes.Recipe.from_params(p, model, data.kind, data.name)
+    # the schedule runs over the epochs after the warm-up
+    main = make_schedule(p, opt, max(epochs - recipe.warmup_epochs, 1))
     return _Run(
         model=model,
         forward=compile_model(model) if ctx.compile else model,
         opt=opt,
-        sched=make_schedule(p, opt, epochs),
+        sched=recipe.schedule(opt, main),
         gen=torch.Generator(device=data.train.x.device).manual_seed(ctx.seed),
         epochs=epochs,
         batch_size=int(p["batch_size"]),
@@ -221,6 +237,7 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
         amp=ctx.amp and device.type == "cuda",
         device=device,
         compiled=ctx.compile,
+        recipe=recipe,
     )
 
 

@@ -52,7 +52,21 @@ TRAINING_KNOBS: dict[str, Knob] = {
     "schedule": Knob("constant", "learning-rate schedule, stepped per epoch", choices=SCHEDULES),
     "step_size": Knob(3, "epochs between decays of the step schedule", low=1),
     "gamma": Knob(0.5, "decay factor of the step and exponential schedules", low=0, low_open=True),
+    # training recipes (tuner/recipes.py)
+    "clip_norm": Knob(None, "clip the gradients' global L2 norm to this (0: off) [default: off, "
+                      "1.0 for the rnn family]", low=0),
+    "label_smoothing": Knob(0.0, "label smoothing of the classification loss", low=0, high=1,
+                            high_open=True),
+    "warmup_epochs": Knob(0, "epochs of linear learning-rate warm-up before the schedule", low=0),
+    "patience": Knob(0, "stop a trial after this many epochs without a better validation "
+                     "metric and keep its best epoch's value (0: off)", low=0),
+    "augment_crop": Knob(0, "random crop after padding each side by this many pixels (images)",
+                         low=0),
+    "augment_flip": Knob(False, "random horizontal flip (images)"),
+    "augment_cutout": Knob(0, "zero a random square of this side in pixels (images)", low=0),
 }
+# knobs that only make sense on image data: refused on any other kind
+IMAGE_ONLY_KNOBS = ("augment_crop", "augment_flip", "augment_cutout")
 
 
 def defaults(knobs: dict[str, Knob]) -> dict[str, object]:

@@ -38,6 +38,13 @@ class Request:
     validation: float = 0.1
     seed: int = 0
     download: bool = True
+    # the study's ``data: {as: KIND}`` for a built-in source: image sources may be read as
+    # sequences (rows as steps: sequential MNIST); None reads the source's own kind
+    read_as: InputKind | None = None
+
+
+# source kind -> the other kinds its samples may be read as
+READINGS = {InputKind.image: (InputKind.sequence,)}
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,15 @@ def load(name: str, request: Request) -> DataBundle:
     """The built-in dataset ``name`` on the CPU."""
     if name not in SOURCES:
         raise DataError(SOURCES.unknown(name))
-    return get(name).load(request)
+    source = get(name)
+    bundle = source.load(request)
+    if request.read_as is None or request.read_as == source.kind:
+        return bundle
+    if request.read_as not in READINGS.get(source.kind, ()):
+        raise DataError(f"{name} is {source.kind} data and cannot be read as {request.read_as}")
+    from tuner.data._bundle import images_as_sequences
+
+    return images_as_sequences(bundle)
 
 
 def load_builtin(name: str, data_dir: str = DEFAULT_DATA_DIR, *, validation: float, seed: int,

@@ -37,8 +37,9 @@ TEST_FRACTION = 0.2
 @dataclass(frozen=True, eq=False)
 class Split:
     """Inputs and targets of one split. Images uint8 or float32 (N,C,H,W), tabular float32
-    (N,F), sequences float32 (N,T,F), tokens int64 (N,T); class labels int64 (N,), regression
-    targets float32 (N,)."""
+    (N,F), sequences float32 (N,T,F) (unequal lengths padded at the end with NaN, which
+    batches turn into 0: the feature mean), tokens int64 (N,T) (padding id 0); class labels
+    int64 (N,), regression targets float32 (N,)."""
 
     x: Tensor
     y: Tensor
@@ -160,6 +161,10 @@ class DataBundle:
                 yb = yb.to(self.batch_device, non_blocking=True)
             if self.kind == InputKind.tokens:
                 yield xb, self.scale_targets(yb)
+            elif self.kind == InputKind.sequence:
+                # padded steps are stored as NaN and come out as 0, the feature means
+                xb = (xb.float() * scale).sub_(shift).nan_to_num_(0.0)
+                yield xb, self.scale_targets(yb)
             else:
                 # not in place: xb may be a view of the stored split (unshuffled float data)
                 yield (xb.float() * scale).sub_(shift), self.scale_targets(yb)
@@ -225,6 +230,21 @@ def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Spl
                       y_mean=y_mean, y_std=y_std, name=name)
 
 
+def images_as_sequences(bundle: DataBundle) -> DataBundle:
+    """Images (N,C,H,W) read row by row: sequences (N, H, W*C) of H steps, each step a row
+    of pixels (channels interleaved per pixel), in units of x/255 for uint8 images and
+    normalised per feature over all steps. Sequential MNIST is (N, 28, 28)."""
+
+    def rows(s: Split) -> Split:
+        x = s.x.float() / 255.0 if s.x.dtype == torch.uint8 else s.x.float()
+        n, c, h, w = x.shape
+        return Split(x.permute(0, 2, 3, 1).reshape(n, h, w * c).contiguous(), s.y)
+
+    val, test = (rows(s) if s is not None else None for s in (bundle.val, bundle.test))
+    return make_bundle(bundle.name, bundle.task, rows(bundle.train), val, test,
+                       bundle.num_outputs, InputKind.sequence)
+
+
 def _input_stats(x: Tensor, kind: InputKind) -> tuple[Tensor, Tensor]:
     """Mean and std, float32, shaped to broadcast over a batch: per channel for images (dim 1
     of N,C,H,W; for uint8 in units of x/255), per feature for tabular data (N,F), per feature
@@ -237,6 +257,9 @@ def _input_stats(x: Tensor, kind: InputKind) -> tuple[Tensor, Tensor]:
         channel, shape = x.dim() - 1, (*[1] * (x.dim() - 1), x.shape[-1])
     if x.dtype == torch.uint8 and kind == InputKind.image:
         mean, var = _uint8_moments(x)
+    elif kind == InputKind.sequence and bool(x.isnan().any()):
+        # padded steps of unequal-length sequences are NaN: statistics of the real steps
+        var, mean = _nan_moments(x.double().reshape(-1, x.shape[-1]))
     else:
         dims = [d for d in range(x.dim()) if d != channel]
         var, mean = torch.var_mean(x.double(), dim=dims, correction=0)
@@ -244,6 +267,15 @@ def _input_stats(x: Tensor, kind: InputKind) -> tuple[Tensor, Tensor]:
     # a constant feature (digits has blank border pixels) is centred, not scaled up
     std = torch.where(std > 1e-6, std, torch.ones_like(std))
     return mean.float().reshape(shape), std.float().reshape(shape)
+
+
+def _nan_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-column variance and mean of (M, F) ignoring NaN."""
+    real = ~x.isnan()
+    count = real.sum(0).clamp_min(1)
+    mean = x.nan_to_num(0.0).sum(0) / count
+    var = ((x - mean).nan_to_num(0.0).square()).sum(0) / count
+    return var, mean
 
 
 def _uint8_moments(x: Tensor) -> tuple[Tensor, Tensor]:
