@@ -279,7 +279,8 @@ def test_a_failing_trial_fails_alone_and_the_study_goes_on(code: Path, env: Path
     trials = optuna.load_study(study_name="flaky", storage=f"sqlite:///{env}").trials
     # a failed trial gives its budget slot back: 3 complete trials, and trial 1 failed
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[1].user_attrs["fail_reason"] == "ValueError: the last line says why"
+    # the whole message is kept (issue 15: the real cause, not only its last line)
+    assert trials[1].user_attrs["fail_reason"] == "ValueError: trial one goes wrong | the last line says why"
     assert sorted(trials[1].intermediate_values) == [1, 2]  # its curve is kept
 
 

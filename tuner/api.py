@@ -133,9 +133,7 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
     assets = StudyAssets(spec, device=device, data_dir=settings.data_dir,
                          download=settings.download)
     assets.preflight()
-    if spec.task_name is None and assets.has_data:  # the labels say what the task is
-        spec = spec.with_task(assets.data().task)
-        assets.spec = spec
+    spec = assets.spec  # with the task its data showed
     if local_workers > 1:
         assets.release()
         return spec, None

@@ -81,6 +81,8 @@ class StudyAssets:
         if self._checked or not self.has_data:
             return
         bundle = self.data()
+        # a user loader's labels say what the task is (integers classify, floats regress)
+        self.spec = self.spec.with_task(bundle.task)
         if self.spec.trainer is None:  # a user loop may use its model its own way
             self._try_model(bundle)
         self._checked = True

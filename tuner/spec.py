@@ -337,6 +337,8 @@ class StudySpec(_Frozen):
         if not any(n not in vocab.SECONDARY_METRICS for n in names) and names:
             raise ValueError("objectives: name at least one metric the training loop reports "
                              f"each epoch (e.g. {', '.join(vocab.METRICS)})")
+        if self.prune_on is None and not self.constraints:
+            return  # (what follows needs the objectives' names, which may wait for the data)
         if self.prune_on is not None and self.prune_on not in self.objective_names:
             raise ValueError(f"prune_on: {self.prune_on!r} is not one of the objectives "
                              f"({', '.join(self.objective_names)})")

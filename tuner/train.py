@@ -45,10 +45,10 @@ class _Run:
     l1: float  # weight of sum|w| over the weight matrices and kernels
     amp: bool  # bf16 autocast (CUDA only)
     device: torch.device  # where the model trains
+    recipe: recipes.Recipe  # clipping, label smoothing, warm-up, patience, augmentation
     # compiled: the last partial batch is dropped (when there was a full one), since a new
     # batch shape would cost a recompile every trial
     compiled: bool = False
-    recipe: recipes.Recipe  # clipping, label smoothing, warm-up, patience, augmentation
 
 
 def fit(params: Mapping[str, Any], ctx: Context) -> float:
