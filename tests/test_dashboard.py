@@ -97,7 +97,7 @@ def test_api_lists_the_study(served: str) -> None:
     sid = studies[0]["study_id"]
     with urllib.request.urlopen(f"{base}/api/studies/{sid}?after=0", timeout=10) as r:
         detail = json.load(r)
-    assert detail["metric_names"] == ["accuracy"]
+    assert detail["objective_names"] == ["accuracy"]
 
 
 def test_browser_shows_the_study_and_its_trials(served: str, tmp_path: Path) -> None:
