@@ -1,0 +1,93 @@
+"""Datasets, one module per source, each registering itself; and the bundle they load into.
+
+    from tuner import data
+    data.names()                                          # ("mnist", ..., "diabetes")
+    bundle = data.load("mnist", data.Request("data", validation=0.1, seed=0))
+    bundle.to("cuda")                                     # kept on the device, batched by index
+
+A source module (``tuner/data/NAME.py``) calls :func:`register` with a :class:`Source`: its
+name, task, input kind, a summary and a loader. Nothing else lists datasets. A user's own
+loader (``data: file.py:load``) goes through :func:`from_user`.
+Importing this package does not import torch; loading data does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tuner.errors import DataError
+from tuner.kinds import InputKind
+from tuner.registry import Registry, discover
+from tuner.settings import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    from tuner.data._bundle import DataBundle, Split
+
+__all__ = ["DataBundle", "Request", "Source", "Split", "from_user", "get", "load",
+           "load_builtin", "names", "register", "SOURCES"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a loader needs: where datasets live, the validation fraction carved out of the
+    training set, the seed of that split, and whether a missing dataset may be downloaded."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    validation: float = 0.1
+    seed: int = 0
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    task: str  # classification | regression
+    kind: InputKind
+    summary: str
+    # -> a bundle on the CPU, train/val carved with the request's fraction and seed
+    load: Callable[[Request], DataBundle]
+
+
+SOURCES: Registry[Source] = Registry("dataset")
+
+
+def register(source: Source) -> Source:
+    return SOURCES.register(source.name, source)
+
+
+def get(name: str) -> Source:
+    return SOURCES.get(name)
+
+
+def names() -> tuple[str, ...]:
+    return SOURCES.names()
+
+
+def load(name: str, request: Request) -> DataBundle:
+    """The built-in dataset ``name`` on the CPU."""
+    if name not in SOURCES:
+        raise DataError(SOURCES.unknown(name))
+    return get(name).load(request)
+
+
+def load_builtin(name: str, data_dir: str = DEFAULT_DATA_DIR, *, validation: float, seed: int,
+                 download: bool = True) -> DataBundle:
+    return load(name, Request(str(data_dir), validation, seed, download))
+
+
+def __getattr__(name: str) -> Any:
+    # the torch-side names, imported on first use so that validating a study stays light
+    if name in ("DataBundle", "Split", "make_bundle", "carve"):
+        from tuner.data import _bundle
+
+        return getattr(_bundle, name)
+    if name == "from_user":
+        from tuner.data._user import from_user
+
+        return from_user
+    raise AttributeError(f"module 'tuner.data' has no attribute {name!r}")
+
+
+discover(__name__, __path__)
