@@ -1,10 +1,15 @@
-"""Database servers for tests: each test gets a fresh, empty database, dropped afterwards.
+"""Servers for tests: each test gets a fresh, empty database, dropped afterwards.
 
 A pytest plugin (``pytest_plugins = ["servers"]`` in a test module). The servers are named by
-environment variables, which CI sets (.ci/run); tests that need one skip when it is unset:
+environment variables, which CI sets (.ci/run, .ci/services.sh); tests that need one skip
+when it is unset:
 
     TUNER_TEST_POSTGRES_URL   e.g. postgresql://postgres@127.0.0.1:5432/test
     TUNER_TEST_MYSQL_URL      e.g. mysql://root@127.0.0.1:3306/test
+    TUNER_TEST_PGBOUNCER_URL  e.g. postgresql://postgres@127.0.0.1:6432/test, PgBouncer in
+                              transaction pooling mode in front of TUNER_TEST_POSTGRES_URL's
+                              server, passing any database name through (``* = host=...``)
+    TUNER_TEST_SLURM          set (to 1) where ``sbatch`` submits to a working Slurm cluster
 
 The URL's database is only used to connect and create ``tuner_test_<random>``.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +27,9 @@ from sqlalchemy.engine import make_url
 
 from tuner.storage import normalize_url
 
-ENV = {"postgresql": "TUNER_TEST_POSTGRES_URL", "mysql": "TUNER_TEST_MYSQL_URL"}
+ENV = {"postgresql": "TUNER_TEST_POSTGRES_URL", "mysql": "TUNER_TEST_MYSQL_URL",
+       "pgbouncer": "TUNER_TEST_PGBOUNCER_URL"}
+SLURM_ENV = "TUNER_TEST_SLURM"
 
 
 def server_url(backend: str) -> str | None:
@@ -71,6 +79,29 @@ def postgres_url() -> Iterator[str]:
 def mysql_url() -> Iterator[str]:
     """URL of a new, empty MySQL/MariaDB database."""
     yield from _fresh("mysql")
+
+
+@pytest.fixture
+def pgbouncer_url() -> Iterator[str]:
+    """URL, through PgBouncer, of a new, empty database made directly on the PostgreSQL
+    behind it (PgBouncer cannot run CREATE/DROP DATABASE for a database it is pooling)."""
+    bouncer, postgres = server_url("pgbouncer"), server_url("postgresql")
+    if bouncer is None:
+        pytest.skip(f"set {ENV['pgbouncer']} to run tests through PgBouncer")
+    if postgres is None:
+        pytest.skip(f"set {ENV['postgresql']} too: {ENV['pgbouncer']}'s databases are made there")
+    for direct in fresh_database(postgres):
+        yield make_url(bouncer).set(database=make_url(direct).database).render_as_string(
+            hide_password=False)
+
+
+@pytest.fixture
+def slurm() -> None:
+    """Skip unless ``sbatch`` submits to a working Slurm cluster here."""
+    if not os.environ.get(SLURM_ENV):
+        pytest.skip(f"set {SLURM_ENV}=1 where sbatch reaches a Slurm cluster (.ci/run does)")
+    if shutil.which("sbatch") is None:
+        pytest.fail(f"{SLURM_ENV} is set but sbatch is not on PATH; run .ci/services.sh")
 
 
 @pytest.fixture
