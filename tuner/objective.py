@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tuner import space, storage, usercode
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
+from tuner.errors import DatabaseUnreachable
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -41,11 +42,19 @@ class Outcome:
 
 
 class _TrialReporter:
-    """Context reports -> the Optuna trial (and the worker's progress callback)."""
+    """Context reports -> the Optuna trial (and the worker's progress callback).
+
+    While the database is unreachable, reports are held and training goes on (no pruning);
+    the next report that reaches the database writes the held ones first, in order. Past
+    the worker's patience, a report raises :class:`DatabaseUnreachable` (the training loop
+    saved its checkpoint before reporting, so the trial resumes elsewhere)."""
 
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
-                 on_epoch: Callable[[int, int, float], None] | None, prune: bool = True):
+                 on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
+                 patience: storage.Patience | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
+        self.patience = patience or storage.Patience(300, 0)
+        self.held: list[tuple[int, float]] = []
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
         if self._on_epoch:
@@ -53,8 +62,32 @@ class _TrialReporter:
         if not self._prune:
             return False
         if math.isfinite(value):
-            self.trial.report(value, epoch)
-        return self.trial.should_prune()
+            self.held.append((epoch, value))
+        if not self._write_held(wait=False):
+            if self.patience.exhausted():
+                raise self.patience.error()
+            return False
+        ok, prune = self.patience.attempt(self.trial.should_prune)
+        return bool(prune) if ok else False
+
+    def _write_held(self, wait: bool) -> bool:
+        """Write the held reports in order; ``wait``: retrying through an outage (up to the
+        patience), else stopping at the first that does not reach the database."""
+        while self.held:
+            epoch, value = self.held[0]
+            def write(value: float = value, epoch: int = epoch) -> None:
+                self.trial.report(value, epoch)
+
+            if wait:
+                self.patience.call(write)
+            elif not self.patience.attempt(write)[0]:
+                return False
+            self.held.pop(0)
+        return True
+
+    def flush(self) -> None:
+        """Write every held report (end of the trial, before its result is told)."""
+        self._write_held(wait=True)
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -75,8 +108,10 @@ class TrialRunner:
 
     def __init__(self, assets: StudyAssets, *, checkpoint_dir: str, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None = None,
-                 keep_checkpoints: bool = False):
+                 keep_checkpoints: bool = False, patience: storage.Patience | None = None):
         self.assets, self.spec = assets, assets.spec
+        # how long storage calls ride out an unreachable database (the worker sets its own)
+        self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
         self.keep_checkpoints = keep_checkpoints
 
@@ -108,7 +143,7 @@ class TrialRunner:
             metric=spec.metric_name, data=bundle,
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
-            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune),
+            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self.patience),
             checkpoints=ckpt,
         )
 
@@ -119,10 +154,10 @@ class TrialRunner:
         from tuner import train
 
         lineage = storage.lineage(trial)
-        storage.set_user_attrs(trial, {
+        self.patience.call(lambda: storage.set_user_attrs(trial, {
             storage.LINEAGE_ATTR: lineage,
             "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
-        })
+        }))
         fit = self.assets.trainer or train.fit
         start = time.perf_counter()
         ctxs: list[Context] = []
@@ -145,8 +180,13 @@ class TrialRunner:
         except KeyboardInterrupt:
             self._record(trial, ctxs, start, "interrupted")
             raise
+        except DatabaseUnreachable:
+            raise  # past the patience: this worker stops; the trial resumes elsewhere
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
             outcome = Outcome(TrialState.FAIL, fail_reason=usercode.one_line(e))
+        for c in ctxs:  # reports held through an outage, in order, before the result
+            if isinstance(c.reporter, _TrialReporter):
+                c.reporter.flush()
         self._record(trial, ctxs, start, outcome.fail_reason)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
@@ -193,7 +233,7 @@ class TrialRunner:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        storage.set_user_attrs(trial, attrs)
+        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
 
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
