@@ -5,11 +5,14 @@ connections are counted in pg_stat_activity / information_schema.processlist whi
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -122,15 +125,29 @@ def postgres(action: str) -> None:
         subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-t", "30"], check=False)
 
 
+def mariadb(action: str) -> None:
+    """Stop or start the local MariaDB as .ci/run starts it."""
+    if action == "stop":
+        subprocess.run(["mariadb-admin", "-h", "127.0.0.1", "-u", "root", "shutdown"],
+                       check=True, timeout=60)
+        return
+    subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
+                    "/usr/sbin/mariadbd"], check=True, timeout=60)
+    wait_for("MariaDB", lambda: subprocess.run(
+        ["mariadb-admin", "-h", "127.0.0.1", "-u", "root", "status"],
+        capture_output=True).returncode == 0, 60, 0.5)
+
+
 @contextmanager
-def postgres_down(seconds: float) -> Iterator[None]:
-    """PostgreSQL stopped for ``seconds`` (and always started again)."""
-    postgres("stop")
+def server_down(backend: str, seconds: float) -> Iterator[None]:
+    """The local PostgreSQL or MariaDB stopped for ``seconds`` (and always started again)."""
+    control = postgres if backend == "postgresql" else mariadb
+    control("stop")
     try:
         time.sleep(seconds)
         yield
     finally:
-        postgres("start")
+        control("start")
 
 
 def wait_mid_trial(url: str, workers: int) -> None:
@@ -140,18 +157,19 @@ def wait_mid_trial(url: str, workers: int) -> None:
 
 
 @pytest.mark.slow
-def test_a_postgres_restart_mid_study_fails_no_trial(postgres_url, tmp_path):
+@pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
+def test_a_database_restart_mid_study_fails_no_trial(any_url, tmp_path):
     study = write_study(tmp_path, trials=8, epochs=6, sleep=0.5)
-    run = start(run_args(study, postgres_url, tmp_path, "--workers", "2"), tmp_path / "run.log")
-    wait_mid_trial(postgres_url, 2)
+    run = start(run_args(study, any_url, tmp_path, "--workers", "2"), tmp_path / "run.log")
+    wait_mid_trial(any_url, 2)
     # down for twice the grace period (4 s): every running trial's heartbeat is older than
     # the grace when it is back, yet their workers are alive
-    with postgres_down(8):
+    with server_down(normalize_url(any_url).get_backend_name(), 8):
         pass
     assert run.wait(150) == 0, run.output()
     assert "database back" in run.output()  # the outage was seen and ridden out
-    check_study(postgres_url, "toy", 8)
-    for t in trials(postgres_url, "toy"):  # every curve complete, in order, none repeated
+    check_study(any_url, "toy", 8)
+    for t in trials(any_url, "toy"):  # every curve complete, in order, none repeated
         assert sorted(t.intermediate_values) == list(range(1, 7)), (t.number, t.intermediate_values)
 
 
@@ -161,7 +179,7 @@ def test_an_outage_past_the_patience_stops_workers_and_resume_finishes(postgres_
     run = start(run_args(study, postgres_url, tmp_path, "--workers", "2", "--db-patience", "3"),
                 tmp_path / "run.log")
     wait_mid_trial(postgres_url, 2)
-    with postgres_down(2):
+    with server_down("postgresql", 2):
         assert run.wait(60) != 0, run.output()  # both workers gave up while it was down
     out = run.output()
     assert out.count("the database was unreachable for") == 2, out
@@ -213,3 +231,64 @@ def test_schema_is_created_through_pgbouncer_with_no_session_lock(pgbouncer_url)
         assert conn.execute(sa.text("SELECT count(*) FROM tuner_budgets")).scalar_one() == 0
     assert make_url(pgbouncer_url).port == 6432
     storage.engine.dispose()
+
+
+@pytest.fixture
+def session_pgbouncer(postgres_url) -> Iterator[str]:
+    """A second PgBouncer, in SESSION pooling, on 127.0.0.1:6433 in front of the local
+    PostgreSQL; yields the URL of ``postgres_url``'s database through it."""
+    import shutil
+    import tempfile
+
+    if shutil.which("pgbouncer") is None:
+        pytest.skip("pgbouncer is not installed (.ci/services.sh installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="tuner-pgbouncer-"))
+    shutil.chown(folder, "postgres", "postgres")
+    folder.chmod(0o755)
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    conf = folder / "pgbouncer.ini"
+    conf.write_text(f"""[databases]
+* = host=127.0.0.1 port=5432
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = 6433
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder / 'users.txt'}
+admin_users = postgres
+pool_mode = session
+ignore_startup_parameters = extra_float_digits,options
+logfile = {folder / 'pgbouncer.log'}
+pidfile = {folder / 'pgbouncer.pid'}
+""")
+    subprocess.run(["pgbouncer", "-d", "-u", "postgres", str(conf)], check=True, timeout=30)
+    try:
+        wait_for("session-mode pgbouncer", lambda: (folder / "pgbouncer.pid").exists(), 20)
+        time.sleep(0.5)
+        yield make_url(postgres_url).set(port=6433).render_as_string(hide_password=False)
+    finally:
+        pid = int((folder / "pgbouncer.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_url_claiming_transaction_pooling_of_a_session_pgbouncer_is_refused(
+        session_pgbouncer, postgres_url, tmp_path):
+    from tuner.cli import app
+
+    study = write_study(tmp_path)
+    url = session_pgbouncer + "?pgbouncer=transaction"
+    res = CliRunner().invoke(app, ["run", str(study), "--storage", url, "--device", "cpu"])
+    assert res.exit_code == 2, res.output
+    assert "runs in session mode; set pool_mode = transaction" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    engine = sa.create_engine(normalize_url(postgres_url), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:  # nothing written: not even the schema
+        assert not sa.inspect(conn).get_table_names()
+    engine.dispose()
+
+
+def test_a_url_claiming_transaction_pooling_of_pgbouncer_in_that_mode_works(pgbouncer_url):
+    from tuner.storage import connect
+
+    connect(pgbouncer_url + "?pgbouncer=transaction").engine.dispose()

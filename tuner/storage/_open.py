@@ -27,6 +27,33 @@ from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
 _SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
+# ``postgresql://...?pgbouncer=transaction``: the URL says it reaches PgBouncer in that pool
+# mode, and tuner checks it on PgBouncer's admin console before it writes anything
+POOL_MODE_OPTION = "pgbouncer"
+
+
+def _check_pool_mode(url: str, parsed: URL) -> None:
+    claimed = make_url(url).query.get(POOL_MODE_OPTION)
+    if claimed is None:
+        return
+    import psycopg
+
+    shown = display_url(url)
+    admin = parsed.set(drivername="postgresql", database="pgbouncer")
+    try:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
+                             connect_timeout=10, cursor_factory=psycopg.ClientCursor) as conn:
+            config = dict((row[0], row[1]) for row in conn.execute("SHOW CONFIG").fetchall())
+    except psycopg.Error as e:
+        raise StorageError(
+            f"{shown} claims PgBouncer ({POOL_MODE_OPTION}={claimed}) but its admin console "
+            f"(database pgbouncer) does not answer: {str(e).strip().splitlines()[0]}; add the "
+            f"user to admin_users or stats_users, or drop ?{POOL_MODE_OPTION}=") from e
+    mode = config.get("pool_mode")
+    if mode != claimed:
+        raise StorageError(
+            f"{shown} claims PgBouncer in {claimed} pooling but it runs in {mode} mode; set "
+            f"pool_mode = {claimed} in pgbouncer.ini, or fix ?{POOL_MODE_OPTION}=")
 
 
 def normalize_url(url: str) -> URL:
@@ -37,6 +64,11 @@ def normalize_url(url: str) -> URL:
         raise StorageError(
             f"malformed storage URL {url!r}; use a SQLAlchemy URL, {EXAMPLES}") from e
     backend = parsed.get_backend_name()
+    if POOL_MODE_OPTION in parsed.query:  # tuner's own option (see ``_check_pool_mode``)
+        if backend != "postgresql":
+            raise StorageError(f"?{POOL_MODE_OPTION}= is for PostgreSQL behind PgBouncer; drop it "
+                               f"from {display_url(url)}")
+        parsed = parsed.difference_update_query([POOL_MODE_OPTION])
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend in ("mysql", "mariadb") and "+" not in parsed.drivername:
@@ -167,6 +199,7 @@ def connect(url: str, heartbeat: Heartbeat | None = None,
     from tuner.storage._trials import check_schema_version
 
     parsed = normalize_url(url)
+    _check_pool_mode(url, parsed)  # before anything is written
     hb = heartbeat or Heartbeat()
     on_stale = StaleTrialHandler()
     last: Exception | None = None

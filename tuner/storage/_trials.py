@@ -41,14 +41,17 @@ def create_schema(conn: sqlalchemy.Connection) -> None:
 
     models.BaseModel.metadata.create_all(conn)
     table = models.VersionInfoModel.__table__
-    if conn.execute(sqlalchemy.select(table.c.version_info_id)).first() is not None:
-        return  # set up already (by Optuna or by this)
-    conn.execute(table.insert().values(version_info_id=1, schema_version=models.SCHEMA_VERSION,
-                                       library_version=optuna.__version__))
+    row = conn.execute(sqlalchemy.select(table.c.schema_version)).first()
+    if row is None:
+        conn.execute(table.insert().values(version_info_id=1,
+                                           schema_version=models.SCHEMA_VERSION,
+                                           library_version=optuna.__version__))
     context = migration.MigrationContext.configure(conn)
     if context.get_current_revision() is None:
-        alembic_dir = os.path.join(os.path.dirname(models.__file__), "alembic")
-        context.stamp(script.ScriptDirectory(alembic_dir), "head")
+        # as Optuna's _VersionManager: head for a new schema, base for one older than alembic
+        scripts = script.ScriptDirectory(os.path.join(os.path.dirname(models.__file__), "alembic"))
+        current = row is None or row[0] == models.SCHEMA_VERSION
+        context.stamp(scripts, "head" if current else scripts.get_base())
 
 
 def check_schema_version(storage: optuna.storages.RDBStorage) -> None:
