@@ -39,6 +39,8 @@ def is_outage(err: BaseException) -> bool:
     for _ in range(8):
         if seen is None:
             return False
+        if type(getattr(seen, "orig", None)).__module__.startswith("sqlite3"):
+            return False  # a file, not a server: "locked" is contention, not an outage
         if isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated:
             return True
         if isinstance(seen, sa_exc.OperationalError | sa_exc.InterfaceError
