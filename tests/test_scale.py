@@ -292,3 +292,18 @@ def test_a_url_claiming_transaction_pooling_of_pgbouncer_in_that_mode_works(pgbo
     from tuner.storage import connect
 
     connect(pgbouncer_url + "?pgbouncer=transaction").engine.dispose()
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_one_reaper_at_a_time_through_a_lease(any_url):
+    from tuner.storage import Lease, connect
+
+    engine = connect(any_url).engine
+    a, b = Lease(engine, "reaper:toy", 1.0), Lease(engine, "reaper:toy", 1.0)
+    assert a.take() and a.take()  # taken, then renewed
+    assert not b.take()  # held by a live holder
+    time.sleep(1.2)  # a stopped renewing (died): it expires and passes on
+    assert b.take() and not a.take()
+    b.release()  # a clean stop hands it over at once
+    assert a.take()
+    engine.dispose()

@@ -79,11 +79,14 @@ class Worker:
         self.runner.assets.preflight()
         study = self.handle.study
         p = self.patience
-        beat = storage.HeartbeatThread(study, self.heartbeat.interval, p)
+        # one reaper per study: the lease outlives two missed beats, then passes on
+        lease = storage.Lease(storage.engine_of(study), f"reaper:{self.handle.name}",
+                              2 * self.heartbeat.interval + 1)
+        beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease)
         beat.start()
         done, failures = 0, 0
         try:
-            storage.reap(study, p)  # dead workers' trials first
+            storage.reap(study, p, lease)  # dead workers' trials first
             while True:
                 if self.stop.is_set():
                     return Summary(done, "stopped")
@@ -92,7 +95,7 @@ class Worker:
                     if (why := self._why_idle()) is not None:
                         return Summary(done, why)
                     self.stop.wait(self.heartbeat.interval)
-                    storage.reap(study, p)
+                    storage.reap(study, p, lease)
                     continue
                 p.call(lambda t=trial: storage.record_heartbeat(t))
                 beat.trial = trial
@@ -121,6 +124,8 @@ class Worker:
                     )
         finally:
             beat.halt.set()
+            beat.join(self.heartbeat.interval + 5)
+            p.attempt(lease.release)  # the next worker reaps at once
 
     def _next_trial(self) -> optuna.Trial | None:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by

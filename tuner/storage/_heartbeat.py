@@ -12,6 +12,7 @@ import threading
 
 import optuna
 
+from tuner.storage._lease import Lease
 from tuner.storage._outage import Patience
 from tuner.storage._trials import fail_stale_trials, record_heartbeat
 
@@ -19,10 +20,12 @@ log = logging.getLogger("tuner")
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, study: optuna.Study, interval: float, patience: Patience | None = None):
+    def __init__(self, study: optuna.Study, interval: float, patience: Patience | None = None,
+                 lease: Lease | None = None):
         super().__init__(name="tuner-heartbeat", daemon=True)
         self.study, self.interval = study, interval
         self.patience = patience or Patience(float("inf"), 0)
+        self.lease = lease
         self.trial: optuna.Trial | None = None
         self.halt = threading.Event()
 
@@ -34,13 +37,19 @@ class HeartbeatThread(threading.Thread):
                     ok, _ = self.patience.attempt(lambda t=trial: record_heartbeat(t))
                     if not ok:
                         continue
-                reap(self.study, self.patience)
+                reap(self.study, self.patience, self.lease)
             except Exception as e:  # noqa: BLE001 - a blip must not kill the heartbeat
                 log.warning("heartbeat failed: %s", e)
 
 
-def reap(study: optuna.Study, patience: Patience) -> None:
-    """Fail the trials whose worker stopped beating, unless this worker regained the database
-    less than a grace period ago (their silence may be the outage's)."""
-    if patience.may_reap():
-        patience.attempt(lambda: fail_stale_trials(study))
+def reap(study: optuna.Study, patience: Patience, lease: Lease | None = None) -> None:
+    """Fail the trials whose worker stopped beating, if this worker holds the study's reaper
+    lease (one reaper at a time), unless it regained the database less than a grace period
+    ago (their silence may be the outage's)."""
+    if not patience.may_reap():
+        return
+    if lease is not None:
+        ok, held = patience.attempt(lease.take)
+        if not (ok and held):
+            return
+    patience.attempt(lambda: fail_stale_trials(study))

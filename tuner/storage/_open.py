@@ -148,6 +148,7 @@ def _create_schema(url: URL) -> None:
     advisory lock, and DDL inside the same transaction, which PgBouncer's transaction
     pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
     from tuner.storage import _budget as budget
+    from tuner.storage import _lease as lease
     from tuner.storage._trials import create_schema
 
     backend = url.get_backend_name()
@@ -166,6 +167,7 @@ def _create_schema(url: URL) -> None:
             try:
                 create_schema(conn)
                 budget.create_table(conn)
+                lease.create_table(conn)
             finally:
                 if backend not in ("sqlite", "postgresql"):
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))
