@@ -12,6 +12,7 @@ start to last finish), so process start-up (importing torch) is left out.
     .venv/bin/python benchmarks/storage.py --kill               # kill -> retry times only
     .venv/bin/python benchmarks/storage.py --trips              # statements per trial only
     .venv/bin/python benchmarks/storage.py --profile sqlite     # where one worker's time goes
+    .venv/bin/python benchmarks/storage.py --scale --workers 1 4 8  # connections, +PgBouncer
 
 Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
 ``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -196,6 +198,69 @@ def overhead_table(backends: dict[str, str | None], trials: int, workers: list[i
             cells = "".join(f"{r:9.1f} ({1000 * k / r:4.0f})".rjust(w)
                             for r, w in zip(rates, (16, 24, 16), strict=True))
             print(f"{backend:<11}{k:>8}{cells}", flush=True)
+
+
+# ---- scaling out: connections, with and without PgBouncer ---------------------------------
+def _server_sampler(admin_url: str, db: str, stop: threading.Event, seen: list[int]) -> None:
+    """Connections to database ``db`` on the PostgreSQL server, every 50 ms."""
+    import sqlalchemy as sa
+
+    from tuner.storage import normalize_url
+
+    engine = sa.create_engine(normalize_url(admin_url), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        while not stop.wait(0.05):
+            seen.append(conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db"), {"db": db}
+            ).scalar_one())
+            conn.rollback()
+    engine.dispose()
+
+
+def _postgres_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by every postgres process on this machine."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "postgres":
+                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def scale_table(base: str, bouncer: str | None, trials: int, workers: list[int]) -> None:
+    """K `tuner worker` processes on one PostgreSQL database, directly and through PgBouncer
+    (transaction pooling): trials/s, ms per trial per worker, most server connections seen,
+    PostgreSQL CPU ms per trial (every postgres process of the machine: others' included)."""
+    from sqlalchemy.engine import make_url
+
+    print(f"\n{trials} trivial trials with K workers on PostgreSQL: throughput, storage ms per "
+          "trial per worker, most server connections at once, PostgreSQL CPU ms per trial\n")
+    head = (f"{'path':<11}{'workers':>8}{'trials/s':>10}{'ms/trial':>10}{'connections':>13}"
+            f"{'db CPU ms':>11}")
+    print(head)
+    print("-" * len(head))
+    for path, front in (("direct", None), ("pgbouncer", bouncer)):
+        if path == "pgbouncer" and front is None:
+            continue
+        for k in workers:
+            with tempfile.TemporaryDirectory() as tmp, database("postgresql", base,
+                                                                 Path(tmp)) as url:
+                db = make_url(url).database
+                run_url = url if front is None else make_url(front).set(
+                    database=db).render_as_string(hide_password=False)
+                stop, seen = threading.Event(), []
+                sampler = threading.Thread(target=_server_sampler, args=(base, db, stop, seen))
+                sampler.start()
+                cpu = _postgres_cpu_s()
+                rate = run_tuner(run_url, trials, k, Path(tmp))
+                cpu = _postgres_cpu_s() - cpu
+                stop.set()
+                sampler.join()
+            print(f"{path:<11}{k:>8}{rate:>10.1f}{1000 * k / rate:>10.0f}{max(seen):>13}"
+                  f"{1000 * cpu / trials:>11.1f}", flush=True)
 
 
 # ---- kill -9 -> retry ---------------------------------------------------------------------
@@ -377,6 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kill", action="store_true", help="only the kill -> retry times")
     p.add_argument("--trips", action="store_true", help="only statements and commits per trial")
     p.add_argument("--profile", choices=["sqlite", "postgresql"])
+    p.add_argument("--scale", action="store_true",
+                   help="only PostgreSQL with K workers, directly and through --pgbouncer")
+    p.add_argument("--pgbouncer", default=os.environ.get("TUNER_TEST_PGBOUNCER_URL"),
+                   help="a PgBouncer URL (transaction pooling) in front of --postgres")
     p.add_argument("--optuna-worker", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.optuna_worker:
@@ -396,6 +465,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f} at the start")
     if a.trips:
         trips_table(backends, a.trials)
+        return
+    if a.scale:
+        if not a.postgres:
+            raise SystemExit("--scale needs --postgres URL (or TUNER_TEST_POSTGRES_URL)")
+        scale_table(a.postgres, a.pgbouncer, a.trials, a.workers)
         return
     if not a.kill:
         trips_table(backends, a.trials)

@@ -62,6 +62,7 @@ class Options(TypedDict, total=False):
     download: bool
     heartbeat_s: int
     grace_period_s: int
+    db_patience_s: int
 
 
 def settings(**options: Unpack[Options]) -> Settings:
@@ -73,10 +74,12 @@ def settings(**options: Unpack[Options]) -> Settings:
     hb = Heartbeat(options.pop("heartbeat_s", Heartbeat.interval),
                    options.pop("grace_period_s", Heartbeat.grace_period))
     storage = options.pop("storage", DEFAULT_URL)
+    patience = options.pop("db_patience_s", Settings.db_patience)
     ckpt = checkpoint_folder(storage, options.pop("checkpoint_dir", None))
     device = resolve(options.pop("device", "auto"))
     given = {k: str(v) if k == "data_dir" else v for k, v in options.items()}
-    return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb, **given)
+    return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb,
+                    db_patience=patience, **given)
 
 
 def quiet_logging() -> None:
@@ -194,7 +197,8 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
                     f"{role}: {getattr(handle.spec, role)} is defined in this notebook or "
                     "script, which worker processes cannot import; use workers=1, or move it "
                     "into a .py file and name it as file.py:name")
-        run_local(handle.name, settings, workers, workers_per_gpu, poll=on_poll)
+        run_local(handle.name, settings, workers, workers_per_gpu,
+                  poll=None if on_poll is None else _patient_poll(on_poll))
         return Result(handle, "done")
     from tuner import worker as w
     from tuner.objective import TrialRunner
@@ -206,7 +210,8 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
     stop = threading.Event()
     runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
                          keep_checkpoints=settings.keep_checkpoints)
-    wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event)
+    wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event,
+                  db_patience=settings.db_patience)
     with w.graceful_signals(stop), _quiet():
         summary = wk.run()
     return Result(handle, summary.stopped_because, summary.trials)
@@ -221,7 +226,7 @@ def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
     or a StudySpec), or resume it if it exists, and run ``trials`` more trials (default: the
     study's own budget) for at most ``timeout`` seconds. ``on_event`` gets the progress of
     a single worker (trial started, epoch, finished). ``options``: storage, device,
-    data_dir, checkpoint_dir, keep_checkpoints, download, heartbeat_s, grace_period_s."""
+    data_dir, checkpoint_dir, keep_checkpoints, download, heartbeat_s, grace_period_s, db_patience_s."""
     s = as_spec(spec, study=study, seed=seed)
     if workers > 1:
         for role in usercode.ROLES:
@@ -255,6 +260,21 @@ def work(study: str, settings: Settings, *, worker_index: int = 0,
     else:
         prepared = prepare_existing(study, settings, worker_index=worker_index)
     return go(prepared, on_event=on_event)
+
+
+def _patient_poll(poll: Callable[[], None]) -> Callable[[], None]:
+    """``poll``, skipped while the database is unreachable: the workers ride it out, and the
+    progress display waits for them."""
+    from tuner.storage import is_outage
+
+    def patient() -> None:
+        try:
+            poll()
+        except Exception as e:
+            if not is_outage(e):
+                raise
+
+    return patient
 
 
 @contextmanager

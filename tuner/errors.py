@@ -3,6 +3,7 @@
     TunerError                 base; ``str(err)`` is one line that names the fix
     ├── SpecError              the study file (YAML) is malformed or invalid
     ├── StorageError           the storage URL is malformed, unreachable or refused
+    │   └── DatabaseUnreachable  the database stayed unreachable past --db-patience
     ├── StudyNotFound          no study of that name in the storage
     ├── SpecMismatch           resuming a study with a different study file
     ├── DataError              a dataset cannot be found, downloaded or loaded
@@ -29,6 +30,10 @@ class SpecError(TunerError):
 
 
 class StorageError(TunerError):
+    pass
+
+
+class DatabaseUnreachable(StorageError):
     pass
 
 

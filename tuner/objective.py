@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tuner import measure, space, storage, vocab
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
+from tuner.errors import DatabaseUnreachable
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -95,15 +96,23 @@ def is_device_assert(e: BaseException) -> bool:
 
 
 class _TrialReporter:
-    """Context reports -> the Optuna trial (and the worker's progress callback)."""
+    """Context reports -> the Optuna trial (and the worker's progress callback).
+
+    While the database is unreachable, reports are held and training goes on (no pruning);
+    the next report that reaches the database writes the held ones first, in order. Past
+    the worker's patience, a report raises :class:`DatabaseUnreachable` (the training loop
+    saved its checkpoint before reporting, so the trial resumes elsewhere)."""
 
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
-                 primary: tuple[int, str] | None = None):
+                 primary: tuple[int, str] | None = None,
+                 patience: storage.Patience | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
         # (index, direction) of the pruned-on objective of a multi-objective study, whose
         # curve tuner records and judges itself: Optuna's report/should_prune refuse there
         self._primary = primary
+        self.patience = patience or storage.Patience(300, 0)
+        self.held: list[tuple[int, float]] = []
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
         if self._on_epoch:
@@ -118,8 +127,32 @@ class _TrialReporter:
             return storage.should_prune_primary(self.trial, index, direction,
                                                 self.trial.study.pruner)
         if math.isfinite(value):
-            self.trial.report(value, epoch)
-        return self.trial.should_prune()
+            self.held.append((epoch, value))
+        if not self._write_held(wait=False):
+            if self.patience.exhausted():
+                raise self.patience.error()
+            return False
+        ok, prune = self.patience.attempt(self.trial.should_prune)
+        return bool(prune) if ok else False
+
+    def _write_held(self, wait: bool) -> bool:
+        """Write the held reports in order; ``wait``: retrying through an outage (up to the
+        patience), else stopping at the first that does not reach the database."""
+        while self.held:
+            epoch, value = self.held[0]
+            def write(value: float = value, epoch: int = epoch) -> None:
+                self.trial.report(value, epoch)
+
+            if wait:
+                self.patience.call(write)
+            elif not self.patience.attempt(write)[0]:
+                return False
+            self.held.pop(0)
+        return True
+
+    def flush(self) -> None:
+        """Write every held report (end of the trial, before its result is told)."""
+        self._write_held(wait=True)
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -140,8 +173,10 @@ class TrialRunner:
 
     def __init__(self, assets: StudyAssets, *, checkpoint_dir: str, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None = None,
-                 keep_checkpoints: bool = False):
+                 keep_checkpoints: bool = False, patience: storage.Patience | None = None):
         self.assets, self.spec = assets, assets.spec
+        # how long storage calls ride out an unreachable database (the worker sets its own)
+        self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
         self.keep_checkpoints = keep_checkpoints
 
@@ -173,7 +208,8 @@ class TrialRunner:
             metric=spec.metric_name, data=bundle,
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
-            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary()),
+            reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary(),
+                                    self.patience),
             checkpoints=ckpt,
         )
 
@@ -269,10 +305,10 @@ class TrialRunner:
         from tuner import train
 
         lineage = storage.lineage(trial)
-        storage.set_user_attrs(trial, {
+        self.patience.call(lambda: storage.set_user_attrs(trial, {
             storage.LINEAGE_ATTR: lineage,
             "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
-        })
+        }))
         fit = self.assets.trainer or train.fit
         _reset_peak_memory(self.assets.device)
         start = time.perf_counter()
@@ -309,8 +345,13 @@ class TrialRunner:
         except KeyboardInterrupt:
             self._record(trial, ctxs, start, "interrupted")
             raise
+        except DatabaseUnreachable:
+            raise  # past the patience: this worker stops; the trial resumes elsewhere
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
             outcome = self._failed(trial, e)
+        for c in ctxs:  # reports held through an outage, in order, before the result
+            if isinstance(c.reporter, _TrialReporter):
+                c.reporter.flush()
         self._record(trial, ctxs, start, outcome.fail_reason)
         if not outcome.broken_device:
             _free_device_cache(self.assets.device)
@@ -379,7 +420,7 @@ class TrialRunner:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        storage.set_user_attrs(trial, attrs)
+        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
 
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then

@@ -9,6 +9,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from tuner.errors import TunerError
+
 DEFAULT_URL = "sqlite:///tuner.db"
 DEFAULT_DATA_DIR = "data"
 CHECKPOINT_FOLDER = "tuner_checkpoints"
@@ -37,6 +39,14 @@ class Settings:
     keep_checkpoints: bool = False  # keep the checkpoints of completed trials
     download: bool = True  # fetch missing torchvision datasets into data_dir
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    # seconds a worker rides out an unreachable database (training on, reports held)
+    db_patience: int = 300
+
+    def __post_init__(self) -> None:
+        if self.db_patience < self.heartbeat.interval:
+            raise TunerError(
+                f"--db-patience {self.db_patience} is below the heartbeat interval "
+                f"({self.heartbeat.interval} s); give at least {self.heartbeat.interval}")
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

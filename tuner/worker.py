@@ -57,8 +57,14 @@ class Summary:
 
 class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
-                 max_failures: int = 3, on_event: Callable[[Event], None] | None = None):
+                 max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
+                 db_patience: float = 300):
         self.handle, self.runner = handle, runner
+        # one per worker: the trial loop, its reports and the heartbeat thread ride out the
+        # same outages (backoff capped at the heartbeat interval, so beats resume promptly)
+        self.patience = storage.Patience(db_patience, heartbeat.grace_period,
+                                         cap=heartbeat.interval)
+        runner.patience = self.patience
         self.stop = runner.stop
         self.max_failures = max_failures
         self.on_event = on_event or (lambda e: None)
@@ -72,11 +78,15 @@ class Worker:
         heartbeat interval): if one of them dies, its retry still needs a worker."""
         self.runner.assets.preflight()
         study = self.handle.study
-        beat = storage.HeartbeatThread(study, self.heartbeat.interval)
+        p = self.patience
+        # one reaper per study: the lease outlives two missed beats, then passes on
+        lease = storage.Lease(storage.engine_of(study), f"reaper:{self.handle.name}",
+                              2 * self.heartbeat.interval + 1)
+        beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease)
         beat.start()
         done, failures = 0, 0
         try:
-            storage.fail_stale_trials(study)  # dead workers' trials first
+            storage.reap(study, p, lease)  # dead workers' trials first
             while True:
                 if self.stop.is_set():
                     return Summary(done, "stopped")
@@ -85,9 +95,9 @@ class Worker:
                     if (why := self._why_idle()) is not None:
                         return Summary(done, why)
                     self.stop.wait(self.heartbeat.interval)
-                    storage.fail_stale_trials(study)
+                    storage.reap(study, p, lease)
                     continue
-                storage.record_heartbeat(trial)
+                p.call(lambda t=trial: storage.record_heartbeat(t))
                 beat.trial = trial
                 self.on_event(Event("started", trial.number))
                 try:
@@ -119,60 +129,66 @@ class Worker:
                     )
         finally:
             beat.halt.set()
+            beat.join(self.heartbeat.interval + 5)
+            p.attempt(lease.release)  # the next worker reaps at once
 
     def _next_trial(self) -> optuna.Trial | None:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
         hand needs a slot); otherwise a new trial if a budget slot is free."""
-        study, budget = self.handle.study, self.handle.budget
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if waiting and budget.state().expired():
+        study, budget, call = self.handle.study, self.handle.budget, self.patience.call
+        # each storage step on its own is retried through an outage (not the whole: a
+        # retried ask after a taken slot would take a second slot)
+        waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if waiting and call(budget.state).expired():
             return None
         for t in waiting:
             own_slot = storage.is_retry(t)
-            if not own_slot and not budget.acquire():
+            if not own_slot and not call(budget.acquire):
                 return None  # budget spent: enqueued trials wait for `tuner run --trials`
-            if (claimed := storage.claim(study, t)) is not None:
+            if (claimed := call(lambda t=t: storage.claim(study, t))) is not None:
                 return claimed
             if not own_slot:
-                budget.release()  # another worker took it first
-        if not budget.acquire():
+                call(budget.release)  # another worker took it first
+        if not call(budget.acquire):
             return None
         with warnings.catch_warnings():  # "heartbeats are for Study.optimize": not here
             warnings.simplefilter("ignore", UserWarning)
-            trial = study.ask()
+            trial = call(study.ask)
         if storage.is_retry(trial):  # a retry appeared meanwhile: it brings its own slot
-            budget.release()
+            call(budget.release)
         return trial
 
     def _why_idle(self) -> str | None:
         """Why this worker may stop now that it found no trial to run; None: wait, other
         workers' trials are still running (and would be retried here if their worker died)."""
-        if self.handle.budget.state().expired():
+        call = self.patience.call
+        if call(self.handle.budget.state).expired():
             return "timeout"
-        if storage.heartbeat_ages(self.handle.study):
+        if call(lambda: storage.heartbeat_ages(self.handle.study)):
             return None
         return "budget spent"
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
         """Record the outcome; False if the trial had been finished by another worker (its
         heartbeat went silent for a grace period, so it was failed and retried there)."""
-        study = self.handle.study
+        study, call = self.handle.study, self.patience.call
         try:
             if outcome.state == TrialState.COMPLETE:
-                study.tell(trial, outcome.values or outcome.value)
+                call(lambda: study.tell(trial, outcome.values or outcome.value))
             else:
-                study.tell(trial, state=outcome.state)
+                call(lambda: study.tell(trial, state=outcome.state))
         except (UpdateFinishedTrialError, ValueError) as e:
-            if not storage.state(study, trial).is_finished():
+            if not call(lambda: storage.state(study, trial)).is_finished():
                 raise
             log.warning("trial %d was failed and retried by another worker meanwhile (%s)",
                         trial.number, e)
             return False
         if outcome.state == TrialState.FAIL:
             if outcome.interrupted:
-                storage.retry(study, storage.refreshed(trial), self.handle.budget, crashed=False)
+                call(lambda: storage.retry(study, storage.refreshed(trial), self.handle.budget,
+                                           crashed=False))
             else:
-                self.handle.budget.release()
+                call(self.handle.budget.release)
         return True
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from tuner.errors import TunerError
-from tuner.settings import DEFAULT_DATA_DIR, DEFAULT_URL, Heartbeat
+from tuner.settings import DEFAULT_DATA_DIR, DEFAULT_URL, Heartbeat, Settings
 
 if TYPE_CHECKING:
     import optuna
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 QUIET_WARNINGS = r".*(experimental|Heartbeat of storage).*"
 DEFAULT_STORAGE = DEFAULT_URL
+DB_PATIENCE = Settings.db_patience
 
 app = typer.Typer(
     name="tuner",
@@ -76,6 +77,15 @@ def command(fn: F) -> F:
         except KeyboardInterrupt:
             err().print("interrupted")
             raise typer.Exit(130) from None
+        except Exception as e:
+            from tuner.storage import is_outage
+
+            if not is_outage(e):
+                raise
+            err().print("[red]error:[/red] lost the database in the middle of the command; "
+                        "check that the server runs, then try again",
+                        markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return app.command()(wrapper)  # type: ignore[return-value]
 
@@ -114,6 +124,10 @@ SETTINGS: list[tuple[str, Any, Any]] = [
     ("grace_period", Annotated[int, typer.Option(
         envvar="TUNER_GRACE_PERIOD", min=1,
         help="Seconds of silence before a trial's worker counts as dead.")], Heartbeat.grace_period),
+    ("db_patience", Annotated[int, typer.Option(
+        envvar="TUNER_DB_PATIENCE", min=1,
+        help="Seconds a worker rides out an unreachable database (training on, reports "
+             "held) before it checkpoints and stops.")], DB_PATIENCE),
 ]
 
 
@@ -135,7 +149,7 @@ def with_settings(fn: F) -> F:
             storage=given["storage"], device=given["device"], data_dir=given["data_dir"],
             checkpoint_dir=given["checkpoint_dir"], keep_checkpoints=given["keep_checkpoints"],
             download=given["download"], heartbeat_s=given["heartbeat"],
-            grace_period_s=given["grace_period"])
+            grace_period_s=given["grace_period"], db_patience_s=given["db_patience"])
         return fn(**kwargs, settings=settings)
 
     wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]

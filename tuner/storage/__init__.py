@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from tuner.settings import DEFAULT_URL, Heartbeat
 from tuner.storage._budget import Budget, BudgetState
-from tuner.storage._heartbeat import HeartbeatThread
+from tuner.storage._heartbeat import HeartbeatThread, reap
+from tuner.storage._lease import Lease
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
+from tuner.storage._outage import Patience, is_outage
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
     CRASHES_ATTR,
@@ -42,5 +44,5 @@ __all__ = [
     "connect", "display_url", "engine_of",
     "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
-    "should_prune_primary", "state",
+    "should_prune_primary", "state", "Lease", "Patience", "is_outage", "reap",
 ]

@@ -31,7 +31,7 @@ budgets = sa.Table(
 )
 
 
-def create_table(engine: sa.Engine) -> None:
+def create_table(engine: sa.Engine | sa.Connection) -> None:
     _metadata.create_all(engine, checkfirst=True)
 
 

@@ -1,5 +1,9 @@
 """The heartbeat thread of a worker: says its running trial is alive, and fails the trials of
-dead workers (so they are retried), every interval, whatever the training loop is doing."""
+dead workers (so they are retried), every interval, whatever the training loop is doing.
+
+It shares the worker's one connection (a pool of one) and its :class:`Patience`: while the
+database is unreachable it retries, and it reaps only once the worker has had the database
+back for a grace period."""
 
 from __future__ import annotations
 
@@ -8,23 +12,44 @@ import threading
 
 import optuna
 
+from tuner.storage._lease import Lease
+from tuner.storage._outage import Patience
 from tuner.storage._trials import fail_stale_trials, record_heartbeat
 
 log = logging.getLogger("tuner")
 
 
 class HeartbeatThread(threading.Thread):
-    def __init__(self, study: optuna.Study, interval: float):
+    def __init__(self, study: optuna.Study, interval: float, patience: Patience | None = None,
+                 lease: Lease | None = None):
         super().__init__(name="tuner-heartbeat", daemon=True)
         self.study, self.interval = study, interval
+        self.patience = patience or Patience(float("inf"), 0)
+        self.lease = lease
         self.trial: optuna.Trial | None = None
         self.halt = threading.Event()
 
     def run(self) -> None:
-        while not self.halt.wait(self.interval):
+        while not self.halt.wait(self.interval if self.patience.down_since is None
+                                 else min(1.0, self.interval)):
             try:
                 if (trial := self.trial) is not None:
-                    record_heartbeat(trial)
-                fail_stale_trials(self.study)
+                    ok, _ = self.patience.attempt(lambda t=trial: record_heartbeat(t))
+                    if not ok:
+                        continue
+                reap(self.study, self.patience, self.lease)
             except Exception as e:  # noqa: BLE001 - a blip must not kill the heartbeat
                 log.warning("heartbeat failed: %s", e)
+
+
+def reap(study: optuna.Study, patience: Patience, lease: Lease | None = None) -> None:
+    """Fail the trials whose worker stopped beating, if this worker holds the study's reaper
+    lease (one reaper at a time), unless it regained the database less than a grace period
+    ago (their silence may be the outage's)."""
+    if not patience.may_reap():
+        return
+    if lease is not None:
+        ok, held = patience.attempt(lease.take)
+        if not (ok and held):
+            return
+    patience.attempt(lambda: fail_stale_trials(study))

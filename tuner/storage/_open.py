@@ -14,7 +14,6 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,33 @@ from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
 _SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
+# ``postgresql://...?pgbouncer=transaction``: the URL says it reaches PgBouncer in that pool
+# mode, and tuner checks it on PgBouncer's admin console before it writes anything
+POOL_MODE_OPTION = "pgbouncer"
+
+
+def _check_pool_mode(url: str, parsed: URL) -> None:
+    claimed = make_url(url).query.get(POOL_MODE_OPTION)
+    if claimed is None:
+        return
+    import psycopg
+
+    shown = display_url(url)
+    admin = parsed.set(drivername="postgresql", database="pgbouncer")
+    try:
+        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True,
+                             connect_timeout=10, cursor_factory=psycopg.ClientCursor) as conn:
+            config = dict((row[0], row[1]) for row in conn.execute("SHOW CONFIG").fetchall())
+    except psycopg.Error as e:
+        raise StorageError(
+            f"{shown} claims PgBouncer ({POOL_MODE_OPTION}={claimed}) but its admin console "
+            f"(database pgbouncer) does not answer: {str(e).strip().splitlines()[0]}; add the "
+            f"user to admin_users or stats_users, or drop ?{POOL_MODE_OPTION}=") from e
+    mode = config.get("pool_mode")
+    if mode != claimed:
+        raise StorageError(
+            f"{shown} claims PgBouncer in {claimed} pooling but it runs in {mode} mode; set "
+            f"pool_mode = {claimed} in pgbouncer.ini, or fix ?{POOL_MODE_OPTION}=")
 
 
 def normalize_url(url: str) -> URL:
@@ -38,6 +64,11 @@ def normalize_url(url: str) -> URL:
         raise StorageError(
             f"malformed storage URL {url!r}; use a SQLAlchemy URL, {EXAMPLES}") from e
     backend = parsed.get_backend_name()
+    if POOL_MODE_OPTION in parsed.query:  # tuner's own option (see ``_check_pool_mode``)
+        if backend != "postgresql":
+            raise StorageError(f"?{POOL_MODE_OPTION}= is for PostgreSQL behind PgBouncer; drop it "
+                               f"from {display_url(url)}")
+        parsed = parsed.difference_update_query([POOL_MODE_OPTION])
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     elif backend in ("mysql", "mariadb") and "+" not in parsed.drivername:
@@ -73,12 +104,24 @@ def display_url(url: str) -> str:
         return url
 
 
-def _engine_kwargs(url: URL) -> dict[str, Any]:
+def _connect_args(url: URL) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         # wait up to 60 s for another worker's write instead of "database is locked"
-        return {"connect_args": {"timeout": 60}}
-    # each worker holds one connection for trials and one for its heartbeat thread
-    return {"pool_size": 2, "max_overflow": 4, "pool_pre_ping": True, "pool_recycle": 3600}
+        return {"timeout": 60}
+    if url.get_backend_name() == "postgresql":
+        # no server-side prepared statements: behind PgBouncer in transaction pooling the next
+        # transaction may run on another server connection, which never saw them
+        return {"prepare_threshold": None, "connect_timeout": 10}
+    return {"connect_timeout": 10}
+
+
+def _engine_kwargs(url: URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"connect_args": _connect_args(url)}
+    # one connection per process: the trial loop and the heartbeat thread take turns on it
+    # (each holds it for one short transaction), so connections = workers + launchers
+    return {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120, "pool_pre_ping": True,
+            "pool_recycle": 3600, "connect_args": _connect_args(url)}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -99,30 +142,46 @@ def _sqlite_begin(conn: sqlalchemy.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@contextmanager
-def _schema_lock(url: URL):
-    """Serialize schema creation across processes (PostgreSQL/MySQL: a server-side lock)."""
+def _create_schema(url: URL) -> None:
+    """Create Optuna's tables and tuner's, serialized across processes, on one short-lived
+    connection (closed before the storage opens its own). PostgreSQL: a transaction-scoped
+    advisory lock, and DDL inside the same transaction, which PgBouncer's transaction
+    pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
+    from tuner.storage import _budget as budget
+    from tuner.storage import _lease as lease
+    from tuner.storage._trials import create_schema
+
     backend = url.get_backend_name()
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=_connect_args(url))
     if backend == "sqlite":
-        yield
-        return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        sqlalchemy.event.listen(engine, "connect", _sqlite_pragmas)
+        sqlalchemy.event.listen(engine, "begin", _sqlite_begin)
     try:
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             if backend == "postgresql":
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _SCHEMA_LOCK})
-            else:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": _SCHEMA_LOCK})
+            elif backend != "sqlite":
                 conn.execute(sqlalchemy.text("SELECT GET_LOCK('tuner_schema', 120)"))
             try:
-                yield
+                create_schema(conn)
+                budget.create_table(conn)
+                lease.create_table(conn)
             finally:
-                if backend == "postgresql":
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
-                                 {"k": _SCHEMA_LOCK})
-                else:
+                if backend not in ("sqlite", "postgresql"):
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))
     finally:
         engine.dispose()
+
+
+def _transient(err: Exception) -> bool:
+    """A server that is down or restarting (worth waiting for), not a wrong URL, user or
+    password (not worth it)."""
+    text = str(getattr(err, "orig", err)).lower()
+    refused = ("authentication", "password", "does not exist", "unknown database",
+               "access denied", "could not translate host", "name or service not known")
+    return not any(r in text for r in refused)
 
 
 def _unreachable(url: str, err: Exception) -> StorageError:
@@ -133,19 +192,24 @@ def _unreachable(url: str, err: Exception) -> StorageError:
     )
 
 
-def connect(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDBStorage:
-    """Open (creating the schema if needed) the storage at ``url``. Trials whose worker
-    stops beating are failed and retried (``tuner.retry``)."""
-    from tuner.storage import _budget as budget
+def connect(url: str, heartbeat: Heartbeat | None = None,
+            wait: float = 5.0) -> optuna.storages.RDBStorage:
+    """Open (creating the schema if needed) the storage at ``url``, waiting up to ``wait``
+    seconds for a server that is unreachable (restarting). Trials whose worker stops
+    beating are failed and retried (``tuner.retry``)."""
     from tuner.storage._retry import StaleTrialHandler
+    from tuner.storage._trials import check_schema_version
 
     parsed = normalize_url(url)
+    _check_pool_mode(url, parsed)  # before anything is written
     hb = heartbeat or Heartbeat()
     on_stale = StaleTrialHandler()
     last: Exception | None = None
-    for attempt in range(8):
+    deadline = time.monotonic() + wait
+    for attempt in range(1000):
         try:
-            with _schema_lock(parsed), warnings.catch_warnings():
+            _create_schema(parsed)
+            with warnings.catch_warnings():
                 # heartbeats are "experimental" in Optuna: nothing a user could act on
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(
@@ -154,8 +218,10 @@ def connect(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDB
                     heartbeat_interval=hb.interval,
                     grace_period=hb.grace_period,
                     heartbeat_stale_trial_callback=on_stale,
+                    skip_table_creation=True,  # done above, on one connection
+                    skip_compatibility_check=True,  # done below, one connection at a time
                 )
-                budget.create_table(storage.engine)
+                check_schema_version(storage)
             on_stale.engine = storage.engine
             if parsed.get_backend_name() == "sqlite":
                 sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
@@ -163,9 +229,10 @@ def connect(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDB
                 storage.engine.dispose()
             return storage
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
-            if "locked" not in str(e) and "already exists" not in str(e):
-                raise _unreachable(url, e) from e
             last = e
+            if "locked" not in str(e) and "already exists" not in str(e):
+                if time.monotonic() >= deadline or not _transient(e):
+                    raise _unreachable(url, e) from e
         except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as e:
             last = e  # another process created the same table a moment ago: try again
         except sa_exc.ArgumentError as e:
@@ -175,5 +242,7 @@ def connect(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.RDB
                 f"no database driver for {display_url(url)} ({e}); pip install it") from e
         except RuntimeError as e:  # optuna: schema of an incompatible version
             raise StorageError(f"{display_url(url)}: {e}".splitlines()[0]) from e
-        time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+        if attempt >= 8 and time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, 0.2 * (attempt + 1)) * (1 + random.random()))
     raise _unreachable(url, last or RuntimeError("schema creation kept failing")) from last

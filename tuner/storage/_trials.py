@@ -30,6 +30,43 @@ def engine_of(study: optuna.Study) -> sqlalchemy.Engine:
     return rdb.engine
 
 
+def create_schema(conn: sqlalchemy.Connection) -> None:
+    """Optuna's tables, its version row and its alembic stamp, on ``conn`` (one connection,
+    inside the caller's transaction). What ``RDBStorage`` does on a fresh database, where it
+    would open a second connection inside a session."""
+    import os
+
+    from alembic import migration, script
+    from optuna.storages._rdb import models
+
+    models.BaseModel.metadata.create_all(conn)
+    table = models.VersionInfoModel.__table__
+    row = conn.execute(sqlalchemy.select(table.c.schema_version)).first()
+    if row is None:
+        conn.execute(table.insert().values(version_info_id=1,
+                                           schema_version=models.SCHEMA_VERSION,
+                                           library_version=optuna.__version__))
+    context = migration.MigrationContext.configure(conn)
+    if context.get_current_revision() is None:
+        # as Optuna's _VersionManager: head for a new schema, base for one older than alembic
+        scripts = script.ScriptDirectory(os.path.join(os.path.dirname(models.__file__), "alembic"))
+        current = row is None or row[0] == models.SCHEMA_VERSION
+        context.stamp(scripts, "head" if current else scripts.get_base())
+
+
+def check_schema_version(storage: optuna.storages.RDBStorage) -> None:
+    """Optuna's own schema check (``RDBStorage(skip_compatibility_check=False)``), done with
+    one connection at a time: Optuna's opens a second one inside a session, which a pool of
+    one connection would wait on for ever."""
+    vm = storage._version_manager
+    current, head = vm.get_current_version(), vm.get_head_version()
+    if current != head:
+        raise RuntimeError(
+            f"the runtime optuna version {optuna.__version__} is not compatible with the table "
+            f"schema (revision {current}, expected {head}); run `optuna storage upgrade "
+            "--storage URL`, or update optuna")
+
+
 def record_heartbeat(trial: optuna.Trial) -> None:
     """Say that ``trial``'s worker is alive."""
     trial.study._storage.record_heartbeat(trial._trial_id)
