@@ -228,3 +228,19 @@ def test_final_trains_on_train_and_val_and_evaluates_on_test(mnist: DataBundle) 
 
 def test_split_len() -> None:
     assert len(Split(torch.zeros(7, 2), torch.zeros(7))) == 7
+
+
+def test_validation_folds_and_final_are_index_views_not_copies() -> None:
+    """k-fold and final() keep one copy of the data (issue 15: they kept k+1, then one more)."""
+    b = load_builtin("digits", "unused", validation=0.1, seed=0)
+    base = b.train.base_x
+    assert b.val.base_x is base  # carving the validation split made a view
+    folds = b.folds(5, seed=0)
+    assert all(f.train.base_x is base and f.val.base_x is base for f in folds)
+    assert b.final().train.base_x is base
+    assert all(f.nbytes < 1.1 * b.nbytes for f in folds)  # the base once, plus row indices
+    moved = b.to("cpu")
+    assert moved.train.base_x is moved.val.base_x  # moving keeps them sharing one base
+    # a batch of a view is exactly its rows
+    xb, yb = next(folds[0].batches("val", 7, shuffle=False))
+    torch.testing.assert_close(yb, folds[0].val.y[:7])

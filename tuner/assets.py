@@ -127,7 +127,7 @@ def _check_vocabulary(model: nn.Module, bundle: DataBundle, model_name: str) -> 
     table = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     if table is None:
         return
-    top = max(int(s.x.max()) for s in (bundle.train, bundle.val, bundle.test)
+    top = max(int(s.base_x.max()) for s in (bundle.train, bundle.val, bundle.test)
               if s is not None and len(s))
     if top >= table.num_embeddings:
         raise UserCodeError(f"model: {model_name}: token ids go up to {top} but the embedding "

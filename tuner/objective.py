@@ -273,11 +273,11 @@ class TrialRunner:
         info: dict[str, Any] = {k: v for c in ctxs for k, v in c.info.items()}
         wanted = self._wanted()
         if "latency_ms" in wanted and "latency_ms" not in out and self.assets.has_data:
-            import torch
-
             bundle = self.assets.data()
             split = bundle.val if bundle.val is not None else bundle.train
-            batch = split.x[: int(params.get("batch_size", 128))].to(torch.device(self.assets.device))
+            # one batch as the model sees it: normalised, on the device
+            batch, _ = next(bundle.batches(split, int(params.get("batch_size", 128)),
+                                           shuffle=False))
             measured["latency_ms"] = measure.latency_ms(self._model(params), batch)
         if "epoch_s" in wanted:
             epochs = max(1, len([h for c in ctxs for h in c.history]))

@@ -236,7 +236,7 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
     from tuner.objective import versions
 
     spec = handle.spec
-    images = final.train.x.dtype == torch.uint8
+    images = final.train.dtype == torch.uint8
     return {
         "study": handle.name,
         "trial": t.number,

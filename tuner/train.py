@@ -230,7 +230,7 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
         forward=compile_model(model) if ctx.compile else model,
         opt=opt,
         sched=recipe.schedule(opt, main),
-        gen=torch.Generator(device=data.train.x.device).manual_seed(ctx.seed),
+        gen=torch.Generator(device=data.train.device).manual_seed(ctx.seed),
         epochs=epochs,
         batch_size=int(p["batch_size"]),
         l1=float(p["l1"]),

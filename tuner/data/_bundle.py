@@ -41,21 +41,57 @@ class Split:
     batches turn into 0: the feature mean), tokens int64 (N,T) (padding id 0); class labels
     int64 (N,), regression targets float32 (N,)."""
 
-    x: Tensor
-    y: Tensor
+    base_x: Tensor
+    base_y: Tensor
+    # the rows of base_x/base_y that are this split (an index view: validation carving,
+    # k-fold and final() make no copy of the data); None: all of them
+    idx: Tensor | None = None
+
+    @property
+    def x(self) -> Tensor:
+        """This split's inputs (a copy when the split is an index view: for inspection, not
+        for the training path, which batches from ``base_x`` by index)."""
+        return self.base_x if self.idx is None else self.base_x[self.idx]
+
+    @property
+    def y(self) -> Tensor:
+        return self.base_y if self.idx is None else self.base_y[self.idx]
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_x.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_x.dtype
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.base_x.shape[0] if self.idx is None else self.idx.shape[0]
 
     def __repr__(self) -> str:
-        return (f"Split({len(self)} samples, x {self.x.dtype} {tuple(self.x.shape[1:])}, "
-                f"y {self.y.dtype}, on {self.x.device})")
+        view = ", an index view" if self.idx is not None else ""
+        return (f"Split({len(self)} samples, x {self.dtype} {tuple(self.base_x.shape[1:])}, "
+                f"y {self.base_y.dtype}, on {self.device}{view})")
 
-    def to(self, device: torch.device) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+    def rows(self, i: Tensor | slice) -> Tensor | slice:
+        """Positions ``i`` of this split as rows of ``base_x``."""
+        return i if self.idx is None else self.idx[i]
 
-    def take(self, idx: Tensor) -> Split:
-        return Split(self.x[idx], self.y[idx])
+    def to(self, device: torch.device, moved: dict[int, Tensor] | None = None) -> Split:
+        """On ``device``; splits that share a base and pass one ``moved`` memo share it there."""
+        memo = {} if moved is None else moved
+
+        def move(t: Tensor) -> Tensor:
+            if id(t) not in memo:
+                memo[id(t)] = t.to(device)
+            return memo[id(t)]
+
+        return Split(move(self.base_x), move(self.base_y),
+                     None if self.idx is None else self.idx.to(device))
+
+    def take(self, i: Tensor) -> Split:
+        """Positions ``i`` of this split, as an index view of the same base (no copy)."""
+        return Split(self.base_x, self.base_y, self.rows(i.to(self.device)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +125,7 @@ class DataBundle:
     @property
     def device(self) -> torch.device:
         """Where batches come out (the training device)."""
-        return self.batch_device if self.batch_device is not None else self.train.x.device
+        return self.batch_device if self.batch_device is not None else self.train.device
 
     def __repr__(self) -> str:
         sizes = "/".join(str(len(s)) if s is not None else "-"
@@ -100,7 +136,10 @@ class DataBundle:
 
     @property
     def nbytes(self) -> int:
-        return sum(s.x.nbytes + s.y.nbytes for s in self._splits())
+        # splits that are index views of one base count it once
+        tensors = {id(t): t for s in self._splits() for t in (s.base_x, s.base_y, s.idx)
+                   if t is not None}
+        return sum(t.nbytes for t in tensors.values())
 
     def _splits(self) -> list[Split]:
         return [s for s in (self.train, self.val, self.test) if s is not None]
@@ -122,15 +161,16 @@ class DataBundle:
         device = canonical(device)
         if device.type == "cuda" and not _fits_on_gpu(self.nbytes, device):
             return self._staged(device)
-        moved = {k: (s.to(device) if s is not None else None)
+        memo: dict[int, Tensor] = {}
+        moved = {k: (s.to(device, memo) if s is not None else None)
                  for k, s in (("train", self.train), ("val", self.val), ("test", self.test))}
         return replace(self, **moved, mean=self.mean.to(device), std=self.std.to(device),
                        batch_device=None)
 
     def _staged(self, device: torch.device) -> DataBundle:
         """The fallback of :meth:`to`: host-resident splits, batches copied to ``device``."""
-        cpu = torch.device("cpu")
-        moved = {k: (s.to(cpu) if s is not None else None)
+        cpu, memo = torch.device("cpu"), {}
+        moved = {k: (s.to(cpu, memo) if s is not None else None)
                  for k, s in (("train", self.train), ("val", self.val), ("test", self.test))}
         return replace(self, **moved, mean=self.mean.to(device), std=self.std.to(device),
                        batch_device=device)
@@ -145,17 +185,18 @@ class DataBundle:
         s = self.split(split)
         n = len(s)
         host = self.batch_device is not None
-        scale, shift = self._affine(s.x.dtype)
+        scale, shift = self._affine(s.dtype)
         if shuffle:
-            order = torch.randperm(n, device=s.x.device, generator=generator)
+            order = torch.randperm(n, device=s.device, generator=generator)
         else:
             order = None
         for start in range(0, n, batch_size):
-            if order is None:
-                xb, yb = s.x[start:start + batch_size], s.y[start:start + batch_size]
+            if order is None and s.idx is None:
+                xb, yb = s.base_x[start:start + batch_size], s.base_y[start:start + batch_size]
             else:
-                idx = order[start:start + batch_size]
-                xb, yb = _gather(s.x, idx, host), _gather(s.y, idx, host)
+                part = slice(start, start + batch_size)
+                rows = s.rows(part if order is None else order[part])
+                xb, yb = _gather(s.base_x, rows, host), _gather(s.base_y, rows, host)
             if host:
                 xb = xb.to(self.batch_device, non_blocking=True)
                 yb = yb.to(self.batch_device, non_blocking=True)
@@ -191,7 +232,7 @@ class DataBundle:
         if len(pool) < k:
             raise DataError(f"{self.name}: {len(pool)} samples cannot make {k} folds")
         perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
-        parts = [p.sort().values.to(pool.x.device) for p in perm.tensor_split(k)]
+        parts = [p.sort().values.to(pool.device) for p in perm.tensor_split(k)]
         bundles = []
         for i, held_out in enumerate(parts):
             rest = torch.cat([p for j, p in enumerate(parts) if j != i]).sort().values
@@ -217,7 +258,7 @@ class DataBundle:
 def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Split | None,
                 num_outputs: int, kind: InputKind) -> DataBundle:
     """A bundle of ``kind`` samples with normalisation statistics computed on ``train``."""
-    Inputs(kind, tuple(train.x.shape[1:]))  # the shape must fit the kind
+    Inputs(kind, tuple(train.base_x.shape[1:]))  # the shape must fit the kind
     mean, std = _input_stats(train.x, kind)
     y_mean, y_std = 0.0, 1.0
     if task == "regression":
@@ -225,7 +266,7 @@ def make_bundle(name: str, task: str, train: Split, val: Split | None, test: Spl
         y_mean = float(y.mean())
         y_std = float(y.std(correction=0)) if len(y) > 1 else 1.0
         y_std = y_std if y_std > 0 else 1.0
-    return DataBundle(train=train, val=val, test=test, input_shape=tuple(train.x.shape[1:]),
+    return DataBundle(train=train, val=val, test=test, input_shape=tuple(train.base_x.shape[1:]),
                       num_outputs=num_outputs, task=task, mean=mean, std=std, kind=kind,
                       y_mean=y_mean, y_std=y_std, name=name)
 
@@ -312,9 +353,17 @@ def gpu_margin(free: int) -> float:
 
 
 def _concat(a: Split, b: Split | None) -> Split:
+    """``a`` then ``b``: an index view when both view one base (carved train and val), else
+    a copy."""
     if b is None:
         return a
+    if a.base_x is b.base_x and a.base_y is b.base_y:
+        return Split(a.base_x, a.base_y, torch.cat([_positions(a), _positions(b)]))
     return Split(torch.cat([a.x, b.x.to(a.x.device)]), torch.cat([a.y, b.y.to(a.y.device)]))
+
+
+def _positions(s: Split) -> Tensor:
+    return s.idx if s.idx is not None else torch.arange(len(s), device=s.device)
 
 
 def carve(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None]:
@@ -326,7 +375,7 @@ def carve(split: Split, fraction: float, seed: int) -> tuple[Split, Split | None
     n_val = min(max(round(n * fraction), 1), n - 1) if fraction > 0 else 0
     if n_val == 0:
         return split, None
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(split.x.device)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(split.device)
     return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 

@@ -46,9 +46,9 @@ def from_user(result: Any, task: str | None, *, validation: float, seed: int, na
     if val is None:
         train, val = carve(train, validation, seed)
     for label, s in (("val", val), ("test", test)):
-        if s is not None and s.x.shape[1:] != train.x.shape[1:]:
-            raise DataError(f"{name}: {label} inputs are shaped {tuple(s.x.shape[1:])} but train "
-                            f"inputs {tuple(train.x.shape[1:])}; make them match")
+        if s is not None and s.base_x.shape[1:] != train.base_x.shape[1:]:
+            raise DataError(f"{name}: {label} inputs are shaped {tuple(s.base_x.shape[1:])} but train "
+                            f"inputs {tuple(train.base_x.shape[1:])}; make them match")
     if task == "regression":
         num_outputs = 1
     else:
