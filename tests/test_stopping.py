@@ -323,3 +323,23 @@ def test_warm_start_across_trainings_needs_enqueue_top(tmp_path, sqlite_url):
     assert [t.params["x"] for t in ts[:2]] == [t.params["x"] for t in best]
     assert "its 2 best configurations enqueued" in cli("status", "new", "--storage",
                                                        sqlite_url).output
+
+
+def test_warm_start_from_another_storage(tmp_path, sqlite_url):
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    old = write_study(tmp_path, "old", trials=3, epochs=2, sleep=0.01)
+    assert cli(*run_args(old, other_url, tmp_path)).exit_code == 0
+    new = tmp_path / "new.yaml"
+    new.write_text(old.read_text().replace("name: old", "name: new").replace("trials: 3",
+                                                                             "trials: 1"))
+    result = cli(*run_args(new, sqlite_url, tmp_path, "--from", "old", "--from-storage",
+                           other_url))
+    assert result.exit_code == 0, result.output
+    assert len(finished(trials(sqlite_url, "new"))) == 4
+    assert "3 finished trials added" in cli("status", "new", "--storage", sqlite_url).output
+
+
+def test_enqueue_top_without_from_is_exit_2(tmp_path, sqlite_url):
+    result = cli(*run_args(flat_study(tmp_path), sqlite_url, tmp_path, "--enqueue-top", "2"))
+    assert result.exit_code == 2 and "go with --from OLD_STUDY" in result.output
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists() or not study_names(sqlite_url)

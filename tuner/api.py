@@ -152,11 +152,11 @@ def _check_hours(hours: float | None) -> None:
 def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
             trials: int | None = None, timeout: float | None = None, worker_index: int = 0,
             local_workers: int = 1, budget_hours: float | None = None,
-            warm_from: str | None = None, from_storage: str | None = None,
+            warm_from: str | None = None, from_url: str | None = None,
             enqueue_top: int | None = None) -> Prepared:
     """Open the storage, check the study's code and data, then create the study or resume
     it, and add ``trials`` / ``timeout`` / ``budget_hours`` to its budget. ``warm_from``
-    names an earlier study (in ``from_storage``, default the same storage) that a new study
+    names an earlier study (in ``from_url``, default the same storage) that a new study
     starts from (:mod:`tuner.warmstart`; ``enqueue_top`` K: its K best configurations when
     its results cannot carry over). A failed check leaves every study in the storage as it
     was."""
@@ -164,17 +164,17 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
     from tuner.storage import connect, display_url
 
     _check_hours(budget_hours)
-    if (from_storage is not None or enqueue_top is not None) and warm_from is None:
+    if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
     opened = connect(settings.storage, settings.heartbeat)  # first: a wrong URL fails fast
     old = None
     if warm_from is not None:
-        old_url = from_storage or settings.storage
+        old_url = from_url or settings.storage
         if warm_from == spec.name and old_url == settings.storage:
             raise SpecError(f"--from {warm_from}: that is the study itself; give the new study "
                             "another name (--study NEW_NAME)")
         with _quiet():
-            old = st.load(opened if from_storage is None else connect(from_storage), warm_from,
+            old = st.load(opened if from_url is None else connect(from_url), warm_from,
                           wait_s=0)
     spec, assets = _check(spec, settings, local_workers)
     plan = None
@@ -182,7 +182,7 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         from tuner import warmstart
 
         with _quiet():
-            plan = warmstart.plan(old, spec, storage=display_url(from_storage or settings.storage),
+            plan = warmstart.plan(old, spec, storage=display_url(from_url or settings.storage),
                                   enqueue_top=enqueue_top)
     with _quiet():
         handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)

@@ -106,8 +106,8 @@ def run(
     warm_from: Annotated[str | None, typer.Option(
         "--from", help="Start a new study from an earlier one: its finished trials that fit.")
     ] = None,
-    from_storage: Annotated[str | None, typer.Option(
-        help="The storage of the --from study [default: --storage].")] = None,
+    from_url: Annotated[str | None, typer.Option(
+        "--from-storage", help="The storage of the --from study [default: --storage].")] = None,
     enqueue_top: Annotated[int | None, typer.Option(
         min=1, help="With --from: enqueue its K best configurations as the first trials.")
     ] = None,
@@ -123,7 +123,7 @@ def run(
     # the study's own code and data are checked before anything is written
     prepared = api.prepare(spec, settings, force=force, trials=trials, timeout=timeout,
                            local_workers=workers, budget_hours=budget_hours,
-                           warm_from=warm_from, from_storage=from_storage,
+                           warm_from=warm_from, from_url=from_url,
                            enqueue_top=enqueue_top)
     if not quiet:
         verb = "created" if prepared.handle.created else "resuming"
