@@ -133,6 +133,7 @@ def test_patience_counts_finished_trials_since_the_best_in_finishing_order():
     assert stopping.patience_reason(spec, pruned_only) is None  # nothing to improve on yet
 
 
+@pytest.mark.slow
 def test_patience_stops_every_worker_and_a_late_worker_does_not_restart(tmp_path, sqlite_url):
     path = flat_study(tmp_path, extra="stop: {patience: 3}\n", trials=40, sleep=0.1)
     assert cli(*run_args(path, sqlite_url, tmp_path, "--workers", "0")).exit_code == 0
@@ -343,3 +344,22 @@ def test_enqueue_top_without_from_is_exit_2(tmp_path, sqlite_url):
     result = cli(*run_args(flat_study(tmp_path), sqlite_url, tmp_path, "--enqueue-top", "2"))
     assert result.exit_code == 2 and "go with --from OLD_STUDY" in result.output
     assert not Path(sqlite_url.removeprefix("sqlite:///")).exists() or not study_names(sqlite_url)
+
+
+@pytest.mark.slow
+def test_workers_asking_at_once_train_an_identical_configuration_once(tmp_path, sqlite_url):
+    """Two workers, a space of one configuration: the later trial waits for the running one
+    and reuses its result instead of training the same thing at the same time."""
+    path = write_study(tmp_path, "one", trials=4, epochs=3, sleep=0.3)
+    path.write_text(path.read_text().replace("x: {type: float, low: 0.0, high: 1.0}",
+                                             "x: [0.5]"))
+    assert cli(*run_args(path, sqlite_url, tmp_path, "--workers", "0")).exit_code == 0
+    workers = [start_worker("one", sqlite_url, tmp_path, f"w{i}") for i in range(2)]
+    for w in workers:
+        assert w.wait(60) == 0, w.output()
+    ts = [t for t in trials(sqlite_url, "one") if t.state == TrialState.COMPLETE]
+    assert len(ts) == 4
+    trained = [t for t in ts if "repeat_of" not in t.user_attrs]
+    assert len(trained) == 1
+    assert all(t.user_attrs["repeat_of"] == trained[0].number and t.value == trained[0].value
+               for t in ts if t is not trained[0])

@@ -55,6 +55,7 @@ class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPrune
 
 
 REPEAT_ATTR = "repeat_of"
+DEDUP_POLL_S = 0.5  # how often a trial waiting for an identical running one looks again
 
 
 class _Infeasible(Exception):
@@ -378,11 +379,20 @@ class TrialRunner:
         """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
         pruned) had exactly these params: grid and categorical spaces, and several workers
         asking at once, propose the same configuration again. ``dedup: false`` turns it off
-        (when seeds vary, say)."""
+        (when seeds vary, say). While an earlier-numbered trial with these params is still
+        running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
+        its result is reused; if it fails (its worker died), this trial trains."""
         mine = trial.params
-        done = self.patience.call(lambda: trial.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        same = [t for t in done if t.number != trial.number and t.params == mine]
+        while True:
+            ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            same = [t for t in ts if t.number != trial.number and t.params == mine]
+            done = [t for t in same if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            if done or not any(t.state == TrialState.RUNNING and t.number < trial.number
+                               for t in same):
+                break
+            if self.stop.wait(DEDUP_POLL_S):
+                raise StopRequested
+        same = done
         if not same:
             return
         first = min(same, key=lambda t: t.user_attrs.get(REPEAT_ATTR, t.number))
