@@ -21,7 +21,7 @@ from tuner import stopping
 from tuner.cli import app
 from tuner.errors import SpecError
 from tuner.spec import parse_spec
-from tuner.storage import Budget, connect
+from tuner.storage import Budget, connect, normalize_url
 
 pytest_plugins = ["servers"]
 runner = CliRunner()
@@ -224,14 +224,16 @@ def test_budget_seconds_are_added_atomically_and_stop_new_slots(sqlite_url):
     assert b.state().stopped == "patience" and not b.acquire()
 
 
-def test_an_older_budget_table_gets_the_new_columns(postgres_url):
-    engine = sa.create_engine(postgres_url)
+@pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
+def test_an_older_budget_table_gets_the_new_columns(any_url):
+    """A database made by a tuner before these columns: connect adds them, rows kept."""
+    engine = sa.create_engine(normalize_url(any_url))
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE tuner_budgets (study_name VARCHAR(512) PRIMARY KEY, "
-                             "target INTEGER, taken INTEGER NOT NULL, deadline DOUBLE PRECISION)"))
+                             "target INTEGER, taken INTEGER NOT NULL, deadline FLOAT(53))"))
         conn.execute(sa.text("INSERT INTO tuner_budgets VALUES ('old', 5, 2, NULL)"))
     engine.dispose()
-    b = Budget(connect(postgres_url).engine, "old")
+    b = Budget(connect(any_url).engine, "old")
     assert b.state().seconds_spent == 0 and b.state().stopped is None
     b.spend(7.5)
     assert b.acquire() and b.state().seconds_spent == 7.5 and b.state().taken == 3
