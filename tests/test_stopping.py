@@ -365,3 +365,7 @@ def test_workers_asking_at_once_train_an_identical_configuration_once(tmp_path, 
     assert len(trained) == 1
     assert all(t.user_attrs["repeat_of"] == trained[0].number and t.value == trained[0].value
                for t in ts if t is not trained[0])
+    # the waiting repeats spent no device time: only the trained trial counts
+    spent = Budget(connect(sqlite_url).engine, "one").state().seconds_spent
+    assert trained[0].user_attrs["wall_time_s"] * 0.9 <= spent
+    assert spent <= trained[0].user_attrs["wall_time_s"] + 0.5

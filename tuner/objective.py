@@ -44,6 +44,8 @@ class Outcome:
     values: tuple[float, ...] | None = None
     # a CUDA device-side assert: this process's GPU context is broken, the worker must exit
     broken_device: bool = False
+    # the number of the finished trial whose result this one reused (dedup): nothing trained
+    repeat_of: int | None = None
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -409,8 +411,9 @@ class TrialRunner:
             values = tuple(first.values)
             value = values[self.spec.objective_names.index(self.spec.metric_name)
                            if len(values) > 1 else 0]
-            raise _Repeat(Outcome(TrialState.COMPLETE, value, values=values))
-        raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why))
+            raise _Repeat(Outcome(TrialState.COMPLETE, value, values=values,
+                                  repeat_of=original))
+        raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why, repeat_of=original))
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with

@@ -111,8 +111,10 @@ class Worker:
                     raise
                 finally:
                     beat.trial = None
-                # device time counts whether or not the trial completed (--budget-hours)
-                p.call(partial(self.handle.budget.spend, time.monotonic() - started))
+                # device time counts whether or not the trial completed (--budget-hours); a
+                # repeat trained nothing (it may have waited for its twin)
+                if outcome.repeat_of is None:
+                    p.call(partial(self.handle.budget.spend, time.monotonic() - started))
                 if not self._tell(trial, outcome):
                     continue  # another worker failed and retried it meanwhile
                 self.runner.cleanup(outcome)
