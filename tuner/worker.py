@@ -169,7 +169,8 @@ class Worker:
     def _maybe_stop(self) -> None:
         """After a finished trial: stop the whole study if its ``stop:`` rule says so (the
         first worker to see it writes the reason; every worker's next acquire obeys)."""
-        if (why := stopping.why_stop(self.handle.spec, self.handle.study)) is not None:
+        why = self.patience.call(lambda: stopping.why_stop(self.handle.spec, self.handle.study))
+        if why is not None:
             if self.patience.call(lambda: self.handle.budget.stop(why)):
                 log.info("study %s stops early: %s", self.handle.name, why)
 
