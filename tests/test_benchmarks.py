@@ -100,3 +100,23 @@ def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
         _script(name).main(["--help"])
     assert exc.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_stopping_replay_stops_where_patience_would() -> None:
+    """benchmarks/stopping.py replays a rule on finished trials in finishing order."""
+    import datetime as dt
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from tuner.spec import parse_spec
+
+    bench = _script("stopping")
+    spec = parse_spec({"name": "p", "data": "digits"})  # accuracy: maximize
+    ts = []
+    for i, v in enumerate([0.5, 0.9, 0.8, 0.7, 0.6, 0.95]):
+        t = create_trial(params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)}, value=v)
+        t.number, t.datetime_complete = i, dt.datetime(2026, 1, 1, 0, i)
+        ts.append(t)
+    assert bench.replay(spec, ts, "patience=3") == 5  # trial 1 is best, 3 more: stop
+    assert bench.replay(spec, ts, "patience=4") == 6  # never fires: the whole budget

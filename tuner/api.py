@@ -143,38 +143,73 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
     return spec, assets
 
 
+def _check_hours(hours: float | None) -> None:
+    if hours is not None and not hours > 0:
+        raise SpecError(f"--budget-hours must be a positive number of device-hours (got "
+                        f"{hours}); e.g. --budget-hours 2.5, or leave it out for no limit")
+
+
 def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
             trials: int | None = None, timeout: float | None = None, worker_index: int = 0,
-            local_workers: int = 1) -> Prepared:
+            local_workers: int = 1, budget_hours: float | None = None,
+            warm_from: str | None = None, from_url: str | None = None,
+            enqueue_top: int | None = None) -> Prepared:
     """Open the storage, check the study's code and data, then create the study or resume
-    it, and add ``trials`` / ``timeout`` to its budget. A failed check leaves every study in
-    the storage as it was."""
+    it, and add ``trials`` / ``timeout`` / ``budget_hours`` to its budget. ``warm_from``
+    names an earlier study (in ``from_url``, default the same storage) that a new study
+    starts from (:mod:`tuner.warmstart`; ``enqueue_top`` K: its K best configurations when
+    its results cannot carry over). A failed check leaves every study in the storage as it
+    was."""
     from tuner import study as st
-    from tuner.storage import connect
+    from tuner.storage import connect, display_url
 
+    _check_hours(budget_hours)
+    if (from_url is not None or enqueue_top is not None) and warm_from is None:
+        raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
     opened = connect(settings.storage, settings.heartbeat)  # first: a wrong URL fails fast
+    old = None
+    if warm_from is not None:
+        old_url = from_url or settings.storage
+        if warm_from == spec.name and old_url == settings.storage:
+            raise SpecError(f"--from {warm_from}: that is the study itself; give the new study "
+                            "another name (--study NEW_NAME)")
+        with _quiet():
+            old = st.load(opened if from_url is None else connect(from_url), warm_from,
+                          wait_s=0)
     spec, assets = _check(spec, settings, local_workers)
+    plan = None
+    if old is not None:
+        from tuner import warmstart
+
+        with _quiet():
+            plan = warmstart.plan(old, spec, storage=display_url(from_url or settings.storage),
+                                  enqueue_top=enqueue_top)
     with _quiet():
         handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)
-    if trials is not None or timeout is not None:
-        st.add_budget(handle, trials, timeout)
+        if plan is not None and st.WARM_START_ATTR not in handle.study.user_attrs:
+            from tuner import warmstart
+
+            warmstart.apply(handle, plan)
+    if trials is not None or timeout is not None or budget_hours is not None:
+        st.add_budget(handle, trials, timeout, budget_hours)
     return Prepared(handle, settings, assets)
 
 
 def prepare_existing(name: str, settings: Settings, *, trials: int | None = None,
                      timeout: float | None = None, worker_index: int = 0,
-                     local_workers: int = 1) -> Prepared:
+                     local_workers: int = 1, budget_hours: float | None = None) -> Prepared:
     """Open study ``name`` from the storage alone (its spec is stored in it), check its code
     and data, and add ``trials`` / ``timeout`` to its budget."""
     from tuner import study as st
     from tuner.storage import connect
 
+    _check_hours(budget_hours)
     with _quiet():
         handle = st.load(connect(settings.storage, settings.heartbeat), name,
                          worker_index=worker_index)
     _, assets = _check(handle.spec, settings, local_workers)  # before the budget grows
-    if trials is not None or timeout is not None:
-        st.add_budget(handle, trials, timeout)
+    if trials is not None or timeout is not None or budget_hours is not None:
+        st.add_budget(handle, trials, timeout, budget_hours)
     return Prepared(handle, settings, assets)
 
 
@@ -221,7 +256,7 @@ def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
         trials: int | None = None, timeout: float | None = None, study: str | None = None,
         seed: int | None = None, workers: int = 1, workers_per_gpu: int | None = None,
         force: bool = False, on_event: Callable[[Event], None] | None = None,
-        **options: Unpack[Options]) -> Result:
+        budget_hours: float | None = None, **options: Unpack[Options]) -> Result:
     """``tuner run``: create the study from ``spec`` (a study file, a dict shaped like one,
     or a StudySpec), or resume it if it exists, and run ``trials`` more trials (default: the
     study's own budget) for at most ``timeout`` seconds. ``on_event`` gets the progress of
@@ -236,17 +271,17 @@ def run(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
                     "worker processes cannot import; use workers=1, or move it into a .py file "
                     "and name it as file.py:name")
     prepared = prepare(s, settings(**options), force=force, trials=trials, timeout=timeout,
-                       local_workers=workers)
+                       local_workers=workers, budget_hours=budget_hours)
     return go(prepared, workers=workers, workers_per_gpu=workers_per_gpu, on_event=on_event)
 
 
 def resume(name: str, *, trials: int | None = None, timeout: float | None = None,
            workers: int = 1, workers_per_gpu: int | None = None,
            on_event: Callable[[Event], None] | None = None,
-           **options: Unpack[Options]) -> Result:
+           budget_hours: float | None = None, **options: Unpack[Options]) -> Result:
     """``tuner resume``: continue study ``name`` from the storage alone (no study file)."""
     prepared = prepare_existing(name, settings(**options), trials=trials, timeout=timeout,
-                                local_workers=workers)
+                                local_workers=workers, budget_hours=budget_hours)
     return go(prepared, workers=workers, workers_per_gpu=workers_per_gpu, on_event=on_event)
 
 
@@ -290,7 +325,8 @@ class Result:
     """A study as it stands in its storage: read afresh on each access."""
 
     handle: Handle
-    # why the run ended: "budget spent", "timeout", "stopped" or "done" (several workers);
+    # why the run ended: "budget spent", "timeout", "stopped", "stopped early (REASON)",
+    # "device-time budget spent (H h)" or "done" (several workers);
     # None for a study opened by :func:`load`
     stopped_because: str | None = None
     # trials this process ran (one worker in this process), else None

@@ -16,6 +16,7 @@ import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,20 @@ class Outcome:
     values: tuple[float, ...] | None = None
     # a CUDA device-side assert: this process's GPU context is broken, the worker must exit
     broken_device: bool = False
+    # the number of the finished trial whose result this one reused (dedup): nothing trained
+    repeat_of: int | None = None
+
+
+class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
+    """The configuration already finished in this study: its result is reused."""
+
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.fail_reason or "repeat")
+        self.outcome = outcome
+
+
+REPEAT_ATTR = "repeat_of"
+DEDUP_POLL_S = 0.5  # how often a trial waiting for an identical running one looks again
 
 
 class _Infeasible(Exception):
@@ -315,6 +330,8 @@ class TrialRunner:
         ctxs: list[Context] = []
         try:
             params = space.suggest(trial, self.spec)
+            if self.spec.dedup:
+                self._reuse_identical(trial)
             measured = self._before_training(trial, params)
             fit_start = time.perf_counter()
             if self.spec.kfold:
@@ -334,6 +351,8 @@ class TrialRunner:
             if self._wanted() or self.spec.multi_objective:
                 storage.set_user_attrs(trial, {"metrics": dict(sorted(measured.items()))})
             outcome = Outcome(TrialState.COMPLETE, value, values=values)
+        except _Repeat as r:
+            outcome = r.outcome
         except _Infeasible as e:
             storage.set_user_attrs(trial, {INFEASIBLE_ATTR: str(e)})
             outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
@@ -357,6 +376,44 @@ class TrialRunner:
             _free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
+
+    def _reuse_identical(self, trial: optuna.Trial) -> None:
+        """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
+        pruned) had exactly these params: grid and categorical spaces, and several workers
+        asking at once, propose the same configuration again. ``dedup: false`` turns it off
+        (when seeds vary, say). While an earlier-numbered trial with these params is still
+        running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
+        its result is reused; if it fails (its worker died), this trial trains."""
+        mine = trial.params
+        while True:
+            ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            same = [t for t in ts if t.number != trial.number and t.params == mine]
+            done = [t for t in same if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            if done or not any(t.state == TrialState.RUNNING and t.number < trial.number
+                               for t in same):
+                break
+            if self.stop.wait(DEDUP_POLL_S):
+                raise StopRequested
+        same = done
+        if not same:
+            return
+        first = min(same, key=lambda t: t.user_attrs.get(REPEAT_ATTR, t.number))
+        original = first.user_attrs.get(REPEAT_ATTR, first.number)
+        attrs: dict[str, Any] = {REPEAT_ATTR: original}
+        for key in ("metrics", INFEASIBLE_ATTR):
+            if key in first.user_attrs:
+                attrs[key] = first.user_attrs[key]
+        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+        for name, violation in first.constraints.items():
+            trial.set_constraint(name, violation)
+        why = f"repeat of trial {original}: its result is reused"
+        if first.state == TrialState.COMPLETE and first.values:
+            values = tuple(first.values)
+            value = values[self.spec.objective_names.index(self.spec.metric_name)
+                           if len(values) > 1 else 0]
+            raise _Repeat(Outcome(TrialState.COMPLETE, value, values=values,
+                                  repeat_of=original))
+        raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why, repeat_of=original))
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with
@@ -400,6 +457,12 @@ class TrialRunner:
                 raise TrialPruned(f"pruned after fold {fold + 1}")
             if self.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
                 raise StopRequested
+        if self.spec.stop.terminator:  # the statistical error of the trial, for the terminator
+            from optuna.terminator import report_cross_validation_scores
+
+            with warnings.catch_warnings():  # "deprecated" in Optuna 5: tuner pins it
+                warnings.simplefilter("ignore", FutureWarning)
+                self.patience.call(lambda: report_cross_validation_scores(trial, scores))
         return sum(scores) / len(scores)
 
     def _record(self, trial: optuna.Trial, ctxs: list[Context], start: float,

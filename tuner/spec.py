@@ -143,6 +143,15 @@ class PrunerSpec(_Frozen):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+class StopSpec(_Frozen):
+    """When the study ends before its budget: ``patience`` finished trials in a row that did
+    not improve the best value, or Optuna's Terminator (the regret bound falls below the
+    statistical error of the best trial). Study-wide: every worker obeys."""
+
+    patience: int | None = Field(default=None, ge=1)
+    terminator: bool = False
+
+
 class Objective(_Frozen):
     """One objective of a multi-objective study: a metric and its direction (the metric's
     own direction when not given)."""
@@ -220,6 +229,12 @@ class StudySpec(_Frozen):
     prune_on: str | None = None
     # bounds on metrics, e.g. ``{params: {max: 1.0e6}, latency_ms: {max: 2.0}}``
     constraints: dict[str, Bound] = Field(default_factory=dict)
+    # end the study early: ``{patience: N}`` and/or ``{terminator: true}``
+    stop: StopSpec = StopSpec()
+    # study-wide device-hours: the training time of trials, summed over all workers
+    budget_hours: float | None = Field(default=None, gt=0)
+    # reuse the result of an identical finished configuration instead of training it again
+    dedup: bool = True
     # folder the study file was read from: relative user-code paths resolve against it
     base_dir: str | None = None
 
@@ -241,6 +256,23 @@ class StudySpec(_Frozen):
     @classmethod
     def _sampler_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("budget_hours", mode="before")
+    @classmethod
+    def _positive_hours(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool) and not v > 0:
+            raise ValueError(f"must be a positive number of device-hours (got {v}); e.g. "
+                             "budget_hours: 2.5, or remove it for no limit")
+        return v
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_mapping(cls, v: Any) -> Any:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("give a mapping, e.g. stop: {patience: 20} or stop: {terminator: true}")
+        return v
 
     @field_validator("pruner", mode="before")
     @classmethod
@@ -310,6 +342,9 @@ class StudySpec(_Frozen):
         self._check_kinds()
         self._check_space()
         self._check_objectives()
+        if self.stop.terminator and self.multi_objective:
+            raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
+                             "stop: {patience: N} in a multi-objective study")
         return self
 
     def _check_objectives(self) -> None:
@@ -484,7 +519,7 @@ class StudySpec(_Frozen):
     def search_fields(self) -> dict[str, Any]:
         """What must match for two specs to be the same study (budgets and paths may differ)."""
         d = self.model_dump(mode="json")
-        for k in ("name", "trials", "timeout", "base_dir", "description"):
+        for k in ("name", "trials", "timeout", "budget_hours", "base_dir", "description"):
             d.pop(k, None)
         return d
 
@@ -565,8 +600,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     if e["type"] == "extra_forbidden":
         key = loc[-1] if loc else "?"
         keys = _PARAM_KEYS if len(loc) >= 3 and loc[0] == "space" else _known_keys(StudySpec)
-        if len(loc) >= 2 and loc[0] in ("sampler", "pruner"):
-            keys = _known_keys(SamplerSpec if loc[0] == "sampler" else PrunerSpec)
+        if len(loc) >= 2 and loc[0] in ("sampler", "pruner", "stop"):
+            keys = _known_keys({"sampler": SamplerSpec, "pruner": PrunerSpec,
+                                "stop": StopSpec}[loc[0]])
         return f"{source}: unknown key {where!r}{did_you_mean(key, keys)}; remove it or fix the spelling"
     if e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
         return (

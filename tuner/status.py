@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec import StudySpec
 from tuner.storage import BudgetState, all_studies, heartbeat_ages
-from tuner.study import SPEC_ATTR, Handle, feasible, pareto_front, primary_value
+from tuner.study import SPEC_ATTR, WARM_START_ATTR, Handle, feasible, pareto_front, primary_value
 
 __all__ = ["pareto_front", "primary_value", "snapshot", "studies", "trial_rows"]
 
@@ -41,6 +41,8 @@ class Snapshot:
     running: list[Running] = field(default_factory=list)
     eta_s: float | None = None
     last_activity: dt.datetime | None = None
+    # where a warm-started study's first trials came from: from, storage, added, enqueued
+    warm_start: dict[str, Any] | None = None
 
     @property
     def finished(self) -> int:
@@ -98,6 +100,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         best_value=primary_value(handle.spec, best) if best else None,
         best_trial=best.number if best else None,
         budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
+        warm_start=study.user_attrs.get(WARM_START_ATTR),
     )
 
 
@@ -145,6 +148,7 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
             "duration_s": round(d, 3) if (d := _duration(t)) is not None else None,
             "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "retry_of": t.user_attrs.get("retry_of"),
+            "repeat_of": t.user_attrs.get("repeat_of"),
             "fail_reason": t.user_attrs.get("fail_reason"),
             **({"constraints": t.constraints} if t.constraints else {}),
         })

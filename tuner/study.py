@@ -17,6 +17,8 @@ from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import Budget, BudgetState, display_url
 
 SPEC_ATTR = "tuner.spec"
+# where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
+WARM_START_ATTR = "tuner.warm_start"
 
 
 def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -90,7 +92,8 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
         # new (or created by a worker a moment ago): whoever stores the spec first decides
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         _name_metrics(study, spec)
-        budget.initialize(spec.trials, spec.timeout)  # atomic: 8 workers may get here at once
+        # atomic: 8 workers may get here at once
+        budget.initialize(spec.trials, spec.timeout, spec.budget_hours)
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
     if study.metric_names is None:  # created before tuner named them
@@ -151,9 +154,17 @@ def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 
     return Handle(study, spec, _budget(storage, name))
 
 
-def add_budget(handle: Handle, trials: int | None, timeout: float | None) -> BudgetState:
-    """``trials`` more trials and/or a deadline ``timeout`` s from now. A timeout alone
-    lifts the trial limit (run until the deadline)."""
+def add_budget(handle: Handle, trials: int | None, timeout: float | None,
+               hours: float | None = None) -> BudgetState:
+    """``trials`` more trials and/or a deadline ``timeout`` s from now and/or ``hours`` more
+    device-hours. A timeout or hours alone lift the trial limit (run until they are spent).
+    Asking for more explicitly lets a study that stopped early (``stop:``) go on."""
+    if hours is not None:
+        handle.budget.add_hours(hours)
+    if trials is not None or timeout is not None or hours is not None:
+        handle.budget.unstop()
+    if trials is None and timeout is None:
+        return handle.budget.add(None, None) if hours is not None else handle.budget.state()
     return handle.budget.add(trials, timeout)
 
 

@@ -21,16 +21,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from tuner import storage
+from tuner import stopping, storage
 from tuner.errors import DeviceBroken, TooManyFailures
 from tuner.objective import Outcome, TrialRunner
 from tuner.study import Handle
@@ -100,6 +102,7 @@ class Worker:
                 p.call(lambda t=trial: storage.record_heartbeat(t))
                 beat.trial = trial
                 self.on_event(Event("started", trial.number))
+                started = time.monotonic()
                 try:
                     outcome = self.runner.run(trial)
                 except KeyboardInterrupt:
@@ -108,12 +111,17 @@ class Worker:
                     raise
                 finally:
                     beat.trial = None
+                # device time counts whether or not the trial completed (--budget-hours); a
+                # repeat trained nothing (it may have waited for its twin)
+                if outcome.repeat_of is None:
+                    p.call(partial(self.handle.budget.spend, time.monotonic() - started))
                 if not self._tell(trial, outcome):
                     continue  # another worker failed and retried it meanwhile
                 self.runner.cleanup(outcome)
                 self.on_event(Event("finished", trial.number, value=outcome.value,
                                     state=outcome.state.name))
                 done += 1
+                self._maybe_stop()
                 if outcome.broken_device:  # every later CUDA call here would fail too
                     raise DeviceBroken(
                         f"trial {trial.number} hit a CUDA device-side assert, which leaves this "
@@ -158,14 +166,27 @@ class Worker:
             call(budget.release)
         return trial
 
+    def _maybe_stop(self) -> None:
+        """After a finished trial: stop the whole study if its ``stop:`` rule says so (the
+        first worker to see it writes the reason; every worker's next acquire obeys)."""
+        why = self.patience.call(lambda: stopping.why_stop(self.handle.spec, self.handle.study))
+        if why is not None:
+            if self.patience.call(lambda: self.handle.budget.stop(why)):
+                log.info("study %s stops early: %s", self.handle.name, why)
+
     def _why_idle(self) -> str | None:
         """Why this worker may stop now that it found no trial to run; None: wait, other
         workers' trials are still running (and would be retried here if their worker died)."""
         call = self.patience.call
-        if call(self.handle.budget.state).expired():
+        state = call(self.handle.budget.state)
+        if state.expired():
             return "timeout"
         if call(lambda: storage.heartbeat_ages(self.handle.study)):
             return None
+        if state.stopped is not None:
+            return f"stopped early ({state.stopped})"
+        if state.hours_spent_out:
+            return f"device-time budget spent ({state.hours_spent:.3g} h)"
         return "budget spent"
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:

@@ -100,6 +100,8 @@ Download = Annotated[bool, typer.Option(envvar="TUNER_DOWNLOAD",
 Trials = Annotated[int | None, typer.Option(
     min=1, help="Run this many more trials (whole study, all workers).")]
 Timeout = Annotated[float | None, typer.Option(min=1, help="Stop starting trials after this many seconds.")]
+BudgetHours = Annotated[float | None, typer.Option(
+    help="Device-hours more for the study: trials' training time summed over all workers.")]
 Workers = Annotated[int, typer.Option(
     min=0, help="Worker processes on this machine (0: only create the study and its budget).")]
 PerGpu = Annotated[int | None, typer.Option(min=1, help="Workers packed on each GPU.")]

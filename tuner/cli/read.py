@@ -167,6 +167,18 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
         out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
     if b.deadline is not None:
         out().print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
+    if b.seconds_target is not None or b.seconds_spent > 0:
+        left = b.hours_left
+        out().print(f"device-hours: {b.hours_spent:.3g} spent"
+                    + (f", {left:.3g} left of {b.seconds_target / 3600:.3g}" if left is not None
+                       else " (no limit)"), highlight=False)
+    if b.stopped is not None:
+        out().print(f"stopped early: {b.stopped}", highlight=False, soft_wrap=True)
+    if (w := snap.warm_start) is not None:
+        took = (f"{w['added']} finished trials added" if w["added"]
+                else f"its {w['enqueued']} best configurations enqueued")
+        out().print(f"warm start: from study {w['from']} in {w['storage']}: {took}",
+                    highlight=False, soft_wrap=True)
     if snap.running:
         table = Table("trial", "epoch", "last value", "host", "pid", "device", "heartbeat")
         for r in snap.running:

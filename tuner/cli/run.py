@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tuner.cli._common import (
+    BudgetHours,
     PerGpu,
     Quiet,
     Timeout,
@@ -43,6 +44,14 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
                     f"with `tuner worker {handle.name} --storage "
                     f"{display_url(prepared.settings.storage)}`", highlight=False, soft_wrap=True)
         return
+    b = snap.budget
+    if (b.stopped or b.hours_spent_out) and not snap.counts.get("WAITING") and not snap.running:
+        why = (f"stopped early ({b.stopped})" if b.stopped
+               else f"device-time budget spent ({b.hours_spent:.3g} h)")
+        out().print(f"study {handle.name}: {why}; {snap.finished} trials finished, best "
+                    f"{_fmt(snap.best_value)}. Pass --trials N or --budget-hours H to go on.",
+                    highlight=False, soft_wrap=True)
+        return
     if snap.budget.remaining == 0 and not snap.counts.get("WAITING") and not snap.running:
         out().print(f"study {handle.name}: budget spent ({snap.finished} trials finished); "
                     f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
@@ -72,6 +81,10 @@ def _print_result(prepared: Prepared, why: str) -> None:
         + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
            f"`tuner resume {handle.name}`" if why == "stopped" or c.get("WAITING") else "")
     )
+    if snap.budget.stopped is not None:
+        out().print(f"stopped early: {snap.budget.stopped}", highlight=False, soft_wrap=True)
+    elif snap.budget.hours_spent_out:
+        out().print(f"device-time budget spent: {snap.budget.hours_spent:.3g} h", highlight=False)
     if snap.best_trial is not None:
         best = handle.study.trials[snap.best_trial]
         out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)} (trial "
@@ -85,10 +98,19 @@ def run(
     study: Annotated[str | None, typer.Option(help="Study name [default: the file's name].")] = None,
     trials: Trials = None,
     timeout: Timeout = None,
+    budget_hours: BudgetHours = None,
     seed: Annotated[int | None, typer.Option(help="Override the file's seed.")] = None,
     workers: Workers = 1,
     workers_per_gpu: PerGpu = None,
     force: Annotated[bool, typer.Option(help="Resume even if the file's space changed.")] = False,
+    warm_from: Annotated[str | None, typer.Option(
+        "--from", help="Start a new study from an earlier one: its finished trials that fit.")
+    ] = None,
+    from_url: Annotated[str | None, typer.Option(
+        "--from-storage", help="The storage of the --from study [default: --storage].")] = None,
+    enqueue_top: Annotated[int | None, typer.Option(
+        min=1, help="With --from: enqueue its K best configurations as the first trials.")
+    ] = None,
     quiet: Quiet = False,
     *,
     settings: Settings,
@@ -100,7 +122,9 @@ def run(
     _setup_logging()
     # the study's own code and data are checked before anything is written
     prepared = api.prepare(spec, settings, force=force, trials=trials, timeout=timeout,
-                           local_workers=workers)
+                           local_workers=workers, budget_hours=budget_hours,
+                           warm_from=warm_from, from_url=from_url,
+                           enqueue_top=enqueue_top)
     if not quiet:
         verb = "created" if prepared.handle.created else "resuming"
         out().print(f"{verb} study [bold]{prepared.handle.name}[/bold] in "
@@ -114,6 +138,7 @@ def resume(
     name: Annotated[str, typer.Argument(help="Study name.")],
     trials: Trials = None,
     timeout: Timeout = None,
+    budget_hours: BudgetHours = None,
     workers: Workers = 1,
     workers_per_gpu: PerGpu = None,
     quiet: Quiet = False,
@@ -125,7 +150,7 @@ def resume(
 
     _setup_logging()
     prepared = api.prepare_existing(name, settings, trials=trials, timeout=timeout,
-                                    local_workers=workers)
+                                    local_workers=workers, budget_hours=budget_hours)
     _work(prepared, workers, workers_per_gpu, quiet)
 
 
@@ -154,6 +179,7 @@ def worker(
                 out().print(f"trial {e.trial}: {e.state} {_fmt(e.value)}", highlight=False)
     result = api.work(study, settings, worker_index=worker_index, on_event=on_event)
     if not quiet:
-        out().print(f"worker done: {result.trials_run} trials ({result.stopped_because})")
+        out().print(f"worker done: {result.trials_run} trials ({result.stopped_because})",
+                    highlight=False, soft_wrap=True)
 
 
