@@ -43,6 +43,8 @@ class Outcome:
     values: tuple[float, ...] | None = None
     # a CUDA device-side assert: this process's GPU context is broken, the worker must exit
     broken_device: bool = False
+    # ASHA: the trial reached a rung and waits for a promotion; its checkpoint stays
+    paused: bool = False
 
 
 class _Infeasible(Exception):
@@ -338,7 +340,7 @@ class TrialRunner:
             storage.set_user_attrs(trial, {INFEASIBLE_ATTR: str(e)})
             outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
         except TrialPruned as e:
-            outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
+            outcome = self._pruned(trial, ctxs, e)
         except StopRequested:
             outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
                               interrupted=True)
@@ -357,6 +359,24 @@ class TrialRunner:
             _free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
+
+    def _pruned(self, trial: optuna.Trial, ctxs: list[Context], e: TrialPruned) -> Outcome:
+        """PRUNED; with ASHA, a finite report at a rung's epoch pauses the trial instead (the
+        rung pruner prunes nowhere else): marked ``paused_at``, its checkpoint kept."""
+        p = self.spec.pruner
+        last = ctxs[-1].history[-1] if ctxs and ctxs[-1].history else None
+        if (p.name == "asha" and last is not None and math.isfinite(last["value"])
+                and int(last["epoch"]) in storage.rungs(p.min_epochs, p.reduction_factor,
+                                                        self.spec.epochs)):
+            epoch = int(last["epoch"])
+            self.patience.call(lambda: storage.set_user_attrs(trial, {storage.PAUSED_ATTR: epoch}))
+            return Outcome(TrialState.PRUNED, fail_reason=f"paused at rung epoch {epoch}",
+                           paused=True)
+        return Outcome(TrialState.PRUNED, fail_reason=str(e))
+
+    def drop_checkpoint(self, lineage: int) -> None:
+        """Delete the checkpoint of a lineage that will never run again (a retired pause)."""
+        CheckpointStore(Path(self.checkpoint_dir) / self.spec.name / f"trial-{lineage}.pt").delete()
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with
@@ -425,7 +445,7 @@ class TrialRunner:
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
-        if outcome.interrupted:
+        if outcome.interrupted or outcome.paused:
             return
         if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return

@@ -1,0 +1,149 @@
+"""ASHA with promotion (Li et al., "A System for Massively Parallel Hyperparameter Tuning",
+MLSys 2020): a trial that reaches a rung *pauses* instead of going on or being killed.
+
+In the Optuna study, a rung segment ends as PRUNED with the user attr ``paused_at`` (the
+rung's epoch); its checkpoint (one file per lineage) is kept. Promoting it enqueues a
+*continuation*: a WAITING trial with the same params, the same lineage (so the same
+checkpoint), the whole learning curve so far and the user attr ``promotion_of``. Any worker
+claims it with :func:`tuner.storage.claim`; it runs in no budget slot (a promotion is not a
+new trial).
+
+Who promotes what is decided from the database alone: a row in ``tuner_promotions`` per
+(lineage, rung), inserted by one statement whose primary key lets only one worker win. The
+same table retires the paused trials that can never be promoted (``trial`` = -1), so a
+later ``tuner run --trials`` cannot promote a trial whose checkpoint is gone.
+
+    tuner_promotions(study_name, lineage, rung PK; trial)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
+
+from tuner.storage._retry import LINEAGE_ATTR, lineage
+
+PAUSED_ATTR = "paused_at"  # user attr of a rung segment that paused: its rung's epoch
+PROMOTION_OF_ATTR = "promotion_of"  # user attr of a continuation: the paused trial's number
+RETIRED = -1  # ``trial`` of a promotion row that retires its lineage at that rung
+
+_metadata = sa.MetaData()
+promotions = sa.Table(
+    "tuner_promotions",
+    _metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("lineage", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("rung", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("trial", sa.Integer, nullable=False),  # the paused trial, or RETIRED
+)
+
+
+def create_table(engine: sa.Engine | sa.Connection) -> None:
+    _metadata.create_all(engine, checkfirst=True)
+
+
+def rungs(min_epochs: int, reduction_factor: int, epochs: int) -> list[int]:
+    """The epochs where a trial pauses: min_epochs * eta^k below ``epochs``."""
+    out, r = [], min_epochs
+    while r < epochs:
+        out.append(r)
+        r *= reduction_factor
+    return out
+
+
+def is_paused(t: FrozenTrial) -> bool:
+    return t.state == TrialState.PRUNED and PAUSED_ATTR in t.user_attrs
+
+
+def is_promotion(t: FrozenTrial | optuna.Trial) -> bool:
+    return PROMOTION_OF_ATTR in t.user_attrs
+
+
+def _latest(trials: Iterable[FrozenTrial]) -> dict[int, FrozenTrial]:
+    """The last trial of each lineage (its segments and retries share the lineage)."""
+    out: dict[int, FrozenTrial] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        out[lineage(t)] = t
+    return out
+
+
+def _top(latest: dict[int, FrozenTrial], rung: int, eta: int, maximize: bool) -> list[int]:
+    """Lineages in the top 1/eta of ``rung``: of every lineage that reported at its epoch."""
+    members = [(t.intermediate_values[rung], n) for n, t in latest.items()
+               if rung in t.intermediate_values]
+    members.sort(key=lambda m: (-m[0] if maximize else m[0], m[1]))
+    return [n for _, n in members[: len(members) // eta]]
+
+
+def _decided(engine: sa.Engine, name: str) -> set[tuple[int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(promotions.c.lineage, promotions.c.rung)
+                            .where(promotions.c.study_name == name)).all()
+    return {(int(a), int(b)) for a, b in rows}
+
+
+def _take(engine: sa.Engine, name: str, lin: int, rung: int, trial: int) -> bool:
+    """Insert the (lineage, rung) row; False if another worker did first."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(promotions.insert().values(study_name=name, lineage=lin, rung=rung,
+                                                    trial=trial))
+    except sa_exc.IntegrityError:
+        return False
+    return True
+
+
+def candidates(trials: list[FrozenTrial], rung_epochs: list[int], eta: int, maximize: bool,
+               decided: set[tuple[int, int]]) -> list[FrozenTrial]:
+    """Paused trials in the top 1/eta of their rung, not yet promoted or retired; the
+    highest rung first (ASHA), the best first within a rung."""
+    latest = _latest(trials)
+    out = []
+    for rung in reversed(rung_epochs):
+        for n in _top(latest, rung, eta, maximize):
+            t = latest[n]
+            if is_paused(t) and t.user_attrs[PAUSED_ATTR] == rung and (n, rung) not in decided:
+                out.append(t)
+    return out
+
+
+def promote(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: int,
+            maximize: bool) -> bool:
+    """Enqueue the continuation of the best promotable paused trial; False if none is."""
+    name = study.study_name
+    trials = study.get_trials(deepcopy=False)
+    for t in candidates(trials, rung_epochs, eta, maximize, _decided(engine, name)):
+        rung = int(t.user_attrs[PAUSED_ATTR])
+        if not _take(engine, name, lineage(t), rung, t.number):
+            continue  # another worker promoted it a moment ago
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+            user_attrs={LINEAGE_ATTR: lineage(t), PROMOTION_OF_ATTR: t.number},
+            intermediate_values=t.intermediate_values,  # the learning curve stays whole
+        ))
+        return True
+    return False
+
+
+def retire(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: int,
+           maximize: bool) -> list[int]:
+    """Once nothing runs or waits (and no new trial may start), retire every paused trial
+    that is not promotable: no trial can join its rung any more. Returns their lineages
+    (whose checkpoints may go). A trial retired here is never promoted later."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+        return []
+    decided = _decided(engine, study.study_name)
+    keep = {t.number for t in candidates(trials, rung_epochs, eta, maximize, decided)}
+    out = []
+    for n, t in _latest(trials).items():
+        if not is_paused(t) or t.number in keep:
+            continue
+        rung = int(t.user_attrs[PAUSED_ATTR])
+        if (n, rung) not in decided and _take(engine, study.study_name, n, rung, RETIRED):
+            out.append(n)
+    return out
