@@ -91,3 +91,47 @@ def test_three_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> 
     assert "PAUSED" in states.values()  # the bottom two thirds of rung 1 wait for ever
     r = runner.invoke(app, ["trials", "toy", "--storage", url])
     assert r.exit_code == 0 and "PROMOTED" in r.output and "PAUSED" in r.output
+
+
+def _paused(study, x: float, rung: int = 1) -> None:
+    import optuna
+
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={"x": x},
+        distributions={"x": optuna.distributions.FloatDistribution(0.0, 1.0)},
+        user_attrs={PAUSED_ATTR: rung}, intermediate_values={1: x}, value=x))
+
+
+def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path: Path) -> None:
+    import threading
+
+    import optuna
+
+    from tuner.storage import claim, promote, retire
+
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    optuna.create_study(study_name="s", storage=connect(url))
+    study = optuna.load_study(study_name="s", storage=connect(url))
+    for x in (0.5, 0.1, 0.9, 0.3, 0.7, 0.2):  # rung 1 holds 6: its top third is 0.1 and 0.2
+        _paused(study, x)
+    won: list[bool] = []
+
+    def worker() -> None:  # each its own connection, as separate processes would have
+        s = optuna.load_study(study_name="s", storage=connect(url))
+        won.append(promote(s, connect(url).engine, [1, 3], 3, False))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won) == [False, False, True, True]  # two promotable, each promoted once
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.params["x"] for t in waiting) == [0.1, 0.2]
+    assert all(t.intermediate_values == {1: t.params["x"]} for t in waiting)
+    assert retire(study, connect(url).engine, [1, 3], 3, False) == []  # continuations wait
+    for t in waiting:  # the continuations run (as a worker would: claim, then tell)
+        study.tell(claim(study, t), t.params["x"])
+    retired = retire(study, connect(url).engine, [1, 3], 3, False)
+    assert sorted(retired) == [0, 2, 3, 4]  # the bottom of the rung: their checkpoints go
+    assert not promote(study, connect(url).engine, [1, 3], 3, False)
