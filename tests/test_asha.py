@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from tuner_procs import assert_clean, start_worker, trials, worker_pid, write_study
+from tuner_procs import (
+    assert_clean,
+    kill,
+    start_worker,
+    trials,
+    wait_for,
+    worker_pid,
+    write_study,
+)
 from typer.testing import CliRunner
 
 from tuner.cli import app
@@ -48,11 +56,11 @@ def test_bad_asha_is_one_line_exit_2_nothing_written(tmp_path: Path, yaml: str,
 
 
 @pytest.mark.slow
-def test_three_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> None:
+def test_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> None:
     study = asha_study(tmp_path, trials=9, epochs=9)  # rungs at epochs 1 and 3
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     procs = [start_worker(str(study), url, tmp_path, f"worker{i}", "--worker-index", str(i))
-             for i in range(3)]
+             for i in range(2)]
     for i, p in enumerate(procs):
         assert p.wait(120) == 0, p.output()
         assert_clean(p.output(), f"worker {i}")
@@ -135,3 +143,37 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path
     retired = retire(study, connect(url).engine, [1, 3], 3, False)
     assert sorted(retired) == [0, 2, 3, 4]  # the bottom of the rung: their checkpoints go
     assert not promote(study, connect(url).engine, [1, 3], 3, False)
+
+
+@pytest.mark.slow
+def test_a_promoted_trial_whose_worker_dies_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    path = write_study(tmp_path, trials=6, epochs=9, sleep=0.3)
+    path.write_text(path.read_text().replace(
+        "pruner: none", "pruner: {name: asha, min_epochs: 1, reduction_factor: 3}"))
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    procs = [start_worker(str(path), url, tmp_path, f"worker{i}", "--worker-index", str(i))
+             for i in range(2)]
+
+    def continuing():  # a continuation that has trained past its rung on some worker
+        ts = {t.number: t for t in trials(url, "toy")}
+        for t in ts.values():
+            if t.state == TrialState.RUNNING and PROMOTION_OF_ATTR in t.user_attrs:
+                rung = ts[t.user_attrs[PROMOTION_OF_ATTR]].user_attrs[PAUSED_ATTR]
+                if max(t.intermediate_values) > rung:
+                    return t, rung
+        return None
+
+    victim, rung = wait_for("a continuation past its rung", continuing, 90, every=0.05)
+    doomed = next(p for p in procs if p.pid == worker_pid(victim))
+    kill(doomed)
+    survivor = next(p for p in procs if p is not doomed)
+    assert survivor.wait(120) == 0, survivor.output()
+    ts = trials(url, "toy")
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    retries = [t for t in ts if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and lineage(retries[0]) == lineage(victim)
+    # resumed from the checkpoint the continuation wrote, not from the rung
+    assert retries[0].user_attrs["start_epoch"] > rung + 1
+    assert Budget(connect(url).engine, "toy").state().taken == 6
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert done and all(sorted(t.intermediate_values) == list(range(1, 10)) for t in done)

@@ -89,11 +89,12 @@ class Handle:
         return (rungs(p.min_epochs, p.reduction_factor, self.spec.epochs), p.reduction_factor,
                 self.spec.direction_name == "maximize")
 
-    def promote(self) -> bool:
-        """ASHA: enqueue the continuation of the best promotable paused trial, if any."""
+    def promote(self, final: bool = False) -> bool:
+        """ASHA: enqueue the continuation of the best promotable paused trial, if any
+        (``final``: no new trial may start, see :func:`tuner.storage.promote`)."""
         if self.spec.pruner.name != "asha":
             return False
-        return promote(self.study, engine_of(self.study), *self._asha())
+        return promote(self.study, engine_of(self.study), *self._asha(), final=final)
 
     def retire(self) -> list[int]:
         """ASHA, once nothing runs: the lineages of paused trials that can never be promoted

@@ -93,7 +93,10 @@ class Worker:
                 trial = self._next_trial()
                 if trial is None:
                     if (why := self._why_idle()) is not None:
-                        for lin in self.patience.call(self.handle.retire):  # ASHA
+                        # ASHA: the study cannot grow; each rung's top rounds up, then the rest go
+                        if self.patience.call(lambda: self.handle.promote(final=True)):
+                            continue
+                        for lin in self.patience.call(self.handle.retire):
                             self.runner.drop_checkpoint(lin)
                         return Summary(done, why)
                     self.stop.wait(self.heartbeat.interval)

@@ -71,12 +71,16 @@ def _latest(trials: Iterable[FrozenTrial]) -> dict[int, FrozenTrial]:
     return out
 
 
-def _top(latest: dict[int, FrozenTrial], rung: int, eta: int, maximize: bool) -> list[int]:
-    """Lineages in the top 1/eta of ``rung``: of every lineage that reported at its epoch."""
+def _top(latest: dict[int, FrozenTrial], rung: int, eta: int, maximize: bool,
+         final: bool = False) -> list[int]:
+    """Lineages in the top 1/eta of ``rung``: of every lineage that reported at its epoch.
+    ``final`` (no trial can join the rung any more): rounded up, so each rung promotes at
+    least one and a small study still finishes a trial."""
     members = [(t.intermediate_values[rung], n) for n, t in latest.items()
                if rung in t.intermediate_values]
     members.sort(key=lambda m: (-m[0] if maximize else m[0], m[1]))
-    return [n for _, n in members[: len(members) // eta]]
+    k = -(-len(members) // eta) if final else len(members) // eta
+    return [n for _, n in members[:k]]
 
 
 def _decided(engine: sa.Engine, name: str) -> set[tuple[int, int]]:
@@ -98,25 +102,33 @@ def _take(engine: sa.Engine, name: str, lin: int, rung: int, trial: int) -> bool
 
 
 def candidates(trials: list[FrozenTrial], rung_epochs: list[int], eta: int, maximize: bool,
-               decided: set[tuple[int, int]]) -> list[FrozenTrial]:
+               decided: set[tuple[int, int]], final: bool = False) -> list[FrozenTrial]:
     """Paused trials in the top 1/eta of their rung, not yet promoted or retired; the
     highest rung first (ASHA), the best first within a rung."""
     latest = _latest(trials)
     out = []
     for rung in reversed(rung_epochs):
-        for n in _top(latest, rung, eta, maximize):
+        for n in _top(latest, rung, eta, maximize, final):
             t = latest[n]
             if is_paused(t) and t.user_attrs[PAUSED_ATTR] == rung and (n, rung) not in decided:
                 out.append(t)
     return out
 
 
+def _settled(trials: list[FrozenTrial]) -> bool:
+    return not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+
+
 def promote(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: int,
-            maximize: bool) -> bool:
-    """Enqueue the continuation of the best promotable paused trial; False if none is."""
+            maximize: bool, final: bool = False) -> bool:
+    """Enqueue the continuation of the best promotable paused trial; False if none is.
+    ``final``: no new trial may start (the budget is spent); rungs round their top up,
+    once nothing runs or waits."""
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
-    for t in candidates(trials, rung_epochs, eta, maximize, _decided(engine, name)):
+    if final and not _settled(trials):
+        return False
+    for t in candidates(trials, rung_epochs, eta, maximize, _decided(engine, name), final):
         rung = int(t.user_attrs[PAUSED_ATTR])
         if not _take(engine, name, lineage(t), rung, t.number):
             continue  # another worker promoted it a moment ago
@@ -135,10 +147,10 @@ def retire(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: 
     that is not promotable: no trial can join its rung any more. Returns their lineages
     (whose checkpoints may go). A trial retired here is never promoted later."""
     trials = study.get_trials(deepcopy=False)
-    if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+    if not _settled(trials):
         return []
     decided = _decided(engine, study.study_name)
-    keep = {t.number for t in candidates(trials, rung_epochs, eta, maximize, decided)}
+    keep = {t.number for t in candidates(trials, rung_epochs, eta, maximize, decided, True)}
     out = []
     for n, t in _latest(trials).items():
         if not is_paused(t) or t.number in keep:
