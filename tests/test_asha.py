@@ -96,9 +96,10 @@ def test_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> None:
     states = {row["number"]: row["state"] for row in json.loads(r.output)}
     for c in continuations:
         assert states[c.user_attrs[PROMOTION_OF_ATTR]] == "PROMOTED"
-    assert "PAUSED" in states.values()  # the bottom two thirds of rung 1 wait for ever
+    # the study is over: the pauses never promoted were retired, their checkpoints deleted
+    assert "PAUSED" not in states.values() and "PRUNED" in states.values()
     r = runner.invoke(app, ["trials", "toy", "--storage", url])
-    assert r.exit_code == 0 and "PROMOTED" in r.output and "PAUSED" in r.output
+    assert r.exit_code == 0 and "PROMOTED" in r.output and "PRUNED" in r.output
 
 
 def _paused(study, x: float, rung: int = 1) -> None:
@@ -115,6 +116,7 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path
 
     import optuna
 
+    from tuner.status import trial_rows
     from tuner.storage import claim, promote, retire
 
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
@@ -142,6 +144,9 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path
         study.tell(claim(study, t), t.params["x"])
     retired = retire(study, connect(url).engine, [1, 3], 3, False)
     assert sorted(retired) == [0, 2, 3, 4]  # the bottom of the rung: their checkpoints go
+    states = {r["number"]: r["state"] for r in trial_rows(study)}
+    assert [states[n] for n in range(6)] == ["PRUNED", "PROMOTED", "PRUNED", "PRUNED", "PRUNED",
+                                            "PROMOTED"]
     assert not promote(study, connect(url).engine, [1, 3], 3, False)
 
 

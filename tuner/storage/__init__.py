@@ -18,6 +18,7 @@ from tuner.storage._asha import (
     is_promotion,
     promote,
     retire,
+    retired,
     rungs,
 )
 from tuner.storage._budget import Budget, BudgetState
@@ -54,5 +55,6 @@ __all__ = [
     "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
     "should_prune_primary", "state", "Lease", "Patience", "is_outage", "reap",
-    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "rungs",
+    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
+    "rungs",
 ]

@@ -159,3 +159,20 @@ def retire(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: 
         if (n, rung) not in decided and _take(engine, study.study_name, n, rung, RETIRED):
             out.append(n)
     return out
+
+
+def retired(study: optuna.Study) -> set[int]:
+    """Numbers of the paused trials retired for good (never to be promoted)."""
+    from tuner.storage._trials import engine_of
+
+    try:
+        engine = engine_of(study)
+    except TypeError:  # not in a database: nothing was retired
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(promotions.c.lineage, promotions.c.rung)
+                            .where(promotions.c.study_name == study.study_name)
+                            .where(promotions.c.trial == RETIRED)).all()
+    gone = {(int(a), int(b)) for a, b in rows}
+    return {t.number for t in study.get_trials(deepcopy=False)
+            if is_paused(t) and (lineage(t), t.user_attrs[PAUSED_ATTR]) in gone}
