@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from tuner.cli import app
 from tuner.storage import PAUSED_ATTR, PROMOTION_OF_ATTR, Budget, connect, lineage, rungs
 
+pytest_plugins = ["servers"]
 runner = CliRunner()
 
 
@@ -111,7 +112,8 @@ def _paused(study, x: float, rung: int = 1) -> None:
         user_attrs={PAUSED_ATTR: rung}, intermediate_values={1: x}, value=x))
 
 
-def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url: str) -> None:
     import threading
 
     import optuna
@@ -119,7 +121,7 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(tmp_path
     from tuner.status import trial_rows
     from tuner.storage import claim, promote, retire
 
-    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    url = any_url
     optuna.create_study(study_name="s", storage=connect(url))
     study = optuna.load_study(study_name="s", storage=connect(url))
     for x in (0.5, 0.1, 0.9, 0.3, 0.7, 0.2):  # rung 1 holds 6: its top third is 0.1 and 0.2
