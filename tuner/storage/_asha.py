@@ -11,7 +11,12 @@ new trial).
 Who promotes what is decided from the database alone: a row in ``tuner_promotions`` per
 (lineage, rung), inserted by one statement whose primary key lets only one worker win. The
 same table retires the paused trials that can never be promoted (``trial`` = -1), so a
-later ``tuner run --trials`` cannot promote a trial whose checkpoint is gone.
+later ``tuner run --trials`` cannot promote a trial whose checkpoint is gone. Once the
+study cannot grow (budget spent, nothing running or waiting), each rung's top 1/eta rounds
+up (``final``), so a study too small to fill its top rung still finishes a trial.
+
+Known gap: the row and the enqueued continuation are two transactions; a worker that dies
+(or loses the database) between them leaves that lineage promoted but not continued.
 
     tuner_promotions(study_name, lineage, rung PK; trial)
 """
