@@ -15,8 +15,10 @@ later ``tuner run --trials`` cannot promote a trial whose checkpoint is gone. On
 study cannot grow (budget spent, nothing running or waiting), each rung's top 1/eta rounds
 up (``final``), so a study too small to fill its top rung still finishes a trial.
 
-Known gap: the row and the enqueued continuation are two transactions; a worker that dies
-(or loses the database) between them leaves that lineage promoted but not continued.
+Known gaps: the row and the enqueued continuation are two transactions; a worker that dies
+(or loses the database) between them leaves that lineage promoted but not continued. A
+worker that dies after the checkpoint of a rung's epoch but before its report loses that
+report (as any retry does), and the retry resumes past the rung without pausing there.
 
     tuner_promotions(study_name, lineage, rung PK; trial)
 """
