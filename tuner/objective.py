@@ -46,6 +46,8 @@ class Outcome:
     broken_device: bool = False
     # the number of the finished trial whose result this one reused (dedup): nothing trained
     repeat_of: int | None = None
+    # ASHA: the trial reached a rung and waits for a promotion; its checkpoint stays
+    paused: bool = False
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -357,7 +359,7 @@ class TrialRunner:
             storage.set_user_attrs(trial, {INFEASIBLE_ATTR: str(e)})
             outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
         except TrialPruned as e:
-            outcome = Outcome(TrialState.PRUNED, fail_reason=str(e))
+            outcome = self._pruned(trial, ctxs, e)
         except StopRequested:
             outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
                               interrupted=True)
@@ -384,10 +386,12 @@ class TrialRunner:
         (when seeds vary, say). While an earlier-numbered trial with these params is still
         running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
         its result is reused; if it fails (its worker died), this trial trains."""
-        mine = trial.params
+        mine, lineage = trial.params, storage.lineage(trial)
         while True:
             ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
-            same = [t for t in ts if t.number != trial.number and t.params == mine]
+            # a retry or an ASHA continuation carries on its own lineage: not a repeat
+            same = [t for t in ts if t.number != trial.number and t.params == mine
+                    and storage.lineage(t) != lineage]
             done = [t for t in same if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             if done or not any(t.state == TrialState.RUNNING and t.number < trial.number
                                for t in same):
@@ -414,6 +418,24 @@ class TrialRunner:
             raise _Repeat(Outcome(TrialState.COMPLETE, value, values=values,
                                   repeat_of=original))
         raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why, repeat_of=original))
+
+    def _pruned(self, trial: optuna.Trial, ctxs: list[Context], e: TrialPruned) -> Outcome:
+        """PRUNED; with ASHA, a finite report at a rung's epoch pauses the trial instead (the
+        rung pruner prunes nowhere else): marked ``paused_at``, its checkpoint kept."""
+        p = self.spec.pruner
+        last = ctxs[-1].history[-1] if ctxs and ctxs[-1].history else None
+        if (p.name == "asha" and last is not None and math.isfinite(last["value"])
+                and int(last["epoch"]) in storage.rungs(p.min_epochs, p.reduction_factor,
+                                                        self.spec.epochs)):
+            epoch = int(last["epoch"])
+            self.patience.call(lambda: storage.set_user_attrs(trial, {storage.PAUSED_ATTR: epoch}))
+            return Outcome(TrialState.PRUNED, fail_reason=f"paused at rung epoch {epoch}",
+                           paused=True)
+        return Outcome(TrialState.PRUNED, fail_reason=str(e))
+
+    def drop_checkpoint(self, lineage: int) -> None:
+        """Delete the checkpoint of a lineage that will never run again (a retired pause)."""
+        CheckpointStore(Path(self.checkpoint_dir) / self.spec.name / f"trial-{lineage}.pt").delete()
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with
@@ -488,7 +510,7 @@ class TrialRunner:
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
-        if outcome.interrupted:
+        if outcome.interrupted or outcome.paused:
             return
         if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return

@@ -135,7 +135,9 @@ class SamplerSpec(_Frozen):
 
 
 class PrunerSpec(_Frozen):
-    name: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    # asha: a trial pauses at each rung (min_epochs * reduction_factor^k epochs) and goes on
+    # only when promoted (tuner.storage._asha)
+    name: Literal["median", "successive_halving", "hyperband", "asha", "none"] = "median"
     # trials that always run to the end before the median pruner judges others
     n_startup_trials: int = Field(default=5, ge=0)
     # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
@@ -345,7 +347,24 @@ class StudySpec(_Frozen):
         if self.stop.terminator and self.multi_objective:
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
+        self._check_asha()
         return self
+
+    def _check_asha(self) -> None:
+        p = self.pruner
+        if p.name != "asha":
+            return
+        if p.min_epochs >= self.epochs:
+            raise ValueError(f"pruner: asha's min_epochs ({p.min_epochs}) must be below epochs "
+                             f"({self.epochs}); lower min_epochs or raise epochs")
+        if not self.checkpoint:
+            raise ValueError("pruner: asha resumes paused trials from their checkpoints; "
+                             "set checkpoint: true")
+        if self.kfold:
+            raise ValueError("pruner: asha pauses at epochs, and a k-fold study reports folds; "
+                             "use median or none with k-fold validation")
+        if self.multi_objective:
+            raise ValueError("pruner: asha ranks one learning curve; use it with one objective")
 
     def _check_objectives(self) -> None:
         known = [*vocab.METRICS, *vocab.SECONDARY_METRICS]

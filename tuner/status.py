@@ -11,7 +11,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec import StudySpec
-from tuner.storage import BudgetState, all_studies, heartbeat_ages
+from tuner.storage import (
+    PROMOTION_OF_ATTR,
+    BudgetState,
+    all_studies,
+    heartbeat_ages,
+    is_paused,
+    retired,
+)
 from tuner.study import SPEC_ATTR, WARM_START_ATTR, Handle, feasible, pareto_front, primary_value
 
 __all__ = ["pareto_front", "primary_value", "snapshot", "studies", "trial_rows"]
@@ -134,14 +141,17 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
     duration, epochs, and notes."""
     rows = []
     names = spec.objective_names if spec is not None and spec.multi_objective else None
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    promoted = {t.user_attrs[PROMOTION_OF_ATTR] for t in trials if PROMOTION_OF_ATTR in t.user_attrs}
+    gone = retired(study) if any(is_paused(t) for t in trials) else set()
+    for t in trials:
         if names is None:
             values: dict[str, Any] = {"value": t.values[0] if t.values else None}
         else:
             values = {n: (t.values[i] if t.values else None) for i, n in enumerate(names)}
         rows.append({
             "number": t.number,
-            "state": "INFEASIBLE" if not feasible(t) else t.state.name,
+            "state": _state(t, promoted, gone),
             **values,
             **{f"params_{k}": v for k, v in t.params.items()},
             "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
@@ -149,7 +159,19 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
             "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
             "retry_of": t.user_attrs.get("retry_of"),
             "repeat_of": t.user_attrs.get("repeat_of"),
+            "promotion_of": t.user_attrs.get(PROMOTION_OF_ATTR),
             "fail_reason": t.user_attrs.get("fail_reason"),
             **({"constraints": t.constraints} if t.constraints else {}),
         })
     return rows
+
+
+def _state(t: FrozenTrial, promoted: set[int], retired: set[int]) -> str:
+    """The trial's state; INFEASIBLE for a rejected configuration; an ASHA rung segment is
+    PAUSED until a continuation of it is queued, then PROMOTED; PRUNED once it is retired
+    (the study ended without promoting it, and its checkpoint is gone)."""
+    if not feasible(t):
+        return "INFEASIBLE"
+    if is_paused(t) and t.number not in retired:
+        return "PROMOTED" if t.number in promoted else "PAUSED"
+    return t.state.name

@@ -14,7 +14,7 @@ from tuner import space
 from tuner.errors import SpecMismatch, StudyNotFound
 from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec, spec_from_json
-from tuner.storage import Budget, BudgetState, display_url
+from tuner.storage import Budget, BudgetState, display_url, engine_of, promote, retire, rungs
 
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
@@ -54,10 +54,23 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if p.name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_epochs,
                                                       reduction_factor=p.reduction_factor)
+    if p.name == "asha":
+        return RungPruner(rungs(p.min_epochs, p.reduction_factor, max_resource))
     if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=p.min_epochs, max_resource=max_resource,
                                               reduction_factor=p.reduction_factor)
     return optuna.pruners.NopPruner()
+
+
+class RungPruner(optuna.pruners.BasePruner):
+    """ASHA's half in the trial: stop the rung segment at each rung's epoch, where the trial
+    pauses (the worker promotes paused trials: :func:`tuner.storage.promote`)."""
+
+    def __init__(self, rung_epochs: list[int]):
+        self.rungs = frozenset(rung_epochs)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return trial.last_step in self.rungs
 
 
 @dataclass
@@ -72,6 +85,25 @@ class Handle:
     @property
     def name(self) -> str:
         return self.study.study_name
+
+    def _asha(self) -> tuple[list[int], int, bool]:
+        p = self.spec.pruner
+        return (rungs(p.min_epochs, p.reduction_factor, self.spec.epochs), p.reduction_factor,
+                self.spec.direction_name == "maximize")
+
+    def promote(self, final: bool = False) -> bool:
+        """ASHA: enqueue the continuation of the best promotable paused trial, if any
+        (``final``: no new trial may start, see :func:`tuner.storage.promote`)."""
+        if self.spec.pruner.name != "asha":
+            return False
+        return promote(self.study, engine_of(self.study), *self._asha(), final=final)
+
+    def retire(self) -> list[int]:
+        """ASHA, once nothing runs: the lineages of paused trials that can never be promoted
+        (their checkpoints may go)."""
+        if self.spec.pruner.name != "asha":
+            return []
+        return retire(self.study, engine_of(self.study), *self._asha())
 
 
 def _budget(storage: optuna.storages.RDBStorage, name: str) -> Budget:

@@ -95,6 +95,11 @@ class Worker:
                 trial = self._next_trial()
                 if trial is None:
                     if (why := self._why_idle()) is not None:
+                        # ASHA: the study cannot grow; each rung's top rounds up, then the rest go
+                        if self.patience.call(lambda: self.handle.promote(final=True)):
+                            continue
+                        for lin in self.patience.call(self.handle.retire):
+                            self.runner.drop_checkpoint(lin)
                         return Summary(done, why)
                     self.stop.wait(self.heartbeat.interval)
                     storage.reap(study, p, lease)
@@ -144,13 +149,14 @@ class Worker:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
         hand needs a slot); otherwise a new trial if a budget slot is free."""
         study, budget, call = self.handle.study, self.handle.budget, self.patience.call
+        call(self.handle.promote)  # ASHA: a paused trial's continuation, queued to claim below
         # each storage step on its own is retried through an outage (not the whole: a
         # retried ask after a taken slot would take a second slot)
         waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if waiting and call(budget.state).expired():
             return None
         for t in waiting:
-            own_slot = storage.is_retry(t)
+            own_slot = storage.is_retry(t) or storage.is_promotion(t)
             if not own_slot and not call(budget.acquire):
                 return None  # budget spent: enqueued trials wait for `tuner run --trials`
             if (claimed := call(lambda t=t: storage.claim(study, t))) is not None:
@@ -162,7 +168,7 @@ class Worker:
         with warnings.catch_warnings():  # "heartbeats are for Study.optimize": not here
             warnings.simplefilter("ignore", UserWarning)
             trial = call(study.ask)
-        if storage.is_retry(trial):  # a retry appeared meanwhile: it brings its own slot
+        if storage.is_retry(trial) or storage.is_promotion(trial):  # it brings its own slot
             call(budget.release)
         return trial
 

@@ -52,7 +52,7 @@ def trials(
     rows = trial_rows(handle.study, handle.spec)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if format == Fmt.table:  # the essentials first; every column is in csv and json
-        skip = {"started", "fail_reason", "retry_of", "constraints"}
+        skip = {"started", "fail_reason", "retry_of", "promotion_of", "constraints"}
         columns = [c for c in columns if c not in skip]
     if format == Fmt.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")

@@ -11,6 +11,16 @@ with their cause kept.
 from __future__ import annotations
 
 from tuner.settings import DEFAULT_URL, Heartbeat
+from tuner.storage._asha import (
+    PAUSED_ATTR,
+    PROMOTION_OF_ATTR,
+    is_paused,
+    is_promotion,
+    promote,
+    retire,
+    retired,
+    rungs,
+)
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
@@ -45,4 +55,6 @@ __all__ = [
     "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
     "should_prune_primary", "state", "Lease", "Patience", "is_outage", "reap",
+    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
+    "rungs",
 ]
