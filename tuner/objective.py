@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from tuner import measure, space, storage, vocab
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
-from tuner.errors import DatabaseUnreachable
+from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -43,6 +43,8 @@ class Outcome:
     values: tuple[float, ...] | None = None
     # a CUDA device-side assert: this process's GPU context is broken, the worker must exit
     broken_device: bool = False
+    # why this worker must stop after the trial (its retry queued, as for ``interrupted``)
+    error: TunerError | None = None
 
 
 class _Infeasible(Exception):
@@ -342,6 +344,8 @@ class TrialRunner:
         except StopRequested:
             outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
                               interrupted=True)
+        except CheckpointUnwritable as e:  # this worker's disk: retried from the last good one
+            outcome = Outcome(TrialState.FAIL, fail_reason=str(e), interrupted=True, error=e)
         except KeyboardInterrupt:
             self._record(trial, ctxs, start, "interrupted")
             raise

@@ -30,6 +30,7 @@ from tuner.storage._trials import (
     all_studies,
     claim,
     engine_of,
+    fail_and_retry,
     fail_stale_trials,
     heartbeat_ages,
     record_heartbeat,
@@ -42,7 +43,7 @@ __all__ = [
     "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
     "connect", "display_url", "engine_of",
-    "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
+    "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
     "should_prune_primary", "state", "Lease", "Patience", "is_outage", "reap",
 ]
