@@ -220,3 +220,26 @@ def test_an_unwritable_checkpoint_folder_stops_that_worker_only(tmp_path):
     ts = trials(url, "toy")
     check_exact(ts, 3)
     assert all(worker_pid(t) == b.pid for t in finished(ts))
+
+
+def test_a_heartbeat_is_one_statement(tmp_path):
+    """After a trial's first beat (which inserts its row), each beat is one UPDATE, and its
+    transaction nothing else (Optuna's: two SELECTs, a now() and the UPDATE)."""
+    import optuna
+    import sqlalchemy as sa
+
+    from tuner.storage import Heartbeat, connect, engine_of, record_heartbeat
+
+    study = optuna.create_study(storage=connect(f"sqlite:///{tmp_path / 'db'}", Heartbeat(1, 3)))
+    with pytest.warns(UserWarning, match="Heartbeat"):  # tuner beats itself, not optimize()
+        trial = study.ask()
+    record_heartbeat(trial)
+    before = heartbeat_ages(study)[trial.number]
+    statements: list[str] = []
+    sa.event.listen(engine_of(study), "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    record_heartbeat(trial)
+    statements = [s for s in statements if not s.startswith("BEGIN")]  # SQLite's write lock
+    assert len(statements) == 1 and statements[0].startswith("UPDATE trial_heartbeats"), \
+        statements
+    assert heartbeat_ages(study)[trial.number] <= before + 1
