@@ -63,6 +63,7 @@ class Options(TypedDict, total=False):
     heartbeat_s: int
     grace_period_s: int
     db_patience_s: int
+    stall_timeout_s: int | None
 
 
 def settings(**options: Unpack[Options]) -> Settings:
@@ -75,11 +76,12 @@ def settings(**options: Unpack[Options]) -> Settings:
                    options.pop("grace_period_s", Heartbeat.grace_period))
     storage = options.pop("storage", DEFAULT_URL)
     patience = options.pop("db_patience_s", Settings.db_patience)
+    stall = options.pop("stall_timeout_s", Settings.stall_timeout)
     ckpt = checkpoint_folder(storage, options.pop("checkpoint_dir", None))
     device = resolve(options.pop("device", "auto"))
     given = {k: str(v) if k == "data_dir" else v for k, v in options.items()}
     return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb,
-                    db_patience=patience, **given)
+                    db_patience=patience, stall_timeout=stall, **given)
 
 
 def quiet_logging() -> None:
@@ -246,7 +248,7 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
     runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
                          keep_checkpoints=settings.keep_checkpoints)
     wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event,
-                  db_patience=settings.db_patience)
+                  db_patience=settings.db_patience, stall_timeout=settings.stall_timeout)
     with w.graceful_signals(stop), _quiet():
         summary = wk.run()
     return Result(handle, summary.stopped_because, summary.trials)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tuner.errors import CheckpointUnwritable
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -76,17 +78,31 @@ class CheckpointStore:
         self.path = Path(path)
 
     def save(self, state: Mapping[str, Any]) -> None:
+        """Write ``state``; raises :class:`CheckpointUnwritable` when the disk refuses (full,
+        read-only, a file where the folder should be), leaving the last checkpoint whole."""
         import torch
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
+        except OSError as e:
+            raise self._unwritable(e) from e
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(dict(state), f)
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as e:
             Path(tmp).unlink(missing_ok=True)
+            # torch's zip writer reports a refused write (ENOSPC) as a RuntimeError
+            if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write" in str(e)):
+                raise self._unwritable(e) from e
             raise
+
+    def _unwritable(self, e: BaseException) -> CheckpointUnwritable:
+        why = getattr(e, "strerror", None) or next(iter(str(e).splitlines()), type(e).__name__)
+        return CheckpointUnwritable(
+            f"cannot write the checkpoint {self.path}: {why}; free space there, or give "
+            "--checkpoint-dir a writable folder (shared by every worker of the study)")
 
     def load(self) -> dict[str, Any] | None:
         import torch

@@ -10,8 +10,10 @@
     ├── UserCodeError          a user's model/data/trainer import path or signature is wrong
     ├── LaunchError            a launch onto a scheduler (Slurm, Kubernetes) cannot go ahead:
     │                          its command is missing, an option is wrong, sbatch refused
+    ├── CheckpointUnwritable   a checkpoint cannot be written (folder full, unwritable, a file)
     ├── TooManyFailures        several trials failed in a row; the study was stopped
-    └── DeviceBroken           a CUDA device-side assert broke this process's GPU context
+    ├── DeviceBroken           a CUDA device-side assert broke this process's GPU context
+    └── TrialStalled           a trial finished no epoch for --stall-timeout seconds
 
 Only ``tuner.cli`` turns these into a printed line and an exit code.
 """
@@ -57,6 +59,11 @@ class LaunchError(TunerError):
     pass
 
 
+class CheckpointUnwritable(TunerError):
+    """Raised by a checkpoint save that the disk refused; the worker queues the trial's
+    retry (from its last good checkpoint, writes being atomic) and exits."""
+
+
 class TooManyFailures(TunerError):
     exit_code = 1
 
@@ -67,3 +74,11 @@ class DeviceBroken(TunerError):
     one; a supervisor such as Docker's restart policy does the same)."""
 
     exit_code = 75  # EX_TEMPFAIL: try again in a new process
+
+
+class TrialStalled(TunerError):
+    """A trial hung (no finished epoch for ``--stall-timeout`` s) while its worker lived: the
+    worker fails it, queues its retry and exits with ``exit_code`` (its main thread is stuck
+    in the training loop, so the process cannot be reused)."""
+
+    exit_code = 75  # EX_TEMPFAIL, as DeviceBroken: a fresh process takes over

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from tuner import measure, space, storage, vocab
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
-from tuner.errors import DatabaseUnreachable
+from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -48,6 +48,8 @@ class Outcome:
     repeat_of: int | None = None
     # ASHA: the trial reached a rung and waits for a promotion; its checkpoint stays
     paused: bool = False
+    # why this worker must stop after the trial (its retry queued, as for ``interrupted``)
+    error: TunerError | None = None
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -363,6 +365,8 @@ class TrialRunner:
         except StopRequested:
             outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
                               interrupted=True)
+        except CheckpointUnwritable as e:  # this worker's disk: retried from the last good one
+            outcome = Outcome(TrialState.FAIL, fail_reason=str(e), interrupted=True, error=e)
         except KeyboardInterrupt:
             self._record(trial, ctxs, start, "interrupted")
             raise

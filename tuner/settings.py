@@ -41,8 +41,16 @@ class Settings:
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     # seconds a worker rides out an unreachable database (training on, reports held)
     db_patience: int = 300
+    # seconds a running trial may go without a finished epoch before it counts as hung
+    # (failed and retried elsewhere, like a dead worker's); None: no limit
+    stall_timeout: int | None = None
 
     def __post_init__(self) -> None:
+        if self.stall_timeout is not None and self.stall_timeout <= self.heartbeat.interval:
+            raise TunerError(
+                f"--stall-timeout {self.stall_timeout} is not above the heartbeat interval "
+                f"({self.heartbeat.interval} s); give more than the longest epoch, at least "
+                f"{self.heartbeat.interval + 1}")
         if self.db_patience < self.heartbeat.interval:
             raise TunerError(
                 f"--db-patience {self.db_patience} is below the heartbeat interval "

@@ -19,7 +19,9 @@ Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -33,7 +35,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tuner import stopping, storage
-from tuner.errors import DeviceBroken, TooManyFailures
+from tuner.errors import DeviceBroken, TooManyFailures, TrialStalled
 from tuner.objective import Outcome, TrialRunner
 from tuner.study import Handle
 
@@ -60,7 +62,7 @@ class Summary:
 class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
                  max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
-                 db_patience: float = 300):
+                 db_patience: float = 300, stall_timeout: float | None = None):
         self.handle, self.runner = handle, runner
         # one per worker: the trial loop, its reports and the heartbeat thread ride out the
         # same outages (backoff capped at the heartbeat interval, so beats resume promptly)
@@ -71,7 +73,15 @@ class Worker:
         self.max_failures = max_failures
         self.on_event = on_event or (lambda e: None)
         self.heartbeat = heartbeat
-        runner.on_epoch = lambda n, epoch, value: self.on_event(Event("epoch", n, epoch, value))
+        self.stall_timeout = stall_timeout
+        self.beat: storage.HeartbeatThread | None = None
+
+        def on_epoch(n: int, epoch: int, value: float) -> None:
+            if self.beat is not None:
+                self.beat.progressed()
+            self.on_event(Event("epoch", n, epoch, value))
+
+        runner.on_epoch = on_epoch
 
     def run(self) -> Summary:
         """Run trials until the budget is spent, the deadline passes or a stop is asked.
@@ -84,7 +94,8 @@ class Worker:
         # one reaper per study: the lease outlives two missed beats, then passes on
         lease = storage.Lease(storage.engine_of(study), f"reaper:{self.handle.name}",
                               2 * self.heartbeat.interval + 1)
-        beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease)
+        beat = self.beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease,
+                                                   self.stall_timeout, self._stalled)
         beat.start()
         done, failures = 0, 0
         try:
@@ -105,6 +116,7 @@ class Worker:
                     storage.reap(study, p, lease)
                     continue
                 p.call(lambda t=trial: storage.record_heartbeat(t))
+                beat.progressed()
                 beat.trial = trial
                 self.on_event(Event("started", trial.number))
                 started = time.monotonic()
@@ -132,6 +144,8 @@ class Worker:
                         f"trial {trial.number} hit a CUDA device-side assert, which leaves this "
                         "process's GPU unusable; it saved nothing and exits so that a fresh "
                         "worker process takes over (its fail_reason has the full error)")
+                if outcome.error is not None:  # its retry is queued; this worker cannot go on
+                    raise outcome.error
                 failures = failures + 1 if outcome.state == TrialState.FAIL else 0
                 if outcome.interrupted:
                     return Summary(done, "stopped")
@@ -144,6 +158,20 @@ class Worker:
             beat.halt.set()
             beat.join(self.heartbeat.interval + 5)
             p.attempt(lease.release)  # the next worker reaps at once
+
+    def _stalled(self, trial: optuna.Trial, quiet_s: float) -> None:
+        """The heartbeat thread found ``trial`` hung: fail it and queue its retry (if the
+        database answers; else the reaper does, the beats having stopped), say so in one
+        line, and exit, since this process's main thread is stuck in the training loop."""
+        e = TrialStalled(
+            f"trial {trial.number} finished no epoch for {quiet_s:.0f} s (--stall-timeout "
+            f"{self.stall_timeout}); it was failed and queued to be retried elsewhere, and this "
+            "worker exits: find what hangs the training loop, or raise --stall-timeout")
+        self.patience.attempt(lambda: storage.fail_and_retry(
+            self.handle.study, trial, self.handle.budget, f"stalled: {e}"))
+        log.error("%s", e)
+        sys.stderr.flush()
+        os._exit(e.exit_code)
 
     def _next_trial(self) -> optuna.Trial | None:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by

@@ -130,6 +130,11 @@ SETTINGS: list[tuple[str, Any, Any]] = [
         envvar="TUNER_DB_PATIENCE", min=1,
         help="Seconds a worker rides out an unreachable database (training on, reports "
              "held) before it checkpoints and stops.")], DB_PATIENCE),
+    ("stall_timeout", Annotated[int | None, typer.Option(
+        envvar="TUNER_STALL_TIMEOUT", min=1,
+        help="Seconds a trial may go without a finished epoch before it counts as hung: it "
+             "is failed and retried elsewhere, and its worker exits [default: no limit].")],
+     None),
 ]
 
 
@@ -151,7 +156,8 @@ def with_settings(fn: F) -> F:
             storage=given["storage"], device=given["device"], data_dir=given["data_dir"],
             checkpoint_dir=given["checkpoint_dir"], keep_checkpoints=given["keep_checkpoints"],
             download=given["download"], heartbeat_s=given["heartbeat"],
-            grace_period_s=given["grace_period"], db_patience_s=given["db_patience"])
+            grace_period_s=given["grace_period"], db_patience_s=given["db_patience"],
+            stall_timeout_s=given["stall_timeout"])
         return fn(**kwargs, settings=settings)
 
     wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]

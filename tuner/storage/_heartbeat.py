@@ -3,12 +3,18 @@ dead workers (so they are retried), every interval, whatever the training loop i
 
 It shares the worker's one connection (a pool of one) and its :class:`Patience`: while the
 database is unreachable it retries, and it reaps only once the worker has had the database
-back for a grace period."""
+back for a grace period.
+
+With a ``stall_timeout``, it also watches the training loop: a trial that finished no epoch
+(:meth:`HeartbeatThread.progressed`) for that long is handed to ``on_stall`` instead of being
+kept alive: its process lives, but its training is hung."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 
 import optuna
 
@@ -21,19 +27,31 @@ log = logging.getLogger("tuner")
 
 class HeartbeatThread(threading.Thread):
     def __init__(self, study: optuna.Study, interval: float, patience: Patience | None = None,
-                 lease: Lease | None = None):
+                 lease: Lease | None = None, stall_timeout: float | None = None,
+                 on_stall: Callable[[optuna.Trial, float], None] | None = None):
         super().__init__(name="tuner-heartbeat", daemon=True)
         self.study, self.interval = study, interval
         self.patience = patience or Patience(float("inf"), 0)
         self.lease = lease
         self.trial: optuna.Trial | None = None
         self.halt = threading.Event()
+        self.stall_timeout, self.on_stall = stall_timeout, on_stall
+        self.last_progress = time.monotonic()
+
+    def progressed(self) -> None:
+        """The running trial started or finished an epoch."""
+        self.last_progress = time.monotonic()
 
     def run(self) -> None:
         while not self.halt.wait(self.interval if self.patience.down_since is None
                                  else min(1.0, self.interval)):
             try:
                 if (trial := self.trial) is not None:
+                    quiet = time.monotonic() - self.last_progress
+                    if self.stall_timeout is not None and quiet > self.stall_timeout:
+                        if self.on_stall is not None:
+                            self.on_stall(trial, quiet)
+                        continue  # no beat: silent, the reaper fails it like a dead one's
                     ok, _ = self.patience.attempt(lambda t=trial: record_heartbeat(t))
                     if not ok:
                         continue

@@ -68,7 +68,18 @@ def check_schema_version(storage: optuna.storages.RDBStorage) -> None:
 
 
 def record_heartbeat(trial: optuna.Trial) -> None:
-    """Say that ``trial``'s worker is alive."""
+    """Say that ``trial``'s worker is alive: one UPDATE (Optuna's own beat costs two reads,
+    a ``now()`` and the update), and Optuna's path for a trial's first beat, which inserts."""
+    rdb = _rdb(trial.study._storage)
+    if rdb is not None:
+        from optuna.storages._rdb import models
+
+        table = models.TrialHeartbeatModel.__table__
+        with rdb.engine.begin() as conn:
+            beat = conn.execute(table.update().where(table.c.trial_id == trial._trial_id)
+                                .values(heartbeat=sqlalchemy.func.now()))
+        if beat.rowcount:
+            return
     trial.study._storage.record_heartbeat(trial._trial_id)
 
 
@@ -89,6 +100,22 @@ def claim(study: optuna.Study, waiting: FrozenTrial) -> optuna.Trial | None:
     except UpdateFinishedTrialError:
         return None
     return optuna.Trial(study, waiting._trial_id) if taken else None
+
+
+def fail_and_retry(study: optuna.Study, trial: optuna.Trial, budget: Any, reason: str) -> bool:
+    """Fail the running ``trial`` now, as the reaper fails a dead worker's (a crash that
+    counts towards the lineage's retries), and queue its retry; False if it was finished
+    already (by the reaper, say)."""
+    from tuner.storage._retry import retry
+
+    set_user_attrs(trial, {"fail_reason": reason})
+    try:
+        if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    retry(study, refreshed(trial), budget, crashed=True)
+    return True
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

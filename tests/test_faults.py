@@ -1,0 +1,249 @@
+"""Faults, for real (issue 12 section 5): workers killed -9 at random during an 8-worker study,
+a trial that hangs while its worker lives (``--stall-timeout``), a checkpoint folder that
+cannot be written. Real worker processes on a real database; the trainer sleeps
+(tests/tuner_procs.py), since what is tested is the recovery, not training."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import textwrap
+import time
+from collections import Counter
+
+import pytest
+from optuna.trial import TrialState
+from tuner_procs import (
+    finished,
+    kill,
+    load,
+    start_worker,
+    trials,
+    wait_for,
+    worker_pid,
+    write_study,
+)
+from typer.testing import CliRunner
+
+from tuner.errors import TrialStalled
+from tuner.storage import CRASHES_ATTR, MAX_RETRIES, RETRY_OF_ATTR, heartbeat_ages
+
+pytest_plugins = ["servers"]
+
+# tuner_procs' trainer, plus a hang after epoch 1 in a worker started with FIT_HANG=1
+HANGING_FIT = textwrap.dedent('''
+    import os
+    import time
+
+
+    def fit(params, ctx):
+        state = ctx.load_checkpoint()
+        start = 1 if state is None else int(state["epoch"]) + 1
+        ctx.info["start_epoch"] = start
+        value = 0.0
+        for epoch in range(start, ctx.max_epochs + 1):
+            time.sleep(params["sleep"])
+            value = params["x"] + epoch / 100
+            ctx.save_checkpoint({"epoch": epoch})
+            ctx.report(epoch, value)
+            if os.environ.get("FIT_HANG"):
+                time.sleep(10**6)  # a deadlocked step: the process and its heartbeat live on
+        return value
+''')
+
+
+def wait_or_dump(proc, timeout: float, url: str) -> int | None:
+    """The exit code; or, past ``timeout``, the study's trials and the process's thread
+    stacks (faulthandler)."""
+    try:
+        return proc.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        study = load(url, "toy")
+        rows = [(t.number, t.state.name, worker_pid(t), t.user_attrs.get(RETRY_OF_ATTR))
+                for t in study.get_trials() if not t.state.is_finished()]
+        ages = heartbeat_ages(study)
+        os.kill(proc.pid, signal.SIGABRT)
+        proc.popen.wait(10)
+        raise AssertionError(f"{proc.log.name} still ran after {timeout}s; unfinished {rows}, "
+                             f"beats {ages}:\n{proc.output()}") from None
+
+
+def check_exact(ts, budget: int) -> None:
+    numbers = [t.number for t in ts]
+    assert len(numbers) == len(set(numbers)), f"trial numbers repeat: {sorted(numbers)}"
+    assert len(finished(ts)) == budget, [(t.number, t.state.name) for t in ts]
+    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def check_resumed(ts, failed) -> None:
+    """Each failed attempt has exactly one retry (same params), which continued after the
+    attempt's last checkpoint (saved just before each report: a kill between the two loses
+    the point, not the checkpoint)."""
+    by_number = {t.number: t for t in ts}
+    retries = Counter(t.user_attrs.get(RETRY_OF_ATTR) for t in ts)
+    for t in failed:
+        assert retries[t.number] == 1, f"trial {t.number} retried {retries[t.number]} times"
+        retry = next(r for r in ts if r.user_attrs.get(RETRY_OF_ATTR) == t.number)
+        assert retry.params == t.params
+        assert retry.user_attrs["lineage"] == t.user_attrs.get("lineage", t.number)
+        reported = max(t.intermediate_values, default=0)
+        started = by_number[retry.number].user_attrs.get("start_epoch")
+        if started is not None:  # None: the retry itself was killed before it said so
+            assert started - 1 in (reported, reported + 1), (t.number, reported, started)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TUNER_TEST_CHAOS"),
+                    reason="opt in with TUNER_TEST_CHAOS=1: about 3 minutes, and on a loaded "
+                           "2-core machine one run in three saw a worker idle past its timeout "
+                           "(issue 12 stays open until that is explained)")
+@pytest.mark.parametrize("any_url", ["postgresql"], indirect=True)
+def test_chaos_random_kills_during_an_eight_worker_study(any_url, tmp_path, monkeypatch):
+    """8 workers; every ~2.5 s a random worker in the middle of a trial (past its first
+    checkpoint) is killed -9 and a replacement started, 8 times. The study ends exact."""
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # SIGABRT: a stuck worker's stacks
+    rng = random.Random(12)
+    budget, kills = 48, 8
+    study = write_study(tmp_path, trials=budget, epochs=6, sleep=1.0)
+    workers = [start_worker(str(study), any_url, tmp_path, f"w{i}", "--worker-index", str(i))
+               for i in range(8)]
+    started = 8
+    # the clock starts once most workers train (8 torch imports take a while on a shared CPU)
+    wait_for("6 workers training", lambda: len({worker_pid(t) for t in trials(any_url, "toy")
+                                                 if t.state == TrialState.RUNNING}) >= 6, 120,
+             every=0.5)
+    killed: list[tuple[int, int]] = []  # (pid, trial number)
+    t0 = time.monotonic()
+    while len(killed) < kills and time.monotonic() - t0 < 75:
+        time.sleep(2.5)
+        alive = {w.pid: w for w in workers if w.popen.poll() is None}
+        victims = [t for t in trials(any_url, "toy")
+                   if t.state == TrialState.RUNNING and t.intermediate_values
+                   and worker_pid(t) in alive
+                   and int(t.system_attrs.get(CRASHES_ATTR, 0)) < MAX_RETRIES]
+        if not victims:
+            continue
+        victim = rng.choice(victims)
+        kill(alive[worker_pid(victim)])
+        killed.append((worker_pid(victim), victim.number))
+        workers.append(start_worker("toy", any_url, tmp_path, f"w{started}"))
+        started += 1
+    assert len(killed) == kills, (
+        f"only {len(killed)} kills in 75 s: "
+        f"{[(t.number, t.state.name, worker_pid(t)) for t in trials(any_url, 'toy')]}\n"
+        f"{workers[0].output()[-2000:]}")
+    killed_pids = {pid for pid, _ in killed}
+    for w in workers:
+        if w.pid not in killed_pids:
+            assert wait_or_dump(w, 90, any_url) == 0, w.output()
+            assert "Traceback" not in w.output(), w.output()
+    ts = trials(any_url, "toy")
+    check_exact(ts, budget)
+    failed = [t for t in ts if t.state == TrialState.FAIL]
+    # every failure is a kill's; a victim read RUNNING may have told its result just before
+    # the signal landed (then it is finished, by the victim)
+    by_number = {t.number: t for t in ts}
+    assert all(worker_pid(t) in killed_pids for t in failed)
+    for pid, n in killed:
+        assert by_number[n].state == TrialState.FAIL or (
+            by_number[n].state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and worker_pid(by_number[n]) == pid), (n, by_number[n].state)
+    check_resumed(ts, failed)
+    print(f"{kills} kills, {len(failed)} attempts failed and retried, {budget} trials exact, "
+          f"{time.monotonic() - t0:.0f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_hung_trial_is_failed_and_retried_elsewhere(any_url, tmp_path):
+    study = write_study(tmp_path, trials=2, epochs=3, sleep=0.2)
+    (tmp_path / "fit.py").write_text(HANGING_FIT)
+    hung = start_worker(str(study), any_url, tmp_path, "hung", "--stall-timeout", "3",
+                        env={"FIT_HANG": "1"})
+    first = wait_for("the hung worker's epoch 1", lambda: next(
+        (t for t in trials(any_url, "toy") if t.intermediate_values), None), 60)
+    reported = time.monotonic()
+    other = start_worker("toy", any_url, tmp_path, "other", "--stall-timeout", "3")
+    assert hung.wait(30) == TrialStalled.exit_code, hung.output()
+    took = time.monotonic() - reported
+    assert 2 <= took < 3 + 1 + 3, f"{took:.1f}s"  # the timeout, a beat, and slack
+    lines = [line for line in hung.output().splitlines() if "--stall-timeout" in line]
+    assert len(lines) == 1 and f"trial {first.number} finished no epoch" in lines[0], \
+        hung.output()
+    assert "Traceback" not in hung.output()
+    assert other.wait(60) == 0, other.output()
+    ts = trials(any_url, "toy")
+    check_exact(ts, 2)
+    stalled = next(t for t in ts if t.number == first.number)
+    assert stalled.state == TrialState.FAIL
+    assert stalled.user_attrs["fail_reason"].startswith("stalled:")
+    check_resumed(ts, [stalled])
+    retry = next(t for t in ts if t.user_attrs.get(RETRY_OF_ATTR) == first.number)
+    assert retry.state == TrialState.COMPLETE and worker_pid(retry) == other.pid
+    assert retry.user_attrs["start_epoch"] == 2  # from the hung attempt's checkpoint
+
+
+def test_a_stall_timeout_within_a_heartbeat_is_refused(tmp_path):
+    from tuner.cli import app
+
+    study = write_study(tmp_path)
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    res = CliRunner().invoke(app, ["run", str(study), "--storage", url, "--heartbeat", "5",
+                                   "--stall-timeout", "5"])
+    assert res.exit_code == 2, res.output
+    assert "--stall-timeout 5 is not above the heartbeat interval" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "tuner.db").exists()
+
+
+@pytest.mark.slow
+def test_an_unwritable_checkpoint_folder_stops_that_worker_only(tmp_path):
+    """Worker A's checkpoint folder has a file where the study's folder should be (root
+    ignores permissions, not that): A says so in one line and exits 2; its trial is retried
+    by worker B, whose folder works; the budget is exact."""
+    study = write_study(tmp_path, trials=3, epochs=2, sleep=0.3)
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "toy").write_text("a file where the study's checkpoint folder should be")
+    a = start_worker(str(study), url, tmp_path, "A", "--checkpoint-dir", str(broken))
+    assert a.wait(60) == 2, a.output()
+    out = a.output()
+    lines = [line for line in out.splitlines() if "cannot write the checkpoint" in line]
+    assert len(lines) == 1 and "--checkpoint-dir" in lines[0], out
+    assert "Traceback" not in out
+    ts = trials(url, "toy")
+    (lost,) = [t for t in ts if t.state == TrialState.FAIL]
+    assert "cannot write the checkpoint" in lost.user_attrs["fail_reason"]
+    assert [t.user_attrs.get(RETRY_OF_ATTR) for t in ts if t.state == TrialState.WAITING] \
+        == [lost.number]
+    b = start_worker("toy", url, tmp_path, "B")  # checkpoints in tmp_path/checkpoints
+    assert b.wait(60) == 0, b.output()
+    ts = trials(url, "toy")
+    check_exact(ts, 3)
+    assert all(worker_pid(t) == b.pid for t in finished(ts))
+
+
+def test_a_heartbeat_is_one_statement(tmp_path):
+    """After a trial's first beat (which inserts its row), each beat is one UPDATE, and its
+    transaction nothing else (Optuna's: two SELECTs, a now() and the UPDATE)."""
+    import optuna
+    import sqlalchemy as sa
+
+    from tuner.storage import Heartbeat, connect, engine_of, record_heartbeat
+
+    study = optuna.create_study(storage=connect(f"sqlite:///{tmp_path / 'db'}", Heartbeat(1, 3)))
+    with pytest.warns(UserWarning, match="Heartbeat"):  # tuner beats itself, not optimize()
+        trial = study.ask()
+    record_heartbeat(trial)
+    before = heartbeat_ages(study)[trial.number]
+    statements: list[str] = []
+    sa.event.listen(engine_of(study), "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    record_heartbeat(trial)
+    statements = [s for s in statements if not s.startswith("BEGIN")]  # SQLite's write lock
+    assert len(statements) == 1 and statements[0].startswith("UPDATE trial_heartbeats"), \
+        statements
+    assert heartbeat_ages(study)[trial.number] <= before + 1
