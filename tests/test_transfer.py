@@ -159,10 +159,16 @@ def test_too_many_frozen_blocks_and_a_weights_range_are_refused(
 def test_a_torchvision_study_fine_tunes_from_a_state_dict(tmp_path: Path, mnist_dir: Path) -> None:
     import torchvision
 
+    # ImageNet-shaped (3 colours, 1000 classes) weights into a grey 4-class model, on 96
+    # images of a user loader (a CPU shared by several engineers runs a ResNet slowly)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
+    (tmp_path / "d.py").write_text(
+        "import torch\ndef load():\n    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8, generator=g)\n"
+        "    y = torch.arange(96) % 4\n    return (x[:64], y[:64]), (x[64:], y[64:])\n")
     r = _run(tmp_path, mnist_dir, "name: t\nepochs: 1\nmodel: torchvision:resnet18\n"
-             "weights: r18.pt\nspace: {freeze: [0, 3], backbone_lr_scale: 0.1, lr: 1.0e-3, "
-             "batch_size: 64}\n")
+             "data: d.py:load\nweights: r18.pt\nspace: {freeze: [3, 0], "
+             "backbone_lr_scale: 0.1, batch_size: 32}\n")
     assert r.exit_code == 0, r.output
     r = _run(tmp_path, mnist_dir, "name: u\nmodel: torchvision:resnet18\nspace: {freeze: 6}\n")
     assert r.exit_code == 2 and "has 5 blocks before its head" in r.output, r.output
