@@ -153,6 +153,11 @@ def test_too_many_frozen_blocks_and_a_weights_range_are_refused(
     assert _no_study(tmp_path)
     r = _run(tmp_path, mnist_dir, "name: t\nspace: {weights: {type: int, low: 0, high: 3}}\n")
     assert r.exit_code == 2 and "space.weights: give the path" in r.output, r.output
+    (tmp_path / "t.py").write_text("def fit(params, ctx):\n    return 0.0\n")
+    r = _run(tmp_path, mnist_dir, "name: t\ntrainer: t.py:fit\ntask: classification\n"
+             "space: {weights: [a.pt]}\n")
+    assert r.exit_code == 2 and f"no file at {tmp_path / 'a.pt'}" in r.output, r.output
+    assert _no_study(tmp_path)
 
 
 @pytest.mark.slow

@@ -97,7 +97,12 @@ class StudyAssets:
     def preflight(self) -> None:
         """Check, once, that the data loads and the model fits the task: one clear error now
         rather than a study of failed trials."""
-        if self._checked or not self.has_data:
+        if self._checked:
+            return
+        for path in self.spec.weight_paths():  # a user loop's, too, before any trial
+            if path is not None:
+                transfer.check_file(path, self.spec.base_dir)
+        if not self.has_data:
             return
         bundle = self.data()
         # a user loader's labels say what the task is (integers classify, floats regress)
