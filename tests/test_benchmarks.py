@@ -100,3 +100,11 @@ def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
         _script(name).main(["--help"])
     assert exc.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_augment_benchmark_runs() -> None:
+    import argparse
+
+    rows = _script("augment").run(argparse.Namespace(n=64, epochs=1, batch_size=32,
+                                                     device="cpu"))
+    assert [r[0] for r in rows] == ["none", "crop 4", "crop 4 + flip", "crop 4 + flip + cutout 8"]
