@@ -170,10 +170,20 @@ def test_a_torchvision_study_fine_tunes_from_a_state_dict(tmp_path: Path, mnist_
     (tmp_path / "d.py").write_text(
         "import torch\ndef load():\n    g = torch.Generator().manual_seed(0)\n"
         "    x = torch.randint(0, 256, (96, 1, 28, 28), dtype=torch.uint8, generator=g)\n"
-        "    y = torch.arange(96) % 4\n    return (x[:64], y[:64]), (x[64:], y[64:])\n")
+        "    y = torch.arange(96) % 4\n"
+        "    return (x[:48], y[:48]), (x[48:72], y[48:72]), (x[72:], y[72:])\n")
     r = _run(tmp_path, mnist_dir, "name: t\nepochs: 1\nmodel: torchvision:resnet18\n"
              "data: d.py:load\nweights: r18.pt\nspace: {freeze: [3, 0], "
              "backbone_lr_scale: 0.1, batch_size: 32}\n")
     assert r.exit_code == 0, r.output
+    # retrain starts from the weights too, and its model loads back as a torchvision resnet
+    from tuner.retrain import load_model
+
+    r = CliRunner().invoke(app, ["retrain", "t", "--device", "cpu", "--out", str(tmp_path / "m"),
+                                 "--storage", f"sqlite:///{tmp_path / 't.db'}",
+                                 "--data-dir", str(mnist_dir), "--no-download"])
+    assert r.exit_code == 0, r.output
+    model, card = load_model(tmp_path / "m")
+    assert card["model"] == "torchvision:resnet18" and model.fc.out_features == 4
     r = _run(tmp_path, mnist_dir, "name: u\nmodel: torchvision:resnet18\nspace: {freeze: 6}\n")
     assert r.exit_code == 2 and "has 5 blocks before its head" in r.output, r.output
