@@ -120,3 +120,11 @@ def test_stopping_replay_stops_where_patience_would() -> None:
         ts.append(t)
     assert bench.replay(spec, ts, "patience=3") == 5  # trial 1 is best, 3 more: stop
     assert bench.replay(spec, ts, "patience=4") == 6  # never fires: the whole budget
+
+
+def test_augment_benchmark_runs() -> None:
+    import argparse
+
+    rows = _script("augment").run(argparse.Namespace(n=64, epochs=1, batch_size=32,
+                                                     device="cpu"))
+    assert [r[0] for r in rows] == ["none", "crop 4", "crop 4 + flip", "crop 4 + flip + cutout 8"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tuner import space, usercode
-from tuner.errors import UserCodeError
+from tuner import space, transfer, usercode
+from tuner.errors import TunerError, UserCodeError
 from tuner.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ class StudyAssets:
         base = spec.base_dir
         self.trainer = usercode.resolve(spec.trainer, "trainer", base) if spec.trainer else None
         self.model_fn = (usercode.resolve(spec.model, "model", base)
-                         if usercode.is_import_path(spec.model) else None)
+                         if usercode.is_import_path(spec.model)
+                         and spec.model not in _family_names() else None)
         self.data_fn = (usercode.resolve(spec.data, "data", base)
                         if usercode.is_import_path(spec.data) and not spec.builtin_data
                         else None)
@@ -67,18 +68,41 @@ class StudyAssets:
         return self._folds
 
     def model_builder(self, bundle: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:
+        """params -> the model, started from its ``weights`` when the trial or study names
+        a state_dict (built-in families and user builders alike)."""
         if self.model_fn is not None:
             fn = self.model_fn
-            return lambda params: fn(dict(params), bundle.input_shape, bundle.num_outputs)
-        from tuner import models
 
-        family = self.spec.model
-        return lambda params: models.build(family, params, bundle.inputs, bundle.num_outputs)
+            def build(params: Mapping[str, Any]) -> nn.Module:
+                return fn(dict(params), bundle.input_shape, bundle.num_outputs)
+        else:
+            from tuner import models
+
+            family = self.spec.model
+
+            def build(params: Mapping[str, Any]) -> nn.Module:
+                return models.build(family, params, bundle.inputs, bundle.num_outputs)
+
+        base, study_weights = self.spec.base_dir, self.spec.weights
+
+        def start(params: Mapping[str, Any]) -> nn.Module:
+            model = build(params)
+            path = params.get("weights") or study_weights
+            if path:
+                transfer.load_weights(model, transfer.check_file(str(path), base))
+            return model
+
+        return start
 
     def preflight(self) -> None:
         """Check, once, that the data loads and the model fits the task: one clear error now
         rather than a study of failed trials."""
-        if self._checked or not self.has_data:
+        if self._checked:
+            return
+        for path in self.spec.weight_paths():  # a user loop's, too, before any trial
+            if path is not None:
+                transfer.check_file(path, self.spec.base_dir)
+        if not self.has_data:
             return
         bundle = self.data()
         # a user loader's labels say what the task is (integers classify, floats regress)
@@ -92,8 +116,14 @@ class StudyAssets:
 
         spec = self.spec
         params = space.defaults(spec)
+        for path in spec.weight_paths():  # every file a trial may start from, before any trial
+            if path is not None:
+                self.model_builder(bundle)({**params, "weights": path})
         try:
             model = self.model_builder(bundle)(params).to(bundle.device)
+            transfer.freeze(model, _most(spec, "freeze"))
+        except TunerError:
+            raise
         except Exception as e:
             raise UserCodeError(f"model: {spec.model} failed on a sample batch of "
                                 f"{spec.data}: {usercode.one_line(e)}") from e
@@ -113,6 +143,26 @@ class StudyAssets:
     def release(self) -> None:
         """Drop the data and folds (and their device memory)."""
         self._bundle, self._folds = None, None
+
+
+def _family_names() -> tuple[str, ...]:
+    from tuner import models
+
+    return models.names()
+
+
+def _most(spec: StudySpec, name: str) -> int:
+    """The largest value the space can give the int knob ``name`` (0 when absent)."""
+    from tuner.spec import CategoricalParam, Fixed, IntParam
+
+    p = spec.space.get(name)
+    if isinstance(p, Fixed):
+        return int(p.value)
+    if isinstance(p, IntParam):
+        return p.high
+    if isinstance(p, CategoricalParam):
+        return int(max(p.choices))  # type: ignore[type-var]
+    return 0
 
 
 def _check_vocabulary(model: nn.Module, bundle: DataBundle, model_name: str) -> None:

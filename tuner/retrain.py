@@ -212,7 +212,7 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict
     if not card["files"].get("weights"):
         raise TunerError(f"{folder} holds no weights (its trainer saved no checkpoint)")
     shape, outputs, params = tuple(card["input_shape"]), card["num_outputs"], card["params"]
-    if usercode.is_import_path(card["model"]):
+    if usercode.is_import_path(card["model"]) and card["model"] not in models.names():
         build = usercode.resolve(card["model"], "model", card.get("base_dir"))
         model = build(dict(params), shape, outputs)
     else:

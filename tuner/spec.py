@@ -207,6 +207,9 @@ class StudySpec(_Frozen):
     model: str = "mlp"
     # a user training loop ``pkg.mod:fit``; None means tuner's own loop
     trainer: str | None = None
+    # a state_dict to start the model from (``torch.save(model.state_dict(), PATH)``), relative
+    # to the study file; a ``weights`` hyperparameter overrides it per trial
+    weights: str | None = Field(default=None, min_length=1)
     task: Literal["classification", "regression"] | None = None
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
@@ -342,6 +345,7 @@ class StudySpec(_Frozen):
                 raise ValueError(f"data: {self.data} is {kind} data and cannot be read as "
                                  f"{self.data_as}")
         self._check_kinds()
+        self.weight_paths()
         self._check_space()
         self._check_objectives()
         if self.stop.terminator and self.multi_objective:
@@ -436,6 +440,19 @@ class StudySpec(_Frozen):
                 if name in vocab.IMAGE_ONLY_KNOBS:
                     raise ValueError(f"space.{name}: augmentation works on images only and "
                                      f"{self.data} is {kind} data; remove {name}")
+
+    def weight_paths(self) -> list[str | None]:
+        """Every ``weights`` a trial may start from: the space's values, else the study's
+        (None: the model's own initialisation). The files are checked before any trial."""
+        entry = self.space.get("weights")
+        if entry is None:
+            return [self.weights]
+        values = ([entry.value] if isinstance(entry, Fixed) else list(entry.choices)
+                  if isinstance(entry, CategoricalParam) else None)
+        if values is None or not all(isinstance(v, str) and v for v in values):
+            raise ValueError("space.weights: give the path of a state_dict file, or a list of "
+                             "paths, relative to the study file")
+        return list(values)
 
     def knobs(self) -> dict[str, Knob]:
         """The hyperparameters tuner's own code reads in this study: its training loop's

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tuner import recipes, vocab
+from tuner import recipes, transfer, vocab
 from tuner.context import Context
 from tuner.data._bundle import DataBundle, Split
 from tuner.device import canonical
@@ -221,6 +221,7 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
     if _channels_last(model, device):
         model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convs
     ctx.info["param_count"] = count_parameters(model)
+    transfer.freeze(model, int(p["freeze"]))
     opt = make_optimizer(p, model, device)
     recipe = recipes.Recipe.from_params(p, model, data.kind, data.name)
     # the schedule runs over the epochs after the warm-up
@@ -257,7 +258,8 @@ def compile_model(model: nn.Module) -> Callable[[Tensor], Tensor]:
 def make_optimizer(p: Mapping[str, Any], model: nn.Module,
                    device: torch.device) -> torch.optim.Optimizer:
     """``p["optimizer"]`` with ``lr`` and ``weight_decay`` (decoupled for adamw, an L2 term in
-    the gradient for the others: what torch does)."""
+    the gradient for the others: what torch does), over the trainable parameters; the
+    backbone's rate scaled by ``backbone_lr_scale`` (the head's group first)."""
     name = p["optimizer"]
     kwargs: dict[str, Any] = {"lr": float(p["lr"]), "weight_decay": float(p["weight_decay"])}
     if name == "sgd_momentum":
@@ -269,7 +271,8 @@ def make_optimizer(p: Mapping[str, Any], model: nn.Module,
                "adagrad": torch.optim.Adagrad}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(vocab.OPTIMIZERS)}")
-    return classes[name](model.parameters(), **kwargs)
+    groups = transfer.param_groups(model, float(p["lr"]), float(p.get("backbone_lr_scale", 1.0)))
+    return classes[name](groups, **kwargs)
 
 
 def make_schedule(p: Mapping[str, Any], opt: torch.optim.Optimizer,

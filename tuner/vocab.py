@@ -64,6 +64,12 @@ TRAINING_KNOBS: dict[str, Knob] = {
                          low=0),
     "augment_flip": Knob(False, "random horizontal flip (images)"),
     "augment_cutout": Knob(0, "zero a random square of this side in pixels (images)", low=0),
+    # transfer learning (tuner/transfer.py)
+    "weights": Knob(None, "state_dict to start the model from, relative to the study file "
+                    "[default: the study's weights:]"),
+    "freeze": Knob(0, "leading blocks of the model that stay frozen (never the head)", low=0),
+    "backbone_lr_scale": Knob(1.0, "learning-rate multiplier for every block but the head",
+                              low=0, low_open=True),
 }
 # knobs that only make sense on image data: refused on any other kind
 IMAGE_ONLY_KNOBS = ("augment_crop", "augment_flip", "augment_cutout")
