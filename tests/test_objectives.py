@@ -185,6 +185,14 @@ def test_a_constraint_known_before_training_rejects_without_an_epoch(tmp_path):
     states = {r["number"]: r["state"] for r in trial_rows(handle.study, handle.spec)}
     assert {states[t.number] for t in wide} == {"INFEASIBLE"}
     assert {t.number for t in pareto_front(handle)} <= {t.number for t in narrow}
+    # the report draws the Pareto front and lists the front's trials with both objectives
+    from tuner import report
+
+    result = report.build(handle, tmp_path / "report")
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
+    page = result.html.read_text()
+    assert "Pareto front" in page and "trials of the Pareto front" in page
+    assert "<th>params</th>" in page and "<th>accuracy</th>" in page
 
 
 TUPLE_FIT = textwrap.dedent("""

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
 from tuner.retrain import retrained_of
-from tuner.study import Handle
+from tuner.study import Handle, feasible, pareto_front, primary_value
 
 # parameter importances from fewer completed trials are noise
 MIN_IMPORTANCE_TRIALS = 5
@@ -74,11 +74,8 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     """Write ``report.html``, ``<plot>.png`` and ``trials.csv`` for the study into
     ``out_dir`` (created if needed). Raises TunerError when no trial has completed."""
     study, spec = handle.study, handle.spec
-    if spec.multi_objective:
-        raise TunerError(f"study {handle.name!r} has several objectives, which the report does "
-                         f"not show yet; `tuner best {handle.name}` prints its Pareto front")
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
     if not complete:
         raise TunerError(f"study {handle.name!r} has no completed trial yet, so there is nothing "
                          f"to report; run `tuner resume {handle.name}` first")
@@ -96,7 +93,8 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         plt.style.use("ggplot")
-        for sid, title, caption, draw in _plots(spec.metric_name):
+        plots = _mo_plots(spec) if spec.multi_objective else _plots(spec.metric_name)
+        for sid, title, caption, draw in plots:
             try:
                 figure, mpl = draw(study, trials, spec.metric_name)
             except _Skip as why:
@@ -140,6 +138,37 @@ def _plots(metric: str) -> list[tuple[str, str, str, Draw]]:
          _importance),
         ("slice", "Slice plots", f"{metric} against each parameter, one dot per trial.", _slice),
     ]
+
+
+def _mo_plots(spec: Any) -> list[tuple[str, str, str, Draw]]:
+    """A multi-objective study: its Pareto front first, then the curves of the metric the
+    training loop reports (the pruned-on objective)."""
+    names = spec.objective_names
+    shown = " and ".join(names[:2]) if len(names) > 3 else " and ".join(names)
+
+    def pareto(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
+        kwargs: dict[str, Any] = {"target_names": names[:2] if len(names) > 3 else names,
+                                  "constraints_func": _violations}
+        if len(names) > 3:  # optuna draws 2 or 3 objectives: the first two
+            kwargs["targets"] = lambda t: (t.values[0], t.values[1])
+        return _both(study, "plot_pareto_front", **kwargs)
+
+    return [
+        ("pareto", "Pareto front",
+         f"Every completed trial by {shown}; the front (no trial better in every objective) is "
+         "highlighted; a completed trial that violates a constraint is drawn apart (trials "
+         "rejected before training have no values to draw).", pareto),
+        ("curves", "Learning curves",
+         f"Validation {spec.metric_name} after each epoch, one line per trial; pruned trials "
+         "stop early.", _curves),
+        ("train_loss", "Training loss", "Mean training loss per epoch, one line per trial.",
+         _train_loss),
+    ]
+
+
+def _violations(t: FrozenTrial) -> list[float]:
+    """Optuna's constraints convention (> 0 violates) for the Pareto plot."""
+    return [0.0 if feasible(t) else 1.0]
 
 
 def _history(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
@@ -279,20 +308,28 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    best = handle.study.best_trial
+    front = pareto_front(handle)
+    best = (max if spec.direction_name == "maximize" else min)(
+        front or complete, key=lambda t: primary_value(spec, t) or 0.0)
     retrained = retrained_of(handle, best.number) or {}
     test = ", ".join(f"{k} {_num(v)}" for k, v in retrained.get("metrics", {}).items())
+    goal = ", ".join(f"{d} {m}" for m, d in zip(spec.objective_names, spec.directions,
+                                                 strict=True))
     nav = " ".join(f'<a href="#{s.id}">{e(s.title)}</a>' for s in sections)
     body = [
         f"<h1>Study {e(name)}</h1>",
         f'<p class="meta">data {e(str(spec.data))} · model {e(spec.model)}'
         + (f" · trainer {e(spec.trainer)}" if spec.trainer else "")
-        + f" · {e(spec.direction_name)} {e(spec.metric_name)} · up to {spec.epochs} epochs · "
+        + f" · {e(goal)} · up to {spec.epochs} epochs · "
         f"sampler {e(spec.sampler.name)} · pruner {e(spec.pruner.name)}<br>"
         + " · ".join(f"{e(k.lower())} {v}" for k, v in sorted(counts.items()))
         + f" · generated {dt.datetime.now().isoformat(sep=' ', timespec='seconds')}</p>",
-        f'<p id="best">best trial <b>{best.number}</b>: {e(spec.metric_name)} '
-        f"<b>{_num(best.value)}</b> after {best.user_attrs.get('epochs_run', '?')} epochs"
+        (f'<p id="best">Pareto front: <b>{len(front)}</b> of {len(complete)} completed trials; '
+         f"best {e(spec.metric_name)} on it: trial <b>{best.number}</b>, "
+         f"<b>{_num(primary_value(spec, best))}</b>" if spec.multi_objective else
+         f'<p id="best">best trial <b>{best.number}</b>: {e(spec.metric_name)} '
+         f"<b>{_num(best.value)}</b>")
+        + f" after {best.user_attrs.get('epochs_run', '?')} epochs"
         + (f"; retrained on train+val, test set: <b>{e(test)}</b>" if test else "") + "</p>",
         f'<nav>{nav} <a href="#top-trials">Top trials</a>'
         + (' <a href="#failed">Failed trials</a>' if counts.get("FAIL") else "") + "</nav>",
@@ -317,21 +354,27 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
 
 
 def _top_table(handle: Handle, complete: list[FrozenTrial], top: int) -> str:
-    maximize = handle.study.direction == optuna.study.StudyDirection.MAXIMIZE
-    best = sorted(complete, key=lambda t: t.value, reverse=maximize)[:top]
+    """The best trials by the reported metric; in a multi-objective study, the Pareto front
+    (each objective a column)."""
+    spec = handle.spec
+    maximize = spec.direction_name == "maximize"
+    pool = pareto_front(handle) if spec.multi_objective else complete
+    best = sorted(pool, key=lambda t: primary_value(spec, t) or 0.0, reverse=maximize)[:top]
     params = list(dict.fromkeys(k for t in best for k in t.params))
     e = html.escape
-    head = ["rank", "trial", e(handle.spec.metric_name), "epochs", "duration (s)",
+    head = ["rank", "trial", *map(e, spec.objective_names), "epochs", "duration (s)",
             *map(e, params), "# weights", "device", "seed"]
     rows = []
     for rank, t in enumerate(best, 1):
-        cells = [str(rank), str(t.number), _num(t.value), str(t.user_attrs.get("epochs_run", "")),
+        cells = [str(rank), str(t.number), *(_num(v) for v in t.values),
+                 str(t.user_attrs.get("epochs_run", "")),
                  _num(_duration(t)), *(_num(t.params.get(p, "")) for p in params),
                  str(t.user_attrs.get("param_count", "")), str(t.user_attrs.get("device", "")),
                  str(t.user_attrs.get("seed", ""))]
         rows.append("<tr>" + "".join(f"<td>{e(c) if c else ''}</td>" for c in cells) + "</tr>")
+    what = "trials of the Pareto front" if spec.multi_objective else "best"
     return (f'<section id="top-trials"><h2>Top trials</h2><p class="caption">The {len(best)} '
-            f"best of {len(complete)} completed trials; every trial is in "
+            f"{what} of {len(complete)} completed trials; every trial is in "
             '<a href="trials.csv">trials.csv</a>.</p><table><thead><tr>'
             + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></section>")
