@@ -157,7 +157,7 @@ BAD_FILES = {
     "activation.yaml": ("space: {activation: [relu, swish]}\n", "unknown activation 'swish'"),
     "optimizer.yaml": ("space: {optimizer: adamm}\n", "did you mean 'adam'"),
     "sampler.yaml": ("sampler: bayes\n", "unknown value 'bayes'"),
-    "pruner.yaml": ("pruner: asha\n", "unknown value 'asha'"),
+    "pruner.yaml": ("pruner: bohb\n", "unknown value 'bohb'"),
     # every count and rate tuner's own loop and models read is checked before any write
     "batch_size.yaml": ("space: {batch_size: [0]}\n", "batch_size must be >= 1 (got 0)"),
     "width.yaml": ("space: {width: {type: int, low: 0, high: 64}}\n", "width must be >= 1"),

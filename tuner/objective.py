@@ -396,7 +396,9 @@ class TrialRunner:
             # a retry or an ASHA continuation carries on its own lineage: not a repeat
             same = [t for t in ts if t.number != trial.number and t.params == mine
                     and storage.lineage(t) != lineage]
-            done = [t for t in same if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            # an ASHA rung segment that paused is not a result: it may yet be promoted
+            done = [t for t in same if t.state == TrialState.COMPLETE
+                    or (t.state == TrialState.PRUNED and not storage.is_paused(t))]
             if done or not any(t.state == TrialState.RUNNING and t.number < trial.number
                                for t in same):
                 break

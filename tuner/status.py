@@ -79,8 +79,14 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
     study = handle.study
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
+    promoted = {t.user_attrs[PROMOTION_OF_ATTR] for t in trials if PROMOTION_OF_ATTR in t.user_attrs}
+    gone = retired(study) if any(is_paused(t) for t in trials) else set()
     for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        # an ASHA rung segment is not a finished trial: PAUSED or PROMOTED until retired
+        name = t.state.name
+        if is_paused(t) and t.number not in gone:
+            name = "PROMOTED" if t.number in promoted else "PAUSED"
+        counts[name] = counts.get(name, 0) + 1
     ages: dict[int, float] = {}
     if with_heartbeats:
         ages = heartbeat_ages(study)
