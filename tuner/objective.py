@@ -62,6 +62,7 @@ class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPrune
 
 REPEAT_ATTR = "repeat_of"
 DEDUP_POLL_S = 0.5  # how often a trial waiting for an identical running one looks again
+DEDUP_DRAW_WAIT_S = 10.0  # the longest a trial waits for an earlier one to draw its params
 
 
 class _Infeasible(Exception):
@@ -391,6 +392,9 @@ class TrialRunner:
         running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
         its result is reused; if it fails (its worker died), this trial trains."""
         mine, lineage = trial.params, storage.lineage(trial)
+        # an earlier trial asked at the same moment may not have drawn its params yet: give
+        # it a moment to (else two workers asking at once would both train the same thing)
+        unsure_until = time.monotonic() + DEDUP_DRAW_WAIT_S
         while True:
             ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
             # a retry or an ASHA continuation carries on its own lineage: not a repeat
@@ -399,8 +403,11 @@ class TrialRunner:
             # an ASHA rung segment that paused is not a result: it may yet be promoted
             done = [t for t in same if t.state == TrialState.COMPLETE
                     or (t.state == TrialState.PRUNED and not storage.is_paused(t))]
-            if done or not any(t.state == TrialState.RUNNING and t.number < trial.number
-                               for t in same):
+            undrawn = bool(mine) and time.monotonic() < unsure_until and any(
+                t.state == TrialState.RUNNING and t.number < trial.number and not t.params
+                for t in ts)
+            if done or not (undrawn or any(t.state == TrialState.RUNNING
+                                           and t.number < trial.number for t in same)):
                 break
             if self.stop.wait(DEDUP_POLL_S):
                 raise StopRequested
