@@ -66,7 +66,15 @@ def _quiet_library_warnings() -> None:
 
 def command(fn: F) -> F:
     """Register a command whose TunerErrors become one line on stderr and an exit code."""
+    return command_on(app)(fn)
 
+
+def command_on(target: typer.Typer) -> Callable[[F], F]:
+    """:func:`command` for another Typer app (a sub-app such as ``tuner launch``)."""
+    return lambda fn: target.command()(_one_line_errors(fn))  # type: ignore[return-value]
+
+
+def _one_line_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -87,7 +95,7 @@ def command(fn: F) -> F:
                         markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
-    return app.command()(wrapper)  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]
 
 
 # ---- shared options (read once here, passed down) ----------------------------------------

@@ -6,18 +6,16 @@ the commands, so ``tuner --help`` stays fast.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import sys
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tuner.cli._common import err, out
-from tuner.errors import LaunchError, TunerError
+from tuner.cli._common import command_on, out
+from tuner.errors import LaunchError
 from tuner.settings import DEFAULT_URL as DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -29,21 +27,7 @@ launch_app = typer.Typer(
     no_args_is_help=True,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def command(fn: F) -> F:
-    """A launch command whose TunerErrors become one line on stderr and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TunerError as e:
-            err().print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-
-    return launch_app.command()(wrapper)  # type: ignore[return-value]
+command = command_on(launch_app)
 
 
 def _is_file(study: str) -> bool:
