@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tuner.cli import app
 from tuner.context import Context
 from tuner.data import DataBundle, load_builtin
+from tuner.errors import UserCodeError
 from tuner.kinds import InputKind, Inputs
 from tuner.models import build
 from tuner.train import fit, make_optimizer
@@ -119,7 +120,7 @@ def test_torchvision_resnet_fits_grey_images_and_takes_imagenet_shaped_weights(
     ("missing", "no file at"),
     ("not_state_dict", "not a state_dict of tensors"),
     ("not_torch", "not a state_dict that loads with weights_only=True"),
-    ("fewer_layers", "lacks '5.weight'"),
+    ("fewer_layers", "lacks '5.weight'"),  # a hidden layer missing, not only the head
     ("more_layers", "has '5.weight'"),
     ("other_width", "'1.weight' is shaped (32, 784) but the model's is (16, 784)"),
 ])
@@ -132,7 +133,7 @@ def test_weights_that_do_not_fit_are_one_line_before_any_write(
     elif case == "not_torch":
         w.write_text("hello")
     elif case != "missing":
-        depth = {"fewer_layers": 2, "more_layers": 1, "other_width": 1}[case]
+        depth = {"fewer_layers": 3, "more_layers": 1, "other_width": 1}[case]
         saved = {"fewer_layers": 1, "more_layers": 2, "other_width": 1}[case]
         torch.save(build("mlp", {"depth": saved, "width": 32 if case == "other_width" else 16},
                          MNIST, 10).state_dict(), w)
@@ -187,3 +188,60 @@ def test_a_torchvision_study_fine_tunes_from_a_state_dict(tmp_path: Path, mnist_
     assert card["model"] == "torchvision:resnet18" and model.fc.out_features == 4
     r = _run(tmp_path, mnist_dir, "name: u\nmodel: torchvision:resnet18\nspace: {freeze: 6}\n")
     assert r.exit_code == 2 and "has 5 blocks before its head" in r.output, r.output
+
+
+def _tabular(n: int = 64, features: int = 6) -> DataBundle:
+    from tuner.data import Split
+    from tuner.data._bundle import make_bundle
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, features, generator=g) * 3 + 1
+    y = (x[:, 0] > 1).long()
+    return make_bundle("t", "classification", Split(x, y), Split(x[:16], y[:16]), None, 2,
+                       InputKind.tabular)
+
+
+def test_a_frozen_blocks_batch_norm_keeps_its_running_statistics() -> None:
+    data = _tabular()
+    built: list[torch.nn.Module] = []
+    bn = {"depth": 2, "width": 8, "batch_norm": True}
+    ctx = Context(device=torch.device("cpu"), seed=0, max_epochs=1, data=data,
+                  build_model=lambda p: built.append(build("mlp", p, data.inputs, 2)) or built[-1])
+    fit({**bn, "lr": 1e-2, "batch_size": 16, "freeze": 1}, ctx)
+    model = built[-1]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(norms) == 2
+    frozen, free = norms
+    # a fresh norm starts at mean 0, var 1; one epoch of train() batches moves the free one only
+    assert torch.equal(frozen.running_mean, torch.zeros(8)) and frozen.num_batches_tracked == 0
+    assert not torch.equal(free.running_mean, torch.zeros(8)) and free.num_batches_tracked > 0
+    model.train()
+    assert not frozen.training and free.training
+    assert all(not p.requires_grad for p in frozen.parameters())
+
+
+def test_a_backbone_without_its_head_loads_and_the_trial_says_so(tmp_path: Path) -> None:
+    data = _tabular()
+    source = build("mlp", {"depth": 1, "width": 8}, data.inputs, 5)  # another task: 5 classes
+    backbone = {k: v for k, v in source.state_dict().items() if not k.startswith("3.")}
+    torch.save(backbone, tmp_path / "backbone.pt")
+    torch.save(source.state_dict(), tmp_path / "other_head.pt")
+
+    model = build("mlp", {"depth": 1, "width": 8}, data.inputs, 2)
+    assert load_weights(model, tmp_path / "backbone.pt") == ["3.weight", "3.bias"]
+    assert torch.equal(model.state_dict()["1.weight"], backbone["1.weight"])
+    assert model.tuner_weights == ("backbone.pt: 2 of 4 tensors loaded; head left as built "
+                                   "(3.weight, 3.bias: missing from the file)")
+    assert load_weights(model, tmp_path / "other_head.pt") == ["3.weight", "3.bias"]
+    assert "(3.weight, 3.bias: of another shape)" in model.tuner_weights
+
+    # through the training loop: the note lands in the trial's info
+    ctx = _ctx(data, 1, tmp_path)
+    fit({"depth": 1, "width": 8, "lr": 1e-3, "weights": "backbone.pt"}, ctx)
+    assert ctx.info["weights"].startswith("backbone.pt: 2 of 4 tensors loaded; head left")
+
+    # a file without a hidden layer's weights is still refused, naming the key
+    del backbone["1.bias"]
+    torch.save(backbone, tmp_path / "broken.pt")
+    with pytest.raises(UserCodeError, match=r"lacks '1.bias' \(and 0 more keys\)"):
+        load_weights(model, tmp_path / "broken.pt")

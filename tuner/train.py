@@ -221,6 +221,8 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
     if _channels_last(model, device):
         model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convs
     ctx.info["param_count"] = count_parameters(model)
+    if getattr(model, "tuner_weights", None):  # what a ``weights:`` file gave it, in one line
+        ctx.info["weights"] = model.tuner_weights
     transfer.freeze(model, int(p["freeze"]))
     opt = make_optimizer(p, model, device)
     recipe = recipes.Recipe.from_params(p, model, data.kind, data.name)

@@ -3,20 +3,26 @@ give its backbone a smaller learning rate than its head. Pure PyTorch (imported 
 functions, so the path helpers stay torch-free); nothing is ever downloaded.
 
     resolve(path, base_dir)            where a ``weights:`` path points (relative to the study file)
-    load_weights(model, path)          weights_only=True; keys must match the model's exactly
+    load_weights(model, path)          weights_only=True; keys must match the model's, but for
+                                       its head, which may be missing or of another shape
     blocks(model)                      the model's parameters in blocks, the head last
-    freeze(model, n)                   the first n blocks stop learning
+    freeze(model, n)                   the first n blocks stop learning, their norms' running
+                                       statistics too
     param_groups(model, lr, scale)     the head at lr, the backbone at lr * scale
 
 A model's blocks: those it names (``model.tuner_blocks``, module names, and
 ``model.tuner_head``, as the torchvision family sets), else one block per weight layer
 (Linear, Conv, RNN, Embedding, with the norms after it) of an ``nn.Sequential``, else one per
 top-level child with parameters. The last block is the head: it is never frozen, learns at
-the full rate, and a pretrained head of another shape (other classes) is left fresh.
+the full rate, and a pretrained head of another shape (other classes), or none at all (a
+backbone saved without its head), is left fresh. Every other key must be in the file, and the
+file must hold no key the model lacks: a backbone trained on another dataset loads, a file of
+another architecture is one line naming its first missing or unexpected key.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,9 +54,11 @@ def check_file(path: str, base_dir: str | None) -> Path:
 
 
 def load_weights(model: nn.Module, path: Path) -> list[str]:
-    """Load the state_dict at ``path`` into ``model`` (``weights_only=True``). Every key must
-    match; the first conv's kernel is adapted to the model's input channels, and a head of
-    another shape is left as built. Returns the keys left as built."""
+    """Load the state_dict at ``path`` into ``model`` (``weights_only=True``). Every key but
+    the head's must match; the first conv's kernel is adapted to the model's input channels,
+    and a head missing from the file or of another shape is left as built. Returns the keys
+    left as built; what was loaded is one line in ``model.tuner_weights`` (the training loop
+    keeps it in the trial's info)."""
     import torch
 
     try:
@@ -63,7 +71,9 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
         raise UserCodeError(f"weights: {path} holds a {type(state).__name__}, not a state_dict "
                             f"of tensors; {SAVE_HINT}")
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    head = _head_keys(model)
+    absent = [k for k in own if k not in state]
+    missing = [k for k in absent if k not in head]
     if missing:
         raise UserCodeError(f"weights: {path} lacks {missing[0]!r} (and {len(missing) - 1} more "
                             "keys) that the model has; give the state_dict of this architecture")
@@ -72,10 +82,11 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
         raise UserCodeError(f"weights: {path} has {unexpected[0]!r} (and {len(unexpected) - 1} "
                             "more keys) that the model lacks; give the state_dict of this "
                             "architecture")
-    head = set(blocks(model)[-1])
     first = _first_conv(model)
     state, kept = dict(state), []
-    for k, v in state.items():
+    for k in absent:  # the head's, not in the file
+        state[k], kept = own[k], [*kept, k]
+    for k, v in list(state.items()):
         want = own[k]
         if v.shape == want.shape:
             continue
@@ -89,7 +100,20 @@ def load_weights(model: nn.Module, path: Path) -> list[str]:
                                 f"model's is {tuple(want.shape)}; give the state_dict of the "
                                 "same architecture and widths")
     model.load_state_dict(state)
+    note = f"{path.name}: {len(own) - len(kept)} of {len(own)} tensors loaded"
+    if kept:
+        why = "missing from the file" if set(kept) <= set(absent) else \
+            "of another shape" if not set(kept) & set(absent) else "missing or of another shape"
+        note += f"; head left as built ({', '.join(kept)}: {why})"
+    model.tuner_weights = note
     return kept
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    """The state_dict keys of the model's head: its parameters and buffers (a norm's running
+    statistics)."""
+    prefixes = {n.rsplit(".", 1)[0] for n in blocks(model)[-1]}
+    return {k for k in model.state_dict() if k.rsplit(".", 1)[0] in prefixes}
 
 
 def adapt_input_conv(w: Tensor, channels: int) -> Tensor:
@@ -130,17 +154,35 @@ def blocks(model: nn.Module) -> list[list[str]]:
 
 
 def freeze(model: nn.Module, n: int) -> None:
-    """Stop the first ``n`` blocks from learning (``requires_grad = False``)."""
+    """Stop the first ``n`` blocks from learning (``requires_grad = False``). Their batch
+    norms stay in eval mode, whatever ``model.train()`` the loop calls later: a frozen block
+    keeps the running statistics it was loaded with, so its output means what the next block
+    learnt to read."""
     if n <= 0:
         return
+    from torch.nn.modules.batchnorm import _NormBase
+
     bs = blocks(model)
     if n > len(bs) - 1:
         raise UserCodeError(f"freeze: {n} but this model has {len(bs) - 1} blocks before its "
                             f"head; use freeze: {max(len(bs) - 1, 0)} or less")
     params = dict(model.named_parameters())
-    for block in bs[:n]:
-        for name in block:
-            params[name].requires_grad_(False)
+    frozen = {name for block in bs[:n] for name in block}
+    for name in frozen:
+        params[name].requires_grad_(False)
+    for name, m in model.named_modules():
+        own = [f"{name}.{p}" if name else p for p, _ in m.named_parameters(recurse=False)]
+        if isinstance(m, _NormBase) and m.track_running_stats and own and set(own) <= frozen:
+            m.train = types.MethodType(_stay_in_eval, m)  # type: ignore[method-assign]
+            m.eval()
+
+
+def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` of a frozen norm: always eval (``nn.Module.train`` recurses through
+    ``children()``, calling each child's own ``train``, so this survives ``model.train()``)."""
+    from torch import nn
+
+    return nn.Module.train(self, False)
 
 
 def param_groups(model: nn.Module, lr: float, scale: float) -> list[dict[str, Any]]:
