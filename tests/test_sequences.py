@@ -94,6 +94,8 @@ def test_rnn_cells_widths_and_init() -> None:
     ("rnn", {"cell": "lstm", "width": 32}),
     ("rnn", {"cell": "gru", "width": 32, "bidirectional": True, "pool": "mean"}),
     ("cnn1d", {"channels": 16, "depth": 2, "dilation": 2}),
+    ("cnn1d", {"channels_0": 8, "channels_1": 16, "depth": 2, "residual": True,
+               "kernel_size_0": 7, "kernel_size_1": 3}),
 ])
 def test_sequence_families_learn_variable_length_data(family: str, params: dict) -> None:
     value, ctx = _fit(_bundle(padded=True), family, params)
@@ -163,3 +165,21 @@ def test_sequence_study_files_validate(name: str) -> None:
     spec = load_spec(ROOT / "search_spaces" / name)
     assert spec.model == "rnn" and spec.data_kind == InputKind.sequence
     assert set(spec.space) <= set(spec.knobs()) | set(vocab.TRAINING_KNOBS)
+
+
+def test_cnn1d_residual_blocks_and_per_block_kernels() -> None:
+    from tuner.models._conv1d import Residual1d
+
+    inputs = Inputs(InputKind.sequence, (20, 3))
+    m = build("cnn1d", {"depth": 3, "channels_0": 8, "channels_1": 8, "channels_2": 16,
+                        "kernel_size_0": 8, "kernel_size_1": 5, "kernel_size_2": 3,
+                        "residual": True, "dropout": 0.1}, inputs, 4)
+    res = list(m.body)
+    assert all(isinstance(b, Residual1d) for b in res)
+    convs = [[c.kernel_size[0] for c in b.body if isinstance(c, torch.nn.Conv1d)] for b in res]
+    assert convs == [[8, 8], [5, 5], [3, 3]]
+    # a shortcut convolution only where the width changes (3 -> 8, 8 -> 16)
+    assert [isinstance(b.shortcut, torch.nn.Identity) for b in res] == [False, True, False]
+    assert m(torch.randn(2, 20, 3)).shape == (2, 4)
+    plain = build("cnn1d", {"depth": 2, "kernel_size_0": 8, "kernel_size_1": 3}, inputs, 4)
+    assert [c.kernel_size[0] for c in plain.body if isinstance(c, torch.nn.Conv1d)] == [8, 3]

@@ -2,9 +2,15 @@
 time-series classification next to recurrent nets.
 
 ``depth`` blocks of Conv1d(kernel ``kernel_size``, dilation ``dilation`` ** block) ->
-[BatchNorm1d] -> activation -> [Dropout], ``channels`` wide (``channels_0..`` per block),
-"same" padding so every step keeps its place; then a global ``pool`` over the real
-(non-padded) steps and a linear head. Token ids go through an ``embedding`` first.
+[BatchNorm1d] -> activation -> [Dropout], ``channels`` wide (``channels_0..`` and
+``kernel_size_0..`` per block), "same" padding so every step keeps its place; then a global
+``pool`` over the real (non-padded) steps and a linear head. Token ids go through an
+``embedding`` first. ``channels: [128, 256, 128]`` with ``kernel_size: [8, 5, 3]`` is the
+FCN of Wang et al. (2017), the standard deep baseline of the UCR archive.
+
+``residual: true`` makes each block a residual one, as in that paper's ResNet: two
+convolutions (the second without activation) added to a shortcut (a 1x1 convolution where the
+width changes), then the activation and dropout.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ KNOBS = {
     **LAYER_KNOBS,
     "depth": Knob(3, "convolution blocks", low=1),
     "channels": Knob(64, "channels of each block (per_layer allowed)", low=1),
-    "kernel_size": Knob(5, "kernel size over time", low=1),
+    "kernel_size": Knob(5, "kernel size over time (per_layer allowed)", low=1),
     "dilation": Knob(1, "dilation base: block i dilates by dilation**i (1: none)", low=1),
     "pool": Knob("mean", "global pooling over time", choices=("mean", "max", "last")),
     "batch_norm": Knob(True, "batch norm after each convolution"),
+    "residual": Knob(False, "residual blocks: two convolutions plus a shortcut"),
     "embedding": Knob(64, "embedding dimension for token ids", low=1),
     "vocab_size": Knob(0, "token ids the embedding holds (largest id + 1; id 0 is padding)",
                        low=0),
@@ -46,5 +53,5 @@ register(Family(
     inputs=frozenset({InputKind.sequence, InputKind.tokens}),
     knobs=KNOBS,
     build=build,
-    per_layer=("channels",),
+    per_layer=("channels", "kernel_size"),
 ))
