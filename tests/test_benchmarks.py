@@ -128,3 +128,29 @@ def test_augment_benchmark_runs() -> None:
     rows = _script("augment").run(argparse.Namespace(n=64, epochs=1, batch_size=32,
                                                      device="cpu"))
     assert [r[0] for r in rows] == ["none", "crop 4", "crop 4 + flip", "crop 4 + flip + cutout 8"]
+
+
+def test_sequences_tuned_runs_a_study_retrains_and_sets_rocket_beside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--tuned: the set's study through the API on SQLite, its best trial retrained and tested,
+    Rocket on the same test split; a shrunk copy of the shipped study keeps it short."""
+    import argparse
+
+    import yaml
+
+    bench = _script("sequences")
+    raw = yaml.safe_load((BENCHMARKS.parent / "search_spaces" / "basic_motions_cnn1d.yaml")
+                         .read_text())
+    raw.update(trials=2, epochs=2, validation={"kfold": 2})
+    raw["space"].update(channels=8, depth=1)
+    study = tmp_path / "bm.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    monkeypatch.setitem(bench.STUDIES, "BasicMotions", str(study))  # an absolute path wins
+    args = argparse.Namespace(sets=["BasicMotions"], seeds=[0], kernels=100, device="cpu",
+                              data_dir=str(tmp_path))
+    per_seed, summary = bench.uea_tuned(args)
+    assert per_seed[0][2].startswith("tuner bm (val ") and per_seed[1][2] == "aeon Rocket (100 kernels)"
+    assert all(0 <= r[3] <= 1 and r[4] > 0 for r in per_seed)
+    assert "channels=8" in per_seed[0][5]
+    assert [r[1] for r in summary] == ["tuner bm", "aeon Rocket (100 kernels)"]
+    assert [r[2] for r in summary] == [r[3] for r in per_seed]  # one seed: the median is it

@@ -158,12 +158,16 @@ def test_bad_sequence_studies_are_one_line(raw: dict, message: str) -> None:
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["smnist_lstm.yaml", "japanese_vowels_gru.yaml"])
-def test_sequence_study_files_validate(name: str) -> None:
+@pytest.mark.parametrize(("name", "family"), [
+    ("smnist_lstm.yaml", "rnn"), ("japanese_vowels_gru.yaml", "rnn"),
+    ("basic_motions_cnn1d.yaml", "cnn1d"), ("italy_power_cnn1d.yaml", "cnn1d"),
+    ("gunpoint_cnn1d.yaml", "cnn1d"),
+])
+def test_sequence_study_files_validate(name: str, family: str) -> None:
     from tuner.spec import load_spec
 
     spec = load_spec(ROOT / "search_spaces" / name)
-    assert spec.model == "rnn" and spec.data_kind == InputKind.sequence
+    assert spec.model == family and spec.data_kind == InputKind.sequence
     assert set(spec.space) <= set(spec.knobs()) | set(vocab.TRAINING_KNOBS)
 
 
