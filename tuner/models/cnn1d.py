@@ -5,8 +5,9 @@ time-series classification next to recurrent nets.
 [BatchNorm1d] -> activation -> [Dropout], ``channels`` wide (``channels_0..`` and
 ``kernel_size_0..`` per block), "same" padding so every step keeps its place; then a global
 ``pool`` over the real (non-padded) steps and a linear head. Token ids go through an
-``embedding`` first. ``channels: [128, 256, 128]`` with ``kernel_size: [8, 5, 3]`` is the
-FCN of Wang et al. (2017), the standard deep baseline of the UCR archive.
+``embedding`` first. Three blocks of 128, 256, 128 channels (``channels_0..2``) with kernels
+8, 5, 3 (``kernel_size_0..2``) are the FCN of Wang et al. (2017), the standard deep baseline
+of the UCR archive.
 
 ``residual: true`` makes each block a residual one, as in that paper's ResNet: two
 convolutions (the second without activation) added to a shortcut (a 1x1 convolution where the
