@@ -112,7 +112,22 @@ def uea(args: argparse.Namespace, device: torch.device) -> list[list[object]]:
 
 
 def rocket(name: str, kernels: int, seed: int) -> tuple[float, float]:
-    """aeon's RocketClassifier fitted on the official train split: (test accuracy, seconds)."""
+    """aeon's RocketClassifier fitted on the official train split: (test accuracy, seconds),
+    in a child process. Not in this one: importing aeon (numba's OpenMP runtime beside
+    torch's) left torch on 2 threads and about 6x slower per CPU-second for the trials after
+    it, in the same process."""
+    import json
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import sequences, "
+            f"json; print(json.dumps(sequences.rocket_here({name!r}, {kernels}, {seed})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    acc, seconds = json.loads(out.stdout.strip().splitlines()[-1])
+    return acc, seconds
+
+
+def rocket_here(name: str, kernels: int, seed: int) -> tuple[float, float]:
     from aeon.classification.convolution_based import RocketClassifier
 
     from tuner.data.uea import read
