@@ -476,6 +476,8 @@ class TrialRunner:
                     t, alone, begun, partial(self._fit_alone, t, params, measured, alone))
                 continue
             ctxs = [self.context(ready[j][0], storage.lineage(ready[j][0])) for j in members]
+            for c in ctxs:  # kept on the trial: how many trained as one with it
+                c.info["fused"] = len(members)
             fit_start = time.perf_counter()
             try:
                 results: list[Any] = fuse.fit_fused([ready[j][1] for j in members], ctxs)
