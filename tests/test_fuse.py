@@ -260,3 +260,14 @@ def test_stop_is_shared_by_every_member(digits: DataBundle) -> None:
     results = fit_fused([_params("sgd", 0.05, 0.0, 0.0)] * 2, ctxs)
     assert all(type(r).__name__ == "StopRequested" for r in results)
     assert all(len(c.history) == 1 for c in ctxs)
+
+
+def test_identical_members_of_one_group_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """dedup waits for a running twin; a twin in the same fused group trains alongside."""
+    raw = {**SPEC, "name": "twins", "trials": 4, "epochs": 1, "sampler": "random",
+           "space": {**SPEC["space"], "lr": [0.01], "weight_decay": [1e-4]}}
+    result = api.run(raw, storage=f"sqlite:///{tmp_path / 't.db'}", device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    assert result.counts == {"COMPLETE": 4}
+    values = {t.value for t in result.study.trials}
+    assert len(values) == 4  # same params, own seeds: four different trainings

@@ -358,12 +358,13 @@ class TrialRunner:
         _reset_peak_memory(self.assets.device)
         return lineage
 
-    def _prepare(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, float]]:
+    def _prepare(self, trial: optuna.Trial, group: frozenset[int] = frozenset()
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
         """Draw the params; raises :class:`_Repeat` or :class:`_Infeasible` when the trial
-        needs no training."""
+        needs no training. ``group``: the trials trained with this one (never waited for)."""
         params = space.suggest(trial, self.spec)
         if self.spec.dedup:
-            self._reuse_identical(trial)
+            self._reuse_identical(trial, group)
         return params, self._before_training(trial, params)
 
     def _conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
@@ -459,7 +460,7 @@ class TrialRunner:
             self._start(t)
             begun = time.perf_counter()
             try:
-                params, measured = self._prepare(t)
+                params, measured = self._prepare(t, frozenset(u.number for u in trials))
             except Exception as e:  # noqa: BLE001 - a repeat, infeasible, stopped, or a bad draw
                 outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
                 continue
@@ -504,7 +505,7 @@ class TrialRunner:
         raw = (self.assets.trainer or train.fit)(params, ctx)
         return raw, params, measured, time.perf_counter() - fit_start
 
-    def _reuse_identical(self, trial: optuna.Trial) -> None:
+    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset()) -> None:
         """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
         pruned) had exactly these params: grid and categorical spaces, and several workers
         asking at once, propose the same configuration again. ``dedup: false`` turns it off
@@ -517,6 +518,9 @@ class TrialRunner:
         unsure_until = time.monotonic() + DEDUP_DRAW_WAIT_S
         while True:
             ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            # a fused group's other members train together with this one: waiting for one
+            # of them would wait for ever
+            ts = [t for t in ts if t.number not in group or t.state != TrialState.RUNNING]
             # a retry or an ASHA continuation carries on its own lineage: not a repeat
             same = [t for t in ts if t.number != trial.number and t.params == mine
                     and storage.lineage(t) != lineage]
