@@ -69,6 +69,36 @@ def one(workload: str, k: int, seed: int, folder: Path, data_dir: str,
             "best": best if best is not None else float("nan")}
 
 
+def loop_only(workload: str, k: int, data_dir: str, device: str) -> tuple[float, float]:
+    """The training loops alone, no study, no database: seconds for K plain ``fit`` calls
+    one after another, and for one ``fit_fused`` of the same K members."""
+    import torch
+
+    from tuner import fuse, train
+    from tuner.context import Context
+    from tuner.data import load_builtin
+
+    path, overrides, fixed = WORKLOADS[workload]
+    spec = c.load_spec(Path("search_spaces") / path)
+    validation = overrides.get("validation", spec.validation)
+    data = load_builtin(spec.data, data_dir, validation=validation, seed=0,
+                        download=False).to(device)
+    epochs = overrides.get("epochs", spec.epochs)
+    members = [{**fixed, "lr": 3e-3 * (1 + i / k), "weight_decay": 1e-5, "dropout": 0.1}
+               for i in range(k)]
+
+    def ctx(i: int) -> Context:
+        return Context(device=torch.device(device), seed=i, max_epochs=epochs, data=data)
+
+    start = time.perf_counter()
+    for i, p in enumerate(members):
+        train.fit(p, ctx(i))
+    alone = time.perf_counter() - start
+    start = time.perf_counter()
+    fuse.fit_fused(members, [ctx(i) for i in range(k)])
+    return alone, time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", nargs="*", choices=sorted(WORKLOADS), default=list(WORKLOADS))
@@ -77,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=None, help="override every workload's trials")
     ap.add_argument("--data-dir", default=c.DEFAULT_DATA_DIR)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--no-loop-only", action="store_true",
+                    help="skip the table of the training loops alone (no database)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (torch.set_num_threads) for every K alike")
     args = ap.parse_args(argv)
@@ -89,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {c.machine(device)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp, c.LoadMonitor() as load:
-        for workload in args.workloads:
+        for workload in args.workloads if args.seeds > 0 else ():  # --seeds 0: loops only
             # untimed: the first study of a process pays for imports and the data's loading
             one(workload, max(args.k), 99, Path(tmp), args.data_dir, max(args.k), device)
             base = None
@@ -104,8 +136,21 @@ def main(argv: list[str] | None = None) -> None:
                              f"{statistics.median(r['wall'] for r in runs):.1f}",
                              f"{statistics.median(r['best'] for r in runs):.4g}"])
                 print(f"# {workload} K={k}: {med:,.0f} trials/h", flush=True)
-    print(c.table(["workload", "K", "trials", "trials/h (median)", "spread", f"vs K={args.k[0]}",
-                   "wall s", "best value"], rows))
+        loops = []
+        if not args.no_loop_only:
+            for workload in args.workloads:
+                loop_only(workload, 2, args.data_dir, device)  # warm-up
+                for k in [k for k in args.k if k > 1]:
+                    alone, fused = loop_only(workload, k, args.data_dir, device)
+                    loops.append([workload, k, f"{alone:.2f}", f"{fused:.2f}",
+                                  f"{alone / fused:.2f}x"])
+    if rows:
+        print("whole study (api.run, SQLite):")
+        print(c.table(["workload", "K", "trials", "trials/h (median)", "spread",
+                       f"vs K={args.k[0]}", "wall s", "best value"], rows))
+    if loops:
+        print("training loops alone (K fits one after another against one fit_fused, seed 0):")
+        print(c.table(["workload", "K", "K x fit s", "fit_fused s", "speed-up"], loops))
     print(f"# {load.summary()}; load after: {c.load_average()}")
 
 

@@ -271,3 +271,21 @@ def test_identical_members_of_one_group_do_not_wait_for_each_other(tmp_path: Pat
     assert result.counts == {"COMPLETE": 4}
     values = {t.value for t in result.study.trials}
     assert len(values) == 4  # same params, own seeds: four different trainings
+
+
+def test_the_fusion_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("bench_fusion", folder / "fusion.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--workloads", "digits", "--k", "1", "4", "--seeds", "1", "--trials", "4",
+                "--no-loop-only"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 2 and "1-min load average" in out
+    assert [r.split("|")[3].strip() for r in rows] == ["4", "4"]  # every trial finished

@@ -162,8 +162,10 @@ class StackedMLP:
         drop = train and bool((self.dropout > 0).any())
         for j in range(n):
             w, b = self.params[2 * j], self.params[2 * j + 1]
-            if h.dim() == 2:  # one batch for all: broadcast it over the members
-                h = torch.matmul(h, w.transpose(1, 2)) + b.unsqueeze(1)
+            if h.dim() == 2:  # one batch for all members: one GEMM against their weights side by side
+                k, o, i = w.shape
+                h = (h @ w.permute(2, 0, 1).reshape(i, k * o)).view(-1, k, o).transpose(0, 1)
+                h = h + b.unsqueeze(1)
             else:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if j < n - 1:
