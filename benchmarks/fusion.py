@@ -88,7 +88,8 @@ def loop_only(workload: str, k: int, data_dir: str, device: str) -> tuple[float,
                for i in range(k)]
 
     def ctx(i: int) -> Context:
-        return Context(device=torch.device(device), seed=i, max_epochs=epochs, data=data)
+        return Context(device=torch.device(device), seed=i, max_epochs=epochs, data=data,
+                       task=data.task, metric=spec.metric_name)
 
     start = time.perf_counter()
     for i, p in enumerate(members):

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tuner import train, vocab
 from tuner.context import Context
 from tuner.data._bundle import DataBundle
+from tuner.kinds import InputKind
 
 OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw")
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
@@ -201,10 +202,25 @@ def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
 
 
 def _batches(runs: Sequence[train._Run], data: DataBundle, batch_size: int):
-    """Every member's own shuffled batches, in lockstep: (x (K, B, ...), y (K, B))."""
-    its = [data.batches("train", batch_size, shuffle=True, generator=r.gen) for r in runs]
-    for pairs in zip(*its, strict=True):
-        yield torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+    """Every member's own shuffled batches, in lockstep: (x (K, B, ...), y (K, B)). Each
+    member's permutation is drawn from its own generator exactly as ``data.batches`` draws
+    it; with the data on the device, the K batches are one gather."""
+    s = data.split("train")
+    if data.batch_device is not None or data.kind == InputKind.tokens:
+        its = [data.batches("train", batch_size, shuffle=True, generator=r.gen) for r in runs]
+        for pairs in zip(*its, strict=True):
+            yield torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        return
+    n, k = len(s), len(runs)
+    orders = torch.stack([torch.randperm(n, device=s.device, generator=r.gen) for r in runs])
+    scale, shift = data._affine(s.dtype)
+    for start in range(0, n, batch_size):
+        rows = s.rows(orders[:, start:start + batch_size].reshape(-1))
+        x = (s.base_x[rows].float() * scale).sub_(shift)
+        if data.kind == InputKind.sequence:  # padded steps are NaN: they come out as 0
+            x = x.nan_to_num_(0.0)
+        y = data.scale_targets(s.base_y[rows])
+        yield x.view(k, -1, *x.shape[1:]), y.view(k, -1)
 
 
 def _train_epoch(stack: StackedMLP, opt: StackedOptimizer, runs: Sequence[train._Run],
