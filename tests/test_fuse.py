@@ -22,6 +22,8 @@ from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
 from tuner.spec import fuse_key, parse_spec
 from tuner.train import fit
 
+pytest_plugins = ["servers"]
+
 CPU = torch.device("cpu")
 MEMBERS = [(0.05, 0.0, 0.9), (0.01, 1e-3, 0.5), (0.02, 1e-2, 0.0), (0.003, 1e-4, 0.7)]
 
@@ -289,3 +291,54 @@ def test_the_fusion_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [line for line in out.splitlines() if line.startswith("| digits")]
     assert len(rows) == 2 and "1-min load average" in out
     assert [r.split("|")[3].strip() for r in rows] == ["4", "4"]  # every trial finished
+
+
+@pytest.mark.slow
+def test_two_worker_processes_with_fuse_spend_the_exact_budget(postgres_url: str,
+                                                               tmp_path: Path) -> None:
+    """Two local worker processes on PostgreSQL, each taking up to 4 trials at a time in its
+    own budget slots: the study ends with exactly its 7 trials, each with its own curve."""
+    raw = {**SPEC, "name": "fused_pg", "trials": 7, "epochs": 2}
+    result = api.run(raw, workers=2, storage=postgres_url, device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    trials = result.study.trials
+    assert len(trials) == 7 and result.counts == {"COMPLETE": 7}
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)
+    assert len({tuple(t.intermediate_values.values()) for t in trials}) == 7
+    assert any(t.user_attrs.get("fused", 1) > 1 for t in trials)
+
+
+def test_a_stopped_fused_group_is_resumed_member_by_member_with_fit(tmp_path: Path) -> None:
+    """SIGINT in the middle of a fused group: every member checkpoints and is queued as a
+    retry; the next run resumes each one alone (plain fit, from its checkpoint), and every
+    trial's curve ends whole."""
+    import os
+    import signal
+
+    store = {"storage": f"sqlite:///{tmp_path / 's.db'}", "device": "cpu",
+             "checkpoint_dir": str(tmp_path / "ckpt")}
+    raw = {**SPEC, "name": "stopped", "trials": 4, "epochs": 3}
+    sent: list[int] = []
+
+    def on_event(e: Any) -> None:
+        if e.kind == "epoch" and e.epoch == 1 and not sent:
+            sent.append(e.trial)
+            os.kill(os.getpid(), signal.SIGINT)  # the worker's first Ctrl-C: finish the epoch
+
+    first = api.run(raw, on_event=on_event, **store)
+    assert first.stopped_because == "stopped"
+    stopped = [t for t in first.study.trials if t.state.name == "FAIL"]
+    assert len(stopped) == 4 and all(sorted(t.intermediate_values) == [1] for t in stopped)
+    assert len(list((tmp_path / "ckpt").rglob("trial-*.pt"))) == 4  # one per member
+    again = api.resume("stopped", **store)
+    done = [t for t in again.study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)  # curves whole
+    assert all("fused" not in t.user_attrs for t in done)  # retries ran alone
+    # resumed alone, each ends where its own unfused fit ends
+    data = load_builtin("digits", "unused", validation=0.2, seed=SPEC["seed"])
+    fixed = {k: v for k, v in SPEC["space"].items() if not isinstance(v, dict)}
+    t = done[0]
+    lineage = t.user_attrs["lineage"]
+    c = Context(device=CPU, seed=SPEC["seed"] + lineage, max_epochs=3, data=data)
+    assert fit(t.params | fixed, c) == pytest.approx(t.value, abs=1e-6)

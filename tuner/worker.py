@@ -89,6 +89,7 @@ class Worker:
         With the budget spent, a worker stays while other workers' trials run (polling every
         heartbeat interval): if one of them dies, its retry still needs a worker."""
         self.runner.assets.preflight()
+        self.runner.fuse_size()  # fuse: auto times its K here, before any trial is taken
         study = self.handle.study
         p = self.patience
         # one reaper per study: the lease outlives two missed beats, then passes on
