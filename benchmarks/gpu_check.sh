@@ -3,9 +3,9 @@
 #   1-3. smoke checks (fit with amp and sync-debug, compile over five widths, resume a CUDA
 #        checkpoint on CUDA and CPU, `tuner run --workers 2` whose parent holds no GPU memory)
 #   4.   the pytest tests marked `gpu`
-#   5.   benchmarks/throughput.py, benchmarks/packing.py (K = 1, 2, 4, 8 processes)
-# and prints one table of what passed. The time limits add up to 8 minutes. Fusion (several trials in one process) does not exist
-# yet: nothing here measures it.
+#   5.   benchmarks/throughput.py, benchmarks/packing.py (K = 1, 2, 4, 8 processes),
+#        benchmarks/fusion.py (K = 1, 4, 8, 16 trials trained as one stacked MNIST MLP)
+# and prints one table of what passed. The time limits add up to 8 minutes.
 #   benchmarks/gpu_check.sh            (TUNER_DATA_DIR: MNIST for the benchmarks)
 set -u
 cd "$(dirname "$0")/.."
@@ -64,7 +64,7 @@ for name, builder in (("cnn", lambda p: build("cnn", p, data.inputs, 10)), ("vie
 EOF
 
 # 2. compile over five widths in one process: no recompile-limit warning, Triton works
-step smoke-compile 120 env TORCH_LOGS=recompiles "$PY" - <<'EOF'
+step smoke-compile 90 env TORCH_LOGS=recompiles "$PY" - <<'EOF'
 import torch
 from tuner import train
 from tuner.context import Context
@@ -84,7 +84,7 @@ grep -qiE "recompile_limit|cache_size_limit|hit config" "$OUT/smoke-compile.log"
 # 3. resume AdamW CNN from a CUDA checkpoint on CUDA and CPU; parent of 2 workers holds no GPU
 step smoke-resume 45 "$PY" -m pytest -q -p no:cacheprovider \
   tests/test_gpu_paths.py -k "cuda_checkpoint" -m gpu
-step smoke-parent 75 bash -c '
+step smoke-parent 60 bash -c '
   D=$(mktemp -d)
   '"$PY"' -m tuner run search_spaces/mnist_mlp.yaml --study gpucheck --storage "sqlite:///$D/t.db" \
     --trials 4 --workers 2 --device cuda --data-dir "$TUNER_DATA_DIR" --no-download \
@@ -105,10 +105,15 @@ step pytest-gpu 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/
 # 5. benchmarks
 step throughput 45 "$PY" benchmarks/throughput.py --device cuda --epochs 2 --num-workers 0
 step packing 75 "$PY" benchmarks/packing.py --device cuda --workers 1 2 4 8 --trials 8 --epochs 1
+# fusion: 16 one-epoch MNIST MLP trials at each K, one seed (the 2 slowest smoke limits gave
+# it their slack: compile 120 -> 90 s, parent 75 -> 60 s)
+step fusion 45 "$PY" benchmarks/fusion.py --device cuda --workloads mnist --k 1 4 8 16 \
+  --seeds 1 --trials 16
 
 echo
 echo "GPU check on $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)"
 printf '%-22s %-14s %6s  %s\n' check result time detail
 for r in "${ROWS[@]}"; do echo "$r"; done
-echo "(fusion of several trials in one process: not built yet, not measured)"
+echo "fusion (trials/h of MNIST MLPs at K = 1, 4, 8, 16 trained as one):"
+grep -E '^\|' "$OUT/fusion.log" || echo "  (no fusion table: see $OUT/fusion.log)"
 echo "logs: $OUT"

@@ -64,6 +64,7 @@ class Options(TypedDict, total=False):
     grace_period_s: int
     db_patience_s: int
     stall_timeout_s: int | None
+    fuse: str | int | None
 
 
 def settings(**options: Unpack[Options]) -> Settings:
@@ -77,11 +78,13 @@ def settings(**options: Unpack[Options]) -> Settings:
     storage = options.pop("storage", DEFAULT_URL)
     patience = options.pop("db_patience_s", Settings.db_patience)
     stall = options.pop("stall_timeout_s", Settings.stall_timeout)
+    fuse = options.pop("fuse", None)
     ckpt = checkpoint_folder(storage, options.pop("checkpoint_dir", None))
     device = resolve(options.pop("device", "auto"))
     given = {k: str(v) if k == "data_dir" else v for k, v in options.items()}
     return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb,
-                    db_patience=patience, stall_timeout=stall, **given)
+                    db_patience=patience, stall_timeout=stall,
+                    fuse=None if fuse is None else str(fuse), **given)
 
 
 def quiet_logging() -> None:
@@ -134,6 +137,10 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
     own devices."""
     from tuner.assets import StudyAssets
 
+    try:  # --fuse K where the study's trials cannot share one stacked model
+        spec.check_fuse(settings.fuse_mode(spec.fuse))
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     device = "cpu" if local_workers > 1 else settings.device
     assets = StudyAssets(spec, device=device, data_dir=settings.data_dir,
                          download=settings.download)
@@ -246,7 +253,8 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
     assert assets is not None
     stop = threading.Event()
     runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
-                         keep_checkpoints=settings.keep_checkpoints)
+                         keep_checkpoints=settings.keep_checkpoints,
+                         fuse=settings.fuse_mode(handle.spec.fuse))
     wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event,
                   db_patience=settings.db_patience, stall_timeout=settings.stall_timeout)
     with w.graceful_signals(stop), _quiet():

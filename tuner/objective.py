@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import measure, space, storage, vocab
+from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
@@ -193,8 +195,11 @@ class TrialRunner:
 
     def __init__(self, assets: StudyAssets, *, checkpoint_dir: str, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None = None,
-                 keep_checkpoints: bool = False, patience: storage.Patience | None = None):
+                 keep_checkpoints: bool = False, patience: storage.Patience | None = None,
+                 fuse: str | int = "off"):
         self.assets, self.spec = assets, assets.spec
+        # same-shape trials trained as one (tuner.fuse): "off", "auto" or K members
+        self.fuse = fuse
         # how long storage calls ride out an unreachable database (the worker sets its own)
         self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
@@ -207,7 +212,8 @@ class TrialRunner:
         assets = StudyAssets(spec, device=settings.device, data_dir=settings.data_dir,
                              download=settings.download)
         return cls(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop or threading.Event(),
-                   on_epoch=on_epoch, keep_checkpoints=settings.keep_checkpoints)
+                   on_epoch=on_epoch, keep_checkpoints=settings.keep_checkpoints,
+                   fuse=settings.fuse_mode(spec.fuse))
 
     def context(self, trial: optuna.Trial, lineage: int, *, fold: int | None = None,
                 prune: bool = True) -> Context:
@@ -324,20 +330,13 @@ class TrialRunner:
         COMPLETE, PRUNED or FAIL (with the exception's last line)."""
         from tuner import train
 
-        lineage = storage.lineage(trial)
-        self.patience.call(lambda: storage.set_user_attrs(trial, {
-            storage.LINEAGE_ATTR: lineage,
-            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
-        }))
         fit = self.assets.trainer or train.fit
-        _reset_peak_memory(self.assets.device)
+        lineage = self._start(trial)
         start = time.perf_counter()
         ctxs: list[Context] = []
-        try:
-            params = space.suggest(trial, self.spec)
-            if self.spec.dedup:
-                self._reuse_identical(trial)
-            measured = self._before_training(trial, params)
+
+        def attempt() -> tuple[Any, dict[str, Any], dict[str, float], float]:
+            params, measured = self._prepare(trial)
             fit_start = time.perf_counter()
             if self.spec.kfold:
                 raw: Any = self._run_folds(trial, lineage, params, fit, ctxs)
@@ -345,7 +344,36 @@ class TrialRunner:
                 ctx = self.context(trial, lineage)
                 ctxs.append(ctx)
                 raw = fit(params, ctx)
-            fit_s = time.perf_counter() - fit_start
+            return raw, params, measured, time.perf_counter() - fit_start
+
+        return self._conclude(trial, ctxs, start, attempt)
+
+    def _start(self, trial: optuna.Trial) -> int:
+        """Mark the trial with its lineage and worker; returns the lineage."""
+        lineage = storage.lineage(trial)
+        self.patience.call(lambda: storage.set_user_attrs(trial, {
+            storage.LINEAGE_ATTR: lineage,
+            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
+        }))
+        _reset_peak_memory(self.assets.device)
+        return lineage
+
+    def _prepare(self, trial: optuna.Trial, group: frozenset[int] = frozenset()
+                 ) -> tuple[dict[str, Any], dict[str, float]]:
+        """Draw the params; raises :class:`_Repeat` or :class:`_Infeasible` when the trial
+        needs no training. ``group``: the trials trained with this one (never waited for)."""
+        params = space.suggest(trial, self.spec)
+        if self.spec.dedup:
+            self._reuse_identical(trial, group)
+        return params, self._before_training(trial, params)
+
+    def _conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
+                  attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]]
+                  ) -> Outcome:
+        """Run ``attempt`` (params -> the trainer's result) and turn what it returns or
+        raises into the trial's outcome and attrs."""
+        try:
+            raw, params, measured, fit_s = attempt()
             if not isinstance(raw, tuple | list):
                 raw = float(raw)
             values = self._values(raw, params, ctxs, measured, fit_s)
@@ -384,7 +412,100 @@ class TrialRunner:
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
         return dataclasses.replace(outcome, checkpoints=stores)
 
-    def _reuse_identical(self, trial: optuna.Trial) -> None:
+    # ---- same-shape trials trained as one (tuner.fuse) ------------------------------------
+    def fuse_size(self) -> int:
+        """How many trials this worker trains as one: 1 when the study cannot fuse; with
+        ``auto``, the K with the most trials per second on this device (measured once)."""
+        if self.fuse == "off" or self.spec.fuse_blocker(fixed_shape=False) is not None:
+            return 1
+        if isinstance(self.fuse, int):
+            return self.fuse
+        if getattr(self, "_auto_k", None) is None:
+            import torch
+
+            from tuner import fuse
+
+            params = space.defaults(self.spec)
+            if sp.fuse_key(params) is None:
+                self._auto_k = 1
+            else:
+                bundle = self.assets.data()
+                ctx = Context(device=torch.device(self.assets.device),
+                              seed=self.spec.seed, max_epochs=self.spec.epochs, task=bundle.task,
+                              metric=self.spec.metric_name, data=bundle,
+                              build_model=self.assets.model_builder(bundle))
+                self._auto_k, rates = fuse.choose_k(params, ctx)
+                self.fuse_rates = rates
+        return self._auto_k
+
+    def fusable(self, trial: optuna.Trial) -> bool:
+        """Whether ``trial`` may join a fused group: a fresh trial (a retry or a promotion
+        resumes from its checkpoint, alone)."""
+        return not (storage.is_retry(trial) or storage.is_promotion(trial))
+
+    def run_group(self, trials: list[optuna.Trial]) -> list[Outcome]:
+        """Train ``trials`` (fresh trials of this study): those that share a shape as one
+        stacked model (:func:`tuner.fuse.fit_fused`), the others alone. One outcome each,
+        in order."""
+        from tuner import fuse
+
+        if len(trials) == 1:
+            return [self.run(trials[0])]
+        outcomes: dict[int, Outcome] = {}
+        ready: list[tuple[optuna.Trial, dict[str, Any], dict[str, float], float]] = []
+        for t in trials:
+            if not self.fusable(t):  # a retry or a promotion resumes from its checkpoint, alone
+                outcomes[t.number] = self.run(t)
+                continue
+            self._start(t)
+            begun = time.perf_counter()
+            try:
+                params, measured = self._prepare(t, frozenset(u.number for u in trials))
+            except Exception as e:  # noqa: BLE001 - a repeat, infeasible, stopped, or a bad draw
+                outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
+                continue
+            ready.append((t, params, measured, begun))
+        groups: dict[Any, list[int]] = {}
+        for j, (_, params, _, _) in enumerate(ready):
+            key = sp.fuse_key(params)
+            groups.setdefault(key if key is not None else ("alone", j), []).append(j)
+        for members in groups.values():
+            if len(members) == 1:  # shares no shape: trained alone, as ever
+                t, params, measured, begun = ready[members[0]]
+                alone: list[Context] = []
+                outcomes[t.number] = self._conclude(
+                    t, alone, begun, partial(self._fit_alone, t, params, measured, alone))
+                continue
+            ctxs = [self.context(ready[j][0], storage.lineage(ready[j][0])) for j in members]
+            for c in ctxs:  # kept on the trial: how many trained as one with it
+                c.info["fused"] = len(members)
+            fit_start = time.perf_counter()
+            try:
+                results: list[Any] = fuse.fit_fused([ready[j][1] for j in members], ctxs)
+            except (KeyboardInterrupt, DatabaseUnreachable):
+                raise
+            except Exception as e:  # noqa: BLE001 - the group failed: each member says why
+                results = [e] * len(members)
+            fit_s = time.perf_counter() - fit_start
+            for j, ctx, result in zip(members, ctxs, results, strict=True):
+                t, params, measured, begun = ready[j]
+                outcomes[t.number] = self._conclude(
+                    t, [ctx], begun,
+                    partial(_result, result, params, measured, fit_s / len(members)))
+        return [outcomes[t.number] for t in trials]
+
+    def _fit_alone(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
+                   ctxs: list[Context]) -> tuple[Any, dict[str, Any], dict[str, float], float]:
+        """A drawn trial of a group that shares its shape with no other: fit alone."""
+        from tuner import train
+
+        ctx = self.context(trial, storage.lineage(trial))
+        ctxs.append(ctx)
+        fit_start = time.perf_counter()
+        raw = (self.assets.trainer or train.fit)(params, ctx)
+        return raw, params, measured, time.perf_counter() - fit_start
+
+    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset()) -> None:
         """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
         pruned) had exactly these params: grid and categorical spaces, and several workers
         asking at once, propose the same configuration again. ``dedup: false`` turns it off
@@ -397,6 +518,9 @@ class TrialRunner:
         unsure_until = time.monotonic() + DEDUP_DRAW_WAIT_S
         while True:
             ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            # a fused group's other members train together with this one: waiting for one
+            # of them would wait for ever
+            ts = [t for t in ts if t.number not in group or t.state != TrialState.RUNNING]
             # a retry or an ASHA continuation carries on its own lineage: not a repeat
             same = [t for t in ts if t.number != trial.number and t.params == mine
                     and storage.lineage(t) != lineage]
@@ -574,3 +698,15 @@ def _fold_scores(trial: optuna.Trial) -> list[float]:
         scores.append(step * curve[step] - (step - 1) * previous)
         previous = curve[step]
     return scores
+
+
+def _reraise(e: BaseException) -> Any:
+    raise e
+
+
+def _result(result: Any, params: dict[str, Any], measured: dict[str, float],
+            fit_s: float) -> tuple[Any, dict[str, Any], dict[str, float], float]:
+    """A fused member's result as an ``attempt`` gives it: its exception is raised."""
+    if isinstance(result, BaseException):
+        raise result
+    return result, params, measured, fit_s

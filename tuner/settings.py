@@ -44,6 +44,8 @@ class Settings:
     # seconds a running trial may go without a finished epoch before it counts as hung
     # (failed and retried elsewhere, like a dead worker's); None: no limit
     stall_timeout: int | None = None
+    # same-shape trials trained as one (--fuse): "auto", "off" or K; None: the study's fuse:
+    fuse: str | None = None
 
     def __post_init__(self) -> None:
         if self.stall_timeout is not None and self.stall_timeout <= self.heartbeat.interval:
@@ -55,6 +57,17 @@ class Settings:
             raise TunerError(
                 f"--db-patience {self.db_patience} is below the heartbeat interval "
                 f"({self.heartbeat.interval} s); give at least {self.heartbeat.interval}")
+
+        if self.fuse is not None and not (self.fuse in ("auto", "off") or (
+                self.fuse.isdigit() and int(self.fuse) >= 1)):
+            raise TunerError(f"--fuse {self.fuse}: give auto, off or a number of trials K "
+                             "(e.g. --fuse 4)")
+
+    def fuse_mode(self, study: str | int) -> str | int:
+        """What this process fuses: --fuse when given, else the study's ``fuse:``."""
+        if self.fuse is None:
+            return study
+        return int(self.fuse) if self.fuse.isdigit() else self.fuse
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -240,6 +241,9 @@ class StudySpec(_Frozen):
     budget_hours: float | None = Field(default=None, gt=0)
     # reuse the result of an identical finished configuration instead of training it again
     dedup: bool = True
+    # same-shape trials trained as one stacked model on a worker's device: off, auto (the
+    # worker measures K = 1, 2, 4, 8 and keeps the fastest) or K members
+    fuse: Literal["auto", "off"] | Annotated[int, Field(ge=1, le=256)] = "off"
     # folder the study file was read from: relative user-code paths resolve against it
     base_dir: str | None = None
 
@@ -256,6 +260,17 @@ class StudySpec(_Frozen):
                                  f"one of {', '.join(InputKind)}")
             raw = {**raw, "data": given["name"], "data_as": given.get("as")}
         return raw
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_words(cls, v: Any) -> Any:
+        if v is False:  # YAML reads a bare off as false
+            return "off"
+        if isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        if isinstance(v, bool) or not (isinstance(v, int) or v in ("auto", "off")):
+            raise ValueError(f"give auto, off or a number of trials K (got {v!r}); e.g. fuse: 4")
+        return v
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -352,7 +367,49 @@ class StudySpec(_Frozen):
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
         self._check_asha()
+        self.check_fuse(self.fuse)
         return self
+
+    # ---- fusion (tuner.fuse) ------------------------------------------------------------
+    def check_fuse(self, fuse: str | int) -> None:
+        """``fuse: K`` (K > 1) where K trials cannot share one stacked model: a ValueError
+        naming why. ``auto`` and ``off`` never fail: auto fuses what it can."""
+        if isinstance(fuse, int) and fuse > 1 and (why := self.fuse_blocker(fixed_shape=True)):
+            raise ValueError(f"fuse: {fuse} cannot stack these trials: {why}")
+
+    def fuse_blocker(self, *, fixed_shape: bool) -> str | None:
+        """Why this study's trials cannot be trained as one stacked model (None: they can);
+        ``fixed_shape``: the space must fix the shape too (``fuse: K``), not only let it
+        repeat (``fuse: auto`` groups the trials that happen to share one)."""
+        if self.trainer is not None:
+            return "the study brings its own trainer; fusion runs tuner's own loop (use fuse: off)"
+        if self.model != "mlp":
+            return f"model: {self.model}; fusion stacks the mlp family only (use fuse: off)"
+        if self.kfold:
+            return "k-fold validation trains folds one by one; use a validation fraction"
+        if self.pruner.name == "asha":
+            return "asha pauses trials one by one; use pruner: median or none"
+        if self.multi_objective:
+            return "several objectives; fusion judges one learning curve per member"
+        if self.compile:
+            return "compile: true; the stacked model is not compiled (set compile: false)"
+        for name, p in self.space.items():
+            base = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
+            if base in FUSE_UNSUPPORTED:
+                if not isinstance(p, Fixed) or p.value not in FUSE_UNSUPPORTED[base]:
+                    return (f"space.{name} is not supported by the fused loop; leave it out, "
+                            "or use fuse: off")
+            elif base in FUSE_SHAPE_KNOBS or (base == "width" and name != "width"):
+                if not isinstance(p, Fixed):
+                    if fixed_shape:
+                        return (f"space.{name} varies, and it sets the model's shape; fix it "
+                                f"(e.g. {name}: {_example(p)}) or use fuse: auto")
+                    continue
+                allowed = FUSE_SHAPE_VALUES.get(base)
+                if allowed is not None and p.value not in allowed:
+                    return (f"space.{name}: {p.value} is not supported by the fused loop; use "
+                            f"one of {', '.join(map(str, allowed))} or fuse: off")
+        return None
 
     def _check_asha(self) -> None:
         p = self.pruner
@@ -555,12 +612,52 @@ class StudySpec(_Frozen):
     def search_fields(self) -> dict[str, Any]:
         """What must match for two specs to be the same study (budgets and paths may differ)."""
         d = self.model_dump(mode="json")
-        for k in ("name", "trials", "timeout", "budget_hours", "base_dir", "description"):
+        # fuse says how workers run trials, not what the study searches
+        for k in ("name", "trials", "timeout", "budget_hours", "base_dir", "description", "fuse"):
             d.pop(k, None)
         return d
 
 
 GRID_LIMIT = 10_000
+
+
+# the knobs that make two trials' stacked models differ in shape or in how they step (the
+# mlp family's, but dropout, and the loop's); members may differ in everything else
+FUSE_SHAPE_KNOBS = ("depth", "width", "activation", "batch_norm", "init", "batch_size",
+                    "optimizer", "schedule", "epochs")
+# the values of shape knobs that the fused loop supports (others: run unfused)
+FUSE_SHAPE_VALUES: dict[str, tuple[Scalar, ...]] = {
+    "optimizer": ("sgd", "sgd_momentum", "adam", "adamw"),
+    "batch_norm": (False,),
+    "activation": ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid"),
+}
+# knobs the fused loop does not implement, with the values it accepts when fixed
+FUSE_UNSUPPORTED: dict[str, tuple[Scalar | None, ...]] = {
+    "l1": (0, 0.0), "clip_norm": (None, 0, 0.0), "label_smoothing": (0, 0.0), "patience": (0,),
+    "augment_crop": (0,), "augment_flip": (False,), "augment_cutout": (0,), "freeze": (0,),
+    "backbone_lr_scale": (1, 1.0),
+}
+
+
+def fuse_key(params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """The shape of a trial's stacked model: trials with one key may be fused. None when
+    these params cannot be fused at all (an optimizer or activation the fused loop lacks,
+    or a knob it does not implement)."""
+    for base, allowed in FUSE_UNSUPPORTED.items():
+        if base in params and params[base] not in allowed:
+            return None
+    for base, allowed in FUSE_SHAPE_VALUES.items():
+        if base in params and params[base] not in allowed:
+            return None
+    shaped = [k for k in params if k in FUSE_SHAPE_KNOBS or
+              (k.startswith("width_") and k[6:].isdigit())]
+    return tuple(sorted((k, params[k]) for k in shaped))
+
+
+def _example(p: Any) -> Any:
+    if isinstance(p, CategoricalParam):
+        return p.choices[0]
+    return getattr(p, "low", "VALUE")
 
 
 def _grid_values(name: str, p: Param) -> list[Any]:

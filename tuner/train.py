@@ -164,7 +164,11 @@ def evaluate(model: Callable[[Tensor], Tensor], data: DataBundle, split: str | S
                 torch.cuda.empty_cache()
     if module is not None:
         module.train(was_training)
-    s = torch.as_tensor(sums).tolist()  # the one host sync
+    return metrics_of(torch.as_tensor(sums).tolist(), n, data)  # the one host sync
+
+
+def metrics_of(s: list[float], n: int, data: DataBundle) -> dict[str, float]:
+    """The task's metrics from the summed :func:`_batch_sums` of ``n`` samples."""
     if data.task == "classification":
         return {"accuracy": s[1] / n, "loss": s[0] / n}
     sse, sae, y_sum, y_sq = s

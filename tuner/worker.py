@@ -89,6 +89,7 @@ class Worker:
         With the budget spent, a worker stays while other workers' trials run (polling every
         heartbeat interval): if one of them dies, its retry still needs a worker."""
         self.runner.assets.preflight()
+        self.runner.fuse_size()  # fuse: auto times its K here, before any trial is taken
         study = self.handle.study
         p = self.patience
         # one reaper per study: the lease outlives two missed beats, then passes on
@@ -115,43 +116,57 @@ class Worker:
                     self.stop.wait(self.heartbeat.interval)
                     storage.reap(study, p, lease)
                     continue
-                p.call(lambda t=trial: storage.record_heartbeat(t))
+                trials = self._group(trial)
+                for t in trials:
+                    p.call(lambda t=t: storage.record_heartbeat(t))
                 beat.progressed()
-                beat.trial = trial
-                self.on_event(Event("started", trial.number))
+                beat.trial, beat.others = trials[0], tuple(trials[1:])
+                for t in trials:
+                    self.on_event(Event("started", t.number))
                 started = time.monotonic()
                 try:
-                    outcome = self.runner.run(trial)
+                    outcomes = (self.runner.run_group(trials) if len(trials) > 1
+                                else [self.runner.run(trial)])
                 except KeyboardInterrupt:
-                    self._tell(trial, Outcome(TrialState.FAIL, fail_reason="interrupted",
+                    for t in trials:
+                        self._tell(t, Outcome(TrialState.FAIL, fail_reason="interrupted",
                                               interrupted=True))
                     raise
                 finally:
-                    beat.trial = None
+                    beat.trial, beat.others = None, ()
                 # device time counts whether or not the trial completed (--budget-hours); a
-                # repeat trained nothing (it may have waited for its twin)
-                if outcome.repeat_of is None:
+                # repeat trained nothing (it may have waited for its twin); a fused group
+                # spent its time once, for all its members
+                if any(o.repeat_of is None for o in outcomes):
                     p.call(partial(self.handle.budget.spend, time.monotonic() - started))
-                if not self._tell(trial, outcome):
-                    continue  # another worker failed and retried it meanwhile
-                self.runner.cleanup(outcome)
-                self.on_event(Event("finished", trial.number, value=outcome.value,
-                                    state=outcome.state.name))
-                done += 1
-                self._maybe_stop()
-                if outcome.broken_device:  # every later CUDA call here would fail too
-                    raise DeviceBroken(
-                        f"trial {trial.number} hit a CUDA device-side assert, which leaves this "
-                        "process's GPU unusable; it saved nothing and exits so that a fresh "
-                        "worker process takes over (its fail_reason has the full error)")
-                if outcome.error is not None:  # its retry is queued; this worker cannot go on
-                    raise outcome.error
-                failures = failures + 1 if outcome.state == TrialState.FAIL else 0
-                if outcome.interrupted:
+                told = []
+                for t, outcome in zip(trials, outcomes, strict=True):
+                    if not self._tell(t, outcome):
+                        continue  # another worker failed and retried it meanwhile
+                    self.runner.cleanup(outcome)
+                    self.on_event(Event("finished", t.number, value=outcome.value,
+                                        state=outcome.state.name))
+                    done += 1
+                    told.append((t, outcome))
+                if told:
+                    self._maybe_stop()
+                for t, outcome in told:
+                    if outcome.broken_device:  # every later CUDA call here would fail too
+                        raise DeviceBroken(
+                            f"trial {t.number} hit a CUDA device-side assert, which leaves this "
+                            "process's GPU unusable; it saved nothing and exits so that a fresh "
+                            "worker process takes over (its fail_reason has the full error)")
+                for _, outcome in told:
+                    if outcome.error is not None:  # its retry is queued; this worker cannot go on
+                        raise outcome.error
+                for _, outcome in told:
+                    failures = failures + 1 if outcome.state == TrialState.FAIL else 0
+                if any(o.interrupted for _, o in told):
                     return Summary(done, "stopped")
                 if failures >= self.max_failures:
+                    last = next(o for _, o in reversed(told) if o.state == TrialState.FAIL)
                     raise TooManyFailures(
-                        f"{failures} trials failed in a row (last: {outcome.fail_reason}); the "
+                        f"{failures} trials failed in a row (last: {last.fail_reason}); the "
                         f"study was stopped: fix the cause, then `tuner resume {self.handle.name}`"
                     )
         finally:
@@ -172,6 +187,21 @@ class Worker:
         log.error("%s", e)
         sys.stderr.flush()
         os._exit(e.exit_code)
+
+    def _group(self, first: optuna.Trial) -> list[optuna.Trial]:
+        """``first`` and, when the study fuses (``fuse:``), up to K-1 more trials taken the
+        way ``first`` was (each new one in its own budget slot), to train as one. A retry or
+        a promotion resumes alone (it is trained alone within the group)."""
+        k = self.runner.fuse_size()
+        if k <= 1 or not self.runner.fusable(first) or self.stop.is_set():
+            return [first]
+        trials = [first]
+        while len(trials) < k:
+            more = self._next_trial()
+            if more is None:
+                break
+            trials.append(more)
+        return trials
 
     def _next_trial(self) -> optuna.Trial | None:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by

@@ -143,6 +143,10 @@ SETTINGS: list[tuple[str, Any, Any]] = [
         help="Seconds a trial may go without a finished epoch before it counts as hung: it "
              "is failed and retried elsewhere, and its worker exits [default: no limit].")],
      None),
+    ("fuse", Annotated[str | None, typer.Option(
+        envvar="TUNER_FUSE",
+        help="Train same-shape trials as one stacked model: auto (measure K = 1, 2, 4, 8 on "
+             "the device, keep the fastest), off, or K [default: the study's fuse:].")], None),
 ]
 
 
@@ -165,7 +169,7 @@ def with_settings(fn: F) -> F:
             checkpoint_dir=given["checkpoint_dir"], keep_checkpoints=given["keep_checkpoints"],
             download=given["download"], heartbeat_s=given["heartbeat"],
             grace_period_s=given["grace_period"], db_patience_s=given["db_patience"],
-            stall_timeout_s=given["stall_timeout"])
+            stall_timeout_s=given["stall_timeout"], fuse=given["fuse"])
         return fn(**kwargs, settings=settings)
 
     wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]

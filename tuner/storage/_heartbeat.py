@@ -34,6 +34,8 @@ class HeartbeatThread(threading.Thread):
         self.patience = patience or Patience(float("inf"), 0)
         self.lease = lease
         self.trial: optuna.Trial | None = None
+        # the other members of a fused group (tuner.fuse), kept alive with ``trial``
+        self.others: tuple[optuna.Trial, ...] = ()
         self.halt = threading.Event()
         self.stall_timeout, self.on_stall = stall_timeout, on_stall
         self.last_progress = time.monotonic()
@@ -55,6 +57,8 @@ class HeartbeatThread(threading.Thread):
                     ok, _ = self.patience.attempt(lambda t=trial: record_heartbeat(t))
                     if not ok:
                         continue
+                    for other in self.others:
+                        self.patience.attempt(lambda t=other: record_heartbeat(t))
                 reap(self.study, self.patience, self.lease)
             except Exception as e:  # noqa: BLE001 - a blip must not kill the heartbeat
                 log.warning("heartbeat failed: %s", e)

@@ -1,0 +1,344 @@
+"""Same-shape trials trained as one (tuner.fuse): a fused member follows the curve its own
+``fit`` would, is pruned alone, checkpoints in fit's format (so plain ``fit`` resumes it),
+and a real study with ``fuse: 4`` spends its exact trial budget."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tuner import api
+from tuner.cli import app
+from tuner.context import CheckpointStore, Context, TrialPruned
+from tuner.data import DataBundle, load_builtin
+from tuner.errors import SpecError, TunerError
+from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
+from tuner.spec import fuse_key, parse_spec
+from tuner.train import fit
+
+pytest_plugins = ["servers"]
+
+CPU = torch.device("cpu")
+MEMBERS = [(0.05, 0.0, 0.9), (0.01, 1e-3, 0.5), (0.02, 1e-2, 0.0), (0.003, 1e-4, 0.7)]
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataBundle:
+    return load_builtin("digits", "unused", validation=0.2, seed=0)
+
+
+class Curve:
+    """A reporter that keeps the curve and prunes from ``prune_at`` on."""
+
+    def __init__(self, prune_at: int | None = None):
+        self.values: list[float] = []
+        self.prune_at = prune_at
+
+    def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
+        self.values.append(value)
+        return self.prune_at is not None and epoch >= self.prune_at
+
+    def stop_requested(self) -> bool:
+        return False
+
+
+def _params(optimizer: str, lr: float, wd: float, momentum: float, **kw: Any) -> dict[str, Any]:
+    return {"optimizer": optimizer, "lr": lr if optimizer.startswith("sgd") else lr / 10,
+            "weight_decay": wd, "momentum": momentum, "depth": 2, "width": 24,
+            "batch_size": 64, "schedule": "cosine", **kw}
+
+
+def _ctx(data: DataBundle, seed: int, epochs: int, **kw: Any) -> Context:
+    return Context(device=CPU, seed=seed, max_epochs=epochs, data=data, **kw)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd_momentum", "adam", "adamw"])
+def test_fused_members_follow_their_own_fit(digits: DataBundle, optimizer: str) -> None:
+    ps = [_params(optimizer, *m) for m in MEMBERS]
+    alone = []
+    for i, p in enumerate(ps):
+        c = _ctx(digits, 10 + i, 4)
+        value = fit(p, c)
+        alone.append((value, c.history))
+    ctxs = [_ctx(digits, 10 + i, 4) for i in range(len(ps))]
+    results = fit_fused(ps, ctxs)
+    for (value, history), result, c in zip(alone, results, ctxs, strict=True):
+        assert result == pytest.approx(value, abs=1e-6)
+        assert len(c.history) == len(history) == 4
+        for mine, theirs in zip(c.history, history, strict=True):
+            for key in ("value", "train_loss", "lr", "val_loss"):
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
+    # the members differ from each other: each trained with its own hyperparameters
+    assert len({round(c.history[-1]["train_loss"], 6) for c in ctxs}) == len(ps)
+
+
+def test_a_pruned_member_stops_and_the_others_go_on(digits: DataBundle) -> None:
+    ps = [_params("sgd_momentum", *m) for m in MEMBERS[:3]]
+    reporters = [Curve(), Curve(prune_at=2), Curve()]
+    ctxs = [_ctx(digits, 20 + i, 5, reporter=r) for i, r in enumerate(reporters)]
+    results = fit_fused(ps, ctxs)
+    assert isinstance(results[1], TrialPruned)
+    assert len(reporters[1].values) == 2 and ctxs[1].info["epochs_run"] == 2
+    assert [len(r.values) for r in (reporters[0], reporters[2])] == [5, 5]
+    # the survivors' curves are those of their own fit: the pruned member's leaving changed
+    # nothing for them
+    for j in (0, 2):
+        c = _ctx(digits, 20 + j, 5)
+        assert fit(ps[j], c) == pytest.approx(results[j], abs=1e-6)
+        assert [h["value"] for h in c.history] == pytest.approx(reporters[j].values, abs=1e-6)
+
+
+def test_dropout_members_train_and_differ(digits: DataBundle) -> None:
+    ps = [_params("adam", 0.1, 0.0, 0.0, dropout=d) for d in (0.0, 0.3)]
+    ctxs = [_ctx(digits, 5, 3) for _ in ps]  # one seed: only dropout tells them apart
+    results = fit_fused(ps, ctxs)
+    assert all(isinstance(r, float) and r > 0.5 for r in results)
+    assert ctxs[0].history[-1]["train_loss"] != ctxs[1].history[-1]["train_loss"]
+    assert fit(ps[0], _ctx(digits, 5, 3)) == pytest.approx(results[0], abs=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adamw"])
+def test_a_member_checkpoint_resumes_alone_with_fit(digits: DataBundle, tmp_path: Path,
+                                                    optimizer: str) -> None:
+    """A fused group 'crashes' after epoch 2 (every member pruned there); one member's
+    checkpoint is resumed by plain fit, which ends where the member's unfused fit ends."""
+    ps = [_params(optimizer, *m) for m in MEMBERS[:3]]
+    stores = [CheckpointStore(tmp_path / f"trial-{i}.pt") for i in range(3)]
+    ctxs = [_ctx(digits, 30 + i, 5, reporter=Curve(prune_at=2), checkpoints=s)
+            for i, s in enumerate(stores)]
+    fit_fused(ps, ctxs)
+    state = stores[1].load()
+    assert state is not None and state["epoch"] == 2
+    assert set(state) >= {"model", "optimizer", "scheduler", "generator", "torch_rng"}
+    resumed = _ctx(digits, 31, 5, checkpoints=stores[1])
+    value = fit(ps[1], resumed)
+    reference = _ctx(digits, 31, 5)
+    assert value == pytest.approx(fit(ps[1], reference), abs=1e-6)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4, 5]
+    assert [h["value"] for h in resumed.history] == pytest.approx(
+        [h["value"] for h in reference.history], abs=1e-6)
+
+
+def test_stacked_optimizer_leaves_members_alone() -> None:
+    """Each slice steps with its own lr: a zero-lr member does not move."""
+    w = torch.randn(3, 4, 5, requires_grad=True)
+    opt = StackedOptimizer("adam", [w], lr=torch.tensor([0.1, 0.0, 0.01]),
+                           weight_decay=torch.zeros(3), momentum=torch.zeros(3))
+    before = w.detach().clone()
+    (w ** 2).sum().backward()
+    opt.step()
+    assert torch.equal(w[1], before[1]) and not torch.equal(w[0], before[0])
+    assert (w[0] - before[0]).abs().max() > (w[2] - before[2]).abs().max()
+
+
+def test_choose_k_times_every_candidate(digits: DataBundle) -> None:
+    k, rates = choose_k(_params("sgd", 0.05, 0.0, 0.0), _ctx(digits, 0, 1), candidates=(1, 2, 4),
+                        steps=3)
+    assert set(rates) == {1, 2, 4} and k in rates and all(r > 0 for r in rates.values())
+    assert rates[k] == max(rates.values())
+
+
+def test_shapes_that_differ_are_refused() -> None:
+    from tuner.models import build
+
+    a = build("mlp", {"depth": 1, "width": 8, "activation": "relu", "dropout": 0.0,
+                      "batch_norm": False, "init": "default"}, _inputs(), 3)
+    b = build("mlp", {"depth": 1, "width": 9, "activation": "relu", "dropout": 0.0,
+                      "batch_norm": False, "init": "default"}, _inputs(), 3)
+    with pytest.raises(ValueError, match="one shape"):
+        StackedMLP([a, b])
+
+
+def _inputs() -> Any:
+    from tuner.kinds import InputKind, Inputs
+
+    return Inputs(InputKind.tabular, (4,))
+
+
+# ---- the study file -------------------------------------------------------------------
+SPEC: dict[str, Any] = {
+    "name": "fused_digits", "data": "digits", "model": "mlp", "epochs": 3, "trials": 6,
+    "validation": 0.2, "seed": 1, "fuse": 4, "pruner": "none",
+    "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+              "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+              "optimizer": "adamw", "depth": 1, "width": 32, "batch_size": 64},
+}
+
+
+def test_fuse_k_with_a_varying_shape_is_one_line_naming_the_parameter() -> None:
+    raw = {**SPEC, "space": {**SPEC["space"], "width": {"type": "int", "low": 16, "high": 64}}}
+    with pytest.raises(SpecError, match=r"fuse: 4 cannot stack these trials: space\.width "
+                                         r"varies.*fix it \(e\.g\. width: 16\) or use fuse: auto"):
+        parse_spec(raw)
+    with pytest.raises(SpecError, match="mlp family only"):
+        parse_spec({**SPEC, "model": "cnn", "data": "mnist"})
+    with pytest.raises(SpecError, match="asha"):
+        parse_spec({**SPEC, "pruner": {"name": "asha", "min_epochs": 1}})
+    # auto fuses what repeats; off and a varying shape are fine
+    assert parse_spec({**raw, "fuse": "auto"}).fuse == "auto"
+    assert parse_spec({**raw, "fuse": False}).fuse == "off"
+    assert parse_spec({k: v for k, v in SPEC.items() if k != "fuse"}).fuse == "off"
+
+
+def test_fuse_key_groups_by_shape_only() -> None:
+    a = {"lr": 0.1, "dropout": 0.2, "width": 8, "optimizer": "adam"}
+    assert fuse_key(a) == fuse_key({**a, "lr": 0.3, "dropout": 0.0, "weight_decay": 1e-3})
+    assert fuse_key(a) != fuse_key({**a, "width": 9})
+    assert fuse_key({**a, "optimizer": "rmsprop"}) is None
+
+
+def test_cli_fuse_k_on_a_varying_shape_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    import yaml
+
+    raw = {**SPEC, "fuse": "off",
+           "space": {**SPEC["space"], "depth": {"type": "int", "low": 1, "high": 2}}}
+    f = tmp_path / "study.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    db = tmp_path / "t.db"
+    out = CliRunner().invoke(app, ["run", str(f), "--fuse", "4", "--storage", f"sqlite:///{db}",
+                                   "--device", "cpu", "--quiet"])
+    assert out.exit_code == 2, out.output
+    assert "space.depth varies" in out.output and len(out.output.strip().splitlines()) == 1
+    assert not db.exists() or "fused_digits" not in db.read_bytes().decode("latin-1")
+    bad = CliRunner().invoke(app, ["run", str(f), "--fuse", "many", "--storage",
+                                   f"sqlite:///{db}", "--quiet"])
+    assert bad.exit_code == 2 and "--fuse many" in bad.output
+
+
+def test_a_fused_study_spends_its_exact_budget_with_each_trials_own_curve(tmp_path: Path) -> None:
+    store = {"storage": f"sqlite:///{tmp_path / 'f.db'}", "device": "cpu",
+             "checkpoint_dir": str(tmp_path / "ckpt")}
+    result = api.run(SPEC, **store)
+    trials = result.study.trials
+    assert len(trials) == 6 and result.counts == {"COMPLETE": 6}
+    curves = [t.intermediate_values for t in trials]
+    assert all(sorted(c) == [1, 2, 3] for c in curves)
+    assert len({tuple(c.values()) for c in curves}) == 6  # each its own curve
+    assert all(t.value == pytest.approx(t.intermediate_values[3]) for t in trials)
+    # trained as one: four, then the two that the budget had left
+    assert [t.user_attrs.get("fused") for t in trials] == [4, 4, 4, 4, 2, 2]
+    assert all(t.user_attrs["epochs_run"] == 3 and len(t.user_attrs["train_loss"]) == 3
+               for t in trials)
+    # a member trained as its own fit would have (same seed: spec.seed + lineage)
+    t = trials[2]
+    c = Context(device=CPU, seed=SPEC["seed"] + t.number, max_epochs=3,
+                data=load_builtin("digits", "unused", validation=0.2, seed=SPEC["seed"]))
+    assert fit(t.params | {k: v for k, v in SPEC["space"].items() if not isinstance(v, dict)},
+               c) == pytest.approx(t.value, abs=1e-6)
+    assert not list((tmp_path / "ckpt").rglob("*.pt"))  # completed: cleaned up
+
+
+def test_a_worker_with_fuse_auto_runs_trials_of_a_varying_shape(tmp_path: Path) -> None:
+    raw = {**SPEC, "name": "auto_digits", "fuse": "auto", "trials": 5, "epochs": 2,
+           "space": {**SPEC["space"], "width": [16, 32]}}
+    result = api.run(raw, storage=f"sqlite:///{tmp_path / 'a.db'}", device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    assert len(result.study.trials) == 5 and result.counts == {"COMPLETE": 5}
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in result.study.trials)
+
+
+def test_settings_refuse_a_bad_fuse() -> None:
+    with pytest.raises(TunerError, match="--fuse 0"):
+        api.settings(fuse="0")
+    assert api.settings(fuse="8").fuse_mode("off") == 8
+    assert api.settings().fuse_mode("auto") == "auto"
+
+
+def test_stop_is_shared_by_every_member(digits: DataBundle) -> None:
+    stop = threading.Event()
+
+    class Stopping(Curve):
+        def stop_requested(self) -> bool:
+            stop.set()
+            return True
+
+    ctxs = [_ctx(digits, i, 3, reporter=Stopping()) for i in range(2)]
+    results = fit_fused([_params("sgd", 0.05, 0.0, 0.0)] * 2, ctxs)
+    assert all(type(r).__name__ == "StopRequested" for r in results)
+    assert all(len(c.history) == 1 for c in ctxs)
+
+
+def test_identical_members_of_one_group_do_not_wait_for_each_other(tmp_path: Path) -> None:
+    """dedup waits for a running twin; a twin in the same fused group trains alongside."""
+    raw = {**SPEC, "name": "twins", "trials": 4, "epochs": 1, "sampler": "random",
+           "space": {**SPEC["space"], "lr": [0.01], "weight_decay": [1e-4]}}
+    result = api.run(raw, storage=f"sqlite:///{tmp_path / 't.db'}", device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    assert result.counts == {"COMPLETE": 4}
+    values = {t.value for t in result.study.trials}
+    assert len(values) == 4  # same params, own seeds: four different trainings
+
+
+def test_the_fusion_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("bench_fusion", folder / "fusion.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--workloads", "digits", "--k", "1", "4", "--seeds", "1", "--trials", "4",
+                "--no-loop-only"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 2 and "1-min load average" in out
+    assert [r.split("|")[3].strip() for r in rows] == ["4", "4"]  # every trial finished
+
+
+@pytest.mark.slow
+def test_two_worker_processes_with_fuse_spend_the_exact_budget(postgres_url: str,
+                                                               tmp_path: Path) -> None:
+    """Two local worker processes on PostgreSQL, each taking up to 4 trials at a time in its
+    own budget slots: the study ends with exactly its 7 trials, each with its own curve."""
+    raw = {**SPEC, "name": "fused_pg", "trials": 7, "epochs": 2}
+    result = api.run(raw, workers=2, storage=postgres_url, device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    trials = result.study.trials
+    assert len(trials) == 7 and result.counts == {"COMPLETE": 7}
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)
+    assert len({tuple(t.intermediate_values.values()) for t in trials}) == 7
+    assert any(t.user_attrs.get("fused", 1) > 1 for t in trials)
+
+
+def test_a_stopped_fused_group_is_resumed_member_by_member_with_fit(tmp_path: Path) -> None:
+    """SIGINT in the middle of a fused group: every member checkpoints and is queued as a
+    retry; the next run resumes each one alone (plain fit, from its checkpoint), and every
+    trial's curve ends whole."""
+    import os
+    import signal
+
+    store = {"storage": f"sqlite:///{tmp_path / 's.db'}", "device": "cpu",
+             "checkpoint_dir": str(tmp_path / "ckpt")}
+    raw = {**SPEC, "name": "stopped", "trials": 4, "epochs": 3}
+    sent: list[int] = []
+
+    def on_event(e: Any) -> None:
+        if e.kind == "epoch" and e.epoch == 1 and not sent:
+            sent.append(e.trial)
+            os.kill(os.getpid(), signal.SIGINT)  # the worker's first Ctrl-C: finish the epoch
+
+    first = api.run(raw, on_event=on_event, **store)
+    assert first.stopped_because == "stopped"
+    stopped = [t for t in first.study.trials if t.state.name == "FAIL"]
+    assert len(stopped) == 4 and all(sorted(t.intermediate_values) == [1] for t in stopped)
+    assert len(list((tmp_path / "ckpt").rglob("trial-*.pt"))) == 4  # one per member
+    again = api.resume("stopped", **store)
+    done = [t for t in again.study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)  # curves whole
+    assert all("fused" not in t.user_attrs for t in done)  # retries ran alone
+    # resumed alone, each ends where its own unfused fit ends
+    data = load_builtin("digits", "unused", validation=0.2, seed=SPEC["seed"])
+    fixed = {k: v for k, v in SPEC["space"].items() if not isinstance(v, dict)}
+    t = done[0]
+    lineage = t.user_attrs["lineage"]
+    c = Context(device=CPU, seed=SPEC["seed"] + lineage, max_epochs=3, data=data)
+    assert fit(t.params | fixed, c) == pytest.approx(t.value, abs=1e-6)

@@ -1,0 +1,383 @@
+"""Same-shape trials trained as one: K MLPs of one shape stacked into one model.
+
+Pure PyTorch, like :mod:`tuner.train`. Each member is first set up exactly as
+:func:`tuner.train.fit` sets up a trial (its own seed, initial weights, torch optimizer,
+schedule and shuffling generator); then its weights are stacked along a leading axis K and
+one step trains all members with batched matrix products (``torch.baddbmm`` over weights of
+shape (K, out, in)). The members' hyperparameters (lr, weight decay, momentum, dropout) are
+tensors of shape (K,), and :class:`StackedOptimizer` follows torch's update rules for sgd,
+sgd with momentum, adam and adamw, so a member with dropout 0 follows the curve its own
+``fit`` would, within float rounding.
+
+Each member reports to its own context, is pruned on its own (its slice leaves the stack,
+so the rest step faster) and checkpoints on its own, in ``fit``'s format: the state_dict of
+its unfused module, a torch optimizer state_dict, its schedule and generator. A crashed
+member therefore resumes alone, with the ordinary ``fit``.
+
+    fit_fused(params_list, ctxs)   -> one result per member: its metric, or its exception
+    choose_k(params, ctx)          -> the K with the most trials per second on ctx.device
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tuner import train, vocab
+from tuner.context import Context
+from tuner.data._bundle import DataBundle
+from tuner.kinds import InputKind
+
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw")
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults, which make_optimizer keeps
+
+
+class StackedOptimizer:
+    """One optimizer over K members' stacked parameters (each of shape (K, ...)), with
+    per-member ``lr``, ``weight_decay`` and ``momentum`` tensors of shape (K,). The update
+    of each slice is torch's own: SGD (L2 in the gradient, momentum buffer started as the
+    first gradient, no dampening), Adam (L2 in the gradient) and AdamW (decoupled decay)."""
+
+    def __init__(self, name: str, params: Sequence[Tensor], *, lr: Tensor, weight_decay: Tensor,
+                 momentum: Tensor):
+        if name not in OPTIMIZERS:
+            raise ValueError(f"fusion has no {name} optimizer; use one of {', '.join(OPTIMIZERS)}")
+        self.name, self.params = name, list(params)
+        self.lr, self.weight_decay, self.momentum = lr, weight_decay, momentum
+        self.steps = 0
+        # sgd_momentum: momentum buffers; adam(w): first and second moments
+        self.state: dict[str, list[Tensor]] = {}
+
+    def _per(self, v: Tensor, p: Tensor) -> Tensor:
+        return v.view(-1, *([1] * (p.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        if self.name in ("sgd", "sgd_momentum"):
+            self._sgd()
+        else:
+            self._adam()
+
+    def _sgd(self) -> None:
+        bufs = self.state.get("momentum_buffer")
+        first = bufs is None
+        if first and self.name == "sgd_momentum":
+            bufs = self.state["momentum_buffer"] = []
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d = p.grad + self._per(self.weight_decay, p) * p
+            if self.name == "sgd_momentum":
+                assert bufs is not None
+                if first:
+                    bufs.append(d.clone())
+                else:
+                    bufs[i].mul_(self._per(self.momentum, p)).add_(d)
+                d = bufs[i]
+            p.sub_(self._per(self.lr, p) * d)
+
+    def _adam(self) -> None:
+        b1, b2 = ADAM_BETAS
+        if "exp_avg" not in self.state:
+            self.state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
+            self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
+        c1, c2 = 1 - b1 ** self.steps, math.sqrt(1 - b2 ** self.steps)
+        for p, m, v in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"],
+                           strict=True):
+            g = p.grad
+            lr, wd = self._per(self.lr, p), self._per(self.weight_decay, p)
+            if self.name == "adamw":
+                p.mul_(1 - lr * wd)
+            else:
+                g = g + wd * p
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_((lr / c1) * m / (v.sqrt() / c2 + ADAM_EPS))
+
+    def keep(self, rows: Tensor) -> None:
+        """Keep only the members at ``rows`` (the others left the stack)."""
+        for name in ("lr", "weight_decay", "momentum"):
+            setattr(self, name, getattr(self, name)[rows])
+        for name, tensors in self.state.items():
+            self.state[name] = [t[rows] for t in tensors]
+
+    def member_state(self, row: int, index: int) -> dict[str, Tensor]:
+        """The torch optimizer state of member ``row``'s parameter ``index``."""
+        if self.name == "sgd_momentum" and "momentum_buffer" in self.state:
+            return {"momentum_buffer": self.state["momentum_buffer"][index][row].clone()}
+        if "exp_avg" in self.state:
+            return {"step": torch.tensor(float(self.steps)),
+                    "exp_avg": self.state["exp_avg"][index][row].clone(),
+                    "exp_avg_sq": self.state["exp_avg_sq"][index][row].clone()}
+        return {}
+
+
+class StackedMLP:
+    """K ``mlp`` modules of one shape as stacked weights (K, out, in) and biases (K, out),
+    with per-member dropout. Built from the members' own modules, and written back into
+    them for their checkpoints."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        linears = [[m for m in mod.modules() if isinstance(m, nn.Linear)] for mod in modules]
+        shapes = {tuple(tuple(lin.weight.shape) for lin in ls) for ls in linears}
+        if len(shapes) != 1:
+            raise ValueError(f"fusion needs members of one shape; got {len(shapes)} shapes")
+        acts = {type(m) for mod in modules for m in mod.modules()
+                if not isinstance(m, nn.Linear | nn.Dropout | nn.Flatten | nn.Sequential)}
+        if len(acts) > 1 or acts & {nn.PReLU, nn.BatchNorm1d}:
+            raise ValueError("fusion needs one parameter-free activation and no batch norm; "
+                             f"got {', '.join(sorted(a.__name__ for a in acts))}")
+        first = modules[0]
+        self.act: nn.Module = next((m for m in first.modules() if type(m) in acts), nn.Identity())
+        for mod, ls in zip(modules, linears, strict=True):
+            if [id(p) for p in mod.parameters()] != [id(p) for lin in ls
+                                                      for p in (lin.weight, lin.bias)]:
+                raise ValueError("fusion supports Linear layers with biases only")
+        self.modules = list(modules)
+        self.linears = linears
+        with torch.no_grad():
+            self.params = [torch.stack([ls[j].weight if t == 0 else ls[j].bias
+                                        for ls in linears]).detach().clone().requires_grad_()
+                           for j in range(len(linears[0])) for t in (0, 1)]
+        drops = [next((m.p for m in mod.modules() if isinstance(m, nn.Dropout)), 0.0)
+                 for mod in modules]
+        self.dropout = torch.tensor(drops, device=self.params[0].device)
+
+    @property
+    def k(self) -> int:
+        return self.params[0].shape[0]
+
+    def forward(self, x: Tensor, train: bool) -> Tensor:
+        """x: (K, B, ...) per-member batches, or (B, ...) one batch for every member ->
+        (K, B, outputs)."""
+        h = x.flatten(2) if train else x.flatten(1)
+        n = len(self.params) // 2
+        drop = train and bool((self.dropout > 0).any())
+        for j in range(n):
+            w, b = self.params[2 * j], self.params[2 * j + 1]
+            if h.dim() == 2:  # one batch for all members: one GEMM against their weights side by side
+                k, o, i = w.shape
+                h = (h @ w.permute(2, 0, 1).reshape(i, k * o)).view(-1, k, o).transpose(0, 1)
+                h = h + b.unsqueeze(1)
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if j < n - 1:
+                h = self.act(h)
+                if drop:
+                    p = self.dropout.view(-1, 1, 1)
+                    keep = torch.rand_like(h) >= p
+                    h = h * keep / (1 - p)
+        return h
+
+    def keep(self, rows: Tensor, members: Sequence[int]) -> None:
+        with torch.no_grad():
+            self.params = [p[rows].detach().clone().requires_grad_() for p in self.params]
+        self.dropout = self.dropout[rows]
+        self.modules = [self.modules[i] for i in members]
+        self.linears = [self.linears[i] for i in members]
+
+    @torch.no_grad()
+    def write_back(self, row: int) -> None:
+        """Copy member ``row``'s slices into its own module."""
+        for j, lin in enumerate(self.linears[row]):
+            lin.weight.copy_(self.params[2 * j][row])
+            lin.bias.copy_(self.params[2 * j + 1][row])
+
+
+def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    """Per-member mean training loss (K,) of out (K, B, C) against y (K, B)."""
+    k, b = y.shape
+    if task == "classification":
+        return F.cross_entropy(out.float().reshape(k * b, -1), y.reshape(-1),
+                               reduction="none").view(k, b).mean(1)
+    return (out.float().squeeze(-1) - y).square().mean(1)
+
+
+def _batches(runs: Sequence[train._Run], data: DataBundle, batch_size: int):
+    """Every member's own shuffled batches, in lockstep: (x (K, B, ...), y (K, B)). Each
+    member's permutation is drawn from its own generator exactly as ``data.batches`` draws
+    it; with the data on the device, the K batches are one gather."""
+    s = data.split("train")
+    if data.batch_device is not None or data.kind == InputKind.tokens:
+        its = [data.batches("train", batch_size, shuffle=True, generator=r.gen) for r in runs]
+        for pairs in zip(*its, strict=True):
+            yield torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+        return
+    n, k = len(s), len(runs)
+    orders = torch.stack([torch.randperm(n, device=s.device, generator=r.gen) for r in runs])
+    scale, shift = data._affine(s.dtype)
+    for start in range(0, n, batch_size):
+        rows = s.rows(orders[:, start:start + batch_size].reshape(-1))
+        x = (s.base_x[rows].float() * scale).sub_(shift)
+        if data.kind == InputKind.sequence:  # padded steps are NaN: they come out as 0
+            x = x.nan_to_num_(0.0)
+        y = data.scale_targets(s.base_y[rows])
+        yield x.view(k, -1, *x.shape[1:]), y.view(k, -1)
+
+
+def _train_epoch(stack: StackedMLP, opt: StackedOptimizer, runs: Sequence[train._Run],
+                 data: DataBundle, batch_size: int, amp: bool) -> list[float]:
+    """One pass of every member over its own shuffle; each member's mean data loss."""
+    total = torch.zeros(stack.k, device=data.device)
+    seen = 0
+    for x, y in _batches(runs, data, batch_size):
+        if y.shape[1] < 2:  # as fit: skip a lone last sample
+            continue
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
+            loss = _loss(stack.forward(x, train=True), y, data.task)
+        total += loss.detach() * y.shape[1]
+        seen += y.shape[1]
+        for p in stack.params:
+            p.grad = None
+        loss.sum().backward()  # members do not interact: each slice gets its own gradient
+        opt.step()
+    return (total / max(seen, 1)).tolist()
+
+
+@torch.inference_mode()
+def _evaluate(stack: StackedMLP, data: DataBundle, amp: bool) -> list[dict[str, float]]:
+    """Every member's validation metrics, as :func:`tuner.train.evaluate` computes them."""
+    n = len(data.split("val"))
+    sums: list[Tensor | int] = [0] * stack.k
+    for x, y in data.batches("val", train.EVAL_BATCH_SIZE, shuffle=False):
+        with torch.autocast(data.device.type, torch.bfloat16, enabled=amp):
+            out = stack.forward(x, train=False)
+        for k in range(stack.k):
+            sums[k] = sums[k] + train._batch_sums(out[k].float(), y, data)
+    return [train.metrics_of(torch.as_tensor(s).tolist(), n, data) for s in sums]
+
+
+def _hyper(runs: Sequence[train._Run], key: str, device: torch.device) -> Tensor:
+    return torch.tensor([float(r.opt.param_groups[0].get(key, 0.0)) for r in runs],
+                        device=device)
+
+
+def _checkpoint(stack: StackedMLP, opt: StackedOptimizer, row: int, run: train._Run,
+                epoch: int) -> dict[str, Any]:
+    """Member ``row``'s checkpoint in fit's format (its own module and torch optimizer)."""
+    stack.write_back(row)
+    params = list(run.model.parameters())
+    for p in params:
+        run.opt.state.pop(p, None)
+    for index, p in enumerate(params):
+        st = opt.member_state(row, index)
+        if st:
+            run.opt.state[p] = st
+    return train._state(run, epoch)
+
+
+def fit_fused(params_list: Sequence[Mapping[str, Any]],
+              ctxs: Sequence[Context]) -> list[float | BaseException]:
+    """Train the members (``params_list[i]`` with ``ctxs[i]``) as one stacked model. Returns
+    each member's final validation ``ctx.metric``, or the exception that ended it (its
+    ``ctx.report``'s :class:`TrialPruned` or :class:`StopRequested`)."""
+    if len(params_list) != len(ctxs) or not ctxs:
+        raise ValueError("fit_fused needs one context per member")
+    data = train._data(ctxs[0])
+    train._check_metric(ctxs[0].metric, data.task)
+    runs = [train._setup(p, c, data) for p, c in zip(params_list, ctxs, strict=True)]
+    for c in ctxs:
+        if c.load_checkpoint() is not None:
+            raise ValueError(f"trial {c.trial_number} has a checkpoint: resume it alone with fit")
+    first = runs[0]
+    names = {str({**vocab.defaults(vocab.TRAINING_KNOBS), **p}["optimizer"]) for p in params_list}
+    if len(names) != 1 or len({(r.epochs, r.batch_size) for r in runs}) != 1:
+        raise ValueError("fused members must share optimizer, epochs and batch_size")
+    stack = StackedMLP([r.model for r in runs])
+    device = data.device
+    opt = StackedOptimizer(names.pop(), stack.params, lr=_hyper(runs, "lr", device),
+                           weight_decay=_hyper(runs, "weight_decay", device),
+                           momentum=_hyper(runs, "momentum", device))
+    results: list[float | BaseException | None] = [None] * len(runs)
+    live = list(range(len(runs)))
+    metrics: list[dict[str, float]] = []
+    for epoch in range(1, first.epochs + 1):
+        lrs = [runs[i].opt.param_groups[0]["lr"] for i in live]
+        opt.lr = torch.tensor(lrs, device=device)
+        losses = _train_epoch(stack, opt, [runs[i] for i in live], data, first.batch_size,
+                              first.amp)
+        with warnings.catch_warnings():  # the members' torch optimizers never step: ours do
+            warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)")
+            for i in live:
+                if runs[i].sched is not None:
+                    runs[i].sched.step()
+        metrics = _evaluate(stack, data, first.amp)
+        leaving: list[int] = []
+        for row, i in enumerate(live):
+            ctx, loss = ctxs[i], losses[row]
+            ctx.info["epochs_run"] = epoch
+            try:
+                if not math.isfinite(loss):  # diverged: a non-finite report ends it
+                    ctx.report(epoch, loss, train_loss=loss)
+                m = metrics[row]
+                value = m[ctx.metric]
+                extras = {"train_loss": loss, "lr": lrs[row],
+                          **{f"val_{k}": v for k, v in m.items() if k != ctx.metric}}
+                if ctx.checkpoints is not None:
+                    report = {"epoch": epoch, "value": value, **extras}
+                    ctx.save_checkpoint({**_checkpoint(stack, opt, row, runs[i], epoch),
+                                         "report": report})
+                ctx.report(epoch, value, **extras)
+            except Exception as e:  # noqa: BLE001 - pruned, stopped or failed: this member only
+                results[i] = e
+                leaving.append(row)
+        if leaving:  # a pruned member stops updating: its slice leaves the stack
+            rows = [r for r in range(len(live)) if r not in leaving]
+            keep = torch.tensor(rows, dtype=torch.long, device=device)
+            stack.keep(keep, rows)
+            opt.keep(keep)
+            metrics = [metrics[r] for r in rows]
+            live = [live[r] for r in rows]
+            opt.params = stack.params
+        if not live:
+            break
+    for row, i in enumerate(live):
+        results[i] = metrics[row][ctxs[i].metric]
+    return [r if r is not None else math.nan for r in results]
+
+
+def choose_k(params: Mapping[str, Any], ctx: Context, candidates: Sequence[int] = (1, 2, 4, 8),
+             steps: int = 20, clock: Callable[[], float] = time.perf_counter) -> tuple[int, dict[int, float]]:
+    """Time a training step of ``params``' model at each K on ``ctx.device`` (after one
+    warm-up step); returns the K with the most trials per second, and every K's rate."""
+    data = train._data(ctx)
+    rates: dict[int, float] = {}
+    for k in candidates:
+        ctxs = [Context(device=ctx.device, seed=ctx.seed + j, max_epochs=ctx.max_epochs,
+                        task=ctx.task, metric=ctx.metric, data=data, build_model=ctx.build_model)
+                for j in range(k)]
+        runs = [train._setup(params, c, data) for c in ctxs]
+        stack = StackedMLP([r.model for r in runs])
+        opt = StackedOptimizer(str({**vocab.defaults(vocab.TRAINING_KNOBS), **params}["optimizer"]),
+                               stack.params, lr=_hyper(runs, "lr", data.device),
+                               weight_decay=_hyper(runs, "weight_decay", data.device),
+                               momentum=_hyper(runs, "momentum", data.device))
+        batches = _batches(runs, data, runs[0].batch_size)
+        elapsed = 0.0
+        for s in range(steps + 1):
+            x, y = next(batches, (None, None))
+            if x is None or y is None:
+                batches = _batches(runs, data, runs[0].batch_size)
+                x, y = next(batches)
+            if data.device.type == "cuda":
+                torch.cuda.synchronize(data.device)
+            t0 = clock()
+            loss = _loss(stack.forward(x, train=True), y, data.task).sum()
+            for p in stack.params:
+                p.grad = None
+            loss.backward()
+            opt.step()
+            if data.device.type == "cuda":
+                torch.cuda.synchronize(data.device)
+            if s:  # the first step warms up
+                elapsed += clock() - t0
+        rates[k] = k * steps / max(elapsed, 1e-9)
+    return max(rates, key=rates.__getitem__), rates
