@@ -96,7 +96,7 @@ def check_resumed(ts, failed) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("TUNER_TEST_CHAOS"),
-                    reason="opt in with TUNER_TEST_CHAOS=1: 2 to 2.5 minutes (8 kills 2.5 s "
+                    reason="opt in with TUNER_TEST_CHAOS=1: 1 to 2.5 minutes (8 kills 2.5 s "
                            "apart, after 8 workers import torch), too long for every run; the "
                            "kill-at-each-statement tests below cover its causes of failure")
 @pytest.mark.parametrize("any_url", ["postgresql"], indirect=True)
