@@ -12,7 +12,7 @@ start to last finish), so process start-up (importing torch) is left out.
     .venv/bin/python benchmarks/storage.py --kill               # kill -> retry times only
     .venv/bin/python benchmarks/storage.py --trips              # statements per trial only
     .venv/bin/python benchmarks/storage.py --profile sqlite     # where one worker's time goes
-    .venv/bin/python benchmarks/storage.py --scale --workers 1 4 8  # connections, +PgBouncer
+    .venv/bin/python benchmarks/storage.py --scale --workers 1 8 32 64  # scaling out, +PgBouncer
 
 Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
 ``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
@@ -230,37 +230,209 @@ def _postgres_cpu_s() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def scale_table(base: str, bouncer: str | None, trials: int, workers: list[int]) -> None:
-    """K `tuner worker` processes on one PostgreSQL database, directly and through PgBouncer
-    (transaction pooling): trials/s, ms per trial per worker, most server connections seen,
-    PostgreSQL CPU ms per trial (every postgres process of the machine: others' included)."""
+class LightRunner:
+    """What a trial costs tuner's worker loop in the database, without the training: the
+    worker attrs at the start, a report and a pruning check each epoch (after a sleep), the
+    metrics at the end. Real :class:`tuner.worker.Worker` around it (budget slots, the
+    heartbeat thread, the reaper lease, tell), but no torch: a worker is ~65 MB, not ~700 MB,
+    so 64 of them fit beside the other users of a 24 GiB machine."""
+
+    def __init__(self, epochs: int, sleep: float):
+        from types import SimpleNamespace
+
+        self.epochs, self.sleep = epochs, sleep
+        self.stop, self.patience, self.on_epoch = threading.Event(), None, None
+        self.assets = SimpleNamespace(preflight=lambda: None)
+
+    def run(self, trial):
+        from optuna.trial import TrialState
+
+        from tuner import storage
+        from tuner.objective import Outcome
+
+        x = trial.suggest_float("x", 0.0, 1.0)
+        storage.set_user_attrs(trial, {"worker": {"host": platform.node(), "pid": os.getpid()},
+                                       "lineage": trial.number})
+        start = time.monotonic()
+        for epoch in range(1, self.epochs + 1):
+            time.sleep(self.sleep)
+            trial.report(x, epoch)
+            trial.should_prune()
+            self.on_epoch(trial.number, epoch, x)
+        storage.set_user_attrs(trial, {"epochs": self.epochs, "wall_s": time.monotonic() - start})
+        return Outcome(TrialState.COMPLETE, value=x, values=(x,))
+
+    def cleanup(self, outcome) -> None:
+        pass
+
+    def drop_checkpoint(self, lineage: int) -> None:
+        pass
+
+
+def light_worker(url: str, name: str, index: int, ready: str, n: int, epochs: int,
+                 sleep: float) -> None:
+    """One worker process of the scaling table: imports, says it is ready, waits for the
+    other ``n`` (so all start at once, not staggered by their imports), runs the worker loop,
+    and leaves its peak resident memory in ``ready``."""
+    import resource
+
+    from tuner import study as st
+    from tuner.storage import Heartbeat, connect
+    from tuner.worker import Worker
+
+    warnings.filterwarnings("ignore")
+    hb = Heartbeat()
+    handle = st.load(connect(url, hb, wait=60), name, worker_index=index)
+    Path(ready, f"ready-{os.getpid()}").touch()
+    while len(list(Path(ready).glob("ready-*"))) < n:
+        time.sleep(0.05)
+    Worker(handle, LightRunner(epochs, sleep), heartbeat=hb, db_patience=60).run()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(ready, f"rss-{os.getpid()}").write_text(str(peak_kb))
+
+
+def run_light(url: str, trials: int, workers: int, folder: Path, epochs: int,
+              sleep: float) -> list[int]:
+    """``workers`` light worker processes sharing a budget of ``trials``; their peak RSS (KB)."""
+    from tuner import study as st
+    from tuner.spec import load_spec
+    from tuner.storage import connect
+
+    name = f"scale{secrets.token_hex(3)}"
+    ready = folder / name
+    ready.mkdir()
+    storage = connect(url, wait=60)
+    st.create_or_resume(storage, load_spec(study_file(folder, name, trials, epochs, sleep)))
+    storage.engine.dispose()  # this process holds no connection while the workers run
+    procs = [subprocess.Popen([sys.executable, __file__, "--light-worker", url, name, str(i),
+                               str(ready), str(workers), str(epochs), str(sleep)])
+             for i in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a light worker failed ({p.returncode})")
+    return [int(f.read_text()) for f in ready.glob("rss-*")]
+
+
+def storage_ms(url: str, name: str, sleep_per_trial: float,
+               numbers: range | None = None) -> tuple[int, float]:
+    """Finished trials, and the mean storage time per trial in ms: each trial's wall time
+    from its start to its worker's next start (its reports, tell and the next trial's
+    start, i.e. the whole worker loop), less the trainer's sleep; a worker's last trial is
+    left out (it has no next start). ``numbers``: only those trials."""
+    import optuna
+
+    from tuner.storage import connect
+
+    storage = connect(url)
+    ts = [t for t in optuna.load_study(study_name=name, storage=storage).trials
+          if t.state.name == "COMPLETE"]
+    storage.engine.dispose()
+    by_worker: dict[int, list] = {}
+    for t in ts:
+        by_worker.setdefault(t.user_attrs["worker"]["pid"], []).append(t)
+    costs = []
+    for own in by_worker.values():
+        own.sort(key=lambda t: t.datetime_start)
+        for t, nxt in zip(own, own[1:], strict=False):
+            if numbers is None or t.number in numbers:
+                costs.append((nxt.datetime_start - t.datetime_start).total_seconds()
+                             - sleep_per_trial)
+    return len(ts), 1000 * sum(costs) / max(len(costs), 1)
+
+
+def _front(url: str, front: str | None) -> str:
     from sqlalchemy.engine import make_url
 
-    print(f"\n{trials} trivial trials with K workers on PostgreSQL: throughput, storage ms per "
-          "trial per worker, most server connections at once, PostgreSQL CPU ms per trial\n")
-    head = (f"{'path':<11}{'workers':>8}{'trials/s':>10}{'ms/trial':>10}{'connections':>13}"
-            f"{'db CPU ms':>11}")
+    if front is None:
+        return url
+    return make_url(front).set(database=make_url(url).database).render_as_string(
+        hide_password=False)
+
+
+def _measured(base: str, front: str | None, trials: int, k: int, epochs: int, sleep: float,
+              folder: Path) -> dict[str, float]:
+    """One run of ``k`` light workers on a fresh database: storage ms per trial, most server
+    connections at once, PostgreSQL CPU ms per trial, peak worker RSS (MB)."""
+    from sqlalchemy.engine import make_url
+
+    with database("postgresql", base, folder) as url:
+        db = make_url(url).database
+        run_url = _front(url, front)
+        stop, seen = threading.Event(), [0]
+        sampler = threading.Thread(target=_server_sampler, args=(base, db, stop, seen))
+        sampler.start()
+        cpu = _postgres_cpu_s()
+        rss = run_light(run_url, trials, k, folder, epochs, sleep)
+        cpu = _postgres_cpu_s() - cpu
+        stop.set()
+        sampler.join()
+        name = next(p.name for p in folder.glob("scale*") if p.is_dir())
+        n, ms = storage_ms(url, name, epochs * sleep)
+        assert n == trials, (n, trials)
+        for p in folder.glob("scale*"):  # the next run's study gets a new name and folder
+            if p.is_dir():
+                for f in p.iterdir():
+                    f.unlink()
+                p.rmdir()
+    return {"ms": ms, "connections": max(seen), "cpu": 1000 * cpu / trials,
+            "rss": max(rss) / 1024}
+
+
+def _available_gib() -> float:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def scale_table(base: str, bouncer: str | None, workers: list[int], per_worker: int,
+                epochs: int, sleep: float, long_trials: int, keep_free_gib: float) -> None:
+    """K light worker processes on one PostgreSQL database, directly and through PgBouncer
+    (transaction pooling): storage ms per trial, most server connections at once, PostgreSQL
+    CPU ms per trial (every postgres process of the machine: others' included); then one
+    study of ``long_trials`` trials: storage ms per trial around trial 100 and around the
+    end."""
+    paths = [("direct", None)] + ([("pgbouncer", bouncer)] if bouncer else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = _measured(base, None, 20, 1, epochs, sleep, Path(tmp))
+    fit = int((_available_gib() - keep_free_gib) * 1024 // (probe["rss"] * 1.2))
+    print(f"\none light worker peaks at {probe['rss']:.0f} MB resident; {_available_gib():.1f} GiB "
+          f"available, keeping {keep_free_gib:g} GiB free for others: up to {fit} workers")
+    ks = [k for k in workers if k <= fit]
+    if len(ks) < len(workers):
+        print(f"left out for memory: {[k for k in workers if k > fit]} workers")
+    print(f"\nK light workers (max(100, {per_worker}K) trials of {epochs} x {sleep * 1000:.0f} ms "
+          "sleep + report) on PostgreSQL: storage ms per trial per worker (the worker loop "
+          "less the sleep), most server connections at once, PostgreSQL CPU ms per trial, "
+          "peak RSS per worker\n")
+    head = (f"{'path':<11}{'workers':>8}{'trials':>8}{'ms/trial':>10}{'connections':>13}"
+            f"{'db CPU ms':>11}{'RSS MB':>8}")
     print(head)
     print("-" * len(head))
-    for path, front in (("direct", None), ("pgbouncer", bouncer)):
-        if path == "pgbouncer" and front is None:
-            continue
-        for k in workers:
-            with tempfile.TemporaryDirectory() as tmp, database("postgresql", base,
-                                                                 Path(tmp)) as url:
-                db = make_url(url).database
-                run_url = url if front is None else make_url(front).set(
-                    database=db).render_as_string(hide_password=False)
-                stop, seen = threading.Event(), []
-                sampler = threading.Thread(target=_server_sampler, args=(base, db, stop, seen))
-                sampler.start()
-                cpu = _postgres_cpu_s()
-                rate = run_tuner(run_url, trials, k, Path(tmp))
-                cpu = _postgres_cpu_s() - cpu
-                stop.set()
-                sampler.join()
-            print(f"{path:<11}{k:>8}{rate:>10.1f}{1000 * k / rate:>10.0f}{max(seen):>13}"
-                  f"{1000 * cpu / trials:>11.1f}", flush=True)
+    for path, front in paths:
+        for k in ks:
+            trials = max(100, per_worker * k)
+            with tempfile.TemporaryDirectory() as tmp:
+                m = _measured(base, front, trials, k, epochs, sleep, Path(tmp))
+            print(f"{path:<11}{k:>8}{trials:>8}{m['ms']:>10.1f}{m['connections']:>13}"
+                  f"{m['cpu']:>11.1f}{m['rss']:>8.0f}", flush=True)
+    k = min(8, fit)
+    lo, hi = range(50, 151), range(long_trials - 150, long_trials - 49)
+    print(f"\none study of {long_trials} trials, {k} light workers, no sleep: storage ms per "
+          f"trial around trial 100 ({lo.start}-{lo.stop - 1}) and around trial "
+          f"{long_trials - 100} ({hi.start}-{hi.stop - 1})\n")
+    late_head = f"at {long_trials - 100}"
+    head = f"{'path':<11}{'workers':>8}{'at 100':>10}{late_head:>10}{'ratio':>8}"
+    print(head)
+    print("-" * len(head))
+    for path, front in paths:
+        with tempfile.TemporaryDirectory() as tmp, database("postgresql", base,
+                                                            Path(tmp)) as url:
+            run_light(_front(url, front), long_trials, k, Path(tmp), 1, 0.0)
+            name = next(p.name for p in Path(tmp).glob("scale*") if p.is_dir())
+            _, early = storage_ms(url, name, 0.0, lo)
+            _, late = storage_ms(url, name, 0.0, hi)
+        print(f"{path:<11}{k:>8}{early:>10.1f}{late:>10.1f}{late / early:>8.2f}", flush=True)
 
 
 # ---- kill -9 -> retry ---------------------------------------------------------------------
@@ -446,8 +618,19 @@ def main(argv: list[str] | None = None) -> None:
                    help="only PostgreSQL with K workers, directly and through --pgbouncer")
     p.add_argument("--pgbouncer", default=os.environ.get("TUNER_TEST_PGBOUNCER_URL"),
                    help="a PgBouncer URL (transaction pooling) in front of --postgres")
+    p.add_argument("--per-worker", type=int, default=4,
+                   help="--scale: trials per worker (at least 100 in all)")
+    p.add_argument("--long-trials", type=int, default=2100,
+                   help="--scale: trials of the study that measures trial 100 against the end")
+    p.add_argument("--keep-free-gib", type=float, default=6.0,
+                   help="--scale: run only as many workers as leave this much memory free")
     p.add_argument("--optuna-worker", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--light-worker", nargs=7, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.light_worker:
+        url, name, index, ready, n, epochs, sleep = a.light_worker
+        light_worker(url, name, int(index), ready, int(n), int(epochs), float(sleep))
+        return
     if a.optuna_worker:
         url, name, n, seed, tuner_storage = a.optuna_worker
         optuna_worker(url, name, int(n), int(seed), tuner_storage == "1")
@@ -469,7 +652,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.scale:
         if not a.postgres:
             raise SystemExit("--scale needs --postgres URL (or TUNER_TEST_POSTGRES_URL)")
-        scale_table(a.postgres, a.pgbouncer, a.trials, a.workers)
+        scale_table(a.postgres, a.pgbouncer, a.workers, a.per_worker, 2, 0.05, a.long_trials,
+                    a.keep_free_gib)
         return
     if not a.kill:
         trips_table(backends, a.trials)

@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,9 +115,7 @@ class Worker:
                     self.stop.wait(self.heartbeat.interval)
                     storage.reap(study, p, lease)
                     continue
-                trials = self._group(trial)
-                for t in trials:
-                    p.call(lambda t=t: storage.record_heartbeat(t))
+                trials = self._group(trial)  # each started with its first heartbeat
                 beat.progressed()
                 beat.trial, beat.others = trials[0], tuple(trials[1:])
                 for t in trials:
@@ -205,30 +202,24 @@ class Worker:
 
     def _next_trial(self) -> optuna.Trial | None:
         """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
-        hand needs a slot); otherwise a new trial if a budget slot is free."""
+        hand needs a slot); otherwise a new trial if a budget slot is free. Each comes
+        RUNNING with its slot and its first heartbeat in one transaction
+        (:func:`tuner.storage.start_trial`, :func:`tuner.storage.claim`), so a worker killed
+        at any moment leaves neither a slot without a trial nor a trial the reaper cannot see;
+        and so each step may be retried whole through an outage."""
         study, budget, call = self.handle.study, self.handle.budget, self.patience.call
         call(self.handle.promote)  # ASHA: a paused trial's continuation, queued to claim below
-        # each storage step on its own is retried through an outage (not the whole: a
-        # retried ask after a taken slot would take a second slot)
         waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if waiting and call(budget.state).expired():
             return None
         for t in waiting:
             own_slot = storage.is_retry(t) or storage.is_promotion(t)
-            if not own_slot and not call(budget.acquire):
-                return None  # budget spent: enqueued trials wait for `tuner run --trials`
-            if (claimed := call(lambda t=t: storage.claim(study, t))) is not None:
+            # a trial enqueued by hand takes a slot; with the budget spent it waits for
+            # `tuner run --trials`
+            if (claimed := call(lambda t=t, b=None if own_slot else budget:
+                                storage.claim(study, t, b))) is not None:
                 return claimed
-            if not own_slot:
-                call(budget.release)  # another worker took it first
-        if not call(budget.acquire):
-            return None
-        with warnings.catch_warnings():  # "heartbeats are for Study.optimize": not here
-            warnings.simplefilter("ignore", UserWarning)
-            trial = call(study.ask)
-        if storage.is_retry(trial) or storage.is_promotion(trial):  # it brings its own slot
-            call(budget.release)
-        return trial
+        return call(lambda: storage.start_trial(study, budget))
 
     def _maybe_stop(self) -> None:
         """After a finished trial: stop the whole study if its ``stop:`` rule says so (the

@@ -35,6 +35,7 @@ from tuner.storage._retry import (
     is_retry,
     lineage,
     retry,
+    retry_template,
 )
 from tuner.storage._trials import (
     all_studies,
@@ -46,6 +47,7 @@ from tuner.storage._trials import (
     record_heartbeat,
     refreshed,
     set_user_attrs,
+    start_trial,
     state,
 )
 
@@ -54,8 +56,9 @@ __all__ = [
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
     "connect", "display_url", "engine_of",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
+    "retry_template",
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
-    "should_prune_primary", "state", "Lease", "Patience", "is_outage", "reap",
+    "should_prune_primary", "start_trial", "state", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs",
 ]

@@ -182,27 +182,32 @@ class Budget:
         """Take a slot for a new trial; False when the budget (trials or device-hours) is spent,
         the deadline passed or the study stopped early."""
         with self._engine.begin() as conn:
-            result = conn.execute(
-                budgets.update()
-                .where(self._where)
-                .where(sa.or_(budgets.c.target.is_(None), budgets.c.taken < budgets.c.target))
-                .where(sa.or_(budgets.c.deadline.is_(None), budgets.c.deadline > time.time()))
-                .where(sa.or_(budgets.c.seconds_target.is_(None),
-                              budgets.c.seconds_spent < budgets.c.seconds_target))
-                .where(budgets.c.stopped.is_(None))
-                .values(taken=budgets.c.taken + 1)
-            )
-        return result.rowcount == 1
+            return conn.execute(self.acquire_statement()).rowcount == 1
+
+    def acquire_statement(self) -> sa.Update:
+        """:meth:`acquire` as one statement (it took a slot if it updated a row), for a caller
+        that takes the slot in the same transaction as the trial it is for
+        (:func:`tuner.storage.start_trial`, :func:`tuner.storage.claim`)."""
+        return (
+            budgets.update()
+            .where(self._where)
+            .where(sa.or_(budgets.c.target.is_(None), budgets.c.taken < budgets.c.target))
+            .where(sa.or_(budgets.c.deadline.is_(None), budgets.c.deadline > time.time()))
+            .where(sa.or_(budgets.c.seconds_target.is_(None),
+                          budgets.c.seconds_spent < budgets.c.seconds_target))
+            .where(budgets.c.stopped.is_(None))
+            .values(taken=budgets.c.taken + 1)
+        )
 
     def release(self) -> None:
         """Give back a slot (its trial failed for good and will not be retried)."""
         with self._engine.begin() as conn:
-            conn.execute(
-                budgets.update()
-                .where(self._where)
-                .where(budgets.c.taken > 0)
-                .values(taken=budgets.c.taken - 1)
-            )
+            conn.execute(self.release_statement())
+
+    def release_statement(self) -> sa.Update:
+        """:meth:`release` as one statement, for a caller's own transaction."""
+        return (budgets.update().where(self._where).where(budgets.c.taken > 0)
+                .values(taken=budgets.c.taken - 1))
 
     def delete(self) -> None:
         with self._engine.begin() as conn:

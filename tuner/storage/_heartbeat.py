@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import optuna
 
+from tuner.storage._budget import Budget
 from tuner.storage._lease import Lease
 from tuner.storage._outage import Patience
-from tuner.storage._trials import fail_stale_trials, record_heartbeat
+from tuner.storage._trials import engine_of, fail_stale_trials, record_heartbeat
 
 log = logging.getLogger("tuner")
 
@@ -74,4 +75,5 @@ def reap(study: optuna.Study, patience: Patience, lease: Lease | None = None) ->
         ok, held = patience.attempt(lease.take)
         if not (ok and held):
             return
-    patience.attempt(lambda: fail_stale_trials(study))
+    budget = Budget(engine_of(study), study.study_name)
+    patience.attempt(lambda: fail_stale_trials(study, budget))

@@ -36,24 +36,31 @@ def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget, *,
     A trial whose worker died ``MAX_RETRIES`` times already (the trial itself may be what
     kills it, e.g. out of memory) is not retried again: its slot goes back to the budget. A
     graceful stop (``crashed=False``: SIGTERM, Ctrl-C) does not count."""
+    template = retry_template(trial, crashed=crashed)
+    if template is None:
+        budget.release()
+        return False
+    study.add_trial(template)
+    return True
+
+
+def retry_template(trial: FrozenTrial, *, crashed: bool = True) -> FrozenTrial | None:
+    """The WAITING trial that retries the failed ``trial`` (same params, lineage and learning
+    curve), or None once its lineage lost its worker ``MAX_RETRIES`` times."""
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     crashes = int(trial.system_attrs.get(CRASHES_ATTR, 0)) + int(crashed)
     if crashes > MAX_RETRIES:
-        budget.release()
-        return False
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number},
-            system_attrs={"failed_trial": history[0], "retry_history": history,
-                          CRASHES_ATTR: crashes},
-            # the learning curve continues where the checkpoint left it
-            intermediate_values=trial.intermediate_values,
-        )
+        return None
+    return optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number},
+        system_attrs={"failed_trial": history[0], "retry_history": history,
+                      CRASHES_ATTR: crashes},
+        # the learning curve continues where the checkpoint left it
+        intermediate_values=trial.intermediate_values,
     )
-    return True
 
 
 class StaleTrialHandler:

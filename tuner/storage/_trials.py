@@ -6,13 +6,15 @@ changes them, this is the file to change."""
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 
@@ -92,38 +94,166 @@ def state(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> TrialState:
     return study._storage.get_trial(trial._trial_id).state
 
 
-def claim(study: optuna.Study, waiting: FrozenTrial) -> optuna.Trial | None:
-    """Move a WAITING trial to RUNNING and return it, unless another worker took it first
-    (atomic in the storage: a row lock on PostgreSQL/MySQL, BEGIN IMMEDIATE on SQLite)."""
-    try:
-        taken = study._storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING)
-    except UpdateFinishedTrialError:
-        return None
-    return optuna.Trial(study, waiting._trial_id) if taken else None
+def _beat(trial_id: int) -> sqlalchemy.Insert:
+    """A trial's first heartbeat row (later beats update it: :func:`record_heartbeat`)."""
+    from optuna.storages._rdb import models
+
+    return models.TrialHeartbeatModel.__table__.insert().values(
+        trial_id=trial_id, heartbeat=sqlalchemy.func.now())
+
+
+def _cache(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The trial ``trial_id`` that tuner created or claimed with its own statements, known to
+    Optuna's cached storage as if ``create_new_trial`` had made it."""
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    storage = study._storage
+    if isinstance(storage, _CachedStorage):
+        frozen = storage._backend.get_trial(trial_id)
+        with storage._lock:
+            storage._studies.setdefault(study._study_id, _StudyInfo())
+            storage._add_trials_to_cache(study._study_id, [frozen])
+    study._thread_local.cached_all_trials = None  # as Study.ask: sync once every trial
+    return optuna.Trial(study, trial_id)
+
+
+def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
+    """A new RUNNING trial (what ``study.ask`` makes, without popping waiting trials), its
+    budget slot and its first heartbeat, in one transaction; None when the budget is spent.
+
+    One transaction, because a worker killed between the steps left a slot that no trial
+    held (the budget came out short), or a RUNNING trial without a heartbeat row, which the
+    reaper never sees (it stayed RUNNING for ever, and idle workers waited on it)."""
+    rdb = _rdb(study._storage)
+    if rdb is None:  # in memory: nothing outlives the process anyway
+        if not budget.acquire():
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return study.ask()
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        # Optuna's own lock for numbering trials, taken first (then the budget row), as
+        # every tuner transaction that creates a trial does
+        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+        if session.execute(budget.acquire_statement()).rowcount != 1:
+            return None
+        model = rdb._get_prepared_new_trial(study._study_id, None, session)
+        session.flush()
+        trial_id = model.trial_id
+        session.execute(_beat(trial_id))
+    return _cache(study, trial_id)
+
+
+def claim(study: optuna.Study, waiting: FrozenTrial, budget: Any = None) -> optuna.Trial | None:
+    """Move a WAITING trial to RUNNING, with its first heartbeat and (given ``budget``: a
+    trial enqueued by hand, which needs one) a budget slot, in one transaction; None if
+    another worker took it first or the budget is spent. The UPDATE's ``WHERE state =
+    WAITING`` is what makes it atomic (a row lock on PostgreSQL/MySQL, SQLite's write
+    lock); the heartbeat row in the same transaction leaves no moment when a killed worker
+    would leave it RUNNING and unseen by the reaper."""
+    rdb = _rdb(study._storage)
+    if rdb is None:
+        if budget is not None and not budget.acquire():
+            return None
+        try:
+            taken = study._storage.set_trial_state_values(waiting._trial_id,
+                                                          state=TrialState.RUNNING)
+        except UpdateFinishedTrialError:
+            taken = False
+        if not taken and budget is not None:
+            budget.release()
+        return optuna.Trial(study, waiting._trial_id) if taken else None
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    with rdb.engine.connect() as conn, conn.begin() as tx:
+        taken = conn.execute(
+            table.update().where(table.c.trial_id == waiting._trial_id)
+            .where(table.c.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+        ).rowcount
+        if taken and budget is not None and conn.execute(budget.acquire_statement()).rowcount != 1:
+            tx.rollback()
+            return None
+        if not taken:
+            return None
+        conn.execute(_beat(waiting._trial_id))
+    return _cache(study, waiting._trial_id)
 
 
 def fail_and_retry(study: optuna.Study, trial: optuna.Trial, budget: Any, reason: str) -> bool:
     """Fail the running ``trial`` now, as the reaper fails a dead worker's (a crash that
     counts towards the lineage's retries), and queue its retry; False if it was finished
     already (by the reaper, say)."""
-    from tuner.storage._retry import retry
-
     set_user_attrs(trial, {"fail_reason": reason})
-    try:
-        if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            return False
-    except UpdateFinishedTrialError:
-        return False
-    retry(study, refreshed(trial), budget, crashed=True)
-    return True
+    return _fail_and_requeue(study, trial._trial_id, budget, crashed=True) is not None
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped beating; the storage's stale-trial callback
-    (``tuner.storage._retry``) queues their retries."""
-    with warnings.catch_warnings():  # Optuna calls this experimental, every call
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
+                      crashed: bool) -> bool | None:
+    """Fail the RUNNING trial ``trial_id`` and enqueue its retry (True) or, past its retries,
+    give its slot back (False), in one transaction; None if it was not RUNNING any more.
+
+    One transaction, because a reaper killed between the two left a failed trial that was
+    never retried and whose slot nobody held: the study came out a trial short."""
+    from tuner.storage._retry import retry_template
+
+    rdb = _rdb(study._storage)
+    frozen = study._storage.get_trial(trial_id)
+    if rdb is None:
+        try:
+            if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return None
+        except UpdateFinishedTrialError:
+            return None
+        template = retry_template(frozen, crashed=crashed)
+        if template is None:
+            budget.release()
+        else:
+            study.add_trial(template)
+        return template is not None
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    template = retry_template(frozen, crashed=crashed)
+    with _create_scoped_session(rdb.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+        row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        if row.state != TrialState.RUNNING:
+            return None
+        row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
+        if template is None:
+            session.execute(budget.release_statement())
+        else:
+            rdb._get_prepared_new_trial(study._study_id, template, session)
+    return template is not None
+
+
+def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
+    """Fail the trials whose worker stopped beating for a grace period, each with its retry
+    enqueued in the same transaction; returns their numbers."""
+    rdb = _rdb(study._storage)
+    if rdb is None or rdb.heartbeat_interval is None:
+        return []
+    from tuner.storage._retry import MAX_RETRIES
+
+    failed, log = [], logging.getLogger("tuner")
+    for trial_id in rdb._get_stale_trial_ids(study._study_id):
+        retried = _fail_and_requeue(study, trial_id, budget, crashed=True)
+        if retried is None:
+            continue  # finished meanwhile (its worker told it, or another reaper)
+        number = study._storage.get_trial(trial_id).number
+        failed.append(number)
+        if retried:
+            log.warning("trial %d of %s lost its worker (no heartbeat); retrying it", number,
+                        study.study_name)
+        else:
+            log.warning("trial %d of %s lost its worker %d times; not retrying it again",
+                        number, study.study_name, MAX_RETRIES + 1)
+    return failed
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
