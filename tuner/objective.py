@@ -503,7 +503,10 @@ class TrialRunner:
         own.save(donor)
 
     def drop_snapshots(self) -> None:
-        """PBT, once the study is over: delete every generation snapshot."""
+        """PBT, once the study is over: delete every generation snapshot (unless checkpoints
+        are kept)."""
+        if self.keep_checkpoints:
+            return
         folder = Path(self.checkpoint_dir) / self.spec.name
         for f in folder.glob("trial-*-gen*.pt") if folder.is_dir() else []:
             f.unlink(missing_ok=True)
