@@ -11,9 +11,9 @@ A generation is decided once, by whichever worker first sees it complete: no mem
 still join (every budget slot taken and its trial created, or the budget over) and no live
 member is behind it (running, waiting, or paused at an earlier generation). Members that
 diverged, failed for good or finished are out and block nothing. The worker that wins the
-(-1, G) row of ``tuner_promotions`` ranks the members paused at G, and enqueues one
-continuation per member (a WAITING trial of its lineage, ``promotion_of`` the paused
-segment, in no budget slot), each behind its own (lineage, G) row:
+generation's rows of ``tuner_promotions`` ((-1, G) and one (lineage, G) per member paused at
+G, inserted in one transaction) ranks those members and enqueues one continuation each (a
+WAITING trial of its lineage, ``promotion_of`` the paused segment, in no budget slot):
 
 - the bottom ``quantile`` EXPLOIT: the continuation carries a top-quantile donor's params,
   perturbed (EXPLORE: x0.8 or x1.2, or resampled with ``resample_probability``, clipped to
@@ -27,8 +27,8 @@ donor, changes) and the whole hyperparameter schedule of its weights, through th
 chain: what ``tuner retrain`` replays.
 
 Known gap (as ASHA's): the rows and the enqueued continuations are separate transactions; a
-worker that dies between them leaves the rest of that generation to the late-member rule
-(they go on with their own weights, no exploit).
+worker that dies (or loses the database) between them leaves the members it had not yet
+enqueued paused for good, and the study waits on them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
 
 from tuner.storage._asha import (
     PAUSED_ATTR,
@@ -50,6 +51,7 @@ from tuner.storage._asha import (
     _latest,
     _take,
     is_paused,
+    promotions,
 )
 from tuner.storage._budget import Budget
 from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR, lineage
@@ -137,6 +139,20 @@ def _continue(study: optuna.Study, t: FrozenTrial, params: dict[str, Any],
     ))
 
 
+def _take_generation(engine: sa.Engine, name: str, g: int, members: list[FrozenTrial]) -> bool:
+    """The generation's row and every member's, in one transaction: one worker wins them all,
+    so the late-member rule never races the decision for a member of it."""
+    rows = [{"study_name": name, "lineage": GENERATION, "rung": g, "trial": -1},
+            *({"study_name": name, "lineage": lineage(t), "rung": g, "trial": t.number}
+              for t in members)]
+    try:
+        with engine.begin() as conn:
+            conn.execute(promotions.insert(), rows)
+    except sa_exc.IntegrityError:
+        return False
+    return True
+
+
 def _own(t: FrozenTrial, g: int) -> dict[str, Any]:
     return {"epoch": g, "donor": None, "donor_trial": None, "changes": {},
             "schedule": schedule(t)}
@@ -169,17 +185,16 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
     g = min(open_gens)
     behind = [t for t in latest.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)
               or (is_paused(t) and int(t.user_attrs[PAUSED_ATTR]) < g)]
-    if behind or not _take(engine, name, GENERATION, g, -1):
+    if behind:
         return False
     members = _rank([t for t in paused.values() if int(t.user_attrs[PAUSED_ATTR]) == g], g,
                     maximize)
+    if not _take_generation(engine, name, g, members):
+        return False  # another worker decided it a moment ago
     k = min(len(members) // 2, max(1, int(len(members) * quantile))) if len(members) > 1 else 0
     top, bottom = members[:k], members[len(members) - k:] if k else []
     rng = random.Random(f"{seed}:{g}")
     for t in members:
-        n = lineage(t)
-        if not _take(engine, name, n, g, t.number):
-            continue
         if t in bottom:
             donor = rng.choice(top)
             params, changes = explore(dict(donor.params), donor.distributions, perturb,
