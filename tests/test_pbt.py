@@ -376,7 +376,7 @@ def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
                 return t
         return None
 
-    victim = wait_for("a continuation training", continuing, 150, every=0.05)
+    victim = wait_for("a continuation training", continuing, 300, every=0.05)
     doomed = next(p for p in procs if p.pid == worker_pid(victim))
     kill(doomed)
     survivor = next(p for p in procs if p is not doomed)

@@ -110,6 +110,11 @@ class Worker:
                         # (PBT: the last generation is decided)
                         if self.patience.call(lambda: self.handle.promote(final=True)):
                             continue
+                        if self.handle.spec.scheduler is not None and self.patience.call(
+                                lambda: storage.pending(study)):
+                            # PBT: another worker is enqueueing a generation's continuations
+                            self.stop.wait(min(1.0, self.heartbeat.interval))
+                            continue
                         for lin in self.patience.call(self.handle.retire):
                             self.runner.drop_checkpoint(lin)
                         if self.handle.spec.scheduler is not None and not self.patience.call(

@@ -115,6 +115,12 @@ def explore(params: dict[str, Any], dists: dict[str, BaseDistribution], names: S
     return out, changes
 
 
+def pending(study: optuna.Study) -> bool:
+    """Some member's last segment is paused: its generation is being decided (or will be once
+    the others reach it), so the study is not over even if nothing runs or waits."""
+    return any(is_paused(t) for t in _latest(study.get_trials(deepcopy=False)).values())
+
+
 def _rank(members: list[FrozenTrial], g: int, maximize: bool) -> list[FrozenTrial]:
     """Best first at epoch ``g`` (ties: lower lineage first)."""
     return sorted(members, key=lambda t: ((-1 if maximize else 1) * t.intermediate_values[g],
