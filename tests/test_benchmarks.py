@@ -94,7 +94,7 @@ def test_packing_spawns_workers(mnist_dir: Path) -> None:
     assert [r[2].strip() for r in rows] == ["2", "2"]
 
 
-@pytest.mark.parametrize("name", ["study", "pruning", "packing", "asha"])
+@pytest.mark.parametrize("name", ["study", "pruning", "packing", "asha", "schedules"])
 def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _script(name).main(["--help"])

@@ -363,7 +363,10 @@ class TrialRunner:
         """Draw the params; raises :class:`_Repeat` or :class:`_Infeasible` when the trial
         needs no training. ``group``: the trials trained with this one (never waited for)."""
         params = space.suggest(trial, self.spec)
-        if self.spec.dedup:
+        if self.spec.scheduler is not None:
+            self._exploit(trial, storage.lineage(trial))
+        # PBT members are one population, not configurations to reuse
+        if self.spec.dedup and self.spec.scheduler is None:
             self._reuse_identical(trial, group)
         return params, self._before_training(trial, params)
 
@@ -556,23 +559,85 @@ class TrialRunner:
                                   repeat_of=original))
         raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why, repeat_of=original))
 
+    def _pause_epochs(self) -> list[int]:
+        """Where a segment pauses instead of being pruned: ASHA's rungs, PBT's generations."""
+        p, s = self.spec.pruner, self.spec.scheduler
+        if s is not None:
+            return storage.generations(s.interval, self.spec.epochs)
+        if p.name == "asha":
+            return storage.rungs(p.min_epochs, p.reduction_factor, self.spec.epochs)
+        return []
+
     def _pruned(self, trial: optuna.Trial, ctxs: list[Context], e: TrialPruned) -> Outcome:
-        """PRUNED; with ASHA, a finite report at a rung's epoch pauses the trial instead (the
-        rung pruner prunes nowhere else): marked ``paused_at``, its checkpoint kept."""
-        p = self.spec.pruner
+        """PRUNED; with ASHA or PBT, a finite report at a rung's (generation's) epoch pauses
+        the trial instead (the rung pruner prunes nowhere else): marked ``paused_at``, its
+        checkpoint kept; PBT also snapshots it as of that epoch, for members that exploit it."""
         last = ctxs[-1].history[-1] if ctxs and ctxs[-1].history else None
-        if (p.name == "asha" and last is not None and math.isfinite(last["value"])
-                and int(last["epoch"]) in storage.rungs(p.min_epochs, p.reduction_factor,
-                                                        self.spec.epochs)):
+        if (last is not None and math.isfinite(last["value"])
+                and int(last["epoch"]) in self._pause_epochs()):
             epoch = int(last["epoch"])
+            if self.spec.scheduler is not None:
+                try:
+                    self._snapshot(storage.lineage(trial), epoch)
+                except (ValueError, CheckpointUnwritable) as err:
+                    return Outcome(TrialState.FAIL, fail_reason=fail_reason(err))
             self.patience.call(lambda: storage.set_user_attrs(trial, {storage.PAUSED_ATTR: epoch}))
             return Outcome(TrialState.PRUNED, fail_reason=f"paused at rung epoch {epoch}",
                            paused=True)
         return Outcome(TrialState.PRUNED, fail_reason=str(e))
 
+    # ---- checkpoint files ---------------------------------------------------------------
+    def _store(self, lineage: int, generation: int | None = None) -> CheckpointStore:
+        suffix = "" if generation is None else f"-gen{generation}"
+        return CheckpointStore(Path(self.checkpoint_dir) / self.spec.name
+                               / f"trial-{lineage}{suffix}.pt")
+
+    def _snapshot(self, lineage: int, epoch: int) -> None:
+        """PBT: keep the member's checkpoint as of generation ``epoch`` (it goes on, and may
+        overwrite its own file, before a member that exploits it copies the weights)."""
+        state = self._store(lineage).load()
+        if state is None or int(state.get("epoch", -1)) != epoch:
+            raise ValueError(
+                f"trial-{lineage}'s checkpoint is not at epoch {epoch}, where PBT pauses it; a "
+                "trainer must save its checkpoint (with its epoch) before each report")
+        self._store(lineage, epoch).save(state)
+
+    def _exploit(self, trial: optuna.Trial, lineage: int) -> None:
+        """PBT: a continuation that exploits a donor starts from the donor's weights and
+        optimizer state as of the generation (its snapshot), keeping its own learning curve.
+        Idempotent: a retry that already trained past the generation keeps its own file."""
+        rec = trial.user_attrs.get(storage.PBT_ATTR) or {}
+        if rec.get("donor") is None:
+            return
+        g = int(rec["epoch"])
+        own = self._store(lineage)
+        mine = own.load()
+        if mine is not None and int(mine.get("epoch", 0)) > g:
+            return
+        donor = self._store(int(rec["donor"]), g).load()
+        if donor is None:
+            raise FileNotFoundError(
+                f"the snapshot of trial-{rec['donor']} at epoch {g} is gone, so trial "
+                f"{trial.number} cannot take its weights; keep --checkpoint-dir shared by every "
+                "worker and untouched while the study runs")
+        if mine is not None:  # the member's own curve, not the donor's
+            donor["_history"] = mine.get("_history", [])
+            donor["report"] = mine.get("report")
+        donor["epoch"] = g
+        own.save(donor)
+
+    def drop_snapshots(self) -> None:
+        """PBT, once the study is over: delete every generation snapshot (unless checkpoints
+        are kept)."""
+        if self.keep_checkpoints:
+            return
+        folder = Path(self.checkpoint_dir) / self.spec.name
+        for f in folder.glob("trial-*-gen*.pt") if folder.is_dir() else []:
+            f.unlink(missing_ok=True)
+
     def drop_checkpoint(self, lineage: int) -> None:
         """Delete the checkpoint of a lineage that will never run again (a retired pause)."""
-        CheckpointStore(Path(self.checkpoint_dir) / self.spec.name / f"trial-{lineage}.pt").delete()
+        self._store(lineage).delete()
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with

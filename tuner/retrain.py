@@ -130,6 +130,18 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     epochs = int(t.user_attrs.get("epochs_run") or 0) or spec.epochs
     seed = int(t.user_attrs.get("seed", spec.seed + storage.lineage(t)))
     params = trial_params(spec, t)
+    segments: list[tuple[int, dict[str, Any]]] = []
+    if spec.scheduler is not None:  # PBT: replay the schedule of the member's weights
+        plan = storage.schedule(t)
+        fixed = {k: p.value for k, p in spec.space.items() if isinstance(p, Fixed)}
+        segments = [(int(s["from_epoch"]), {**fixed, **s["params"]}) for s in plan]
+        params = segments[0][1]
+        seed = spec.seed + int(plan[0].get("lineage", storage.lineage(t)))
+        if spec.trainer is not None and len(segments) > 1:
+            raise TunerError(f"trial {t.number}'s hyperparameters change at epochs "
+                             f"{', '.join(str(e) for e, _ in segments[1:])} (PBT), and the "
+                             "study's own trainer cannot be told to switch them; retrain it "
+                             "in your own code with the schedule in `tuner trials --format json`")
     out = Path(folder) if folder is not None else default_folder(handle.name, t.number)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +153,7 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
         trial_number=t.number, amp=spec.amp, compile=spec.compile,
     )
     start = time.perf_counter()
-    metrics, state = _fit(assets, params, ctx, out, t.number)
+    metrics, state = _fit(assets, params, ctx, out, t.number, segments)
     wall = time.perf_counter() - start
     metrics = {k: _finite(v) for k, v in metrics.items()}
     weights: Path | None = out / WEIGHTS
@@ -151,8 +163,11 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
         weights.unlink(missing_ok=True)
         weights = None
     card = out / CARD
-    card.write_text(json.dumps(_card(handle, t, params, metrics, final, epochs, seed,
-                                     settings.device, weights, wall), indent=2) + "\n",
+    card_data = _card(handle, t, params, metrics, final, epochs, seed, settings.device, weights,
+                      wall)
+    if len(segments) > 1:
+        card_data["schedule"] = [{"from_epoch": e, "params": p} for e, p in segments]
+    card.write_text(json.dumps(card_data, indent=2) + "\n",
                     encoding="utf-8")
     n_train, n_test = len(final.train), len(final.split("val"))
     handle.study.set_user_attr(attr_name(t.number), {
@@ -165,15 +180,16 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
                      n_train, n_test)
 
 
-def _fit(assets: StudyAssets, params: dict[str, Any], ctx: Context, out: Path,
-         number: int) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+def _fit(assets: StudyAssets, params: dict[str, Any], ctx: Context, out: Path, number: int,
+         segments: list[tuple[int, dict[str, Any]]] | None = None
+         ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     """Train with tuner's loop or the study's trainer: (test metrics, model state_dict)."""
     from tuner.context import CheckpointStore, TrialPruned
 
     if assets.trainer is None:
         from tuner import train
 
-        model, metrics = train.fit_final(params, ctx)
+        model, metrics = train.fit_final(params, ctx, segments or ())
         return metrics, model.state_dict()
     # the user's loop hands its weights over through the checkpoint it saves each epoch
     spec = assets.spec

@@ -146,6 +146,29 @@ class PrunerSpec(_Frozen):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+# continuous training hyperparameters PBT perturbs when the study file names none
+PBT_DEFAULT_PERTURB = ("lr", "weight_decay", "dropout", "momentum")
+# hyperparameters of tuner's loop and models whose change keeps the weights usable
+PBT_PERTURBABLE = frozenset({*PBT_DEFAULT_PERTURB, "l1", "label_smoothing", "gamma", "clip_norm",
+                             "backbone_lr_scale"})
+
+
+class SchedulerSpec(_Frozen):
+    """Population-based training (Jaderberg et al. 2017): ``population`` members train side
+    by side; every ``interval`` epochs the bottom ``quantile`` take the weights, optimizer
+    state and hyperparameters of a top-quantile member (exploit) and perturb the
+    hyperparameters named in ``perturb`` by x0.8 or x1.2, or resample them from their range
+    with ``resample_probability`` (explore). See :mod:`tuner.storage._pbt`."""
+
+    name: Literal["pbt"] = "pbt"
+    population: int = Field(default=8, ge=2, le=10_000)
+    interval: int = Field(default=2, ge=1)
+    quantile: float = Field(default=0.25, gt=0, le=0.5)
+    resample_probability: float = Field(default=0.25, ge=0, le=1)
+    # the hyperparameters to perturb [default: those of PBT_DEFAULT_PERTURB the space searches]
+    perturb: list[str] | None = Field(default=None, min_length=1)
+
+
 class StopSpec(_Frozen):
     """When the study ends before its budget: ``patience`` finished trials in a row that did
     not improve the best value, or Optuna's Terminator (the regret bound falls below the
@@ -224,6 +247,8 @@ class StudySpec(_Frozen):
     seed: int = 0
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
+    # a population schedule instead of independent trials: ``{name: pbt, population: 8, ...}``
+    scheduler: SchedulerSpec | None = None
     amp: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model
     checkpoint: bool = True  # save a checkpoint every epoch so a killed trial resumes
@@ -271,6 +296,24 @@ class StudySpec(_Frozen):
         if isinstance(v, bool) or not (isinstance(v, int) or v in ("auto", "off")):
             raise ValueError(f"give auto, off or a number of trials K (got {v!r}); e.g. fuse: 4")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pbt_defaults(cls, raw: Any) -> Any:
+        """With PBT the population is the trial budget and nothing is pruned, unless the file
+        says otherwise (then :meth:`_check_pbt` names the conflict)."""
+        if not isinstance(raw, dict) or raw.get("scheduler") is None:
+            return raw
+        sched = raw["scheduler"]
+        if isinstance(sched, str):
+            sched = {"name": sched}
+        if not isinstance(sched, dict):
+            raise ValueError("scheduler: give a mapping, e.g. scheduler: {name: pbt, population: 8}")
+        raw = {**raw, "scheduler": sched}
+        if "trials" not in raw and isinstance(sched.get("population", 8), int):
+            raw["trials"] = sched.get("population", 8)
+        raw.setdefault("pruner", "none")
+        return raw
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -367,6 +410,7 @@ class StudySpec(_Frozen):
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
         self._check_asha()
+        self._check_pbt()
         self.check_fuse(self.fuse)
         return self
 
@@ -389,6 +433,8 @@ class StudySpec(_Frozen):
             return "k-fold validation trains folds one by one; use a validation fraction"
         if self.pruner.name == "asha":
             return "asha pauses trials one by one; use pruner: median or none"
+        if self.scheduler is not None:
+            return "scheduler: pbt pauses and exploits members one by one; use fuse: off"
         if self.multi_objective:
             return "several objectives; fusion judges one learning curve per member"
         if self.compile:
@@ -410,6 +456,61 @@ class StudySpec(_Frozen):
                     return (f"space.{name}: {p.value} is not supported by the fused loop; use "
                             f"one of {', '.join(map(str, allowed))} or fuse: off")
         return None
+
+    def _check_pbt(self) -> None:
+        s = self.scheduler
+        if s is None:
+            return
+        if s.interval >= self.epochs:
+            raise ValueError(f"scheduler: pbt's interval ({s.interval}) must be below epochs "
+                             f"({self.epochs}), or no member ever exploits another")
+        if self.trials != s.population:
+            raise ValueError(f"scheduler: pbt's population ({s.population}) is the study's trials "
+                             f"({self.trials}); make them equal, or remove trials:")
+        if self.pruner.name != "none":
+            raise ValueError(f"scheduler: pbt replaces the pruner (bottom members take over top "
+                             f"ones' weights); remove pruner: {self.pruner.name}")
+        if not self.checkpoint:
+            raise ValueError("scheduler: pbt continues members from their checkpoints; set "
+                             "checkpoint: true")
+        if self.kfold:
+            raise ValueError("scheduler: pbt exploits at epochs, and a k-fold study reports "
+                             "folds; use a validation fraction")
+        if self.multi_objective:
+            raise ValueError("scheduler: pbt ranks members by one learning curve; use it with "
+                             "one objective")
+        self.pbt_perturb()
+
+    def pbt_perturb(self) -> list[str]:
+        """The hyperparameters PBT perturbs: the file's ``perturb:``, or the continuous ones
+        of :data:`PBT_DEFAULT_PERTURB` that the space searches. Raises for one that cannot be."""
+        s = self.scheduler
+        if s is None:
+            return []
+        searched = {k for k, p in self.space.items() if not isinstance(p, Fixed)}
+        if s.perturb is None:
+            out = [k for k in PBT_DEFAULT_PERTURB if k in searched
+                   and isinstance(self.space[k], FloatParam | IntParam)]
+            if not out:
+                raise ValueError("scheduler: pbt has nothing to perturb: search one of "
+                                 f"{', '.join(PBT_DEFAULT_PERTURB)} in space, or list "
+                                 "scheduler.perturb")
+            return out
+        family = models.get(self.model).knobs if self.model in models.names() else {}
+        for name in s.perturb:
+            p = self.space.get(name)
+            changes_shape = (name in family and name not in PBT_PERTURBABLE) or (
+                name in vocab.TRAINING_KNOBS and name not in PBT_PERTURBABLE)
+            if changes_shape or isinstance(p, CategoricalParam):
+                raise ValueError(
+                    f"scheduler.perturb: {name} cannot be perturbed because it changes the "
+                    "architecture or the training setup (a member takes over another's weights "
+                    "and optimizer state, which must still fit); perturb continuous "
+                    f"hyperparameters such as {', '.join(PBT_DEFAULT_PERTURB)}")
+            if p is None or isinstance(p, Fixed):
+                raise ValueError(f"scheduler.perturb: {name} is not searched; add it to space as "
+                                 "a float range, or remove it from perturb")
+        return list(s.perturb)
 
     def _check_asha(self) -> None:
         p = self.pruner
@@ -733,9 +834,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     if e["type"] == "extra_forbidden":
         key = loc[-1] if loc else "?"
         keys = _PARAM_KEYS if len(loc) >= 3 and loc[0] == "space" else _known_keys(StudySpec)
-        if len(loc) >= 2 and loc[0] in ("sampler", "pruner", "stop"):
+        if len(loc) >= 2 and loc[0] in ("sampler", "pruner", "stop", "scheduler"):
             keys = _known_keys({"sampler": SamplerSpec, "pruner": PrunerSpec,
-                                "stop": StopSpec}[loc[0]])
+                                "stop": StopSpec, "scheduler": SchedulerSpec}[loc[0]])
         return f"{source}: unknown key {where!r}{did_you_mean(key, keys)}; remove it or fix the spelling"
     if e["type"] == "union_tag_invalid" or e["type"] == "union_tag_not_found":
         return (

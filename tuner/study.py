@@ -14,7 +14,17 @@ from tuner import space
 from tuner.errors import SpecMismatch, StudyNotFound
 from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec, spec_from_json
-from tuner.storage import Budget, BudgetState, display_url, engine_of, promote, retire, rungs
+from tuner.storage import (
+    Budget,
+    BudgetState,
+    advance,
+    display_url,
+    engine_of,
+    generations,
+    promote,
+    retire,
+    rungs,
+)
 
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
@@ -48,6 +58,8 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """Budget unit: epochs (steps reported are 1-based epochs, or folds with k-fold)."""
     p = spec.pruner
     max_resource = spec.kfold or spec.epochs
+    if spec.scheduler is not None:  # PBT: members pause at every generation's epoch
+        return RungPruner(generations(spec.scheduler.interval, spec.epochs))
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
                                            n_warmup_steps=p.min_epochs)
@@ -93,7 +105,14 @@ class Handle:
 
     def promote(self, final: bool = False) -> bool:
         """ASHA: enqueue the continuation of the best promotable paused trial, if any
-        (``final``: no new trial may start, see :func:`tuner.storage.promote`)."""
+        (``final``: no new trial may start, see :func:`tuner.storage.promote`). PBT: decide
+        the next generation once every member reached it (:func:`tuner.storage.advance`)."""
+        if (s := self.spec.scheduler) is not None:  # PBT: decide the next generation
+            return advance(self.study, engine_of(self.study), self.budget,
+                           generations(s.interval, self.spec.epochs), quantile=s.quantile,
+                           maximize=self.spec.direction_name == "maximize",
+                           perturb=self.spec.pbt_perturb(),
+                           resample_probability=s.resample_probability, seed=self.spec.seed)
         if self.spec.pruner.name != "asha":
             return False
         return promote(self.study, engine_of(self.study), *self._asha(), final=final)

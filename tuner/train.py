@@ -11,7 +11,7 @@ optimizer steps with one host sync at its end: the loss is summed on the device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,14 +91,23 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
     return metrics[ctx.metric]
 
 
-def fit_final(params: Mapping[str, Any], ctx: Context) -> tuple[nn.Module, dict[str, float]]:
+def fit_final(params: Mapping[str, Any], ctx: Context,
+              schedule: Sequence[tuple[int, Mapping[str, Any]]] = ()
+              ) -> tuple[nn.Module, dict[str, float]]:
     """Retrain for the trial's epochs without evaluating, then evaluate once on
     ``ctx.data.val`` (with ``DataBundle.final()``: train+val in, the test split out).
+    ``schedule`` (a PBT member's): ``(from_epoch, params)`` segments after the first; at each
+    one's first epoch training goes on with its params, weights and optimizer state kept.
     Returns the model and every metric of the task, plus the last epoch's ``train_loss``."""
     data = _data(ctx)
     run = _setup(params, ctx, data)
+    switch = {int(e): p for e, p in schedule if int(e) > 1}
     train_loss = math.nan
     for epoch in range(1, run.epochs + 1):
+        if epoch in switch:  # as a PBT continuation resumes: new run, the state carried over
+            state = _state(run, epoch - 1)
+            run = _setup(switch[epoch], ctx, data)
+            _restore(run, state)
         train_loss = train_epoch(run, data)
         ctx.info["epochs_run"] = epoch
     metrics = evaluate(run.forward, data, "val", amp=run.amp)
@@ -401,13 +410,22 @@ def _resume(run: _Run, ctx: Context) -> int:
     state = ctx.load_checkpoint()
     if state is None:
         return 1
+    report = state.get("report")
+    if report is not None and all(h["epoch"] < report["epoch"] for h in ctx.history):
+        ctx.history.append(dict(report))
+    return _restore(run, state)
+
+
+def _restore(run: _Run, state: Mapping[str, Any]) -> int:
+    """Load a saved state into ``run`` (built from this segment's params); returns the first
+    epoch to train. The optimizer's and schedule's hyperparameters stay this run's: a PBT
+    member that changed them goes on with the new ones (dropout lives in the new modules)."""
+    fresh = [{k: g[k] for k in HYPERPARAMETERS if k in g} for g in run.opt.param_groups]
     run.model.load_state_dict(state["model"])
     load_optimizer_state(run.opt, state["optimizer"])
     if run.sched is not None and state.get("scheduler") is not None:
         run.sched.load_state_dict(state["scheduler"])
-    report = state.get("report")
-    if report is not None and all(h["epoch"] < report["epoch"] for h in ctx.history):
-        ctx.history.append(dict(report))
+    apply_hyperparameters(run, fresh)
     torch.set_rng_state(state["torch_rng"])
     # a retry on another kind of device reshuffles differently but still continues
     if state.get("generator_device") == run.gen.device.type:
@@ -415,3 +433,31 @@ def _resume(run: _Run, ctx: Context) -> int:
     if state.get("cuda_rng") is not None and run.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda_rng"], run.device)
     return int(state["epoch"]) + 1
+
+
+# what a param group learns nothing about: set from the params, whatever a checkpoint says
+HYPERPARAMETERS = ("lr", "initial_lr", "weight_decay", "momentum")
+
+
+def apply_hyperparameters(run: _Run, fresh: list[dict[str, Any]]) -> None:
+    """Put the param groups' hyperparameters of a freshly built optimizer (``fresh``, one
+    dict per group, the backbone's scaled lr included) back after ``load_state_dict``
+    restored the saved ones. With a schedule, the scheduled rate keeps its place: it scales
+    by new base / old base, and the schedules' ``base_lrs`` become the new bases."""
+    for group, f in zip(run.opt.param_groups, fresh, strict=True):
+        new_base = f.get("initial_lr", f["lr"])
+        old_base = group.get("initial_lr", group["lr"])
+        if run.sched is None:
+            group["lr"] = f["lr"]
+        elif new_base != old_base:
+            group["lr"] = group["lr"] * new_base / old_base
+        if "initial_lr" in f:
+            group["initial_lr"] = new_base
+        for k in ("weight_decay", "momentum"):
+            if k in f:
+                group[k] = f[k]
+    if run.sched is not None:
+        bases = [g.get("initial_lr", g["lr"]) for g in run.opt.param_groups]
+        for s in [run.sched, *getattr(run.sched, "_schedulers", [])]:
+            s.base_lrs = list(bases)
+            s._last_lr = [g["lr"] for g in run.opt.param_groups]

@@ -107,10 +107,20 @@ class Worker:
                 if trial is None:
                     if (why := self._why_idle()) is not None:
                         # ASHA: the study cannot grow; each rung's top rounds up, then the rest go
+                        # (PBT: the last generation is decided)
                         if self.patience.call(lambda: self.handle.promote(final=True)):
+                            continue
+                        if self.handle.spec.scheduler is not None and self.patience.call(
+                                lambda: storage.pending(study)):
+                            # PBT: another worker is enqueueing a generation's continuations
+                            self.stop.wait(min(1.0, self.heartbeat.interval))
                             continue
                         for lin in self.patience.call(self.handle.retire):
                             self.runner.drop_checkpoint(lin)
+                        if self.handle.spec.scheduler is not None and not self.patience.call(
+                                lambda: study.get_trials(deepcopy=False, states=(
+                                    TrialState.RUNNING, TrialState.WAITING))):
+                            self.runner.drop_snapshots()  # PBT: no member can exploit any more
                         return Summary(done, why)
                     self.stop.wait(self.heartbeat.interval)
                     storage.reap(study, p, lease)

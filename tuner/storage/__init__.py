@@ -26,6 +26,7 @@ from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
 from tuner.storage._outage import Patience, is_outage
+from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
     CRASHES_ATTR,
@@ -60,5 +61,5 @@ __all__ = [
     "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
     "should_prune_primary", "start_trial", "state", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs",
+    "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]

@@ -17,6 +17,7 @@ from tuner.storage._budget import Budget
 LINEAGE_ATTR = "lineage"  # number of the first trial of a retry chain: names its checkpoint
 RETRY_OF_ATTR = "retry_of"
 MAX_RETRIES = 3  # retries of a trial whose worker died
+PBT_ATTR = "pbt"  # a PBT continuation's exploit and schedule (tuner.storage._pbt): a retry keeps it
 CRASHES_ATTR = "tuner_crashes"  # system attr: attempts of the lineage that lost their worker
 
 
@@ -55,7 +56,9 @@ def retry_template(trial: FrozenTrial, *, crashed: bool = True) -> FrozenTrial |
         state=TrialState.WAITING,
         params=trial.params,
         distributions=trial.distributions,
-        user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number},
+        user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number,
+                    **({PBT_ATTR: trial.user_attrs[PBT_ATTR]}
+                       if PBT_ATTR in trial.user_attrs else {})},
         system_attrs={"failed_trial": history[0], "retry_history": history,
                       CRASHES_ATTR: crashes},
         # the learning curve continues where the checkpoint left it
