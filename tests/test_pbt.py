@@ -383,7 +383,9 @@ def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
     survivor = next(p for p in procs if p is not doomed)
     assert survivor.wait(180) == 0, survivor.output()
     ts = trials(url, "pbt")
-    assert not [t for t in ts if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    left = [(t.number, t.state.name, t.user_attrs) for t in ts
+            if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert not left, (left, victim.number, survivor.output()[-3000:])
     retries = [t for t in ts if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and lineage(retries[0]) == lineage(victim)
     assert retries[0].params == victim.params
