@@ -198,6 +198,11 @@ def test_progress_names_the_metric_and_the_best_trial() -> None:
     view.event(Event("finished", 6, value=0.9825, state="COMPLETE"))
     console.print(view._render())
     assert "best accuracy 0.9825 (trial 6)" in console.export_text()
+    # an ASHA/PBT segment that pauses is not a finished trial: its member goes on later
+    view.event(Event("started", 7))
+    view.event(Event("finished", 7, state="PAUSED"))
+    assert (view.state.done, view.state.pruned, view.state.paused) == (1, 0, 1)
+    assert 7 not in view.state.running
 
 
 def test_a_binary_study_file_is_one_line_and_exit_2(tmp_path: Path, env: str) -> None:

@@ -236,6 +236,7 @@ def test_a_digits_population_exploits_explores_records_lineage_and_retrains(
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert sorted(lineage(t) for t in done) == [0, 1, 2, 3]
     assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)
+    assert result.trials_run == 4  # members, not the 12 segments they trained in
     # every generation: each member paused there once, one of the 4 exploited (k = 1)
     by_number = {t.number: t for t in ts}
     conts = [t for t in ts if PROMOTION_OF_ATTR in t.user_attrs]

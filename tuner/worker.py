@@ -43,7 +43,8 @@ log = logging.getLogger("tuner")
 
 @dataclass(frozen=True)
 class Event:
-    """Progress of a worker, for displays: ``kind`` is started, epoch or finished."""
+    """Progress of a worker, for displays: ``kind`` is started, epoch or finished; a finished
+    ``state`` is a TrialState's name, or PAUSED for an ASHA/PBT segment that waits to go on."""
 
     kind: str
     trial: int
@@ -151,9 +152,11 @@ class Worker:
                     if not self._tell(t, outcome):
                         continue  # another worker failed and retried it meanwhile
                     self.runner.cleanup(outcome)
+                    # an ASHA rung or PBT generation segment pauses: not a finished trial (its
+                    # member counts once, when its last segment ends)
                     self.on_event(Event("finished", t.number, value=outcome.value,
-                                        state=outcome.state.name))
-                    done += 1
+                                        state="PAUSED" if outcome.paused else outcome.state.name))
+                    done += not outcome.paused
                     told.append((t, outcome))
                 if told:
                     self._maybe_stop()

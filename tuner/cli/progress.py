@@ -27,6 +27,7 @@ class _State:
     best_trial: int | None = None
     pruned: int = 0
     failed: int = 0
+    paused: int = 0  # ASHA/PBT segments that paused in this process (their trials go on)
     running: dict[int, tuple[int, float | None]] = field(default_factory=dict)  # trial -> epoch
 
 
@@ -63,6 +64,9 @@ class ProgressView:
             s.running[e.trial] = (0, None)
         elif e.kind == "epoch":
             s.running[e.trial] = (e.epoch or 0, e.value)
+        elif e.kind == "finished" and e.state == "PAUSED":  # ASHA/PBT: it goes on later
+            s.running.pop(e.trial, None)
+            s.paused += 1
         elif e.kind == "finished":
             s.running.pop(e.trial, None)
             s.done += 1
@@ -93,7 +97,8 @@ class ProgressView:
         s = self.state
         best = "—" if s.best is None else f"{s.best:.4f} (trial {s.best_trial})"
         lines = [self.bar,
-                 Text(f"  best {self.metric} {best}   pruned: {s.pruned}   failed: {s.failed}")]
+                 Text(f"  best {self.metric} {best}   pruned: {s.pruned}   failed: {s.failed}"
+                      + (f"   paused segments: {s.paused}" if s.paused else ""))]
         for n, (epoch, value) in sorted(s.running.items()):
             v = "" if value is None else f"  val {value:.4f}"
             lines.append(Text(f"  trial {n}: epoch {epoch}/{self.max_epochs}{v}", style="dim"))
