@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 from tuner_procs import (
     assert_clean,
+    assert_refused,
     kill,
     start_worker,
     trials,
@@ -48,12 +49,7 @@ def test_bad_asha_is_one_line_exit_2_nothing_written(tmp_path: Path, yaml: str,
                                                      message: str) -> None:
     path = asha_study(tmp_path, trials=3, epochs=3)
     path.write_text(path.read_text().replace("min_epochs: 1", yaml))
-    url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    for cmd in (["run", str(path), "--device", "cpu", "--storage", url], ["check", str(path)]):
-        r = runner.invoke(app, cmd)
-        assert r.exit_code == 2, r.output
-        assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert not (tmp_path / "tuner.db").exists()
+    assert_refused(path, tmp_path, message)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from tuner_procs import kill, start_worker, trials, wait_for, worker_pid
+from tuner_procs import assert_refused, kill, start_worker, trials, wait_for, worker_pid
 from typer.testing import CliRunner
 
 from tuner import api
@@ -161,12 +161,7 @@ def test_bad_pbt_is_one_line_exit_2_nothing_written(tmp_path: Path, change: str,
         "objectives": text.replace("metric: accuracy", "objectives: [accuracy, params]"),
     }[change]
     path.write_text(text)
-    url = f"sqlite:///{tmp_path / 'tuner.db'}"
-    for cmd in (["run", str(path), "--device", "cpu", "--storage", url], ["check", str(path)]):
-        r = runner.invoke(app, cmd)
-        assert r.exit_code == 2, r.output
-        assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert not (tmp_path / "tuner.db").exists()
+    assert_refused(path, tmp_path, message)
 
 
 def _digits(tmp: Path) -> Any:

@@ -173,3 +173,18 @@ def assert_clean(output: str, who: str) -> None:
 
 def kill(proc: Proc, sig: int = signal.SIGKILL) -> None:
     os.kill(proc.pid, sig)
+
+
+def assert_refused(path: Path, tmp: Path, message: str) -> None:
+    """``tuner run`` and ``tuner check`` of the study file ``path`` each refuse it in one
+    line containing ``message``, exit 2, and ``run`` writes no database in ``tmp``."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    url = f"sqlite:///{tmp / 'tuner.db'}"
+    for cmd in (["run", str(path), "--device", "cpu", "--storage", url], ["check", str(path)]):
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 2, r.output
+        assert message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp / "tuner.db").exists()
