@@ -367,9 +367,12 @@ def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
     procs = [start_worker(str(path), url, tmp_path, f"worker{i}", "--worker-index", str(i),
                           "--grace-period", "15") for i in range(2)]
 
-    def continuing():  # a member's continuation, training on some worker
-        for t in trials(url, "pbt"):
-            if t.state == TrialState.RUNNING and PROMOTION_OF_ATTR in t.user_attrs:
+    pids = {p.pid for p in procs}
+
+    def continuing():  # a member's continuation, training on some worker (which has said so:
+        for t in trials(url, "pbt"):  # a claimed trial gets its worker attr a moment later)
+            if (t.state == TrialState.RUNNING and PROMOTION_OF_ATTR in t.user_attrs
+                    and worker_pid(t) in pids):
                 return t
         return None
 
