@@ -32,6 +32,7 @@ import _common as c
 
 from tuner import api
 from tuner.objective import TrialRunner
+from tuner.spec import load_spec
 from tuner.worker import Event, Worker
 
 # one small MLP space each, that can reach the default target in a few epochs
@@ -71,12 +72,29 @@ def schedules(trials: int, epochs: int) -> dict[str, dict[str, Any]]:
     }
 
 
-def one(data: str, name: str, keys: dict[str, Any], seed: int, trials: int, epochs: int,
+def study_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """The study every schedule runs, as a study file's keys (no pruner, no scheduler yet):
+    ``--study``'s file (its space, model, data, epochs, trial budget), or the built-in
+    ``--data`` MLP space; ``--sampler`` replaces the sampler."""
+    if args.study:
+        raw = load_spec(args.study).model_dump(mode="json", exclude_none=True)
+        for key in ("pruner", "scheduler", "stop", "fuse", "timeout"):
+            raw.pop(key, None)
+        raw["epochs"] = args.epochs or raw["epochs"]
+        raw["trials"] = args.trials or raw["trials"]
+    else:
+        raw = {"data": args.data, "model": "mlp", "metric": "accuracy",
+               "epochs": args.epochs or 6, "trials": args.trials or 6,
+               "validation": 0.1 if args.data == "mnist" else 0.2, "space": SPACES[args.data]}
+        raw.setdefault("sampler", "random")
+    if args.sampler:
+        raw["sampler"] = args.sampler
+    return raw
+
+
+def one(raw: dict[str, Any], name: str, keys: dict[str, Any], seed: int,
         targets: list[float], cap: float, folder: Path, data_dir: str) -> dict[str, Any]:
-    spec = api.as_spec({"name": f"{name}_{seed}", "data": data, "model": "mlp",
-                        "metric": "accuracy", "epochs": epochs, "trials": trials,
-                        "validation": 0.1 if data == "mnist" else 0.2, "seed": seed,
-                        "sampler": "random", "space": SPACES[data], **keys})
+    spec = api.as_spec({**raw, "name": f"{name}_{seed}", "seed": seed, **keys})
     settings = api.settings(storage=f"sqlite:///{folder / f'{name}_{seed}.db'}", device="cpu",
                             checkpoint_dir=str(folder / "ckpt"), data_dir=data_dir)
     prepared = api.prepare(spec, settings)
@@ -113,8 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=sorted(SPACES), default="mnist")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--study", default=None,
+                    help="a study file: its space, epochs and trial budget (else --data's)")
+    ap.add_argument("--sampler", default=None,
+                    help="replace the study's sampler (random: trial i draws the same "
+                         "configuration under every schedule)")
+    ap.add_argument("--trials", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--target", type=float, nargs="+", default=[0.98],
                     help="validation accuracies; a run stops once it reached them all")
     ap.add_argument("--cap", type=float, default=300.0, help="seconds per run at most")
@@ -123,13 +146,23 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     c.quiet_libraries()
     print(f"# {c.machine('cpu')}; load before: {c.load_average()}")
+    raw = study_raw(args)
+    print(f"# study: {args.study or args.data}, {raw['trials']} trials of at most "
+          f"{raw['epochs']} epochs, sampler {raw.get('sampler')}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, keys in schedules(args.trials, args.epochs).items():
+        for name, keys in schedules(raw["trials"], raw["epochs"]).items():
             if args.only and name not in args.only:
                 continue
-            runs = [one(args.data, name, keys, s, args.trials, args.epochs, args.target,
-                        args.cap, Path(tmp), args.data_dir) for s in range(args.seeds)]
+            runs = []
+            for s in range(args.seeds):
+                runs.append(one(raw, name, keys, s, args.target, args.cap, Path(tmp),
+                                args.data_dir))
+                r = runs[-1]
+                print(f"#   {name} seed {s}: " + ", ".join(
+                    f"{t}: {c.fmt_s(r['to'].get(t))}" for t in args.target)
+                    + f"; {r['epochs']} epochs in {c.fmt_s(r['total'])}, best {r['best']:.4f}",
+                    flush=True)
             row: list[Any] = [name]
             for target in args.target:
                 hit = [r["to"][target] for r in runs if target in r["to"]]

@@ -154,3 +154,26 @@ def test_sequences_tuned_runs_a_study_retrains_and_sets_rocket_beside_it(
     assert "channels=8" in per_seed[0][5]
     assert [r[1] for r in summary] == ["tuner bm", "aeon Rocket (100 kernels)"]
     assert [r[2] for r in summary] == [r[3] for r in per_seed]  # one seed: the median is it
+
+
+def test_schedules_runs_a_study_file_under_each_schedule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--study: the file's space and budget, its pruner replaced by each schedule's; every
+    run reports how long it took to each target (a digits MLP reaches 30% in two epochs)."""
+    study = tmp_path / "digits.yaml"
+    study.write_text(
+        "name: digits\ndata: digits\nmodel: mlp\nepochs: 2\ntrials: 3\nvalidation: 0.2\n"
+        "pruner: {name: median}\n"
+        "space:\n  lr: {type: float, low: 3.0e-3, high: 1.0e-2, log: true}\n"
+        "  width: 32\n  batch_size: 64\n")
+    _script("schedules").main(["--study", str(study), "--sampler", "random", "--seeds", "1",
+                               "--target", "0.3", "--only", "median", "asha", "pbt"])
+    out = capsys.readouterr().out
+    assert "3 trials of at most 2 epochs, sampler random" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines()
+            if line.startswith("| ") and "schedule" not in line}
+    assert set(rows) == {"median", "asha", "pbt"}
+    for line in rows.values():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1] == "1/1"  # reached 0.3
+        assert float(cells[2]) >= 0 and float(cells[4]) >= 1  # seconds to it, epochs run
