@@ -218,6 +218,42 @@ def _run(tmp: Path, path: Path, **options: Any) -> api.Result:
                    checkpoint_dir=str(tmp / "ck"), data_dir=str(tmp / "data"), **options)
 
 
+def test_a_timeout_alone_keeps_the_population(tmp_path: Path) -> None:
+    """A time budget lifts the trial limit of an ordinary study; under PBT the trials are the
+    population, so `--timeout` alone (on run and on resume) keeps it at `population`."""
+    path = pbt_yaml(tmp_path, population=3, epochs=2, interval=1)
+    result = _run(tmp_path, path, timeout=60)  # before the fix: members for a minute
+    ts = result.handle.study.get_trials(deepcopy=False)
+    assert sorted({lineage(t) for t in ts}) == [0, 1, 2]
+    assert result.trials_run == 3
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    again = api.resume("pbt", storage=url, device="cpu", checkpoint_dir=str(tmp_path / "ck"),
+                       data_dir=str(tmp_path / "data"), timeout=60)
+    assert again.trials_run == 0
+    assert len(again.handle.study.get_trials(deepcopy=False)) == len(ts)
+    assert Budget(connect(url).engine, "pbt").state().target == 3
+
+
+def test_past_its_deadline_a_population_says_how_to_go_on(tmp_path: Path) -> None:
+    """The deadline passed with members waiting: `tuner resume` names --timeout, and does
+    nothing else; `--timeout` then finishes the population."""
+    path = pbt_yaml(tmp_path, population=3, epochs=2, interval=1)
+    url = f"sqlite:///{tmp_path / 'tuner.db'}"
+    common = ["--storage", url, "--device", "cpu", "--checkpoint-dir", str(tmp_path / "ck"),
+              "--data-dir", str(tmp_path / "data")]
+    r = runner.invoke(app, ["run", str(path), "--workers", "0", *common])
+    assert r.exit_code == 0, r.output
+    Budget(connect(url).engine, "pbt").set_deadline(-1.0)  # the study's time ran out
+    r = runner.invoke(app, ["resume", "pbt", *common])
+    assert r.exit_code == 0, r.output
+    assert "time budget ran out" in r.output and "--timeout SECONDS" in r.output
+    r = runner.invoke(app, ["resume", "pbt", "--timeout", "600", *common])
+    assert r.exit_code == 0, r.output
+    ts = trials(url, "pbt")
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert sorted(lineage(t) for t in done) == [0, 1, 2]
+
+
 def test_a_digits_population_exploits_explores_records_lineage_and_retrains(
         tmp_path: Path) -> None:
     path = pbt_yaml(tmp_path, population=4, epochs=3, interval=1)

@@ -208,12 +208,17 @@ def load(storage: optuna.storages.RDBStorage, name: str, *, worker_index: int = 
 def add_budget(handle: Handle, trials: int | None, timeout: float | None,
                hours: float | None = None) -> BudgetState:
     """``trials`` more trials and/or a deadline ``timeout`` s from now and/or ``hours`` more
-    device-hours. A timeout or hours alone lift the trial limit (run until they are spent).
-    Asking for more explicitly lets a study that stopped early (``stop:``) go on."""
+    device-hours. A timeout or hours alone lift the trial limit (run until they are spent),
+    except under PBT, whose trials are its population: there they keep it. Asking for more
+    explicitly lets a study that stopped early (``stop:``) go on."""
     if hours is not None:
         handle.budget.add_hours(hours)
     if trials is not None or timeout is not None or hours is not None:
         handle.budget.unstop()
+    if trials is None and handle.spec.scheduler is not None:
+        # a population of `population` members, not as many as fit in the time
+        return handle.budget.set_deadline(timeout) if timeout is not None or hours is not None \
+            else handle.budget.state()
     if trials is None and timeout is None:
         return handle.budget.add(None, None) if hours is not None else handle.budget.state()
     return handle.budget.add(trials, timeout)

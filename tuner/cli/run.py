@@ -52,6 +52,14 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
                     f"{_fmt(snap.best_value)}. Pass --trials N or --budget-hours H to go on.",
                     highlight=False, soft_wrap=True)
         return
+    if b.expired() and not snap.running:
+        # the deadline passed: nothing starts, not even a waiting retry or continuation
+        waiting = snap.counts.get("WAITING", 0)
+        out().print(f"study {handle.name}: its time budget ran out; {snap.finished} trials "
+                    f"finished" + (f", {waiting} waiting" if waiting else "") + ", best "
+                    f"{_fmt(snap.best_value)}. Pass --timeout SECONDS (or --trials N) to go on.",
+                    highlight=False, soft_wrap=True)
+        return
     if snap.budget.remaining == 0 and not snap.counts.get("WAITING") and not snap.running:
         out().print(f"study {handle.name}: budget spent ({snap.finished} trials finished); "
                     f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
@@ -79,7 +87,10 @@ def _print_result(prepared: Prepared, why: str) -> None:
         f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
         + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
-           f"`tuner resume {handle.name}`" if why == "stopped" or c.get("WAITING") else "")
+           f"`tuner resume {handle.name}"
+           # past the deadline nothing starts, a waiting continuation neither: say how to go on
+           + (" --timeout SECONDS`" if snap.budget.expired() else "`")
+           if why == "stopped" or c.get("WAITING") else "")
     )
     if snap.budget.stopped is not None:
         out().print(f"stopped early: {snap.budget.stopped}", highlight=False, soft_wrap=True)

@@ -141,6 +141,15 @@ class Budget:
             )
         return self.state()
 
+    def set_deadline(self, timeout: float | None) -> BudgetState:
+        """Set the study's deadline to ``timeout`` seconds from now (``None``: none), and
+        keep its trial limit as it is."""
+        self.ensure()
+        deadline = None if timeout is None else time.time() + timeout
+        with self._engine.begin() as conn:
+            conn.execute(budgets.update().where(self._where).values(deadline=deadline))
+        return self.state()
+
     def add_hours(self, hours: float) -> BudgetState:
         """Allow ``hours`` more device-hours from what the study has spent so far."""
         self.ensure()
