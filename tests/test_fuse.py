@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
 from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
 from tuner.spec import fuse_key, parse_spec
+from tuner.storage import normalize_url
 from tuner.train import fit
 
 pytest_plugins = ["servers"]
@@ -342,3 +344,138 @@ def test_a_stopped_fused_group_is_resumed_member_by_member_with_fit(tmp_path: Pa
     lineage = t.user_attrs["lineage"]
     c = Context(device=CPU, seed=SPEC["seed"] + lineage, max_epochs=3, data=data)
     assert fit(t.params | fixed, c) == pytest.approx(t.value, abs=1e-6)
+
+
+# ---- the fused group's database work: one write per epoch, not one per member ----------
+def _statements(into: str) -> tuple[list[int], Any]:
+    """Count the statements that write into table ``into`` (an executemany counts once)."""
+    import sqlalchemy as sa
+
+    seen: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(f"INSERT INTO {into.upper()}"):
+            seen.append(len(params) if executemany else 1)
+
+    sa.event.listen(sa.Engine, "after_cursor_execute", count)
+    return seen, lambda: sa.event.remove(sa.Engine, "after_cursor_execute", count)
+
+
+def test_a_fused_epoch_writes_every_members_report_in_one_statement(tmp_path: Path) -> None:
+    """Six trials, fused four then two, three epochs: six writes of intermediate values (one
+    per group and epoch), carrying the eighteen reports, each landing on its own trial."""
+    seen, stop = _statements("trial_intermediate_values")
+    try:
+        result = api.run({**SPEC, "name": "one_write"}, storage=f"sqlite:///{tmp_path / 'w.db'}",
+                         device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    finally:
+        stop()
+    trials = result.study.trials
+    assert [t.user_attrs.get("fused") for t in trials] == [4, 4, 4, 4, 2, 2]
+    assert seen == [4, 4, 4, 2, 2, 2]
+    for t in trials:  # each member's own curve, as its own reports said
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+    assert len({tuple(t.intermediate_values.values()) for t in trials}) == 6
+
+
+def _driver_url(url: str) -> str:
+    """``url`` with the driver tuner uses (PyMySQL for mysql://), for Optuna's own studies."""
+    return normalize_url(url).render_as_string(hide_password=False)
+
+
+class _WorstAtStep2(optuna.pruners.BasePruner):
+    """Prunes, at step 2, the running trial whose value is the lowest there; counts the
+    study reads it costs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        self.calls += 1
+        if trial.last_step != 2:
+            return False
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        at2 = {t.number: t.intermediate_values[2] for t in running if 2 in t.intermediate_values}
+        return trial.number == min(at2, key=at2.__getitem__)
+
+
+def _group(study: optuna.Study, k: int, patience: Any = None) -> list[Any]:
+    """K running trials of ``study`` with the reporters a fused group's members get."""
+    from tuner import storage
+    from tuner.objective import _GroupReports, _TrialReporter
+
+    patience = patience or storage.Patience(5, 0)
+    together = _GroupReports(patience)
+    reporters = []
+    for _ in range(k):
+        r = _TrialReporter(study.ask(), threading.Event(), None, patience=patience)
+        r.together = together
+        reporters.append(r)
+    return reporters
+
+
+def test_a_member_pruned_by_the_one_read_check_stops_while_the_others_finish(
+        digits: DataBundle, any_url: str) -> None:
+    """Every member is judged by the study's pruner after each epoch, against one read of
+    the study per epoch (not one per member); the member it prunes stops at epoch 2 and
+    leaves the stack, the others train their 4 epochs, each curve in its own trial."""
+    pruner = _WorstAtStep2()
+    study = optuna.create_study(storage=_driver_url(any_url), direction="maximize", pruner=pruner)
+    reporters = _group(study, 3)
+    backend = study._storage
+    reads: list[int] = []
+    real = backend.get_all_trials
+    backend.get_all_trials = lambda *a, **kw: reads.append(1) or real(*a, **kw)
+    ps = [_params("sgd_momentum", *m) for m in MEMBERS[:3]]
+    ctxs = [_ctx(digits, 40 + i, 4, reporter=r) for i, r in enumerate(reporters)]
+    results = fit_fused(ps, ctxs)
+    pruned = [i for i, r in enumerate(results) if isinstance(r, TrialPruned)]
+    assert len(pruned) == 1
+    assert pruner.calls == 3 + 3 + 2 + 2  # every member, every epoch it reported
+    assert len(reads) == 1  # only at step 2 did the pruner look at the study: once
+    stored = {t.number: t.intermediate_values for t in study.get_trials()}
+    for i, r in enumerate(reporters):
+        curve = stored[r.trial.number]
+        assert sorted(curve) == ([1, 2] if i in pruned else [1, 2, 3, 4])
+        assert list(curve.values()) == pytest.approx([h["value"] for h in ctxs[i].history])
+    # the one pruned had the lowest accuracy at epoch 2
+    at2 = {i: c.history[1]["value"] for i, c in enumerate(ctxs)}
+    assert pruned == [min(at2, key=at2.__getitem__)]
+
+
+def test_a_fused_report_through_an_outage_is_held_then_written_in_order(
+        digits: DataBundle, any_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As one trial's reports: while the database is unreachable (epoch 2) the group's
+    reports are held, training goes on and no member is pruned (the pruner would prune
+    every member at step 2); the next epoch writes the held ones first, so each member's
+    curve ends whole."""
+    import sqlalchemy as sa
+
+    from tuner import storage
+
+    class PruneAt2(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return trial.last_step == 2
+
+    study = optuna.create_study(storage=_driver_url(any_url), pruner=PruneAt2())
+    reporters = _group(study, 2)
+    real, calls = storage.report_many, []
+
+    def flaky(reports: Any) -> list[bool]:
+        calls.append([list(steps) for _, steps in reports])
+        if len(calls) == 2:
+            raise sa.exc.OperationalError("INSERT", {}, ConnectionError("server closed"))
+        return real(reports)
+
+    monkeypatch.setattr(storage, "report_many", flaky)
+    ps = [_params("adam", *m) for m in MEMBERS[:2]]
+    ctxs = [_ctx(digits, 50 + i, 3, reporter=r) for i, r in enumerate(reporters)]
+    results = fit_fused(ps, ctxs)
+    assert all(isinstance(r, float) for r in results)  # not pruned: step 2 was never judged
+    assert [[s for s, _ in steps] for steps in calls[2]] == [[2, 3], [2, 3]]  # held, in order
+    for r, c in zip(reporters, ctxs, strict=True):
+        curve = storage.refreshed(r.trial).intermediate_values
+        assert sorted(curve) == [1, 2, 3] and not r.held
+        assert list(curve.values()) == pytest.approx([h["value"] for h in c.history])
+

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -59,6 +59,15 @@ class Reporter(Protocol):
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool: ...
 
     def stop_requested(self) -> bool: ...
+
+
+class GroupReporter(Protocol):
+    """Where several trials' reports go at once (a fused group's members after an epoch):
+    one verdict per report, in order, each True (prune), False (go on) or the exception
+    that member's own ``report`` would have raised."""
+
+    def report_many(self, reports: Sequence[tuple[Reporter, int, float, Mapping[str, float]]]
+                    ) -> list[bool | Exception]: ...
 
 
 class NullReporter:
@@ -142,12 +151,22 @@ class Context:
     def report(self, epoch: int, value: float, **extras: float) -> None:
         """Record the validation metric after ``epoch`` (1-based). Raises :class:`TrialPruned`
         when the pruner stops the trial, :class:`StopRequested` when the worker must stop."""
+        value, extras = self._record(epoch, value, extras)
+        self._obey(self.reporter.report(epoch, value, extras), epoch)
+
+    def _record(self, epoch: int, value: float, extras: Mapping[str, float]
+                ) -> tuple[float, dict[str, float]]:
+        """Keep the report in the history; a non-finite metric ends the trial here."""
         value = float(value)
         extras = {k: float(v) for k, v in extras.items()}
         self.history.append({"epoch": epoch, "value": value, **extras})
         if not math.isfinite(value):
             raise TrialPruned(f"the metric is {value} at epoch {epoch}")
-        if self.reporter.report(epoch, value, extras):
+        return value, extras
+
+    def _obey(self, prune: bool, epoch: int) -> None:
+        """After a report reached the reporter: raise if the trial is pruned or must stop."""
+        if prune:
             raise TrialPruned(f"pruned at epoch {epoch}")
         if self.reporter.stop_requested():
             raise StopRequested(f"stopped after epoch {epoch}")
@@ -166,3 +185,40 @@ class Context:
         if state is not None:
             self.history = list(state.pop("_history", []))
         return state
+
+
+def report_together(ctxs: Sequence[Context], epoch: int,
+                    reports: Sequence[tuple[float, Mapping[str, float]]]) -> list[Exception | None]:
+    """``ctx.report(epoch, value, **extras)`` for several contexts at once (the members of a
+    fused group after one epoch). Each keeps its own curve and gets its own verdict: None to
+    go on, or the exception its ``ctx.report`` would have raised (:class:`TrialPruned`,
+    :class:`StopRequested`, the reporter's error). Reporters that share a ``together``
+    (:class:`GroupReporter`: the worker's fused group) get their reports in one call, so the
+    database sees one write per epoch instead of one per member; the others, one by one."""
+    out: list[Exception | None] = [None] * len(ctxs)
+    groups: dict[int, tuple[GroupReporter, list[tuple[int, float, dict[str, float]]]]] = {}
+    for i, (ctx, (value, extras)) in enumerate(zip(ctxs, reports, strict=True)):
+        try:
+            value, extras = ctx._record(epoch, value, extras)
+            group = getattr(ctx.reporter, "together", None)
+            if group is None:
+                ctx._obey(ctx.reporter.report(epoch, value, extras), epoch)
+            else:
+                groups.setdefault(id(group), (group, []))[1].append((i, value, extras))
+        except Exception as e:  # noqa: BLE001 - this member's verdict, as its report raises it
+            out[i] = e
+    for group, members in groups.values():
+        try:
+            verdicts: list[bool | Exception] = group.report_many(
+                [(ctxs[i].reporter, epoch, value, extras) for i, value, extras in members])
+        except Exception as e:  # noqa: BLE001 - the shared write failed: every member says why
+            verdicts = [e] * len(members)
+        for (i, _, _), verdict in zip(members, verdicts, strict=True):
+            if isinstance(verdict, Exception):
+                out[i] = verdict
+                continue
+            try:
+                ctxs[i]._obey(verdict, epoch)
+            except Exception as e:  # noqa: BLE001 - as above
+                out[i] = e
+    return out

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tuner import train, vocab
-from tuner.context import Context
+from tuner.context import Context, report_together
 from tuner.data._bundle import DataBundle
 from tuner.kinds import InputKind
 
@@ -311,23 +311,33 @@ def fit_fused(params_list: Sequence[Mapping[str, Any]],
                     runs[i].sched.step()
         metrics = _evaluate(stack, data, first.amp)
         leaving: list[int] = []
+        reporting: list[tuple[int, int, tuple[float, dict[str, float]]]] = []
         for row, i in enumerate(live):
             ctx, loss = ctxs[i], losses[row]
             ctx.info["epochs_run"] = epoch
-            try:
-                if not math.isfinite(loss):  # diverged: a non-finite report ends it
-                    ctx.report(epoch, loss, train_loss=loss)
-                m = metrics[row]
-                value = m[ctx.metric]
-                extras = {"train_loss": loss, "lr": lrs[row],
-                          **{f"val_{k}": v for k, v in m.items() if k != ctx.metric}}
+            if not math.isfinite(loss):  # diverged: a non-finite report ends it
+                reporting.append((row, i, (loss, {"train_loss": loss})))
+                continue
+            m = metrics[row]
+            value = m[ctx.metric]
+            extras = {"train_loss": loss, "lr": lrs[row],
+                      **{f"val_{k}": v for k, v in m.items() if k != ctx.metric}}
+            try:  # each member checkpoints before it reports, as fit does
                 if ctx.checkpoints is not None:
                     report = {"epoch": epoch, "value": value, **extras}
                     ctx.save_checkpoint({**_checkpoint(stack, opt, row, runs[i], epoch),
                                          "report": report})
-                ctx.report(epoch, value, **extras)
-            except Exception as e:  # noqa: BLE001 - pruned, stopped or failed: this member only
+            except Exception as e:  # noqa: BLE001 - its disk refused: this member only
                 results[i] = e
+                leaving.append(row)
+                continue
+            reporting.append((row, i, (value, extras)))
+        # every member's report in one go (one database write for the group, not one each)
+        verdicts = report_together([ctxs[i] for _, i, _ in reporting], epoch,
+                                   [r for _, _, r in reporting])
+        for (row, i, _), verdict in zip(reporting, verdicts, strict=True):
+            if verdict is not None:  # pruned, stopped or failed: this member only
+                results[i] = verdict
                 leaving.append(row)
         if leaving:  # a pruned member stops updating: its slice leaves the stack
             rows = [r for r in range(len(live)) if r not in leaving]

@@ -17,13 +17,14 @@ import platform
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tuner import measure, space, storage, vocab
@@ -135,6 +136,8 @@ class _TrialReporter:
         self._primary = primary
         self.patience = patience or storage.Patience(300, 0)
         self.held: list[tuple[int, float]] = []
+        # a fused group's reports, written together (context.report_together); None: alone
+        self.together: _GroupReports | None = None
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
         if self._on_epoch:
@@ -157,6 +160,11 @@ class _TrialReporter:
         ok, prune = self.patience.attempt(self.trial.should_prune)
         return bool(prune) if ok else False
 
+    def joins_a_group(self) -> bool:
+        """Whether this trial's reports may be written with other members' (_GroupReports):
+        a pruned-on, single-objective curve, written by Optuna's own report."""
+        return self._prune and self._primary is None
+
     def _write_held(self, wait: bool) -> bool:
         """Write the held reports in order; ``wait``: retrying through an outage (up to the
         patience), else stopping at the first that does not reach the database."""
@@ -178,6 +186,44 @@ class _TrialReporter:
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
+
+
+class _GroupReports:
+    """The reports of a fused group's members after an epoch, written together: every
+    member's intermediate values in one transaction (:func:`tuner.storage.report_many`) and
+    the pruning checks against one read of the study (:func:`tuner.storage.should_prune_many`),
+    each member keeping its own curve and its own verdict. Through an outage it does what
+    each member's :class:`_TrialReporter` does alone: the reports are held and written
+    later, in order (the next epoch's write, or the trial's flush), and no member is pruned
+    while the database is unreachable; past the patience, :class:`DatabaseUnreachable`."""
+
+    def __init__(self, patience: storage.Patience):
+        self.patience = patience
+
+    def report_many(self, reports: Sequence[tuple[Any, int, float, Mapping[str, float]]]
+                    ) -> list[bool | Exception]:
+        members: list[_TrialReporter] = [r for r, _, _, _ in reports]
+        for r, epoch, value, _ in reports:
+            if r._on_epoch:
+                r._on_epoch(r.trial.number, epoch, value)
+            r.held.append((epoch, value))  # finite: report_together judged the others
+        # one transaction: either every member's held reports land, or none (held for later)
+        ok, written = self.patience.attempt(
+            lambda: storage.report_many([(r.trial, list(r.held)) for r in members]))
+        if not ok or written is None:
+            if self.patience.exhausted():
+                raise self.patience.error()
+            return [False] * len(members)
+        for r, w in zip(members, written, strict=True):
+            if w:
+                r.held.clear()
+        judged = [r.trial for r, w in zip(members, written, strict=True) if w]
+        ok, prunes = self.patience.attempt(lambda: storage.should_prune_many(judged))
+        verdicts = iter(prunes if ok and prunes is not None else [False] * len(judged))
+        return [next(verdicts) if w else UpdateFinishedTrialError(
+                    f"trial {r.trial.number} was finished meanwhile (failed and retried by "
+                    "another worker?): its report was not written")
+                for r, w in zip(members, written, strict=True)]
 
 
 def versions() -> dict[str, str]:
@@ -480,8 +526,11 @@ class TrialRunner:
                     t, alone, begun, partial(self._fit_alone, t, params, measured, alone))
                 continue
             ctxs = [self.context(ready[j][0], storage.lineage(ready[j][0])) for j in members]
+            together = _GroupReports(self.patience)
             for c in ctxs:  # kept on the trial: how many trained as one with it
                 c.info["fused"] = len(members)
+                if isinstance(c.reporter, _TrialReporter) and c.reporter.joins_a_group():
+                    c.reporter.together = together
             fit_start = time.perf_counter()
             try:
                 results: list[Any] = fuse.fit_fused([ready[j][1] for j in members], ctxs)

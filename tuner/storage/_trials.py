@@ -5,10 +5,11 @@ changes them, this is the file to change."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -284,6 +285,91 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
         rdb.check_trial_is_updatable(trial._trial_id, current)  # as Optuna does per attr
         session.execute(_upsert(dialect, table, rows))
     trial._cached_frozen_trial.user_attrs.update(attrs)  # what Trial.set_user_attr does too
+
+
+def report_many(reports: Sequence[tuple[optuna.Trial, Sequence[tuple[int, float]]]]
+                ) -> list[bool]:
+    """Write several running trials' intermediate values, ``(step, value)`` each, in one
+    transaction: what ``Trial.report`` writes, for the members of a fused group after an
+    epoch (one commit for K members instead of K). A step a trial has already reported is
+    left as it is, as ``Trial.report`` leaves it. Returns, per trial, whether it could be
+    written: False for a trial that is finished (failed by the reaper, say), which Optuna
+    would refuse with ``UpdateFinishedTrialError``; the others are written all the same."""
+    if not reports:
+        return []
+    rdb = _rdb(reports[0][0].storage)
+    if rdb is None:
+        return [_report_one(trial, steps) for trial, steps in reports]
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    ids = [trial._trial_id for trial, _ in reports]
+    value_model = models.TrialIntermediateValueModel
+    written: list[tuple[optuna.Trial, list[tuple[int, float]]]] = []
+    with _create_scoped_session(rdb.scoped_session) as session:
+        states = dict(session.execute(
+            sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
+            .where(models.TrialModel.trial_id.in_(ids))).all())
+        rows = []
+        for trial, steps in reports:
+            if states.get(trial._trial_id, TrialState.COMPLETE).is_finished():
+                continue
+            known = trial._cached_frozen_trial.intermediate_values
+            new = [(int(step), float(value)) for step, value in steps if int(step) not in known]
+            for step, value in new:
+                stored, kind = value_model.intermediate_value_to_stored_repr(value)
+                rows.append({"trial_id": trial._trial_id, "step": step,
+                             "intermediate_value": stored, "intermediate_value_type": kind})
+            written.append((trial, new))
+        if rows:
+            session.execute(value_model.__table__.insert(), rows)
+    for trial, new in written:  # what Trial.report keeps in its cache too
+        trial._cached_frozen_trial.intermediate_values.update(new)
+    done = {trial._trial_id for trial, _ in written}
+    return [trial._trial_id in done for trial, _ in reports]
+
+
+def _report_one(trial: optuna.Trial, steps: Sequence[tuple[int, float]]) -> bool:
+    """In memory: ``Trial.report`` for each step; False if the trial is finished."""
+    try:
+        for step, value in steps:
+            if step not in trial._cached_frozen_trial.intermediate_values:
+                trial.report(value, step)
+    except UpdateFinishedTrialError:
+        return False
+    return True
+
+
+class _OneRead(optuna.Study):
+    """``study`` as a pruner sees it, its trials read from the database at most once (at the
+    first ``get_trials``), however many trials are judged against it."""
+
+    def __init__(self, study: optuna.Study):  # noqa: D107 - no Study.__init__: same study
+        self.__dict__.update(study.__dict__)
+        self._read: list[FrozenTrial] | None = None
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        if self._read is None:
+            self._read = self._storage.get_all_trials(self._study_id, deepcopy=False)
+        trials = [t for t in self._read if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+
+def should_prune_many(trials: Sequence[optuna.Trial]) -> list[bool]:
+    """``Trial.should_prune`` for several running trials of one study (a fused group's
+    members, after their reports), each judged by the study's pruner on its own curve but
+    against one read of the study's trials instead of one read per trial. A pruner that
+    looks at no other trial (none, threshold) reads nothing. Like reports from several
+    workers at one moment, members of one group judged in one read do not see each other's
+    rung records (successive halving) written in this call."""
+    if not trials:
+        return []
+    study = trials[0].study
+    if len(study.directions) > 1:
+        raise NotImplementedError("should_prune_many is for single-objective studies")
+    view = _OneRead(study)
+    return [bool(study.pruner.prune(view, t._get_latest_trial())) for t in trials]
 
 
 def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:
