@@ -479,3 +479,24 @@ def test_a_fused_report_through_an_outage_is_held_then_written_in_order(
         assert sorted(curve) == [1, 2, 3] and not r.held
         assert list(curve.values()) == pytest.approx([h["value"] for h in c.history])
 
+
+def test_a_group_starts_its_trials_in_one_go_within_the_budget(any_url: str) -> None:
+    """start_trials takes up to n slots with their trials and first heartbeats; the budget
+    (6) is spent exactly: 4, then the 2 left, then none."""
+    from tuner import storage
+
+    opened = storage.connect(any_url)
+    study = optuna.create_study(storage=opened, study_name="starts")
+    budget = storage.Budget(opened.engine, "starts")
+    budget.add(6, None)
+    seen, stop = _statements("trials")
+    try:
+        sizes = [len(storage.start_trials(study, budget, 4)) for _ in range(3)]
+    finally:
+        stop()
+    assert sizes == [4, 2, 0] and budget.state().remaining == 0
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert [t.number for t in running] == list(range(6))
+    assert sorted(storage.heartbeat_ages(study)) == list(range(6))  # each has its first beat
+    assert sum(seen) == 6
+

@@ -205,34 +205,39 @@ class Worker:
         k = self.runner.fuse_size()
         if k <= 1 or not self.runner.fusable(first) or self.stop.is_set():
             return [first]
-        trials = [first]
-        while len(trials) < k:
-            more = self._next_trial()
-            if more is None:
-                break
-            trials.append(more)
-        return trials
+        return [first, *self._next_trials(k - 1)]
 
     def _next_trial(self) -> optuna.Trial | None:
-        """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
-        hand needs a slot); otherwise a new trial if a budget slot is free. Each comes
-        RUNNING with its slot and its first heartbeat in one transaction
+        """One trial (:meth:`_next_trials`), or None when there is none to run."""
+        return next(iter(self._next_trials(1)), None)
+
+    def _next_trials(self, n: int) -> list[optuna.Trial]:
+        """Up to ``n`` trials: waiting trials first (a retry runs in its failed trial's slot;
+        a trial enqueued by hand needs a slot); then new trials while budget slots are free.
+        Each comes RUNNING with its slot and its first heartbeat in one transaction
         (:func:`tuner.storage.start_trial`, :func:`tuner.storage.claim`), so a worker killed
         at any moment leaves neither a slot without a trial nor a trial the reaper cannot see;
-        and so each step may be retried whole through an outage."""
+        and so each step may be retried whole through an outage. The new trials of a fused
+        group start in one transaction (:func:`tuner.storage.start_trials`) after one look
+        at the waiting ones, not K of each."""
         study, budget, call = self.handle.study, self.handle.budget, self.patience.call
         call(self.handle.promote)  # ASHA: a paused trial's continuation, queued to claim below
         waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if waiting and call(budget.state).expired():
-            return None
+            return []
+        trials: list[optuna.Trial] = []
         for t in waiting:
+            if len(trials) == n:
+                return trials
             own_slot = storage.is_retry(t) or storage.is_promotion(t)
             # a trial enqueued by hand takes a slot; with the budget spent it waits for
             # `tuner run --trials`
             if (claimed := call(lambda t=t, b=None if own_slot else budget:
                                 storage.claim(study, t, b))) is not None:
-                return claimed
-        return call(lambda: storage.start_trial(study, budget))
+                trials.append(claimed)
+        if len(trials) == n:
+            return trials
+        return [*trials, *call(lambda: storage.start_trials(study, budget, n - len(trials)))]
 
     def _maybe_stop(self) -> None:
         """After a finished trial: stop the whole study if its ``stop:`` rule says so (the

@@ -51,6 +51,7 @@ from tuner.storage._trials import (
     set_user_attrs,
     should_prune_many,
     start_trial,
+    start_trials,
     state,
 )
 
@@ -62,7 +63,7 @@ __all__ = [
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "should_prune_many", "should_prune_primary", "start_trial",
-    "state", "Lease", "Patience", "is_outage", "reap",
+    "start_trials", "state", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]

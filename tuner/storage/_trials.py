@@ -118,6 +118,23 @@ def _cache(study: optuna.Study, trial_id: int) -> optuna.Trial:
     return optuna.Trial(study, trial_id)
 
 
+def _cache_many(study: optuna.Study, trial_ids: Sequence[int]) -> list[optuna.Trial]:
+    """:func:`_cache` for several new trials, read from the database in one query."""
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    storage, wanted = study._storage, set(trial_ids)
+    if isinstance(storage, _CachedStorage) and wanted:
+        # every trial after the first new one: the new ones, and any another worker added
+        frozen = [t for t in storage._backend._get_trials(study._study_id, None, set(),
+                                                          min(wanted) - 1)
+                  if t._trial_id in wanted]
+        with storage._lock:
+            storage._studies.setdefault(study._study_id, _StudyInfo())
+            storage._add_trials_to_cache(study._study_id, frozen)
+    study._thread_local.cached_all_trials = None
+    return [optuna.Trial(study, trial_id) for trial_id in trial_ids]
+
+
 def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
     """A new RUNNING trial (what ``study.ask`` makes, without popping waiting trials), its
     budget slot and its first heartbeat, in one transaction; None when the budget is spent.
@@ -146,6 +163,32 @@ def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
         trial_id = model.trial_id
         session.execute(_beat(trial_id))
     return _cache(study, trial_id)
+
+
+def start_trials(study: optuna.Study, budget: Any, n: int) -> list[optuna.Trial]:
+    """Up to ``n`` new RUNNING trials, each with its budget slot and first heartbeat, in one
+    transaction (what ``n`` calls of :func:`start_trial` make, for a fused group); fewer when
+    the budget runs out, none when it is spent. One transaction for all of them: a fused
+    group's K starts cost one commit, not K."""
+    rdb = _rdb(study._storage)
+    if rdb is None or n <= 1:
+        trials: list[optuna.Trial] = []
+        while len(trials) < n and (t := start_trial(study, budget)) is not None:
+            trials.append(t)
+        return trials
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    ids: list[int] = []
+    with _create_scoped_session(rdb.scoped_session) as session:
+        # the numbering lock first, then the budget row, as in start_trial
+        models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+        while len(ids) < n and session.execute(budget.acquire_statement()).rowcount == 1:
+            model = rdb._get_prepared_new_trial(study._study_id, None, session)
+            session.flush()
+            ids.append(model.trial_id)
+            session.execute(_beat(model.trial_id))
+    return _cache_many(study, ids)
 
 
 def claim(study: optuna.Study, waiting: FrozenTrial, budget: Any = None) -> optuna.Trial | None:
