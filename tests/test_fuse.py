@@ -500,3 +500,22 @@ def test_a_group_starts_its_trials_in_one_go_within_the_budget(any_url: str) -> 
     assert sorted(storage.heartbeat_ages(study)) == list(range(6))  # each has its first beat
     assert sum(seen) == 6
 
+
+
+def test_a_fused_groups_repeats_are_found_from_one_read_of_the_study(tmp_path: Path) -> None:
+    """The second group draws the first group's configuration again: each member sees,
+    in the one read its group makes after drawing, that a finished trial had its params,
+    and reuses that result instead of training; every member has its start attrs."""
+    raw = {**SPEC, "name": "repeats", "trials": 8, "epochs": 1, "sampler": "random",
+           "space": {**SPEC["space"], "lr": [0.01], "weight_decay": [1e-4]}}
+    result = api.run(raw, storage=f"sqlite:///{tmp_path / 'r.db'}", device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    trials = result.study.trials
+    assert result.counts == {"COMPLETE": 8}
+    first, second = trials[:4], trials[4:]
+    assert all("repeat_of" not in t.user_attrs and t.user_attrs["fused"] == 4 for t in first)
+    assert all(t.user_attrs["repeat_of"] in {0, 1, 2, 3} and "fused" not in t.user_attrs
+               for t in second)
+    assert {t.value for t in second} <= {t.value for t in first}
+    assert all(t.user_attrs["lineage"] == t.number and t.user_attrs["worker"]["pid"]
+               for t in trials)

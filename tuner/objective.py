@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import measure, space, storage, vocab
 from tuner import spec as sp
@@ -397,24 +397,38 @@ class TrialRunner:
     def _start(self, trial: optuna.Trial) -> int:
         """Mark the trial with its lineage and worker; returns the lineage."""
         lineage = storage.lineage(trial)
-        self.patience.call(lambda: storage.set_user_attrs(trial, {
-            storage.LINEAGE_ATTR: lineage,
-            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
-        }))
+        self.patience.call(lambda: storage.set_user_attrs(trial, self._start_attrs(trial)))
         _reset_peak_memory(self.assets.device)
         return lineage
 
-    def _prepare(self, trial: optuna.Trial, group: frozenset[int] = frozenset()
-                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    def _start_attrs(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {storage.LINEAGE_ATTR: storage.lineage(trial),
+                "worker": {"host": platform.node(), "pid": os.getpid(),
+                           "device": self.assets.device}}
+
+    def _prepare(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, float]]:
         """Draw the params; raises :class:`_Repeat` or :class:`_Infeasible` when the trial
-        needs no training. ``group``: the trials trained with this one (never waited for)."""
+        needs no training."""
+        params = self._draw(trial)
+        return params, self._vet(trial, params)
+
+    def _draw(self, trial: optuna.Trial) -> dict[str, Any]:
         params = space.suggest(trial, self.spec)
         if self.spec.scheduler is not None:
             self._exploit(trial, storage.lineage(trial))
+        return params
+
+    def _vet(self, trial: optuna.Trial, params: Mapping[str, Any],
+             group: frozenset[int] = frozenset(),
+             seen: list[FrozenTrial] | None = None) -> dict[str, float]:
+        """Raise :class:`_Repeat` or :class:`_Infeasible` when the drawn trial needs no
+        training; else what was measured before training. ``group``: the trials trained with
+        this one (never waited for); ``seen``: the study's trials as just read (a fused
+        group's one read for all its members), for the first look at repeats."""
         # PBT members are one population, not configurations to reuse
         if self.spec.dedup and self.spec.scheduler is None:
-            self._reuse_identical(trial, group)
-        return params, self._before_training(trial, params)
+            self._reuse_identical(trial, group, seen)
+        return self._before_training(trial, params)
 
     def _conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
                   attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]]
@@ -501,19 +515,32 @@ class TrialRunner:
         if len(trials) == 1:
             return [self.run(trials[0])]
         outcomes: dict[int, Outcome] = {}
-        ready: list[tuple[optuna.Trial, dict[str, Any], dict[str, float], float]] = []
+        fresh = [t for t in trials if self.fusable(t)]
         for t in trials:
-            if not self.fusable(t):  # a retry or a promotion resumes from its checkpoint, alone
+            if t not in fresh:  # a retry or a promotion resumes from its checkpoint, alone
                 outcomes[t.number] = self.run(t)
-                continue
-            self._start(t)
+        # the members' lineage and worker attrs in one transaction, their draws one by one
+        # (each sees the ones before it: TPE's constant liar), then one read of the study
+        # for every member's look at repeats
+        self.patience.call(lambda: storage.set_user_attrs_many(
+            [(t, self._start_attrs(t)) for t in fresh]))
+        _reset_peak_memory(self.assets.device)
+        drawn: list[tuple[optuna.Trial, dict[str, Any], float]] = []
+        for t in fresh:
             begun = time.perf_counter()
             try:
-                params, measured = self._prepare(t, frozenset(u.number for u in trials))
-            except Exception as e:  # noqa: BLE001 - a repeat, infeasible, stopped, or a bad draw
+                drawn.append((t, self._draw(t), begun))
+            except Exception as e:  # noqa: BLE001 - stopped, or a bad draw
                 outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
-                continue
-            ready.append((t, params, measured, begun))
+        group = frozenset(t.number for t in trials)
+        seen = (self.patience.call(lambda: fresh[0].study.get_trials(deepcopy=False))
+                if drawn and self.spec.dedup else None)
+        ready: list[tuple[optuna.Trial, dict[str, Any], dict[str, float], float]] = []
+        for t, params, begun in drawn:
+            try:
+                ready.append((t, params, self._vet(t, params, group, seen), begun))
+            except Exception as e:  # noqa: BLE001 - a repeat, infeasible, or stopped
+                outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
         groups: dict[Any, list[int]] = {}
         for j, (_, params, _, _) in enumerate(ready):
             key = sp.fuse_key(params)
@@ -557,19 +584,23 @@ class TrialRunner:
         raw = (self.assets.trainer or train.fit)(params, ctx)
         return raw, params, measured, time.perf_counter() - fit_start
 
-    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset()) -> None:
+    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset(),
+                         seen: list[FrozenTrial] | None = None) -> None:
         """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
         pruned) had exactly these params: grid and categorical spaces, and several workers
         asking at once, propose the same configuration again. ``dedup: false`` turns it off
         (when seeds vary, say). While an earlier-numbered trial with these params is still
         running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
-        its result is reused; if it fails (its worker died), this trial trains."""
+        its result is reused; if it fails (its worker died), this trial trains. ``seen``: the
+        study's trials as the caller just read them, for the first look."""
         mine, lineage = trial.params, storage.lineage(trial)
         # an earlier trial asked at the same moment may not have drawn its params yet: give
         # it a moment to (else two workers asking at once would both train the same thing)
         unsure_until = time.monotonic() + DEDUP_DRAW_WAIT_S
         while True:
-            ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            ts = seen if seen is not None else self.patience.call(
+                lambda: trial.study.get_trials(deepcopy=False))
+            seen = None  # a second look (waiting for a running twin) reads the study again
             # a fused group's other members train together with this one: waiting for one
             # of them would wait for ever
             ts = [t for t in ts if t.number not in group or t.state != TrialState.RUNNING]
