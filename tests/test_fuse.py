@@ -519,3 +519,24 @@ def test_a_fused_groups_repeats_are_found_from_one_read_of_the_study(tmp_path: P
     assert {t.value for t in second} <= {t.value for t in first}
     assert all(t.user_attrs["lineage"] == t.number and t.user_attrs["worker"]["pid"]
                for t in trials)
+
+
+def test_a_group_is_told_together_and_a_member_finished_elsewhere_is_left_alone(
+        any_url: str) -> None:
+    """tell_many: each member gets its own state and value in one transaction; a member
+    another worker failed meanwhile (the reaper) stays as that worker left it, and says so."""
+    from optuna.trial import TrialState
+
+    from tuner import storage
+
+    study = optuna.create_study(storage=_driver_url(any_url), direction="maximize")
+    trials = [study.ask() for _ in range(4)]
+    study._storage.set_trial_state_values(trials[2]._trial_id, TrialState.FAIL)  # reaped
+    told = storage.tell_many(study, [(trials[0], None, 0.5), (trials[1], TrialState.PRUNED, None),
+                                     (trials[2], None, 0.9), (trials[3], None, [0.7])])
+    assert told == [True, True, False, True]
+    got = {t.number: (t.state, t.value) for t in study.get_trials()}
+    assert got == {0: (TrialState.COMPLETE, 0.5), 1: (TrialState.PRUNED, None),
+                   2: (TrialState.FAIL, None), 3: (TrialState.COMPLETE, 0.7)}
+    assert study.best_trial.number == 3
+    assert all(t.datetime_complete is not None for t in study.get_trials())

@@ -148,8 +148,9 @@ class Worker:
                 if any(o.repeat_of is None for o in outcomes):
                     p.call(partial(self.handle.budget.spend, time.monotonic() - started))
                 told = []
-                for t, outcome in zip(trials, outcomes, strict=True):
-                    if not self._tell(t, outcome):
+                for t, outcome, ok in zip(trials, outcomes, self._tell_group(trials, outcomes),
+                                          strict=True):
+                    if not ok:
                         continue  # another worker failed and retried it meanwhile
                     self.runner.cleanup(outcome)
                     # an ASHA rung or PBT generation segment pauses: not a finished trial (its
@@ -277,13 +278,35 @@ class Worker:
             log.warning("trial %d was failed and retried by another worker meanwhile (%s)",
                         trial.number, e)
             return False
+        self._after_tell(trial, outcome)
+        return True
+
+    def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
+        """:meth:`_tell` for each trial; a fused group's members are told together (one read
+        and one transaction, :func:`tuner.storage.tell_many`)."""
+        if len(trials) == 1:
+            return [self._tell(trials[0], outcomes[0])]
+        told = self.patience.call(lambda: storage.tell_many(self.handle.study, [
+            (t, None, o.values or o.value) if o.state == TrialState.COMPLETE
+            else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)]))
+        for t, outcome, ok in zip(trials, outcomes, told, strict=True):
+            if ok:
+                self._after_tell(t, outcome)
+            else:
+                log.warning("trial %d was failed and retried by another worker meanwhile",
+                            t.number)
+        return told
+
+    def _after_tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """A failed trial: its retry queued (stopped, so nothing is lost), or its slot given
+        back."""
+        study, call = self.handle.study, self.patience.call
         if outcome.state == TrialState.FAIL:
             if outcome.interrupted:
                 call(lambda: storage.retry(study, storage.refreshed(trial), self.handle.budget,
                                            crashed=False))
             else:
                 call(self.handle.budget.release)
-        return True
 
 
 @contextmanager

@@ -54,6 +54,7 @@ from tuner.storage._trials import (
     start_trial,
     start_trials,
     state,
+    tell_many,
 )
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
-    "start_trials", "state", "Lease", "Patience", "is_outage", "reap",
+    "start_trials", "state", "tell_many", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]
