@@ -364,16 +364,21 @@ def _statements(into: str) -> tuple[list[int], Any]:
 
 def test_a_fused_epoch_writes_every_members_report_in_one_statement(tmp_path: Path) -> None:
     """Six trials, fused four then two, three epochs: six writes of intermediate values (one
-    per group and epoch), carrying the eighteen reports, each landing on its own trial."""
+    per group and epoch), carrying the eighteen reports, each landing on its own trial; the
+    members' attrs are written once per group at the start and once at the end."""
     seen, stop = _statements("trial_intermediate_values")
+    attrs, stop_attrs = _statements("trial_user_attributes")
     try:
         result = api.run({**SPEC, "name": "one_write"}, storage=f"sqlite:///{tmp_path / 'w.db'}",
                          device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
     finally:
         stop()
+        stop_attrs()
     trials = result.study.trials
     assert [t.user_attrs.get("fused") for t in trials] == [4, 4, 4, 4, 2, 2]
     assert seen == [4, 4, 4, 2, 2, 2]
+    # each group's start attrs (lineage, worker) and closing attrs in one statement each
+    assert len(attrs) == 4
     for t in trials:  # each member's own curve, as its own reports said
         assert sorted(t.intermediate_values) == [1, 2, 3]
     assert len({tuple(t.intermediate_values.values()) for t in trials}) == 6

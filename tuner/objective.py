@@ -431,10 +431,11 @@ class TrialRunner:
         return self._before_training(trial, params)
 
     def _conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
-                  attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]]
-                  ) -> Outcome:
+                  attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]],
+                  records: list[tuple[optuna.Trial, dict[str, Any]]] | None = None) -> Outcome:
         """Run ``attempt`` (params -> the trainer's result) and turn what it returns or
-        raises into the trial's outcome and attrs."""
+        raises into the trial's outcome and attrs. ``records``: where a fused group gathers
+        its members' closing attrs, to write them together (else written here)."""
         try:
             raw, params, measured, fit_s = attempt()
             if not isinstance(raw, tuple | list):
@@ -469,7 +470,11 @@ class TrialRunner:
         for c in ctxs:  # reports held through an outage, in order, before the result
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
-        self._record(trial, ctxs, start, outcome.fail_reason)
+        attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
+        if records is None:
+            self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+        else:
+            records.append((trial, attrs))
         if not outcome.broken_device:
             _free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
@@ -566,11 +571,14 @@ class TrialRunner:
             except Exception as e:  # noqa: BLE001 - the group failed: each member says why
                 results = [e] * len(members)
             fit_s = time.perf_counter() - fit_start
+            records: list[tuple[optuna.Trial, dict[str, Any]]] = []
             for j, ctx, result in zip(members, ctxs, results, strict=True):
                 t, params, measured, begun = ready[j]
                 outcomes[t.number] = self._conclude(
                     t, [ctx], begun,
-                    partial(_result, result, params, measured, fit_s / len(members)))
+                    partial(_result, result, params, measured, fit_s / len(members)), records)
+            # the members' closing attrs in one statement, not one transaction each
+            self.patience.call(partial(storage.set_user_attrs_many, records))
         return [outcomes[t.number] for t in trials]
 
     def _fit_alone(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
@@ -771,6 +779,13 @@ class TrialRunner:
 
     def _record(self, trial: optuna.Trial, ctxs: list[Context], start: float,
                 fail_reason: str | None) -> None:
+        attrs = self._closing_attrs(trial, ctxs, start, fail_reason)
+        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+
+    def _closing_attrs(self, trial: optuna.Trial, ctxs: list[Context], start: float,
+                       fail_reason: str | None) -> dict[str, Any]:
+        """What a trial keeps once it ends: wall time, device, seed, epochs, versions, its
+        train-loss curve, what its loop put in ``ctx.info``, why it failed."""
         history = [h for c in ctxs for h in c.history]
         info: dict[str, Any] = {}
         for c in ctxs:
@@ -787,7 +802,7 @@ class TrialRunner:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+        return attrs
 
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
