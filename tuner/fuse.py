@@ -10,7 +10,9 @@ sgd with momentum, adam and adamw, so a member with dropout 0 follows the curve 
 ``fit`` would, within float rounding.
 
 Each member reports to its own context, is pruned on its own (its slice leaves the stack,
-so the rest step faster) and checkpoints on its own, in ``fit``'s format: the state_dict of
+so the rest step faster) and checkpoints on its own, in ``fit``'s format (every member saves
+first, then the epoch's reports go out together, :func:`tuner.context.report_together`, which
+a worker turns into one database write): the state_dict of
 its unfused module, a torch optimizer state_dict, its schedule and generator. A crashed
 member therefore resumes alone, with the ordinary ``fit``.
 
