@@ -92,17 +92,28 @@ class StackedOptimizer:
             self.state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
         c1, c2 = 1 - b1 ** self.steps, math.sqrt(1 - b2 ** self.steps)
-        for p, m, v in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"],
-                           strict=True):
-            g = p.grad
-            lr, wd = self._per(self.lr, p), self._per(self.weight_decay, p)
-            if self.name == "adamw":
-                p.mul_(1 - lr * wd)
-            else:
-                g = g + wd * p
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_((lr / c1) * m / (v.sqrt() / c2 + ADAM_EPS))
+        # the update of each parameter as torch's single-tensor Adam writes it, op for op,
+        # in foreach calls: a dozen dispatches a step instead of a dozen per parameter,
+        # which on a small model were a quarter of a fused step
+        ps, ms, vs = self.params, self.state["exp_avg"], self.state["exp_avg_sq"]
+        gs = [p.grad for p in ps]
+        if self.name == "adamw":
+            torch._foreach_mul_(ps, self._each(1 - self.lr * self.weight_decay))
+        else:
+            gs = torch._foreach_add(gs, torch._foreach_mul(ps, self._each(self.weight_decay)))
+        torch._foreach_lerp_(ms, gs, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, c2)
+        torch._foreach_add_(denom, ADAM_EPS)
+        update = torch._foreach_mul(ms, self._each(self.lr / c1))
+        torch._foreach_div_(update, denom)
+        torch._foreach_sub_(ps, update)
+
+    def _each(self, v: Tensor) -> list[Tensor]:
+        """A (K,) tensor viewed to broadcast against each parameter."""
+        return [self._per(v, p) for p in self.params]
 
     def keep(self, rows: Tensor) -> None:
         """Keep only the members at ``rows`` (the others left the stack)."""
