@@ -545,3 +545,48 @@ def test_a_group_is_told_together_and_a_member_finished_elsewhere_is_left_alone(
                    2: (TrialState.FAIL, None), 3: (TrialState.COMPLETE, 0.7)}
     assert study.best_trial.number == 3
     assert all(t.datetime_complete is not None for t in study.get_trials())
+
+
+def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path: Path) -> None:
+    """A fused member's checkpoint keeps its float32 tensors in one flat tensor (one record
+    for torch.save instead of one per tensor); CheckpointStore.load gives back the state fit
+    saves, key for key and bit for bit, so fit, a retry or a user's loop reads it as ever."""
+    import io
+    import zipfile
+
+    from tuner import train
+
+    p = _params("adamw", *MEMBERS[1])
+    run = train._setup(p, _ctx(digits, 3, 2), digits)
+    train.train_epoch(run, digits)
+    state = {**train._state(run, 1), "report": {"epoch": 1, "value": 0.5}, "_history": []}
+    store = CheckpointStore(tmp_path / "trial-0.pt")
+    store.save(state, packed=True)
+    back = store.load()
+    assert back is not None and set(back) == set(state)
+
+    def same(a: Any, b: Any) -> None:
+        if isinstance(a, torch.Tensor):
+            assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        elif isinstance(a, dict):
+            assert type(a) is type(b) and list(a) == list(b)
+            for k in a:
+                same(a[k], b[k])
+        elif isinstance(a, list | tuple):
+            assert type(a) is type(b) and len(a) == len(b)
+            for x, y in zip(a, b, strict=True):
+                same(x, y)
+        else:
+            assert a == b
+
+    same(state, back)
+    assert back["model"]._metadata == state["model"]._metadata  # module versions kept
+    # the weights, biases, moments and steps are one record in the file, not one each
+    records = [n for n in zipfile.ZipFile(io.BytesIO(store.path.read_bytes())).namelist()
+               if "/data/" in n]
+    plain = CheckpointStore(tmp_path / "plain.pt")
+    plain.save(state)
+    unpacked = [n for n in zipfile.ZipFile(plain.path).namelist() if "/data/" in n]
+    assert len(records) == 3 and len(unpacked) > 20  # flat, generator, torch RNG
+    fit_after = fit(p, _ctx(digits, 3, 2, checkpoints=store))  # resumes from it
+    assert fit_after == pytest.approx(fit(p, _ctx(digits, 3, 2)), abs=1e-6)

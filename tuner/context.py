@@ -86,11 +86,15 @@ class CheckpointStore:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
 
-    def save(self, state: Mapping[str, Any]) -> None:
+    def save(self, state: Mapping[str, Any], *, packed: bool = False) -> None:
         """Write ``state``; raises :class:`CheckpointUnwritable` when the disk refuses (full,
-        read-only, a file where the folder should be), leaving the last checkpoint whole."""
+        read-only, a file where the folder should be), leaving the last checkpoint whole.
+        ``packed``: its float32 tensors go in one flat tensor (:func:`_pack`), which
+        :meth:`load` unpacks, so readers see the same state."""
         import torch
 
+        if packed:
+            state = _pack(state)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".pt")
@@ -118,10 +122,71 @@ class CheckpointStore:
 
         if not self.path.exists():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=True)
+        return _unpack(torch.load(self.path, map_location="cpu", weights_only=True))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+# a packed checkpoint (CheckpointStore.save(packed=True)): its float32 tensors, flattened
+# and concatenated under _FLAT, each replaced by {_SLOT: shape} in the order they were met
+_FLAT, _SLOT = "_tuner_packed_flat", "_tuner_packed_slot"
+
+
+def _pack(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every float32 tensor (weights, optimizer moments, steps) moved into one
+    flat tensor. torch.save pays per tensor: a small MLP's checkpoint holds about thirty, and
+    packed it saves in half the time, which a fused group pays K times an epoch."""
+    import torch
+
+    flat: list[torch.Tensor] = []
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, torch.Tensor) and o.dtype == torch.float32 and not o.requires_grad:
+            flat.append(o.detach().reshape(-1).cpu())
+            return {_SLOT: list(o.shape)}
+        if isinstance(o, dict):
+            out = type(o)((k, walk(v)) for k, v in o.items())
+            if hasattr(o, "_metadata"):  # a module's state_dict keeps its versions
+                out._metadata = o._metadata  # type: ignore[attr-defined]
+            return out
+        if isinstance(o, list | tuple):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    packed = walk(dict(state))
+    packed[_FLAT] = torch.cat(flat) if flat else torch.zeros(0)
+    return packed
+
+
+def _unpack(state: dict[str, Any]) -> dict[str, Any]:
+    """A packed checkpoint back as it was saved; any other state as it is. Each tensor gets
+    its own storage again, as torch.load gives them (a view would drag the whole flat
+    tensor into every later save of it)."""
+    if not isinstance(state, dict) or _FLAT not in state:
+        return state
+    import math
+
+    flat = state.pop(_FLAT)
+    offset = 0
+
+    def walk(o: Any) -> Any:
+        nonlocal offset
+        if isinstance(o, dict) and set(o) == {_SLOT}:
+            shape = o[_SLOT]
+            n = math.prod(shape)
+            offset += n
+            return flat[offset - n:offset].view(shape).clone()
+        if isinstance(o, dict):
+            out = type(o)((k, walk(v)) for k, v in o.items())
+            if hasattr(o, "_metadata"):
+                out._metadata = o._metadata  # type: ignore[attr-defined]
+            return out
+        if isinstance(o, list | tuple):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    return walk(state)
 
 
 @dataclass
@@ -171,11 +236,12 @@ class Context:
         if self.reporter.stop_requested():
             raise StopRequested(f"stopped after epoch {epoch}")
 
-    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+    def save_checkpoint(self, state: Mapping[str, Any], *, packed: bool = False) -> None:
         """Keep ``state`` so a retry of this trial can continue from it (no-op when the study
-        keeps no checkpoints). Save before you report."""
+        keeps no checkpoints). Save before you report. ``packed``: stored with its float32
+        tensors in one (:meth:`CheckpointStore.save`); loaded the same."""
         if self.checkpoints is not None:
-            self.checkpoints.save({**state, "_history": list(self.history)})
+            self.checkpoints.save({**state, "_history": list(self.history)}, packed=packed)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The state last saved by this trial or the trial it retries, else None."""

@@ -339,7 +339,7 @@ def fit_fused(params_list: Sequence[Mapping[str, Any]],
                 if ctx.checkpoints is not None:
                     report = {"epoch": epoch, "value": value, **extras}
                     ctx.save_checkpoint({**_checkpoint(stack, opt, row, runs[i], epoch),
-                                         "report": report})
+                                         "report": report}, packed=True)
             except Exception as e:  # noqa: BLE001 - its disk refused: this member only
                 results[i] = e
                 leaving.append(row)
