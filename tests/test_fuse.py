@@ -590,3 +590,27 @@ def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path:
     assert len(records) == 3 and len(unpacked) > 20  # flat, generator, torch RNG
     fit_after = fit(p, _ctx(digits, 3, 2, checkpoints=store))  # resumes from it
     assert fit_after == pytest.approx(fit(p, _ctx(digits, 3, 2)), abs=1e-6)
+
+
+def test_a_trial_built_from_its_read_is_the_trial_optuna_builds(tmp_path: Path) -> None:
+    """start_trials builds each new optuna.Trial from the one read of the group instead of
+    reading it again; it must hold what Optuna's own Trial(study, id) holds (if Optuna's
+    Trial.__init__ changes, this names tuner/storage/_trials.py:_trial_of to change)."""
+    from tuner import storage
+    from tuner.storage._trials import _cache_many
+
+    opened = storage.connect(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(storage=opened, study_name="built")
+    budget = storage.Budget(opened.engine, "built")
+    budget.add(3, None)
+    trials = storage.start_trials(study, budget, 3)
+    for mine in trials:
+        theirs = optuna.Trial(study, mine._trial_id)
+        assert set(vars(mine)) == set(vars(theirs))
+        assert mine._cached_frozen_trial == theirs._cached_frozen_trial
+        assert mine._fixed_params == theirs._fixed_params
+    # each trial's own copy: a suggestion on one reaches neither the others nor the cache
+    trials[0].suggest_float("lr", 1e-3, 1e-1, log=True)
+    assert "lr" not in trials[1].params
+    again = _cache_many(study, [trials[0]._trial_id])[0]
+    assert again.params == trials[0].params  # read from the database, where it was written

@@ -119,20 +119,35 @@ def _cache(study: optuna.Study, trial_id: int) -> optuna.Trial:
 
 
 def _cache_many(study: optuna.Study, trial_ids: Sequence[int]) -> list[optuna.Trial]:
-    """:func:`_cache` for several new trials, read from the database in one query."""
+    """:func:`_cache` for several new trials, read from the database in one query (the
+    cache's copy and each ``Trial``'s own, which ``optuna.Trial`` would read again)."""
     from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 
     storage, wanted = study._storage, set(trial_ids)
-    if isinstance(storage, _CachedStorage) and wanted:
-        # every trial after the first new one: the new ones, and any another worker added
-        frozen = [t for t in storage._backend._get_trials(study._study_id, None, set(),
-                                                          min(wanted) - 1)
-                  if t._trial_id in wanted]
-        with storage._lock:
-            storage._studies.setdefault(study._study_id, _StudyInfo())
-            storage._add_trials_to_cache(study._study_id, frozen)
+    if not isinstance(storage, _CachedStorage) or not wanted:
+        return [_cache(study, trial_id) for trial_id in trial_ids]
+    # every trial after the first new one: the new ones, and any another worker added
+    frozen = {t._trial_id: t for t in storage._backend._get_trials(
+        study._study_id, None, set(), min(wanted) - 1) if t._trial_id in wanted}
+    with storage._lock:
+        storage._studies.setdefault(study._study_id, _StudyInfo())
+        storage._add_trials_to_cache(study._study_id, list(frozen.values()))
     study._thread_local.cached_all_trials = None
-    return [optuna.Trial(study, trial_id) for trial_id in trial_ids]
+    return [_trial_of(study, copy.deepcopy(frozen[trial_id])) for trial_id in trial_ids]
+
+
+def _trial_of(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
+    """``optuna.Trial(study, frozen._trial_id)`` built from ``frozen``, just read, instead of
+    reading it again: what Trial.__init__ does, once its trial is read."""
+    from optuna import pruners
+
+    trial = optuna.Trial.__new__(optuna.Trial)
+    trial.study, trial._trial_id, trial.storage = study, frozen._trial_id, study._storage
+    trial._cached_frozen_trial = frozen
+    study.sampler.before_trial(pruners._filter_study(study, frozen), frozen)
+    trial.relative_search_space, trial._relative_params = None, None
+    trial._fixed_params = frozen.system_attrs.get("fixed_params", {})
+    return trial
 
 
 def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
