@@ -490,7 +490,7 @@ class _OneRead(optuna.Study):
     """``study`` as a pruner sees it, its trials read from the database at most once (at the
     first ``get_trials``), however many trials are judged against it."""
 
-    def __init__(self, study: optuna.Study):  # noqa: D107 - no Study.__init__: same study
+    def __init__(self, study: optuna.Study):  # the same study: no Study.__init__
         self.__dict__.update(study.__dict__)
         self._read: list[FrozenTrial] | None = None
 
