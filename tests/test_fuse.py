@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -20,6 +21,7 @@ from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
 from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
 from tuner.spec import fuse_key, parse_spec
+from tuner.storage import normalize_url
 from tuner.train import fit
 
 pytest_plugins = ["servers"]
@@ -342,3 +344,273 @@ def test_a_stopped_fused_group_is_resumed_member_by_member_with_fit(tmp_path: Pa
     lineage = t.user_attrs["lineage"]
     c = Context(device=CPU, seed=SPEC["seed"] + lineage, max_epochs=3, data=data)
     assert fit(t.params | fixed, c) == pytest.approx(t.value, abs=1e-6)
+
+
+# ---- the fused group's database work: one write per epoch, not one per member ----------
+def _statements(into: str) -> tuple[list[int], Any]:
+    """Count the statements that write into table ``into`` (an executemany counts once)."""
+    import sqlalchemy as sa
+
+    seen: list[int] = []
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(f"INSERT INTO {into.upper()}"):
+            seen.append(len(params) if executemany else 1)
+
+    sa.event.listen(sa.Engine, "after_cursor_execute", count)
+    return seen, lambda: sa.event.remove(sa.Engine, "after_cursor_execute", count)
+
+
+def test_a_fused_epoch_writes_every_members_report_in_one_statement(tmp_path: Path) -> None:
+    """Six trials, fused four then two, three epochs: six writes of intermediate values (one
+    per group and epoch), carrying the eighteen reports, each landing on its own trial; the
+    members' attrs are written once per group at the start and once at the end."""
+    seen, stop = _statements("trial_intermediate_values")
+    attrs, stop_attrs = _statements("trial_user_attributes")
+    try:
+        result = api.run({**SPEC, "name": "one_write"}, storage=f"sqlite:///{tmp_path / 'w.db'}",
+                         device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    finally:
+        stop()
+        stop_attrs()
+    trials = result.study.trials
+    assert [t.user_attrs.get("fused") for t in trials] == [4, 4, 4, 4, 2, 2]
+    assert seen == [4, 4, 4, 2, 2, 2]
+    # each group's start attrs (lineage, worker) and closing attrs in one statement each
+    assert len(attrs) == 4
+    for t in trials:  # each member's own curve, as its own reports said
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+    assert len({tuple(t.intermediate_values.values()) for t in trials}) == 6
+
+
+def _driver_url(url: str) -> str:
+    """``url`` with the driver tuner uses (PyMySQL for mysql://), for Optuna's own studies."""
+    return normalize_url(url).render_as_string(hide_password=False)
+
+
+class _WorstAtStep2(optuna.pruners.BasePruner):
+    """Prunes, at step 2, the running trial whose value is the lowest there; counts the
+    study reads it costs."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        self.calls += 1
+        if trial.last_step != 2:
+            return False
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        at2 = {t.number: t.intermediate_values[2] for t in running if 2 in t.intermediate_values}
+        return trial.number == min(at2, key=at2.__getitem__)
+
+
+def _group(study: optuna.Study, k: int, patience: Any = None) -> list[Any]:
+    """K running trials of ``study`` with the reporters a fused group's members get."""
+    from tuner import storage
+    from tuner.objective import _GroupReports, _TrialReporter
+
+    patience = patience or storage.Patience(5, 0)
+    together = _GroupReports(patience)
+    reporters = []
+    for _ in range(k):
+        r = _TrialReporter(study.ask(), threading.Event(), None, patience=patience)
+        r.together = together
+        reporters.append(r)
+    return reporters
+
+
+def test_a_member_pruned_by_the_one_read_check_stops_while_the_others_finish(
+        digits: DataBundle, any_url: str) -> None:
+    """Every member is judged by the study's pruner after each epoch, against one read of
+    the study per epoch (not one per member); the member it prunes stops at epoch 2 and
+    leaves the stack, the others train their 4 epochs, each curve in its own trial."""
+    pruner = _WorstAtStep2()
+    study = optuna.create_study(storage=_driver_url(any_url), direction="maximize", pruner=pruner)
+    reporters = _group(study, 3)
+    backend = study._storage
+    reads: list[int] = []
+    real = backend.get_all_trials
+    backend.get_all_trials = lambda *a, **kw: reads.append(1) or real(*a, **kw)
+    ps = [_params("sgd_momentum", *m) for m in MEMBERS[:3]]
+    ctxs = [_ctx(digits, 40 + i, 4, reporter=r) for i, r in enumerate(reporters)]
+    results = fit_fused(ps, ctxs)
+    pruned = [i for i, r in enumerate(results) if isinstance(r, TrialPruned)]
+    assert len(pruned) == 1
+    assert pruner.calls == 3 + 3 + 2 + 2  # every member, every epoch it reported
+    assert len(reads) == 1  # only at step 2 did the pruner look at the study: once
+    stored = {t.number: t.intermediate_values for t in study.get_trials()}
+    for i, r in enumerate(reporters):
+        curve = stored[r.trial.number]
+        assert sorted(curve) == ([1, 2] if i in pruned else [1, 2, 3, 4])
+        assert list(curve.values()) == pytest.approx([h["value"] for h in ctxs[i].history])
+    # the one pruned had the lowest accuracy at epoch 2
+    at2 = {i: c.history[1]["value"] for i, c in enumerate(ctxs)}
+    assert pruned == [min(at2, key=at2.__getitem__)]
+
+
+def test_a_fused_report_through_an_outage_is_held_then_written_in_order(
+        digits: DataBundle, any_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As one trial's reports: while the database is unreachable (epoch 2) the group's
+    reports are held, training goes on and no member is pruned (the pruner would prune
+    every member at step 2); the next epoch writes the held ones first, so each member's
+    curve ends whole."""
+    import sqlalchemy as sa
+
+    from tuner import storage
+
+    class PruneAt2(optuna.pruners.BasePruner):
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            return trial.last_step == 2
+
+    study = optuna.create_study(storage=_driver_url(any_url), pruner=PruneAt2())
+    reporters = _group(study, 2)
+    real, calls = storage.report_many, []
+
+    def flaky(reports: Any) -> list[bool]:
+        calls.append([list(steps) for _, steps in reports])
+        if len(calls) == 2:
+            raise sa.exc.OperationalError("INSERT", {}, ConnectionError("server closed"))
+        return real(reports)
+
+    monkeypatch.setattr(storage, "report_many", flaky)
+    ps = [_params("adam", *m) for m in MEMBERS[:2]]
+    ctxs = [_ctx(digits, 50 + i, 3, reporter=r) for i, r in enumerate(reporters)]
+    results = fit_fused(ps, ctxs)
+    assert all(isinstance(r, float) for r in results)  # not pruned: step 2 was never judged
+    assert [[s for s, _ in steps] for steps in calls[2]] == [[2, 3], [2, 3]]  # held, in order
+    for r, c in zip(reporters, ctxs, strict=True):
+        curve = storage.refreshed(r.trial).intermediate_values
+        assert sorted(curve) == [1, 2, 3] and not r.held
+        assert list(curve.values()) == pytest.approx([h["value"] for h in c.history])
+
+
+def test_a_group_starts_its_trials_in_one_go_within_the_budget(any_url: str) -> None:
+    """start_trials takes up to n slots with their trials and first heartbeats; the budget
+    (6) is spent exactly: 4, then the 2 left, then none."""
+    from tuner import storage
+
+    opened = storage.connect(any_url)
+    study = optuna.create_study(storage=opened, study_name="starts")
+    budget = storage.Budget(opened.engine, "starts")
+    budget.add(6, None)
+    seen, stop = _statements("trials")
+    try:
+        sizes = [len(storage.start_trials(study, budget, 4)) for _ in range(3)]
+    finally:
+        stop()
+    assert sizes == [4, 2, 0] and budget.state().remaining == 0
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert [t.number for t in running] == list(range(6))
+    assert sorted(storage.heartbeat_ages(study)) == list(range(6))  # each has its first beat
+    assert sum(seen) == 6
+
+
+
+def test_a_fused_groups_repeats_are_found_from_one_read_of_the_study(tmp_path: Path) -> None:
+    """The second group draws the first group's configuration again: each member sees,
+    in the one read its group makes after drawing, that a finished trial had its params,
+    and reuses that result instead of training; every member has its start attrs."""
+    raw = {**SPEC, "name": "repeats", "trials": 8, "epochs": 1, "sampler": "random",
+           "space": {**SPEC["space"], "lr": [0.01], "weight_decay": [1e-4]}}
+    result = api.run(raw, storage=f"sqlite:///{tmp_path / 'r.db'}", device="cpu",
+                     checkpoint_dir=str(tmp_path / "ckpt"))
+    trials = result.study.trials
+    assert result.counts == {"COMPLETE": 8}
+    first, second = trials[:4], trials[4:]
+    assert all("repeat_of" not in t.user_attrs and t.user_attrs["fused"] == 4 for t in first)
+    assert all(t.user_attrs["repeat_of"] in {0, 1, 2, 3} and "fused" not in t.user_attrs
+               for t in second)
+    assert {t.value for t in second} <= {t.value for t in first}
+    assert all(t.user_attrs["lineage"] == t.number and t.user_attrs["worker"]["pid"]
+               for t in trials)
+
+
+def test_a_group_is_told_together_and_a_member_finished_elsewhere_is_left_alone(
+        any_url: str) -> None:
+    """tell_many: each member gets its own state and value in one transaction; a member
+    another worker failed meanwhile (the reaper) stays as that worker left it, and says so."""
+    from optuna.trial import TrialState
+
+    from tuner import storage
+
+    study = optuna.create_study(storage=_driver_url(any_url), direction="maximize")
+    trials = [study.ask() for _ in range(4)]
+    study._storage.set_trial_state_values(trials[2]._trial_id, TrialState.FAIL)  # reaped
+    told = storage.tell_many(study, [(trials[0], None, 0.5), (trials[1], TrialState.PRUNED, None),
+                                     (trials[2], None, 0.9), (trials[3], None, [0.7])])
+    assert told == [True, True, False, True]
+    got = {t.number: (t.state, t.value) for t in study.get_trials()}
+    assert got == {0: (TrialState.COMPLETE, 0.5), 1: (TrialState.PRUNED, None),
+                   2: (TrialState.FAIL, None), 3: (TrialState.COMPLETE, 0.7)}
+    assert study.best_trial.number == 3
+    assert all(t.datetime_complete is not None for t in study.get_trials())
+
+
+def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path: Path) -> None:
+    """A fused member's checkpoint keeps its float32 tensors in one flat tensor (one record
+    for torch.save instead of one per tensor); CheckpointStore.load gives back the state fit
+    saves, key for key and bit for bit, so fit, a retry or a user's loop reads it as ever."""
+    import io
+    import zipfile
+
+    from tuner import train
+
+    p = _params("adamw", *MEMBERS[1])
+    run = train._setup(p, _ctx(digits, 3, 2), digits)
+    train.train_epoch(run, digits)
+    state = {**train._state(run, 1), "report": {"epoch": 1, "value": 0.5}, "_history": []}
+    store = CheckpointStore(tmp_path / "trial-0.pt")
+    store.save(state, packed=True)
+    back = store.load()
+    assert back is not None and set(back) == set(state)
+
+    def same(a: Any, b: Any) -> None:
+        if isinstance(a, torch.Tensor):
+            assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        elif isinstance(a, dict):
+            assert type(a) is type(b) and list(a) == list(b)
+            for k in a:
+                same(a[k], b[k])
+        elif isinstance(a, list | tuple):
+            assert type(a) is type(b) and len(a) == len(b)
+            for x, y in zip(a, b, strict=True):
+                same(x, y)
+        else:
+            assert a == b
+
+    same(state, back)
+    assert back["model"]._metadata == state["model"]._metadata  # module versions kept
+    # the weights, biases, moments and steps are one record in the file, not one each
+    records = [n for n in zipfile.ZipFile(io.BytesIO(store.path.read_bytes())).namelist()
+               if "/data/" in n]
+    plain = CheckpointStore(tmp_path / "plain.pt")
+    plain.save(state)
+    unpacked = [n for n in zipfile.ZipFile(plain.path).namelist() if "/data/" in n]
+    assert len(records) == 3 and len(unpacked) > 20  # flat, generator, torch RNG
+    fit_after = fit(p, _ctx(digits, 3, 2, checkpoints=store))  # resumes from it
+    assert fit_after == pytest.approx(fit(p, _ctx(digits, 3, 2)), abs=1e-6)
+
+
+def test_a_trial_built_from_its_read_is_the_trial_optuna_builds(tmp_path: Path) -> None:
+    """start_trials builds each new optuna.Trial from the one read of the group instead of
+    reading it again; it must hold what Optuna's own Trial(study, id) holds (if Optuna's
+    Trial.__init__ changes, this names tuner/storage/_trials.py:_trial_of to change)."""
+    from tuner import storage
+    from tuner.storage._trials import _cache_many
+
+    opened = storage.connect(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(storage=opened, study_name="built")
+    budget = storage.Budget(opened.engine, "built")
+    budget.add(3, None)
+    trials = storage.start_trials(study, budget, 3)
+    for mine in trials:
+        theirs = optuna.Trial(study, mine._trial_id)
+        assert set(vars(mine)) == set(vars(theirs))
+        assert mine._cached_frozen_trial == theirs._cached_frozen_trial
+        assert mine._fixed_params == theirs._fixed_params
+    # each trial's own copy: a suggestion on one reaches neither the others nor the cache
+    trials[0].suggest_float("lr", 1e-3, 1e-1, log=True)
+    assert "lr" not in trials[1].params
+    again = _cache_many(study, [trials[0]._trial_id])[0]
+    assert again.params == trials[0].params  # read from the database, where it was written

@@ -10,7 +10,9 @@ sgd with momentum, adam and adamw, so a member with dropout 0 follows the curve 
 ``fit`` would, within float rounding.
 
 Each member reports to its own context, is pruned on its own (its slice leaves the stack,
-so the rest step faster) and checkpoints on its own, in ``fit``'s format: the state_dict of
+so the rest step faster) and checkpoints on its own, in ``fit``'s format (every member saves
+first, then the epoch's reports go out together, :func:`tuner.context.report_together`, which
+a worker turns into one database write): the state_dict of
 its unfused module, a torch optimizer state_dict, its schedule and generator. A crashed
 member therefore resumes alone, with the ordinary ``fit``.
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tuner import train, vocab
-from tuner.context import Context
+from tuner.context import Context, report_together
 from tuner.data._bundle import DataBundle
 from tuner.kinds import InputKind
 
@@ -90,17 +92,28 @@ class StackedOptimizer:
             self.state["exp_avg"] = [torch.zeros_like(p) for p in self.params]
             self.state["exp_avg_sq"] = [torch.zeros_like(p) for p in self.params]
         c1, c2 = 1 - b1 ** self.steps, math.sqrt(1 - b2 ** self.steps)
-        for p, m, v in zip(self.params, self.state["exp_avg"], self.state["exp_avg_sq"],
-                           strict=True):
-            g = p.grad
-            lr, wd = self._per(self.lr, p), self._per(self.weight_decay, p)
-            if self.name == "adamw":
-                p.mul_(1 - lr * wd)
-            else:
-                g = g + wd * p
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_((lr / c1) * m / (v.sqrt() / c2 + ADAM_EPS))
+        # the update of each parameter as torch's single-tensor Adam writes it, op for op,
+        # in foreach calls: a dozen dispatches a step instead of a dozen per parameter,
+        # which on a small model were a quarter of a fused step
+        ps, ms, vs = self.params, self.state["exp_avg"], self.state["exp_avg_sq"]
+        gs = [p.grad for p in ps]
+        if self.name == "adamw":
+            torch._foreach_mul_(ps, self._each(1 - self.lr * self.weight_decay))
+        else:
+            gs = torch._foreach_add(gs, torch._foreach_mul(ps, self._each(self.weight_decay)))
+        torch._foreach_lerp_(ms, gs, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, c2)
+        torch._foreach_add_(denom, ADAM_EPS)
+        update = torch._foreach_mul(ms, self._each(self.lr / c1))
+        torch._foreach_div_(update, denom)
+        torch._foreach_sub_(ps, update)
+
+    def _each(self, v: Tensor) -> list[Tensor]:
+        """A (K,) tensor viewed to broadcast against each parameter."""
+        return [self._per(v, p) for p in self.params]
 
     def keep(self, rows: Tensor) -> None:
         """Keep only the members at ``rows`` (the others left the stack)."""
@@ -311,23 +324,33 @@ def fit_fused(params_list: Sequence[Mapping[str, Any]],
                     runs[i].sched.step()
         metrics = _evaluate(stack, data, first.amp)
         leaving: list[int] = []
+        reporting: list[tuple[int, int, tuple[float, dict[str, float]]]] = []
         for row, i in enumerate(live):
             ctx, loss = ctxs[i], losses[row]
             ctx.info["epochs_run"] = epoch
-            try:
-                if not math.isfinite(loss):  # diverged: a non-finite report ends it
-                    ctx.report(epoch, loss, train_loss=loss)
-                m = metrics[row]
-                value = m[ctx.metric]
-                extras = {"train_loss": loss, "lr": lrs[row],
-                          **{f"val_{k}": v for k, v in m.items() if k != ctx.metric}}
+            if not math.isfinite(loss):  # diverged: a non-finite report ends it
+                reporting.append((row, i, (loss, {"train_loss": loss})))
+                continue
+            m = metrics[row]
+            value = m[ctx.metric]
+            extras = {"train_loss": loss, "lr": lrs[row],
+                      **{f"val_{k}": v for k, v in m.items() if k != ctx.metric}}
+            try:  # each member checkpoints before it reports, as fit does
                 if ctx.checkpoints is not None:
                     report = {"epoch": epoch, "value": value, **extras}
                     ctx.save_checkpoint({**_checkpoint(stack, opt, row, runs[i], epoch),
-                                         "report": report})
-                ctx.report(epoch, value, **extras)
-            except Exception as e:  # noqa: BLE001 - pruned, stopped or failed: this member only
+                                         "report": report}, packed=True)
+            except Exception as e:  # noqa: BLE001 - its disk refused: this member only
                 results[i] = e
+                leaving.append(row)
+                continue
+            reporting.append((row, i, (value, extras)))
+        # every member's report in one go (one database write for the group, not one each)
+        verdicts = report_together([ctxs[i] for _, i, _ in reporting], epoch,
+                                   [r for _, _, r in reporting])
+        for (row, i, _), verdict in zip(reporting, verdicts, strict=True):
+            if verdict is not None:  # pruned, stopped or failed: this member only
+                results[i] = verdict
                 leaving.append(row)
         if leaving:  # a pruned member stops updating: its slice leaves the stack
             rows = [r for r in range(len(live)) if r not in leaving]

@@ -17,14 +17,15 @@ import platform
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner import measure, space, storage, vocab
 from tuner import spec as sp
@@ -135,6 +136,8 @@ class _TrialReporter:
         self._primary = primary
         self.patience = patience or storage.Patience(300, 0)
         self.held: list[tuple[int, float]] = []
+        # a fused group's reports, written together (context.report_together); None: alone
+        self.together: _GroupReports | None = None
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
         if self._on_epoch:
@@ -157,6 +160,11 @@ class _TrialReporter:
         ok, prune = self.patience.attempt(self.trial.should_prune)
         return bool(prune) if ok else False
 
+    def joins_a_group(self) -> bool:
+        """Whether this trial's reports may be written with other members' (_GroupReports):
+        a pruned-on, single-objective curve, written by Optuna's own report."""
+        return self._prune and self._primary is None
+
     def _write_held(self, wait: bool) -> bool:
         """Write the held reports in order; ``wait``: retrying through an outage (up to the
         patience), else stopping at the first that does not reach the database."""
@@ -178,6 +186,44 @@ class _TrialReporter:
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
+
+
+class _GroupReports:
+    """The reports of a fused group's members after an epoch, written together: every
+    member's intermediate values in one transaction (:func:`tuner.storage.report_many`) and
+    the pruning checks against one read of the study (:func:`tuner.storage.should_prune_many`),
+    each member keeping its own curve and its own verdict. Through an outage it does what
+    each member's :class:`_TrialReporter` does alone: the reports are held and written
+    later, in order (the next epoch's write, or the trial's flush), and no member is pruned
+    while the database is unreachable; past the patience, :class:`DatabaseUnreachable`."""
+
+    def __init__(self, patience: storage.Patience):
+        self.patience = patience
+
+    def report_many(self, reports: Sequence[tuple[Any, int, float, Mapping[str, float]]]
+                    ) -> list[bool | Exception]:
+        members: list[_TrialReporter] = [r for r, _, _, _ in reports]
+        for r, epoch, value, _ in reports:
+            if r._on_epoch:
+                r._on_epoch(r.trial.number, epoch, value)
+            r.held.append((epoch, value))  # finite: report_together judged the others
+        # one transaction: either every member's held reports land, or none (held for later)
+        ok, written = self.patience.attempt(
+            lambda: storage.report_many([(r.trial, list(r.held)) for r in members]))
+        if not ok or written is None:
+            if self.patience.exhausted():
+                raise self.patience.error()
+            return [False] * len(members)
+        for r, w in zip(members, written, strict=True):
+            if w:
+                r.held.clear()
+        judged = [r.trial for r, w in zip(members, written, strict=True) if w]
+        ok, prunes = self.patience.attempt(lambda: storage.should_prune_many(judged))
+        verdicts = iter(prunes if ok and prunes is not None else [False] * len(judged))
+        return [next(verdicts) if w else UpdateFinishedTrialError(
+                    f"trial {r.trial.number} was finished meanwhile (failed and retried by "
+                    "another worker?): its report was not written")
+                for r, w in zip(members, written, strict=True)]
 
 
 def versions() -> dict[str, str]:
@@ -351,30 +397,45 @@ class TrialRunner:
     def _start(self, trial: optuna.Trial) -> int:
         """Mark the trial with its lineage and worker; returns the lineage."""
         lineage = storage.lineage(trial)
-        self.patience.call(lambda: storage.set_user_attrs(trial, {
-            storage.LINEAGE_ATTR: lineage,
-            "worker": {"host": platform.node(), "pid": os.getpid(), "device": self.assets.device},
-        }))
+        self.patience.call(lambda: storage.set_user_attrs(trial, self._start_attrs(trial)))
         _reset_peak_memory(self.assets.device)
         return lineage
 
-    def _prepare(self, trial: optuna.Trial, group: frozenset[int] = frozenset()
-                 ) -> tuple[dict[str, Any], dict[str, float]]:
+    def _start_attrs(self, trial: optuna.Trial) -> dict[str, Any]:
+        return {storage.LINEAGE_ATTR: storage.lineage(trial),
+                "worker": {"host": platform.node(), "pid": os.getpid(),
+                           "device": self.assets.device}}
+
+    def _prepare(self, trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, float]]:
         """Draw the params; raises :class:`_Repeat` or :class:`_Infeasible` when the trial
-        needs no training. ``group``: the trials trained with this one (never waited for)."""
+        needs no training."""
+        params = self._draw(trial)
+        return params, self._vet(trial, params)
+
+    def _draw(self, trial: optuna.Trial) -> dict[str, Any]:
         params = space.suggest(trial, self.spec)
         if self.spec.scheduler is not None:
             self._exploit(trial, storage.lineage(trial))
+        return params
+
+    def _vet(self, trial: optuna.Trial, params: Mapping[str, Any],
+             group: frozenset[int] = frozenset(),
+             seen: list[FrozenTrial] | None = None) -> dict[str, float]:
+        """Raise :class:`_Repeat` or :class:`_Infeasible` when the drawn trial needs no
+        training; else what was measured before training. ``group``: the trials trained with
+        this one (never waited for); ``seen``: the study's trials as just read (a fused
+        group's one read for all its members), for the first look at repeats."""
         # PBT members are one population, not configurations to reuse
         if self.spec.dedup and self.spec.scheduler is None:
-            self._reuse_identical(trial, group)
-        return params, self._before_training(trial, params)
+            self._reuse_identical(trial, group, seen)
+        return self._before_training(trial, params)
 
     def _conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
-                  attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]]
-                  ) -> Outcome:
+                  attempt: Callable[[], tuple[Any, dict[str, Any], dict[str, float], float]],
+                  records: list[tuple[optuna.Trial, dict[str, Any]]] | None = None) -> Outcome:
         """Run ``attempt`` (params -> the trainer's result) and turn what it returns or
-        raises into the trial's outcome and attrs."""
+        raises into the trial's outcome and attrs. ``records``: where a fused group gathers
+        its members' closing attrs, to write them together (else written here)."""
         try:
             raw, params, measured, fit_s = attempt()
             if not isinstance(raw, tuple | list):
@@ -409,7 +470,11 @@ class TrialRunner:
         for c in ctxs:  # reports held through an outage, in order, before the result
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
-        self._record(trial, ctxs, start, outcome.fail_reason)
+        attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
+        if records is None:
+            self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+        else:
+            records.append((trial, attrs))
         if not outcome.broken_device:
             _free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
@@ -455,19 +520,32 @@ class TrialRunner:
         if len(trials) == 1:
             return [self.run(trials[0])]
         outcomes: dict[int, Outcome] = {}
-        ready: list[tuple[optuna.Trial, dict[str, Any], dict[str, float], float]] = []
+        fresh = [t for t in trials if self.fusable(t)]
         for t in trials:
-            if not self.fusable(t):  # a retry or a promotion resumes from its checkpoint, alone
+            if t not in fresh:  # a retry or a promotion resumes from its checkpoint, alone
                 outcomes[t.number] = self.run(t)
-                continue
-            self._start(t)
+        # the members' lineage and worker attrs in one transaction, their draws one by one
+        # (each sees the ones before it: TPE's constant liar), then one read of the study
+        # for every member's look at repeats
+        self.patience.call(lambda: storage.set_user_attrs_many(
+            [(t, self._start_attrs(t)) for t in fresh]))
+        _reset_peak_memory(self.assets.device)
+        drawn: list[tuple[optuna.Trial, dict[str, Any], float]] = []
+        for t in fresh:
             begun = time.perf_counter()
             try:
-                params, measured = self._prepare(t, frozenset(u.number for u in trials))
-            except Exception as e:  # noqa: BLE001 - a repeat, infeasible, stopped, or a bad draw
+                drawn.append((t, self._draw(t), begun))
+            except Exception as e:  # noqa: BLE001 - stopped, or a bad draw
                 outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
-                continue
-            ready.append((t, params, measured, begun))
+        group = frozenset(t.number for t in trials)
+        seen = (self.patience.call(lambda: fresh[0].study.get_trials(deepcopy=False))
+                if drawn and self.spec.dedup else None)
+        ready: list[tuple[optuna.Trial, dict[str, Any], dict[str, float], float]] = []
+        for t, params, begun in drawn:
+            try:
+                ready.append((t, params, self._vet(t, params, group, seen), begun))
+            except Exception as e:  # noqa: BLE001 - a repeat, infeasible, or stopped
+                outcomes[t.number] = self._conclude(t, [], begun, partial(_reraise, e))
         groups: dict[Any, list[int]] = {}
         for j, (_, params, _, _) in enumerate(ready):
             key = sp.fuse_key(params)
@@ -480,8 +558,11 @@ class TrialRunner:
                     t, alone, begun, partial(self._fit_alone, t, params, measured, alone))
                 continue
             ctxs = [self.context(ready[j][0], storage.lineage(ready[j][0])) for j in members]
+            together = _GroupReports(self.patience)
             for c in ctxs:  # kept on the trial: how many trained as one with it
                 c.info["fused"] = len(members)
+                if isinstance(c.reporter, _TrialReporter) and c.reporter.joins_a_group():
+                    c.reporter.together = together
             fit_start = time.perf_counter()
             try:
                 results: list[Any] = fuse.fit_fused([ready[j][1] for j in members], ctxs)
@@ -490,11 +571,14 @@ class TrialRunner:
             except Exception as e:  # noqa: BLE001 - the group failed: each member says why
                 results = [e] * len(members)
             fit_s = time.perf_counter() - fit_start
+            records: list[tuple[optuna.Trial, dict[str, Any]]] = []
             for j, ctx, result in zip(members, ctxs, results, strict=True):
                 t, params, measured, begun = ready[j]
                 outcomes[t.number] = self._conclude(
                     t, [ctx], begun,
-                    partial(_result, result, params, measured, fit_s / len(members)))
+                    partial(_result, result, params, measured, fit_s / len(members)), records)
+            # the members' closing attrs in one statement, not one transaction each
+            self.patience.call(partial(storage.set_user_attrs_many, records))
         return [outcomes[t.number] for t in trials]
 
     def _fit_alone(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
@@ -508,19 +592,23 @@ class TrialRunner:
         raw = (self.assets.trainer or train.fit)(params, ctx)
         return raw, params, measured, time.perf_counter() - fit_start
 
-    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset()) -> None:
+    def _reuse_identical(self, trial: optuna.Trial, group: frozenset[int] = frozenset(),
+                         seen: list[FrozenTrial] | None = None) -> None:
         """Raise :class:`_Repeat` with the earlier result when a finished trial (complete or
         pruned) had exactly these params: grid and categorical spaces, and several workers
         asking at once, propose the same configuration again. ``dedup: false`` turns it off
         (when seeds vary, say). While an earlier-numbered trial with these params is still
         running, wait for it (polling; the heartbeat keeps this trial alive): if it finishes,
-        its result is reused; if it fails (its worker died), this trial trains."""
+        its result is reused; if it fails (its worker died), this trial trains. ``seen``: the
+        study's trials as the caller just read them, for the first look."""
         mine, lineage = trial.params, storage.lineage(trial)
         # an earlier trial asked at the same moment may not have drawn its params yet: give
         # it a moment to (else two workers asking at once would both train the same thing)
         unsure_until = time.monotonic() + DEDUP_DRAW_WAIT_S
         while True:
-            ts = self.patience.call(lambda: trial.study.get_trials(deepcopy=False))
+            ts = seen if seen is not None else self.patience.call(
+                lambda: trial.study.get_trials(deepcopy=False))
+            seen = None  # a second look (waiting for a running twin) reads the study again
             # a fused group's other members train together with this one: waiting for one
             # of them would wait for ever
             ts = [t for t in ts if t.number not in group or t.state != TrialState.RUNNING]
@@ -691,6 +779,13 @@ class TrialRunner:
 
     def _record(self, trial: optuna.Trial, ctxs: list[Context], start: float,
                 fail_reason: str | None) -> None:
+        attrs = self._closing_attrs(trial, ctxs, start, fail_reason)
+        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+
+    def _closing_attrs(self, trial: optuna.Trial, ctxs: list[Context], start: float,
+                       fail_reason: str | None) -> dict[str, Any]:
+        """What a trial keeps once it ends: wall time, device, seed, epochs, versions, its
+        train-loss curve, what its loop put in ``ctx.info``, why it failed."""
         history = [h for c in ctxs for h in c.history]
         info: dict[str, Any] = {}
         for c in ctxs:
@@ -707,7 +802,7 @@ class TrialRunner:
             attrs["train_loss"] = [h.get("train_loss") for h in history]
         if fail_reason:
             attrs["fail_reason"] = fail_reason
-        self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+        return attrs
 
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then

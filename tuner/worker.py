@@ -148,8 +148,9 @@ class Worker:
                 if any(o.repeat_of is None for o in outcomes):
                     p.call(partial(self.handle.budget.spend, time.monotonic() - started))
                 told = []
-                for t, outcome in zip(trials, outcomes, strict=True):
-                    if not self._tell(t, outcome):
+                for t, outcome, ok in zip(trials, outcomes, self._tell_group(trials, outcomes),
+                                          strict=True):
+                    if not ok:
                         continue  # another worker failed and retried it meanwhile
                     self.runner.cleanup(outcome)
                     # an ASHA rung or PBT generation segment pauses: not a finished trial (its
@@ -205,34 +206,39 @@ class Worker:
         k = self.runner.fuse_size()
         if k <= 1 or not self.runner.fusable(first) or self.stop.is_set():
             return [first]
-        trials = [first]
-        while len(trials) < k:
-            more = self._next_trial()
-            if more is None:
-                break
-            trials.append(more)
-        return trials
+        return [first, *self._next_trials(k - 1)]
 
     def _next_trial(self) -> optuna.Trial | None:
-        """A waiting trial first (a retry runs in its failed trial's slot; a trial enqueued by
-        hand needs a slot); otherwise a new trial if a budget slot is free. Each comes
-        RUNNING with its slot and its first heartbeat in one transaction
+        """One trial (:meth:`_next_trials`), or None when there is none to run."""
+        return next(iter(self._next_trials(1)), None)
+
+    def _next_trials(self, n: int) -> list[optuna.Trial]:
+        """Up to ``n`` trials: waiting trials first (a retry runs in its failed trial's slot;
+        a trial enqueued by hand needs a slot); then new trials while budget slots are free.
+        Each comes RUNNING with its slot and its first heartbeat in one transaction
         (:func:`tuner.storage.start_trial`, :func:`tuner.storage.claim`), so a worker killed
         at any moment leaves neither a slot without a trial nor a trial the reaper cannot see;
-        and so each step may be retried whole through an outage."""
+        and so each step may be retried whole through an outage. The new trials of a fused
+        group start in one transaction (:func:`tuner.storage.start_trials`) after one look
+        at the waiting ones, not K of each."""
         study, budget, call = self.handle.study, self.handle.budget, self.patience.call
         call(self.handle.promote)  # ASHA: a paused trial's continuation, queued to claim below
         waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         if waiting and call(budget.state).expired():
-            return None
+            return []
+        trials: list[optuna.Trial] = []
         for t in waiting:
+            if len(trials) == n:
+                return trials
             own_slot = storage.is_retry(t) or storage.is_promotion(t)
             # a trial enqueued by hand takes a slot; with the budget spent it waits for
             # `tuner run --trials`
             if (claimed := call(lambda t=t, b=None if own_slot else budget:
                                 storage.claim(study, t, b))) is not None:
-                return claimed
-        return call(lambda: storage.start_trial(study, budget))
+                trials.append(claimed)
+        if len(trials) == n:
+            return trials
+        return [*trials, *call(lambda: storage.start_trials(study, budget, n - len(trials)))]
 
     def _maybe_stop(self) -> None:
         """After a finished trial: stop the whole study if its ``stop:`` rule says so (the
@@ -272,13 +278,35 @@ class Worker:
             log.warning("trial %d was failed and retried by another worker meanwhile (%s)",
                         trial.number, e)
             return False
+        self._after_tell(trial, outcome)
+        return True
+
+    def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
+        """:meth:`_tell` for each trial; a fused group's members are told together (one read
+        and one transaction, :func:`tuner.storage.tell_many`)."""
+        if len(trials) == 1:
+            return [self._tell(trials[0], outcomes[0])]
+        told = self.patience.call(lambda: storage.tell_many(self.handle.study, [
+            (t, None, o.values or o.value) if o.state == TrialState.COMPLETE
+            else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)]))
+        for t, outcome, ok in zip(trials, outcomes, told, strict=True):
+            if ok:
+                self._after_tell(t, outcome)
+            else:
+                log.warning("trial %d was failed and retried by another worker meanwhile",
+                            t.number)
+        return told
+
+    def _after_tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """A failed trial: its retry queued (stopped, so nothing is lost), or its slot given
+        back."""
+        study, call = self.handle.study, self.patience.call
         if outcome.state == TrialState.FAIL:
             if outcome.interrupted:
                 call(lambda: storage.retry(study, storage.refreshed(trial), self.handle.budget,
                                            crashed=False))
             else:
                 call(self.handle.budget.release)
-        return True
 
 
 @contextmanager

@@ -47,9 +47,14 @@ from tuner.storage._trials import (
     heartbeat_ages,
     record_heartbeat,
     refreshed,
+    report_many,
     set_user_attrs,
+    set_user_attrs_many,
+    should_prune_many,
     start_trial,
+    start_trials,
     state,
+    tell_many,
 )
 
 __all__ = [
@@ -58,8 +63,9 @@ __all__ = [
     "connect", "display_url", "engine_of",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "retry_template",
-    "record_heartbeat", "refreshed", "report_primary", "retry", "set_user_attrs",
-    "should_prune_primary", "start_trial", "state", "Lease", "Patience", "is_outage", "reap",
+    "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
+    "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
+    "start_trials", "state", "tell_many", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]
