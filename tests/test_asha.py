@@ -108,7 +108,7 @@ def _paused(study, x: float, rung: int = 1) -> None:
         user_attrs={PAUSED_ATTR: rung}, intermediate_values={1: x}, value=x))
 
 
-@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url: str) -> None:
     import threading
 

@@ -90,7 +90,7 @@ def test_explore_scales_or_resamples_within_bounds() -> None:
         assert isinstance(new["width"], int)
 
 
-@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_racing_workers_decide_a_generation_once(any_url: str) -> None:
     """Four workers at once: one decides the generation (one exploit with k = 1), each member
     is continued exactly once, and a late member goes on with its own weights."""
