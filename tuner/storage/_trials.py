@@ -1,8 +1,8 @@
 """Trial-state operations that Optuna keeps behind private names: heartbeats, claiming a
 waiting trial, a scheduler's decision with its continuations, batched user attrs, fresh
-reads of a running trial. The only module of tuner
-that touches ``Study._storage``, ``Trial._trial_id`` or ``optuna.storages._rdb``: when Optuna
-changes them, this is the file to change."""
+reads of a running trial. The only module of tuner that touches ``Study._storage``,
+``Trial._trial_id`` or ``optuna.storages._rdb``: when Optuna changes them, this is the file
+to change."""
 
 from __future__ import annotations
 
