@@ -244,7 +244,8 @@ class Worker:
 
     def _why_idle(self) -> str | None:
         """Why this worker may stop now that it found no trial to run; None: wait, other
-        workers' trials are still running (and would be retried here if their worker died)."""
+        workers' trials are still running (and would be retried here if their worker died),
+        or a retry or continuation was queued meanwhile (the next loop takes it)."""
         call, study = self.patience.call, self.handle.study
         state = call(self.handle.budget.state)
         if state.expired():
