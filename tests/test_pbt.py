@@ -357,6 +357,27 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     assert all(torch.equal(kept["model"][k], v) for k, v in states[0]["model"].items())
 
 
+def test_the_end_of_a_population_deletes_snapshots_and_half_written_checkpoints(
+        tmp_path: Path) -> None:
+    """A worker killed -9 inside CheckpointStore.save leaves its temporary file (the rename
+    never came); once no member runs or waits, nobody is writing, and it goes with the
+    snapshots. The members' own checkpoints are their lineages' business."""
+    from tuner.assets import StudyAssets
+    from tuner.context import CheckpointStore
+    from tuner.objective import TrialRunner
+    from tuner.spec import load_spec
+
+    folder = tmp_path / "ck" / "pbt"
+    CheckpointStore(folder / "trial-0.pt").save({"epoch": 3})
+    CheckpointStore(folder / "trial-0-gen2.pt").save({"epoch": 2})
+    (folder / ".tmp-k1ll3d.pt").write_bytes(b"PK\x03\x04 half a zip")  # what the kill left
+    assets = StudyAssets(load_spec(pbt_yaml(tmp_path)), device="cpu",
+                         data_dir=str(tmp_path / "data"))
+    r = TrialRunner(assets, checkpoint_dir=str(tmp_path / "ck"), stop=threading.Event())
+    r.drop_snapshots()
+    assert sorted(f.name for f in folder.iterdir()) == ["trial-0.pt"]
+
+
 @pytest.mark.slow
 def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
         tmp_path: Path) -> None:
