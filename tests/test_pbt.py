@@ -392,14 +392,22 @@ def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
 
     def continuing():  # a member's continuation, training on some worker (which has said so:
         for t in trials(url, "pbt"):  # a claimed trial gets its worker attr a moment later)
+            # that has not reported an epoch of its segment yet: one read and the kill take
+            # well under the two epochs it has left (a victim read a moment before it told its
+            # result was killed after it, and there was no retry to check)
             if (t.state == TrialState.RUNNING and PROMOTION_OF_ATTR in t.user_attrs
-                    and worker_pid(t) in pids):
+                    and worker_pid(t) in pids
+                    and max(t.intermediate_values) <= t.user_attrs[PBT_ATTR]["epoch"]):
                 return t
         return None
 
     victim = wait_for("a continuation training", continuing, 300, every=0.05)
     doomed = next(p for p in procs if p.pid == worker_pid(victim))
     kill(doomed)
+    doomed.popen.wait(10)
+    dead = next(t for t in trials(url, "pbt") if t.number == victim.number)
+    assert dead.state == TrialState.RUNNING, ("the kill landed after the victim's segment",
+                                              dead.state, dead.intermediate_values)
     survivor = next(p for p in procs if p is not doomed)
     assert survivor.wait(180) == 0, survivor.output()
     ts = trials(url, "pbt")
