@@ -499,7 +499,7 @@ def test_an_asha_decider_killed_while_promoting_leaves_it_to_the_next_worker(any
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 @pytest.mark.parametrize("nth", [1, 3], ids=["first", "third"])
 def test_a_pbt_decider_killed_between_continuations_leaves_the_generation_undecided(
         any_url, tmp_path, nth):
