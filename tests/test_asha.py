@@ -108,7 +108,7 @@ def _paused(study, x: float, rung: int = 1) -> None:
         user_attrs={PAUSED_ATTR: rung}, intermediate_values={1: x}, value=x))
 
 
-@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url: str) -> None:
     import threading
 
@@ -146,6 +146,54 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url:
     assert [states[n] for n in range(6)] == ["PRUNED", "PROMOTED", "PRUNED", "PRUNED", "PRUNED",
                                             "PROMOTED"]
     assert not promote(study, connect(url).engine, [1, 3], 3, False)
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_worker_that_sees_a_promotion_midway_waits_for_it_and_enqueues_nothing(
+        any_url: str) -> None:
+    """Worker A is inside its promotion (row inserted, continuation being written, nothing
+    committed); worker B, which read the study before A's commit and so sees the same
+    candidate, waits on A's transaction, then loses the row: one continuation, not two."""
+    import threading
+    import time
+
+    import optuna
+    import sqlalchemy as sa
+
+    from tuner.storage import promote
+
+    optuna.create_study(study_name="s", storage=connect(any_url))
+    for x in (0.5, 0.1, 0.9):  # rung 1 holds 3: its top third is 0.1
+        _paused(optuna.load_study(study_name="s", storage=connect(any_url)), x)
+    inside, go = threading.Event(), threading.Event()
+    won: dict[str, bool] = {}
+
+    def hold(conn, cursor, statement, *args) -> None:  # A stops inside its transaction
+        if statement.lstrip().upper().startswith("INSERT INTO TRIALS") and not inside.is_set():
+            inside.set()
+            go.wait(30)
+
+    def worker(name: str) -> None:  # each its own connection, as separate processes would have
+        storage = connect(any_url)
+        if name == "a":
+            sa.event.listen(storage.engine, "after_cursor_execute", hold)
+        s = optuna.load_study(study_name="s", storage=storage)
+        won[name] = promote(s, storage.engine, [1, 3], 3, False)
+
+    a = threading.Thread(target=worker, args=("a",))
+    a.start()
+    assert inside.wait(30)
+    b = threading.Thread(target=worker, args=("b",))
+    b.start()
+    time.sleep(1.5)
+    assert b.is_alive()  # queued behind A's transaction, not writing a second continuation
+    go.set()
+    a.join(30)
+    b.join(60)
+    assert won == {"a": True, "b": False}
+    study = optuna.load_study(study_name="s", storage=connect(any_url))
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.params["x"], t.user_attrs[PROMOTION_OF_ATTR]) for t in waiting] == [(0.1, 1)]
 
 
 @pytest.mark.slow

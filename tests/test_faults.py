@@ -389,3 +389,145 @@ def test_a_reaper_killed_while_failing_a_stale_trial_leaves_it_running(any_url, 
     assert [(u.state, u.user_attrs.get(RETRY_OF_ATTR)) for u in study.get_trials()] == [
         (TrialState.FAIL, None), (TrialState.WAITING, t.number)]
     assert budget.state().taken == 1
+
+
+# A real worker (``tuner worker``) that kills itself -9 once it has decided something (an ASHA
+# promotion, a PBT generation: an INSERT INTO tuner_promotions) and then executed the ``nth``
+# statement starting with ``at`` (before its transaction commits). It writes the statement to
+# ``marker`` first, so a test knows the kill landed there and not elsewhere.
+DIE_DECIDING = textwrap.dedent('''
+    import os, signal, sys
+    import sqlalchemy as sa
+    import tuner.cli
+    at, nth, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    seen = {"decided": False, "n": 0}
+
+    def die(conn, cursor, statement, *args):
+        s = statement.lstrip().upper()
+        seen["decided"] = seen["decided"] or s.startswith("INSERT INTO TUNER_PROMOTIONS")
+        if seen["decided"] and s.startswith(at):
+            seen["n"] += 1
+            if seen["n"] == nth:
+                with open(marker, "w") as f:
+                    f.write(statement)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sa.event.listen(sa.Engine, "after_cursor_execute", die)
+    sys.argv = ["tuner", *sys.argv[4:]]
+    tuner.cli.main()
+''')
+
+
+def _start_dying_decider(study, url: str, tmp, at: str, nth: int = 1):
+    import sys
+
+    from tuner_procs import start, worker_args
+
+    marker = tmp / "died_at"
+    args = worker_args(str(study), url, tmp)
+    return start([sys.executable, "-c", DIE_DECIDING, at, str(nth), str(marker), *args[3:]],
+                 tmp / "decider.log"), marker
+
+
+def _decisions(url: str) -> list[tuple[int, int, int]]:
+    """(lineage, rung or generation, trial) of every row of tuner_promotions."""
+    import sqlalchemy as sa
+
+    from tuner.storage import connect
+
+    with connect(url).engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT lineage, rung, trial FROM tuner_promotions"))]
+
+
+def _check_continued_once(url: str, ts) -> list:
+    """Every promotion row (a paused trial's number, not -1) has exactly one continuation and
+    every continuation its row; no trial is left RUNNING or WAITING, none PAUSED for ever."""
+    from tuner.status import trial_rows
+    from tuner.storage import PROMOTION_OF_ATTR
+
+    assert not [(t.number, t.state.name) for t in ts
+                if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    promoted = sorted(trial for lin, _, trial in _decisions(url) if lin >= 0 and trial >= 0)
+    continuations = [t for t in ts if PROMOTION_OF_ATTR in t.user_attrs]
+    assert sorted(t.user_attrs[PROMOTION_OF_ATTR] for t in continuations) == promoted
+    assert promoted, "nothing was promoted"
+    states = {r["number"]: r["state"] for r in trial_rows(load(url, "toy"))}
+    assert "PAUSED" not in states.values(), states
+    return continuations
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("at", ["INSERT INTO TUNER_PROMOTIONS", "INSERT INTO TRIALS",
+                                "INSERT INTO TRIAL_INTERMEDIATE_VALUES"])
+def test_an_asha_decider_killed_while_promoting_leaves_it_to_the_next_worker(any_url, tmp_path,
+                                                                            at):
+    """A worker killed after its promotion row, after creating the continuation, after
+    copying its curve (before the commit): nothing of the promotion is left, and another
+    worker promotes that trial itself; the study ends whole. Once, the row and the
+    continuation were two transactions: killed between them, the lineage stayed promoted and
+    never continued, PAUSED for ever."""
+    from tuner.storage import PAUSED_ATTR, Budget, connect, lineage
+
+    study = write_study(tmp_path, trials=9, epochs=9, sleep=0.02)  # rungs at epochs 1 and 3
+    study.write_text(study.read_text().replace(
+        "pruner: none", "pruner: {name: asha, min_epochs: 1, reduction_factor: 3}"))
+    decider, marker = _start_dying_decider(study, any_url, tmp_path, at)
+    assert decider.wait(120) == -signal.SIGKILL, decider.output()
+    assert marker.read_text().lstrip().upper().startswith(at)
+    # the first promotion (rung 1's top third of three) was cut off: nothing of it is left
+    assert _decisions(any_url) == []
+    paused = [t for t in trials(any_url, "toy") if PAUSED_ATTR in t.user_attrs]
+    assert len(paused) == 3 and all(t.state == TrialState.PRUNED for t in paused)
+    survivor = start_worker("toy", any_url, tmp_path, "survivor")
+    assert survivor.wait(120) == 0, survivor.output()
+    assert "Traceback" not in survivor.output(), survivor.output()
+    ts = trials(any_url, "toy")
+    continuations = _check_continued_once(any_url, ts)
+    # the survivor promoted what the decider had chosen (the best of the first three)
+    best = min(paused, key=lambda t: t.intermediate_values[1])
+    assert any(c.user_attrs["promotion_of"] == best.number for c in continuations)
+    assert Budget(connect(any_url).engine, "toy").state().taken == 9
+    assert len({lineage(t) for t in ts}) == 9
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert done and all(sorted(t.intermediate_values) == list(range(1, 10)) for t in done)
+    for c in continuations:  # each resumed from its paused segment's checkpoint
+        rung = next(t for t in ts if t.number == c.user_attrs["promotion_of"]).user_attrs[
+            PAUSED_ATTR]
+        assert c.user_attrs["start_epoch"] == rung + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+@pytest.mark.parametrize("nth", [1, 3], ids=["first", "third"])
+def test_a_pbt_decider_killed_between_continuations_leaves_the_generation_undecided(
+        any_url, tmp_path, nth):
+    """A worker killed while enqueueing a generation's continuations (after the first or the
+    third of four, before the commit): the generation is undecided, and another worker
+    decides and finishes it. Once, each continuation was its own transaction: the members
+    not yet enqueued stayed paused for ever, and the other workers waited on them."""
+    from tuner.storage import PBT_ATTR, Budget, connect, lineage
+
+    study = write_study(tmp_path, trials=4, epochs=3, sleep=0.02)  # generations 1 and 2
+    study.write_text(study.read_text().replace("pruner: none", "scheduler: {name: pbt, "
+                                               "population: 4, interval: 1, perturb: [x]}"))
+    decider, marker = _start_dying_decider(study, any_url, tmp_path, "INSERT INTO TRIALS", nth)
+    assert decider.wait(120) == -signal.SIGKILL, decider.output()
+    assert marker.read_text().lstrip().upper().startswith("INSERT INTO TRIALS")
+    ts = trials(any_url, "toy")
+    assert _decisions(any_url) == []
+    assert len(ts) == 4 and all(t.state == TrialState.PRUNED for t in ts)  # paused at 1
+    survivor = start_worker("toy", any_url, tmp_path, "survivor")
+    assert wait_or_dump(survivor, 120, any_url) == 0, survivor.output()
+    assert "Traceback" not in survivor.output(), survivor.output()
+    ts = trials(any_url, "toy")
+    continuations = _check_continued_once(any_url, ts)
+    for g in (1, 2):  # each member continued once per generation; one of four exploited
+        at_g = [c for c in continuations if c.user_attrs[PBT_ATTR]["epoch"] == g]
+        assert sorted(lineage(c) for c in at_g) == [0, 1, 2, 3]
+        assert len([c for c in at_g if c.user_attrs[PBT_ATTR]["donor"] is not None]) == 1
+    assert Budget(connect(any_url).engine, "toy").state().taken == 4
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert sorted(lineage(t) for t in done) == [0, 1, 2, 3]
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in done)

@@ -90,7 +90,7 @@ def test_explore_scales_or_resamples_within_bounds() -> None:
         assert isinstance(new["width"], int)
 
 
-@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_racing_workers_decide_a_generation_once(any_url: str) -> None:
     """Four workers at once: one decides the generation (one exploit with k = 1), each member
     is continued exactly once, and a late member goes on with its own weights."""
@@ -393,6 +393,27 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     assert all(torch.equal(kept["model"][k], v) for k, v in states[0]["model"].items())
 
 
+def test_the_end_of_a_population_deletes_snapshots_and_half_written_checkpoints(
+        tmp_path: Path) -> None:
+    """A worker killed -9 inside CheckpointStore.save leaves its temporary file (the rename
+    never came); once no member runs or waits, nobody is writing, and it goes with the
+    snapshots. The members' own checkpoints are their lineages' business."""
+    from tuner.assets import StudyAssets
+    from tuner.context import CheckpointStore
+    from tuner.objective import TrialRunner
+    from tuner.spec import load_spec
+
+    folder = tmp_path / "ck" / "pbt"
+    CheckpointStore(folder / "trial-0.pt").save({"epoch": 3})
+    CheckpointStore(folder / "trial-0-gen2.pt").save({"epoch": 2})
+    (folder / ".tmp-k1ll3d.pt").write_bytes(b"PK\x03\x04 half a zip")  # what the kill left
+    assets = StudyAssets(load_spec(pbt_yaml(tmp_path)), device="cpu",
+                         data_dir=str(tmp_path / "data"))
+    r = TrialRunner(assets, checkpoint_dir=str(tmp_path / "ck"), stop=threading.Event())
+    r.drop_snapshots()
+    assert sorted(f.name for f in folder.iterdir()) == ["trial-0.pt"]
+
+
 @pytest.mark.slow
 def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
         tmp_path: Path) -> None:
@@ -407,14 +428,22 @@ def test_two_worker_processes_run_a_population_and_survive_a_killed_member(
 
     def continuing():  # a member's continuation, training on some worker (which has said so:
         for t in trials(url, "pbt"):  # a claimed trial gets its worker attr a moment later)
+            # that has not reported an epoch of its segment yet: one read and the kill take
+            # well under the two epochs it has left (a victim read a moment before it told its
+            # result was killed after it, and there was no retry to check)
             if (t.state == TrialState.RUNNING and PROMOTION_OF_ATTR in t.user_attrs
-                    and worker_pid(t) in pids):
+                    and worker_pid(t) in pids
+                    and max(t.intermediate_values) <= t.user_attrs[PBT_ATTR]["epoch"]):
                 return t
         return None
 
     victim = wait_for("a continuation training", continuing, 300, every=0.05)
     doomed = next(p for p in procs if p.pid == worker_pid(victim))
     kill(doomed)
+    doomed.popen.wait(10)
+    dead = next(t for t in trials(url, "pbt") if t.number == victim.number)
+    assert dead.state == TrialState.RUNNING, ("the kill landed after the victim's segment",
+                                              dead.state, dead.intermediate_values)
     survivor = next(p for p in procs if p is not doomed)
     assert survivor.wait(180) == 0, survivor.output()
     ts = trials(url, "pbt")

@@ -150,6 +150,23 @@ def test_retries_a_dead_workers_trial_while_waiting(handle, tmp_path):
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
 
 
+def test_a_retry_queued_while_the_worker_looks_for_work_keeps_it(handle, tmp_path):
+    """The reaper (this worker's own heartbeat thread, or another worker) may fail a dead
+    worker's trial and queue its retry after this worker found no trial to take but before it
+    asked whether any still runs: the retry is neither RUNNING nor taken, and the worker must
+    not leave it WAITING (once it did, and a study ended with a retry never run)."""
+    worker = make_worker(handle, tmp_path)
+    for _ in range(2):
+        assert handle.budget.acquire()  # the budget's other slots: spent
+    dead = _other_workers_trial(handle)  # its worker died after its first beat
+    assert worker._next_trial() is None  # nothing waits, no slot is free
+    time.sleep(HB.grace_period + 1)
+    assert storage.fail_stale_trials(handle.study, handle.budget) == [dead.number]  # the reaper
+    assert worker._why_idle() is None  # so it loops, and takes the retry
+    retry = worker._next_trial()
+    assert retry is not None and retry.user_attrs["retry_of"] == dead.number
+
+
 def test_a_trial_finished_elsewhere_is_not_counted(handle, tmp_path):
     worker = make_worker(handle, tmp_path)
     handle.budget.acquire()

@@ -716,12 +716,14 @@ class TrialRunner:
 
     def drop_snapshots(self) -> None:
         """PBT, once the study is over: delete every generation snapshot (unless checkpoints
-        are kept)."""
+        are kept), and the half-written checkpoints of workers killed while saving one: no
+        member runs or waits any more, so no live worker is writing them."""
         if self.keep_checkpoints:
             return
         folder = Path(self.checkpoint_dir) / self.spec.name
-        for f in folder.glob("trial-*-gen*.pt") if folder.is_dir() else []:
-            f.unlink(missing_ok=True)
+        for pattern in ("trial-*-gen*.pt", ".tmp-*.pt"):
+            for f in folder.glob(pattern) if folder.is_dir() else []:
+                f.unlink(missing_ok=True)
 
     def drop_checkpoint(self, lineage: int) -> None:
         """Delete the checkpoint of a lineage that will never run again (a retired pause)."""

@@ -250,12 +250,19 @@ class Worker:
 
     def _why_idle(self) -> str | None:
         """Why this worker may stop now that it found no trial to run; None: wait, other
-        workers' trials are still running (and would be retried here if their worker died)."""
-        call = self.patience.call
+        workers' trials are still running (and would be retried here if their worker died),
+        or a retry or continuation was queued meanwhile (the next loop takes it)."""
+        call, study = self.patience.call, self.handle.study
         state = call(self.handle.budget.state)
         if state.expired():
             return "timeout"
-        if call(lambda: storage.heartbeat_ages(self.handle.study)):
+        if call(lambda: storage.heartbeat_ages(study)):
+            return None
+        # read after the running trials: a reaper (this worker's heartbeat thread among them)
+        # may have failed one and queued its retry since _next_trial found nothing waiting,
+        # and then neither read would see it (once a study ended with a retry left WAITING)
+        if any(storage.is_retry(t) or storage.is_promotion(t) for t in call(
+                lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))):
             return None
         if state.stopped is not None:
             return f"stopped early ({state.stopped})"

@@ -9,16 +9,19 @@ claims it with :func:`tuner.storage.claim`; it runs in no budget slot (a promoti
 new trial).
 
 Who promotes what is decided from the database alone: a row in ``tuner_promotions`` per
-(lineage, rung), inserted by one statement whose primary key lets only one worker win. The
-same table retires the paused trials that can never be promoted (``trial`` = -1), so a
-later ``tuner run --trials`` cannot promote a trial whose checkpoint is gone. Once the
-study cannot grow (budget spent, nothing running or waiting), each rung's top 1/eta rounds
-up (``final``), so a study too small to fill its top rung still finishes a trial.
+(lineage, rung), whose primary key lets only one worker win, inserted in the same
+transaction as the continuation (:func:`tuner.storage._trials.decide`): a worker that dies
+or loses the database midway leaves neither, and the next worker that looks promotes the
+trial itself (once, those were two transactions, and such a lineage stayed promoted and
+never continued, paused for ever). The same table retires the paused trials that can never
+be promoted (``trial`` = -1), so a later ``tuner run --trials`` cannot promote a trial whose
+checkpoint is gone. Once the study cannot grow (budget spent, nothing running or waiting),
+each rung's top 1/eta rounds up (``final``), so a study too small to fill its top rung still
+finishes a trial.
 
-Known gaps: the row and the enqueued continuation are two transactions; a worker that dies
-(or loses the database) between them leaves that lineage promoted but not continued. A
-worker that dies after the checkpoint of a rung's epoch but before its report loses that
-report (as any retry does), and the retry resumes past the rung without pausing there.
+Known gap: a worker that dies after the checkpoint of a rung's epoch but before its report
+loses that report (as any retry does), and the retry resumes past the rung without pausing
+there.
 
     tuner_promotions(study_name, lineage, rung PK; trial)
 """
@@ -33,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
 from tuner.storage._retry import LINEAGE_ATTR, lineage
+from tuner.storage._trials import decide, engine_of
 
 PAUSED_ATTR = "paused_at"  # user attr of a rung segment that paused: its rung's epoch
 PROMOTION_OF_ATTR = "promotion_of"  # user attr of a continuation: the paused trial's number
@@ -98,7 +102,8 @@ def _decided(engine: sa.Engine, name: str) -> set[tuple[int, int]]:
 
 
 def _take(engine: sa.Engine, name: str, lin: int, rung: int, trial: int) -> bool:
-    """Insert the (lineage, rung) row; False if another worker did first."""
+    """Insert the (lineage, rung) row alone (a retirement: it enqueues nothing); False if
+    another worker did first."""
     try:
         with engine.begin() as conn:
             conn.execute(promotions.insert().values(study_name=name, lineage=lin, rung=rung,
@@ -136,15 +141,16 @@ def promote(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta:
     if final and not _settled(trials):
         return False
     for t in candidates(trials, rung_epochs, eta, maximize, _decided(engine, name), final):
-        rung = int(t.user_attrs[PAUSED_ATTR])
-        if not _take(engine, name, lineage(t), rung, t.number):
-            continue  # another worker promoted it a moment ago
-        study.add_trial(optuna.trial.create_trial(
+        row = {"study_name": name, "lineage": lineage(t),
+               "rung": int(t.user_attrs[PAUSED_ATTR]), "trial": t.number}
+        continuation = optuna.trial.create_trial(
             state=TrialState.WAITING, params=t.params, distributions=t.distributions,
             user_attrs={LINEAGE_ATTR: lineage(t), PROMOTION_OF_ATTR: t.number},
             intermediate_values=t.intermediate_values,  # the learning curve stays whole
-        ))
-        return True
+        )
+        if decide(study, promotions, [row], [continuation]):
+            return True
+        # else another worker promoted it a moment ago
     return False
 
 
@@ -170,8 +176,6 @@ def retire(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta: 
 
 def retired(study: optuna.Study) -> set[int]:
     """Numbers of the paused trials retired for good (never to be promoted)."""
-    from tuner.storage._trials import engine_of
-
     try:
         engine = engine_of(study)
     except TypeError:  # not in a database: nothing was retired

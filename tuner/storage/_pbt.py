@@ -12,8 +12,9 @@ still join (every budget slot taken and its trial created, or the budget over) a
 member is behind it (running, waiting, or paused at an earlier generation). Members that
 diverged, failed for good or finished are out and block nothing. The worker that wins the
 generation's rows of ``tuner_promotions`` ((-1, G) and one (lineage, G) per member paused at
-G, inserted in one transaction) ranks those members and enqueues one continuation each (a
-WAITING trial of its lineage, ``promotion_of`` the paused segment, in no budget slot):
+G) ranks those members and enqueues one continuation each (a WAITING trial of its lineage,
+``promotion_of`` the paused segment, in no budget slot), rows and continuations in one
+transaction (:func:`tuner.storage._trials.decide`):
 
 - the bottom ``quantile`` EXPLOIT: the continuation carries a top-quantile donor's params,
   perturbed (EXPLORE: x0.8 or x1.2, or resampled with ``resample_probability``, clipped to
@@ -26,9 +27,11 @@ its own weights. The user attr ``pbt`` of every continuation records the event (
 donor, changes) and the whole hyperparameter schedule of its weights, through the exploit
 chain: what ``tuner retrain`` replays.
 
-Known gap (as ASHA's): the rows and the enqueued continuations are separate transactions; a
-worker that dies (or loses the database) between them leaves the members it had not yet
-enqueued paused for good, and the study waits on them.
+A decider that dies (or loses the database) midway leaves the generation undecided, not
+half-continued, and the next worker that looks decides it (the same ranking, and the same
+draws: the generator is seeded by the study's seed and the generation). Once, each
+continuation was its own transaction: the members not yet enqueued stayed paused for good,
+and the study waited on them.
 """
 
 from __future__ import annotations
@@ -42,19 +45,18 @@ import optuna
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import exc as sa_exc
 
 from tuner.storage._asha import (
     PAUSED_ATTR,
     PROMOTION_OF_ATTR,
     _decided,
     _latest,
-    _take,
     is_paused,
     promotions,
 )
 from tuner.storage._budget import Budget
 from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR, lineage
+from tuner.storage._trials import decide
 
 GENERATION = -1  # ``lineage`` of the promotion row that decides a whole generation
 FACTORS = (0.8, 1.2)
@@ -136,27 +138,17 @@ def _full(budget: Budget, latest: dict[int, FrozenTrial]) -> bool:
     return st.remaining == 0 and len(latest) >= st.taken
 
 
-def _continue(study: optuna.Study, t: FrozenTrial, params: dict[str, Any],
-              dists: dict[str, BaseDistribution], record: dict[str, Any]) -> None:
-    study.add_trial(optuna.trial.create_trial(
+def _continuation(t: FrozenTrial, params: dict[str, Any], dists: dict[str, BaseDistribution],
+                  record: dict[str, Any]) -> FrozenTrial:
+    return optuna.trial.create_trial(
         state=TrialState.WAITING, params=params, distributions=dists,
         user_attrs={LINEAGE_ATTR: lineage(t), PROMOTION_OF_ATTR: t.number, PBT_ATTR: record},
         intermediate_values=t.intermediate_values,  # the member's own curve stays whole
-    ))
+    )
 
 
-def _take_generation(engine: sa.Engine, name: str, g: int, members: list[FrozenTrial]) -> bool:
-    """The generation's row and every member's, in one transaction: one worker wins them all,
-    so the late-member rule never races the decision for a member of it."""
-    rows = [{"study_name": name, "lineage": GENERATION, "rung": g, "trial": -1},
-            *({"study_name": name, "lineage": lineage(t), "rung": g, "trial": t.number}
-              for t in members)]
-    try:
-        with engine.begin() as conn:
-            conn.execute(promotions.insert(), rows)
-    except sa_exc.IntegrityError:
-        return False
-    return True
+def _row(name: str, lin: int, g: int, trial: int) -> dict[str, Any]:
+    return {"study_name": name, "lineage": lin, "rung": g, "trial": trial}
 
 
 def _own(t: FrozenTrial, g: int) -> dict[str, Any]:
@@ -178,10 +170,10 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
               if is_paused(t) and int(t.user_attrs[PAUSED_ATTR]) in gen_set}
     for n, t in paused.items():  # late: its generation was decided without it
         g = int(t.user_attrs[PAUSED_ATTR])
-        if (GENERATION, g) in decided and (n, g) not in decided:
-            if _take(engine, name, n, g, t.number):
-                _continue(study, t, t.params, t.distributions, _own(t, g))
-                return True
+        if (GENERATION, g) in decided and (n, g) not in decided and decide(
+                study, promotions, [_row(name, n, g, t.number)],
+                [_continuation(t, t.params, t.distributions, _own(t, g))]):
+            return True
     if not paused or not _full(budget, latest):
         return False
     open_gens = {int(t.user_attrs[PAUSED_ATTR]) for t in paused.values()} - {
@@ -195,11 +187,10 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
         return False
     members = _rank([t for t in paused.values() if int(t.user_attrs[PAUSED_ATTR]) == g], g,
                     maximize)
-    if not _take_generation(engine, name, g, members):
-        return False  # another worker decided it a moment ago
     k = min(len(members) // 2, max(1, int(len(members) * quantile))) if len(members) > 1 else 0
     top, bottom = members[:k], members[len(members) - k:] if k else []
     rng = random.Random(f"{seed}:{g}")
+    continuations = []
     for t in members:
         if t in bottom:
             donor = rng.choice(top)
@@ -208,7 +199,11 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
             record = {"epoch": g, "donor": lineage(donor), "donor_trial": donor.number,
                       "changes": changes,
                       "schedule": [*schedule(donor), {"from_epoch": g + 1, "params": params}]}
-            _continue(study, t, params, dict(donor.distributions), record)
+            continuations.append(_continuation(t, params, dict(donor.distributions), record))
         else:
-            _continue(study, t, t.params, t.distributions, _own(t, g))
-    return True
+            continuations.append(_continuation(t, t.params, t.distributions, _own(t, g)))
+    # the generation's row, every member's and every continuation, in one transaction: one
+    # worker wins them all (so the late-member rule never races the decision for a member
+    # of it), and a decider killed midway leaves the generation undecided, not half-continued
+    rows = [_row(name, GENERATION, g, -1), *(_row(name, lineage(t), g, t.number) for t in members)]
+    return decide(study, promotions, rows, continuations)  # False: another worker decided it

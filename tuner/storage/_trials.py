@@ -1,7 +1,8 @@
 """Trial-state operations that Optuna keeps behind private names: heartbeats, claiming a
-waiting trial, batched user attrs, fresh reads of a running trial. The only module of tuner
-that touches ``Study._storage``, ``Trial._trial_id`` or ``optuna.storages._rdb``: when Optuna
-changes them, this is the file to change."""
+waiting trial, a scheduler's decision with its continuations, batched user attrs, fresh
+reads of a running trial. The only module of tuner that touches ``Study._storage``,
+``Trial._trial_id`` or ``optuna.storages._rdb``: when Optuna changes them, this is the file
+to change."""
 
 from __future__ import annotations
 
@@ -366,6 +367,36 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
         else:
             rdb._get_prepared_new_trial(study._study_id, template, session)
     return template is not None
+
+
+def decide(study: optuna.Study, table: sqlalchemy.Table, rows: list[dict[str, Any]],
+           continuations: list[FrozenTrial]) -> bool:
+    """Insert a scheduler's decision ``rows`` into ``table`` (whose primary key lets one
+    worker win them) and enqueue its ``continuations`` (WAITING trials), in one transaction;
+    False if another worker had inserted one of the rows (nothing is written then).
+
+    One transaction, because a decider killed (or cut off from the database) between the rows
+    and the continuations left that lineage decided and never continued: paused for ever,
+    and, in PBT, the other members waiting on it. Now a decision is whole or absent, and an
+    absent one is decided again by the next worker that looks."""
+    rdb = _rdb(study._storage)
+    if rdb is None:  # as engine_of: ASHA's and PBT's tables live in the study's database
+        raise TypeError("the study is not stored in a database")
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    try:
+        with _create_scoped_session(rdb.scoped_session) as session:
+            # Optuna's lock for numbering trials first, as every tuner transaction that
+            # creates a trial takes it (then this table's rows): deciders queue here, and no
+            # two transactions take the same locks in opposite orders
+            models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
+            session.execute(table.insert(), rows)  # IntegrityError: another worker decided
+            for template in continuations:
+                rdb._get_prepared_new_trial(study._study_id, template, session)
+    except sqlalchemy.exc.IntegrityError:
+        return False
+    return True
 
 
 def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
