@@ -133,6 +133,23 @@ class CheckpointStore:
 _FLAT, _SLOT = "_tuner_packed_flat", "_tuner_packed_slot"
 
 
+def _map_leaves(o: Any, leaf: Callable[[Any], Any],
+                is_leaf: Callable[[Any], bool] = lambda o: False) -> Any:
+    """``o`` with ``leaf`` applied to everything that is not a dict, list or tuple, or that
+    ``is_leaf`` says is one (a module's state_dict keeps its ``_metadata``, the versions
+    its loader reads)."""
+    if is_leaf(o):
+        return leaf(o)
+    if isinstance(o, dict):
+        out = type(o)((k, _map_leaves(v, leaf, is_leaf)) for k, v in o.items())
+        if hasattr(o, "_metadata"):
+            out._metadata = o._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(o, list | tuple):
+        return type(o)(_map_leaves(v, leaf, is_leaf) for v in o)
+    return leaf(o)
+
+
 def _pack(state: Mapping[str, Any]) -> dict[str, Any]:
     """``state`` with every float32 tensor (weights, optimizer moments, steps) moved into one
     flat tensor. torch.save pays per tensor: a small MLP's checkpoint holds about thirty, and
@@ -141,20 +158,13 @@ def _pack(state: Mapping[str, Any]) -> dict[str, Any]:
 
     flat: list[torch.Tensor] = []
 
-    def walk(o: Any) -> Any:
+    def slot(o: Any) -> Any:
         if isinstance(o, torch.Tensor) and o.dtype == torch.float32 and not o.requires_grad:
             flat.append(o.detach().reshape(-1).cpu())
             return {_SLOT: list(o.shape)}
-        if isinstance(o, dict):
-            out = type(o)((k, walk(v)) for k, v in o.items())
-            if hasattr(o, "_metadata"):  # a module's state_dict keeps its versions
-                out._metadata = o._metadata  # type: ignore[attr-defined]
-            return out
-        if isinstance(o, list | tuple):
-            return type(o)(walk(v) for v in o)
         return o
 
-    packed = walk(dict(state))
+    packed = _map_leaves(dict(state), slot)
     packed[_FLAT] = torch.cat(flat) if flat else torch.zeros(0)
     return packed
 
@@ -165,28 +175,21 @@ def _unpack(state: dict[str, Any]) -> dict[str, Any]:
     tensor into every later save of it)."""
     if not isinstance(state, dict) or _FLAT not in state:
         return state
-    import math
-
     flat = state.pop(_FLAT)
     offset = 0
 
-    def walk(o: Any) -> Any:
-        nonlocal offset
-        if isinstance(o, dict) and set(o) == {_SLOT}:
-            shape = o[_SLOT]
-            n = math.prod(shape)
-            offset += n
-            return flat[offset - n:offset].view(shape).clone()
-        if isinstance(o, dict):
-            out = type(o)((k, walk(v)) for k, v in o.items())
-            if hasattr(o, "_metadata"):
-                out._metadata = o._metadata  # type: ignore[attr-defined]
-            return out
-        if isinstance(o, list | tuple):
-            return type(o)(walk(v) for v in o)
-        return o
+    def is_slot(o: Any) -> bool:
+        return isinstance(o, dict) and set(o) == {_SLOT}
 
-    return walk(state)
+    def unslot(o: Any) -> Any:
+        nonlocal offset
+        if not is_slot(o):
+            return o
+        n = math.prod(o[_SLOT])
+        offset += n
+        return flat[offset - n:offset].view(o[_SLOT]).clone()
+
+    return _map_leaves(state, unslot, is_slot)
 
 
 @dataclass

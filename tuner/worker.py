@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tuner import stopping, storage
@@ -273,26 +272,11 @@ class Worker:
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
         """Record the outcome; False if the trial had been finished by another worker (its
         heartbeat went silent for a grace period, so it was failed and retried there)."""
-        study, call = self.handle.study, self.patience.call
-        try:
-            if outcome.state == TrialState.COMPLETE:
-                call(lambda: study.tell(trial, outcome.values or outcome.value))
-            else:
-                call(lambda: study.tell(trial, state=outcome.state))
-        except (UpdateFinishedTrialError, ValueError) as e:
-            if not call(lambda: storage.state(study, trial)).is_finished():
-                raise
-            log.warning("trial %d was failed and retried by another worker meanwhile (%s)",
-                        trial.number, e)
-            return False
-        self._after_tell(trial, outcome)
-        return True
+        return self._tell_group([trial], [outcome])[0]
 
     def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
         """:meth:`_tell` for each trial; a fused group's members are told together (one read
         and one transaction, :func:`tuner.storage.tell_many`)."""
-        if len(trials) == 1:
-            return [self._tell(trials[0], outcomes[0])]
         told = self.patience.call(lambda: storage.tell_many(self.handle.study, [
             (t, None, o.values or o.value) if o.state == TrialState.COMPLETE
             else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)]))
