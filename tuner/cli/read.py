@@ -158,7 +158,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     snap = snapshot(handle)
     b = snap.budget
     c = snap.counts
-    out().print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+    out().print(f"study {name}: {snap.finished}/{b.target if b.target is not None else '∞'} "
               f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
               f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
     out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
@@ -201,7 +201,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name
             else "task and metric from the data's labels")
-    out().print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
+    out().print(f"ok {file}: study {spec.name} — data {spec.data or 'its own'}, "
                 f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
                 f"{goal}, up to {spec.epochs} epochs, "
                 f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")
