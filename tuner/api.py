@@ -23,6 +23,7 @@ and :func:`resume` are the same two steps in one call.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import warnings
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from tuner import usercode
+from tuner import gate, usercode
 from tuner.errors import SpecError, TunerError, UserCodeError
 from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
@@ -141,6 +142,8 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
         spec.check_fuse(settings.fuse_mode(spec.fuse))
     except ValueError as e:
         raise SpecError(str(e)) from None
+    if spec.checkpoint:  # a file in its place is found now, not after the study was created
+        gate.writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
     device = "cpu" if local_workers > 1 else settings.device
     assets = StudyAssets(spec, device=device, data_dir=settings.data_dir,
                          download=settings.download)
@@ -152,8 +155,15 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
     return spec, assets
 
 
-def _check_hours(hours: float | None) -> None:
-    if hours is not None and not hours > 0:
+def _check_budget(trials: int | None, timeout: float | None, hours: float | None,
+                  local_workers: int) -> None:
+    """The budget a command adds, and the workers it starts, through the gate: before the
+    storage is opened."""
+    gate.inside(trials, "--trials", 1, gate.MAX_COUNT)
+    gate.finite(timeout, "--timeout", high=gate.MAX_SECONDS)
+    gate.inside(local_workers, "--workers", 0, gate.max_local_workers())
+    if hours is not None and not (isinstance(hours, int | float) and math.isfinite(hours)
+                                  and hours > 0):
         raise SpecError(f"--budget-hours must be a positive number of device-hours (got "
                         f"{hours}); e.g. --budget-hours 2.5, or leave it out for no limit")
 
@@ -170,12 +180,17 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
     its results cannot carry over). A failed check leaves every study in the storage as it
     was."""
     from tuner import study as st
-    from tuner.storage import connect, display_url
+    from tuner.storage import connect, display_url, normalize_url
 
-    _check_hours(budget_hours)
+    _check_budget(trials, timeout, budget_hours, local_workers)
+    if warm_from is not None:
+        gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
-    opened = connect(settings.storage, settings.heartbeat)  # first: a wrong URL fails fast
+    normalize_url(settings.storage)  # a malformed URL fails fast; nothing is opened yet
+    # the study's own code and data before the storage is opened (a SQLite file is created)
+    spec, assets = _check(spec, settings, local_workers)
+    opened = connect(settings.storage, settings.heartbeat)
     old = None
     if warm_from is not None:
         old_url = from_url or settings.storage
@@ -185,7 +200,6 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         with _quiet():
             old = st.load(opened if from_url is None else connect(from_url), warm_from,
                           wait_s=0)
-    spec, assets = _check(spec, settings, local_workers)
     plan = None
     if old is not None:
         from tuner import warmstart
@@ -212,7 +226,8 @@ def prepare_existing(name: str, settings: Settings, *, trials: int | None = None
     from tuner import study as st
     from tuner.storage import connect
 
-    _check_hours(budget_hours)
+    _check_budget(trials, timeout, budget_hours, local_workers)
+    gate.study_name(name, "study")
     with _quiet():
         handle = st.load(connect(settings.storage, settings.heartbeat), name,
                          worker_index=worker_index)

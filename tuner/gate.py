@@ -111,12 +111,13 @@ def _shown(value: str, limit: int = 60) -> str:
 
 
 def inside_folder(folder: str | os.PathLike[str], *parts: str) -> Path:
-    """``folder/parts...``, refused (ValueError) if the result is not inside ``folder``: a
-    path derived from a name never leaves its folder."""
-    base = Path(folder).absolute()
-    path = base.joinpath(*parts)
-    if os.path.commonpath([os.path.normpath(base), os.path.normpath(path)]) != os.path.normpath(base):
-        raise ValueError(f"{os.path.join(*parts)!r} leaves the folder {base}")
+    """``folder/parts...``, or a SpecError when that path is not strictly inside ``folder``
+    (a part such as ``..`` or ``/etc``): a path derived from a name never leaves its folder."""
+    path = Path(folder).joinpath(*parts)
+    base, full = os.path.abspath(folder), os.path.abspath(path)
+    if full == base or os.path.commonpath([base, full]) != base:
+        raise SpecError(f"{os.path.join(*parts)!r} would leave the folder {base}; rename the "
+                        f"study ({NAME_RULE})")
     return path
 
 

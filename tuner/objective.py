@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +31,7 @@ from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
+from tuner.gate import inside_folder
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -272,7 +272,7 @@ class TrialRunner:
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
-            ckpt = CheckpointStore(Path(self.checkpoint_dir) / spec.name
+            ckpt = CheckpointStore(inside_folder(self.checkpoint_dir, spec.name)
                                    / f"trial-{lineage}{suffix}.pt")
         return Context(
             device=torch.device(assets.device), seed=spec.seed + lineage,
@@ -677,7 +677,7 @@ class TrialRunner:
     # ---- checkpoint files ---------------------------------------------------------------
     def _store(self, lineage: int, generation: int | None = None) -> CheckpointStore:
         suffix = "" if generation is None else f"-gen{generation}"
-        return CheckpointStore(Path(self.checkpoint_dir) / self.spec.name
+        return CheckpointStore(inside_folder(self.checkpoint_dir, self.spec.name)
                                / f"trial-{lineage}{suffix}.pt")
 
     def _snapshot(self, lineage: int, epoch: int) -> None:
@@ -720,7 +720,7 @@ class TrialRunner:
         member runs or waits any more, so no live worker is writing them."""
         if self.keep_checkpoints:
             return
-        folder = Path(self.checkpoint_dir) / self.spec.name
+        folder = inside_folder(self.checkpoint_dir, self.spec.name)
         for pattern in ("trial-*-gen*.pt", ".tmp-*.pt"):
             for f in folder.glob(pattern) if folder.is_dir() else []:
                 f.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.gate import writable_folder
 from tuner.retrain import retrained_of
 from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule
 from tuner.study import Handle, feasible, pareto_front, primary_value
@@ -80,7 +81,7 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     if not complete:
         raise TunerError(f"study {handle.name!r} has no completed trial yet, so there is nothing "
                          f"to report; run `tuner resume {handle.name}` first")
-    folder = Path(out_dir)
+    folder = writable_folder(out_dir, "--out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -906,4 +906,10 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def spec_from_json(text: str) -> StudySpec:
-    return StudySpec.model_validate_json(text)
+    """A spec as stored in a study; one that today's rules refuse (a study created by an
+    older tuner, or written by hand) is a SpecError naming the problem."""
+    try:
+        return StudySpec.model_validate_json(text)
+    except ValidationError as err:
+        raise SpecError(_format_error(err, "the study's stored spec") + "; recreate the study "
+                        "from a corrected study file") from None

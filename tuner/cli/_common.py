@@ -144,6 +144,11 @@ def _one_line_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err().print("interrupted")
             raise typer.Exit(130) from None
+        except SystemExit as e:  # tuner never calls sys.exit inside a command: user code did
+            err().print(f"[red]error:[/red] the study's own code called sys.exit({e.code!r}) "
+                        "while tuner ran it; let its functions return (or raise) instead",
+                        markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except Exception as e:
             from tuner.storage import is_outage
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from tuner import gate
 from tuner.cli._common import (
     DEFAULT_STORAGE,
     DataDir,
@@ -74,7 +75,7 @@ def report(
 
     _setup_logging()
     handle = st.load(_open(storage), name)
-    result = build(handle, out_dir or Path("runs") / name / "report", top=top)
+    result = build(handle, out_dir or gate.inside_folder("runs", name) / "report", top=top)
     out().print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
     out().print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
     for sid, why in result.skipped.items():
