@@ -121,6 +121,18 @@ def inside_folder(folder: str | os.PathLike[str], *parts: str) -> Path:
     return path
 
 
+# ---- devices ------------------------------------------------------------------------------
+_DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]{1,3}", re.ASCII)
+
+
+def device(value: str, option: str = "--device") -> str:
+    """``value`` if it names a device tuner trains on (auto, cpu, cuda, cuda:N), else a
+    SpecError: ``tpu`` or ``cuda:x`` stop here, not in every worker."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise SpecError(f"{option} {value!r}: unknown device; use auto, cpu, cuda or cuda:N")
+    return value
+
+
 # ---- folders ------------------------------------------------------------------------------
 def writable_folder(path: str | os.PathLike[str], option: str) -> Path:
     """``path`` as a folder tuner may create and write into, checked before the work that
