@@ -256,8 +256,18 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
                     f"{role}: {getattr(handle.spec, role)} is defined in this notebook or "
                     "script, which worker processes cannot import; use workers=1, or move it "
                     "into a .py file and name it as file.py:name")
-        run_local(handle.name, settings, workers, workers_per_gpu,
-                  poll=None if on_poll is None else _patient_poll(on_poll))
+        from tuner.errors import SpawnFailed
+
+        try:
+            run_local(handle.name, settings, workers, workers_per_gpu,
+                      poll=None if on_poll is None else _patient_poll(on_poll))
+        except SpawnFailed:
+            if handle.created:  # no worker of this command is left: take the study back
+                from tuner import study as st
+                from tuner.storage import connect
+
+                st.delete(connect(settings.storage), handle.name)
+            raise
         return Result(handle, "done")
     from tuner import worker as w
     from tuner.objective import TrialRunner
