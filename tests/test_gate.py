@@ -67,7 +67,9 @@ def leftovers(folder: Path, *keep: Path) -> list[str]:
 
 
 def run_args(url: str, *more: str) -> list[str]:
-    return ["--storage", url, "--device", "cpu", "-q", *more]
+    # --workers 0: create the study and stop (a later --workers wins), so a refusal shows
+    # as a study created or not, without training
+    return ["--storage", url, "--device", "cpu", "-q", "--workers", "0", *more]
 
 
 # ---- YAML --------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def test_a_checkpoint_folder_that_is_a_file_is_found_before_the_study_is_created
 def test_an_unwritable_out_is_refused_before_the_report(here: Path) -> None:
     f = write(here, "s.yaml", STUDY)
     url = f"sqlite:///{here / 't.db'}"
-    assert runner.invoke(app, ["run", str(f), *run_args(url)]).exit_code == 0
+    assert runner.invoke(app, ["run", str(f), *run_args(url), "--workers", "1"]).exit_code == 0
     locked = here / "locked"
     locked.mkdir(mode=0o555)
     one_line_error(runner.invoke(app, ["report", "g", "--storage", url, "--out", str(locked)]),

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 QUIET_WARNINGS = r".*(experimental|Heartbeat of storage).*"
 DEFAULT_STORAGE = DEFAULT_URL
 DB_PATIENCE = Settings.db_patience
+DAY = 24 * 3600  # the longest wait an option takes is counted in days, never unbounded
 
 class _OneLineUsage(click.ClickException):
     """A usage error (unknown option, bad value, missing argument) as one line on stderr,
@@ -219,18 +220,18 @@ SETTINGS: list[tuple[str, Any, Any]] = [
     ("keep_checkpoints", Annotated[bool, typer.Option(
         help="Keep the checkpoints of completed trials.")], False),
     ("download", Download, True),
-    ("heartbeat", Annotated[int, typer.Option(envvar="TUNER_HEARTBEAT", min=1,
+    ("heartbeat", Annotated[int, typer.Option(envvar="TUNER_HEARTBEAT", min=1, max=DAY,
                                               help="Seconds between heartbeats.")],
      Heartbeat.interval),
     ("grace_period", Annotated[int, typer.Option(
-        envvar="TUNER_GRACE_PERIOD", min=1,
+        envvar="TUNER_GRACE_PERIOD", min=1, max=DAY,
         help="Seconds of silence before a trial's worker counts as dead.")], Heartbeat.grace_period),
     ("db_patience", Annotated[int, typer.Option(
-        envvar="TUNER_DB_PATIENCE", min=1,
+        envvar="TUNER_DB_PATIENCE", min=1, max=7 * DAY,
         help="Seconds a worker rides out an unreachable database (training on, reports "
              "held) before it checkpoints and stops.")], DB_PATIENCE),
     ("stall_timeout", Annotated[int | None, typer.Option(
-        envvar="TUNER_STALL_TIMEOUT", min=1,
+        envvar="TUNER_STALL_TIMEOUT", min=1, max=7 * DAY,
         help="Seconds a trial may go without a finished epoch before it counts as hung: it "
              "is failed and retried elsewhere, and its worker exits [default: no limit].")],
      None),

@@ -66,7 +66,8 @@ def report(
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for report.html, the PNGs and trials.csv "
                       "[default: runs/NAME/report].")] = None,
-    top: Annotated[int, typer.Option(min=1, help="Trials in the top-trials table.")] = 10,
+    top: Annotated[int, typer.Option(min=1, max=gate.MAX_COUNT,
+                                     help="Trials in the top-trials table.")] = 10,
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Write a study's report: an offline HTML page, a PNG per plot, and trials.csv."""
@@ -85,7 +86,8 @@ def report(
 @command
 def retrain(
     name: Name,
-    trial: Annotated[int | None, typer.Option(min=0, help="Trial number [default: the best].")
+    trial: Annotated[int | None, typer.Option(min=0, max=gate.MAX_COUNT,
+                                              help="Trial number [default: the best].")
                      ] = None,
     prefer: Annotated[str | None, typer.Option(
         help="With several objectives: the Pareto-front member best at this metric "

@@ -36,9 +36,11 @@ def _is_file(study: str) -> bool:
 
 Study = Annotated[str, typer.Argument(
     metavar="NAME|FILE", help="Study name, or a study file (YAML) to create the study from.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-n", help="Workers: one task or pod each.")]
-Gpus = Annotated[int, typer.Option(help="GPUs per worker.")]
-Cpus = Annotated[int, typer.Option(help="CPUs per worker (and torch threads).")]
+# bounds a scheduler would refuse later (Slurm's MaxArraySize, a node's GPUs and cores)
+WorkersOpt = Annotated[int, typer.Option("--workers", "-n", max=10_000,
+                                         help="Workers: one task or pod each.")]
+Gpus = Annotated[int, typer.Option(min=0, max=64, help="GPUs per worker.")]
+Cpus = Annotated[int, typer.Option(min=1, max=1024, help="CPUs per worker (and torch threads).")]
 Device = Annotated[str, typer.Option(help="The workers' device: auto, cpu, cuda or cuda:N.")]
 
 
