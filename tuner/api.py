@@ -187,10 +187,13 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
-    normalize_url(settings.storage)  # a malformed URL fails fast; nothing is opened yet
-    # the study's own code and data before the storage is opened (a SQLite file is created)
+    # a malformed URL fails fast; an unreachable server too, before the data is loaded; a
+    # SQLite file is opened (created) only once the study's own code and data passed
+    local_file = normalize_url(settings.storage).get_backend_name() == "sqlite"
+    opened = None if local_file else connect(settings.storage, settings.heartbeat)
     spec, assets = _check(spec, settings, local_workers)
-    opened = connect(settings.storage, settings.heartbeat)
+    if opened is None:
+        opened = connect(settings.storage, settings.heartbeat)
     old = None
     if warm_from is not None:
         old_url = from_url or settings.storage
