@@ -330,7 +330,7 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial, budget: Any, reason
 
 
 def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
-                      crashed: bool) -> bool | None:
+                      crashed: bool, reason: str | None = None) -> bool | None:
     """Fail the RUNNING trial ``trial_id`` and enqueue its retry (True) or, past its retries,
     give its slot back (False), in one transaction; None if it was not RUNNING any more.
 
@@ -342,6 +342,8 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
     frozen = study._storage.get_trial(trial_id)
     if rdb is None:
         try:
+            if reason is not None:
+                study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return None
         except UpdateFinishedTrialError:
@@ -361,6 +363,9 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
         row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         if row.state != TrialState.RUNNING:
             return None
+        if reason is not None:
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id,
+                                               "fail_reason", reason)
         row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
         if template is None:
             session.execute(budget.release_statement())
@@ -409,7 +414,8 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
 
     failed, log = [], logging.getLogger("tuner")
     for trial_id in rdb._get_stale_trial_ids(study._study_id):
-        retried = _fail_and_requeue(study, trial_id, budget, crashed=True)
+        retried = _fail_and_requeue(study, trial_id, budget, crashed=True,
+                                    reason=_lost_reason(rdb, study._storage.get_trial(trial_id)))
         if retried is None:
             continue  # finished meanwhile (its worker told it, or another reaper)
         number = study._storage.get_trial(trial_id).number
@@ -421,6 +427,23 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
             log.warning("trial %d of %s lost its worker %d times; not retrying it again",
                         number, study.study_name, MAX_RETRIES + 1)
     return failed
+
+
+def _lost_reason(rdb: optuna.storages.RDBStorage, trial: FrozenTrial) -> str:
+    """The ``fail_reason`` of a trial whose worker stopped beating: when it was last heard
+    of (the database's clock) and which worker it was."""
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with rdb.engine.connect() as conn:
+        last = conn.execute(sqlalchemy.select(table.c.heartbeat)
+                            .where(table.c.trial_id == trial._trial_id)).scalar()
+    worker = trial.user_attrs.get("worker") or {}
+    who = ", ".join(f"{k} {worker[k]}" for k in ("host", "pid", "device") if worker.get(k))
+    when = f"{last:%Y-%m-%d %H:%M:%S}" if last is not None else "its start"
+    grace = rdb.grace_period or 2 * (rdb.heartbeat_interval or 0)
+    return (f"worker lost: no heartbeat since {when} (database time), over the {grace} s grace "
+            "period" + (f"; it ran on {who}" if who else ""))
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
