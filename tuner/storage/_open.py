@@ -220,8 +220,9 @@ def _hook(storage: optuna.storages.RDBStorage) -> None:
 
 
 def _readonly_sqlite(path: str) -> Any:
-    """A connection that can only read the SQLite file ``path`` (``mode=ro``): no journal
-    switch, no file created. Module-level (with ``functools.partial``) so the storage pickles."""
+    """A connection that can only read the SQLite file ``path`` (``mode=ro``): it creates no
+    missing file, sets no journal mode and never checkpoints. Module-level, and bound with
+    ``functools.partial``, so the storage pickles."""
     import sqlite3
     from urllib.parse import quote
 
