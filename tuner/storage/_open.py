@@ -197,7 +197,6 @@ def _unreachable(url: str, err: Exception) -> StorageError:
 
 # what a reader needs to find in a database: Optuna's own tables (tuner's sit beside them)
 OPTUNA_TABLES = ("studies", "trials", "version_info")
-SQLITE_MAGIC = b"SQLite format 3\x00"
 Access = Literal["write", "existing", "read"]
 
 
@@ -238,10 +237,8 @@ def _tables(parsed: URL) -> set[str]:
         if not path.is_file():
             raise StorageError(f"no study database at {path}; check --storage, or create one "
                                "with `tuner run FILE`")
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
-            raise StorageError(f"{path} is not a SQLite database; check --storage")
+        # through SQLite only: opening and closing the file ourselves would drop every
+        # SQLite lock this process holds on it (POSIX locks are per process and file)
         import sqlite3
 
         try:
@@ -251,6 +248,8 @@ def _tables(parsed: URL) -> set[str]:
             finally:
                 conn.close()
         except sqlite3.DatabaseError as e:
+            if "not a database" in str(e):
+                raise StorageError(f"{path} is not a SQLite database; check --storage") from e
             raise StorageError(f"{path} is not a readable SQLite database ({e}); check "
                                "--storage") from e
         return {r[0] for r in rows}

@@ -455,10 +455,13 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     set_user_attrs_many([(trial, attrs)])
 
 
-def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]]) -> None:
+def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]], *,
+                        finished: bool = False) -> None:
     """:func:`set_user_attrs` for several running trials (a fused group's members) in one
     statement and one transaction. Like ``Trial.set_user_attr``, refuses (writing nothing)
-    when one of the trials is finished."""
+    when one of the trials is finished, unless ``finished``: then the attrs of a trial
+    finished meanwhile (by the reaper, optuna-dashboard, another process's tell) are written
+    too, since they say what its worker saw."""
     items = [(trial, attrs) for trial, attrs in items if attrs]
     if not items:
         return
@@ -467,7 +470,11 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
     if rdb is None or not _can_upsert(dialect):
         for trial, attrs in items:
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
+                try:
+                    trial.set_user_attr(k, v)
+                except UpdateFinishedTrialError:
+                    if not finished:
+                        raise
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -481,7 +488,8 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
             sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
             .where(models.TrialModel.trial_id.in_(ids))).all())
         for trial_id in ids:  # as Optuna does per attr
-            rdb.check_trial_is_updatable(trial_id, states[trial_id])
+            if not finished:
+                rdb.check_trial_is_updatable(trial_id, states[trial_id])
         session.execute(_upsert(dialect, table, rows))
     for trial, attrs in items:  # what Trial.set_user_attr does too
         trial._cached_frozen_trial.user_attrs.update(attrs)
