@@ -308,8 +308,7 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
     e = html.escape
     from tuner.status import count, facts
 
-    counts = {k: n for k, n in count(trials, facts(handle.study, trials, heartbeats=False)).items()
-              if n}
+    counts = count(trials, facts(handle.study, trials, heartbeats=False))
     front = pareto_front(handle)
     best = (max if spec.direction_name == "maximize" else min)(
         front or complete, key=lambda t: primary_value(spec, t) or 0.0)

@@ -40,8 +40,9 @@ def studies(storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None
                 else f"Pareto front of {r.pareto_size}")
         goal = ", ".join(f"{d} {m}" if len(r.directions) > 1 else d
                          for m, d in zip(r.objectives, r.directions, strict=True))
-        table.add_row(r.name, str(c["COMPLETE"]), str(c["PRUNED"]), str(c["INFEASIBLE"]),
-                      str(c["FAIL"]), str(c["RUNNING"]), str(c["LOST"]), best, goal,
+        table.add_row(r.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "INFEASIBLE",
+                                                            "FAIL", "RUNNING", "LOST")),
+                      best, goal,
                       r.last_activity.isoformat(sep=" ", timespec="seconds")
                       if r.last_activity else "—")
     out().print(table)
