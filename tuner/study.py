@@ -8,6 +8,7 @@ import warnings
 from dataclasses import dataclass
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
@@ -17,6 +18,7 @@ from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import (
     Budget,
     BudgetState,
+    Informed,
     advance,
     display_url,
     engine_of,
@@ -32,26 +34,38 @@ WARM_START_ATTR = "tuner.warm_start"
 
 
 def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler. Each worker gets its own seed (seed + index), so parallel
-    workers do not propose the same points."""
-    seed = spec.seed + worker_index
+    """The study's sampler. Every draw is seeded from the study seed and the trial's number
+    (:class:`tuner.storage.Informed`), so a study reproduces from its seed while no two
+    trials draw alike, in any worker, however often it is resumed (``worker_index`` is
+    kept for callers; it no longer offsets anything)."""
+    del worker_index
+    seed = spec.seed
     s = spec.sampler
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    inner: optuna.samplers.BaseSampler
     if s.name == "tpe":
         # constant_liar: running trials count as bad guesses, so workers spread out
-        return optuna.samplers.TPESampler(
+        inner = optuna.samplers.TPESampler(
             seed=seed, multivariate=s.multivariate, group=s.multivariate, constant_liar=True,
             **startup,
         )
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
-    if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **startup)
-    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    elif s.name == "random":
+        inner = optuna.samplers.RandomSampler(seed=seed)
+    elif s.name == "grid":
+        inner = optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    elif s.name == "cmaes":
+        inner = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                             **startup)
+    elif s.name == "gp":
+        inner = optuna.samplers.GPSampler(seed=seed, **startup)
+    else:
+        inner = optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    primary = None
+    if spec.multi_objective:  # the objective whose curve pruned trials carry
+        primary = StudyDirection[
+            spec.directions[spec.objective_names.index(spec.metric_name)].upper()]
+    # Optuna's GP reads complete trials only: pruned and infeasible ones are shown to it
+    return Informed(inner, seed=seed, primary=primary, pruned_as_worst=s.name == "gp")
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -1,0 +1,118 @@
+"""Features where they meet: every sampler with two objectives and pruning, sampling across
+resumes and workers, grid searches that run out, k-fold and retrain with two objectives,
+stop rules with ASHA and with more budget, and samplers that learn from pruned and infeasible
+trials. Real SQLite, real trials of a toy trainer (and real training on digits where the
+model matters), workers in this process or real worker processes."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from tuner import study as st
+from tuner.objective import TrialRunner
+from tuner.settings import Settings
+from tuner.spec import parse_spec
+from tuner.storage import Heartbeat, connect
+from tuner.worker import Worker
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
+              pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
+HB = Heartbeat(interval=1, grace_period=2)
+runner = CliRunner()
+
+# two objectives: a score whose curve climbs to x (pruned on), and a cost y
+FIT = textwrap.dedent("""
+    def fit(params, ctx):
+        for epoch in range(1, ctx.max_epochs + 1):
+            ctx.report(epoch, params["x"] * epoch / ctx.max_epochs)
+        return params["x"], params["y"]
+
+
+    def one(params, ctx):
+        for epoch in range(1, ctx.max_epochs + 1):
+            ctx.report(epoch, params["x"] * epoch / ctx.max_epochs)
+        return params["x"]
+""")
+TWO = [{"metric": "score", "direction": "maximize"}, {"metric": "cost", "direction": "minimize"}]
+SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0},
+         "y": {"type": "float", "low": 0.0, "high": 1.0}}
+
+
+def toy(tmp_path: Path, **extra: Any):
+    (tmp_path / "fit.py").write_text(FIT)
+    spec = {"name": "combo", "trainer": "fit.py:fit", "task": "regression", "epochs": 3,
+            "trials": 8, "sampler": "random", "pruner": "none", "objectives": TWO,
+            "space": SPACE, **extra}
+    return parse_spec(spec, base_dir=str(tmp_path))
+
+
+def url_of(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tuner.db'}"
+
+
+def work(handle, tmp_path: Path) -> str:
+    settings = Settings(device="cpu", checkpoint_dir=str(tmp_path / "ckpt"))
+    return Worker(handle, TrialRunner.of(handle.spec, settings), heartbeat=HB).run().stopped_because
+
+
+def states(handle) -> list[TrialState]:
+    return [t.state for t in handle.study.get_trials(deepcopy=False)]
+
+
+# ---- (a) two objectives, pruning, every sampler past its start-up ----------------------------
+@pytest.mark.parametrize("sampler", [
+    "tpe", "random", "qmc", pytest.param("gp", marks=pytest.mark.slow)])
+def test_two_objectives_prune_with_every_sampler_for_the_whole_budget(tmp_path, sampler):
+    spec = toy(tmp_path, trials=14, sampler={"name": sampler, "n_startup_trials": 3}
+               if sampler in ("tpe", "gp") else sampler,
+               pruner={"name": "median", "n_startup_trials": 2, "min_epochs": 1})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    assert work(handle, tmp_path) == "budget spent"
+    got = states(handle)
+    assert len(got) == 14 and TrialState.FAIL not in got, [
+        t.user_attrs.get("fail_reason") for t in handle.study.trials]
+    # the pruned trials (whose curve TPE ranks) came before the end of the budget
+    assert TrialState.PRUNED in got[:-3] and TrialState.COMPLETE in got
+
+
+# ---- (b) sampling: reproducible, never repeating ---------------------------------------------
+def _params(handle) -> list[tuple[float, float]]:
+    return [(t.params["x"], t.params["y"]) for t in handle.study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "qmc"])
+def test_run_resume_resume_and_a_second_worker_draw_new_configurations(tmp_path, sampler):
+    spec = toy(tmp_path, trials=3, sampler=sampler)
+    url = url_of(tmp_path)
+    handle = st.create_or_resume(connect(url, HB), spec)
+    work(handle, tmp_path)
+    for _ in range(2):  # `tuner resume --trials 3`, twice: a fresh process each time
+        again = st.load(connect(url, HB), "combo")
+        st.add_budget(again, 3, None)
+        work(again, tmp_path)
+    # two workers with the same index join the study
+    st.add_budget(st.load(connect(url, HB), "combo"), 4, None)
+    for _ in range(2):
+        work(st.load(connect(url, HB), "combo", worker_index=0), tmp_path)
+    drawn = _params(st.load(connect(url, HB), "combo"))
+    assert len(drawn) == 13 and len(set(drawn)) == 13
+    ts = st.load(connect(url, HB), "combo").study.get_trials(deepcopy=False)
+    assert not [t.number for t in ts if "repeat_of" in t.user_attrs]
+
+
+def test_the_same_seed_draws_the_same_sequence_in_one_process(tmp_path):
+    url = url_of(tmp_path)
+    seqs = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        spec = toy(tmp_path, name=name, seed=seed, trials=4, sampler="tpe")
+        handle = st.create_or_resume(connect(url, HB), spec)
+        work(handle, tmp_path)
+        seqs.append(_params(handle))
+    assert seqs[0] == seqs[1] and len(set(seqs[0])) == 4
+    assert not set(seqs[0]) & set(seqs[2])
