@@ -6,15 +6,18 @@ model matters), workers in this process or real worker processes."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 from optuna.trial import TrialState
+from tuner_procs import assert_refused
 from typer.testing import CliRunner
 
 from tuner import study as st
+from tuner.cli import app
 from tuner.objective import TrialRunner
 from tuner.settings import Settings
 from tuner.spec import parse_spec
@@ -116,3 +119,53 @@ def test_the_same_seed_draws_the_same_sequence_in_one_process(tmp_path):
         seqs.append(_params(handle))
     assert seqs[0] == seqs[1] and len(set(seqs[0])) == 4
     assert not set(seqs[0]) & set(seqs[2])
+
+
+# ---- (c) CMA-ES optimizes one objective: refused up front -----------------------------------
+def test_cmaes_with_two_objectives_is_refused_by_check_and_run(tmp_path):
+    (tmp_path / "fit.py").write_text(FIT)
+    path = tmp_path / "cma.yaml"
+    path.write_text(json.dumps({"name": "cma", "trainer": "fit.py:fit", "task": "regression",
+                                "sampler": "cmaes", "objectives": TWO, "space": SPACE}))
+    assert_refused(path, tmp_path, "sampler: cmaes optimizes one objective")
+
+
+# ---- real training on digits: k-fold and retrain with two objectives -------------------------
+DIGITS = {"name": "mo", "data": "digits", "model": "mlp", "sampler": "random", "epochs": 1,
+          "objectives": ["accuracy", "params"], "pruner": "none",
+          "space": {"width": {"type": "int", "low": 8, "high": 64, "log": True}, "depth": 1}}
+
+
+@pytest.mark.slow
+def test_kfold_with_two_objectives_scores_every_trial(tmp_path):
+    spec = parse_spec({**DIGITS, "trials": 3, "validation": {"kfold": 2},
+                       "pruner": {"name": "median", "n_startup_trials": 1, "min_epochs": 1}})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    work(handle, tmp_path)
+    ts = handle.study.get_trials(deepcopy=False)
+    assert len(ts) == 3 and {t.state for t in ts} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in ts:  # the running mean over folds is the accuracy's curve
+        assert t.intermediate_values and t.intermediate_values.keys() <= {1, 2}
+        if t.state == TrialState.COMPLETE:
+            assert t.values[0] == pytest.approx(t.intermediate_values[2])
+
+
+@pytest.mark.slow
+def test_retrain_of_a_two_objective_study_writes_its_card(tmp_path):
+    f = tmp_path / "mo.yaml"
+    f.write_text(json.dumps({**DIGITS, "trials": 2}))
+    url = url_of(tmp_path)
+    r = runner.invoke(app, ["run", str(f), "--storage", url, "--device", "cpu", "-q",
+                            "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "model"
+    r = runner.invoke(app, ["retrain", "mo", "--storage", url, "--device", "cpu",
+                            "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    card = json.loads((out / "model.json").read_text())
+    best = st.load(connect(url, HB), "mo")
+    t = best.study.trials[card["trial"]]
+    assert card["validation_value"] == t.values[0]
+    assert card["validation_values"] == {"accuracy": t.values[0], "params": t.values[1]}
+    assert 0.0 < card["test_metrics"]["accuracy"] <= 1.0
+    assert st.load(connect(url, HB), "mo").study.user_attrs[f"retrain.{t.number}"]

@@ -409,6 +409,9 @@ class StudySpec(_Frozen):
         if self.stop.terminator and self.multi_objective:
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
+        if self.sampler.name == "cmaes" and self.multi_objective:
+            raise ValueError("sampler: cmaes optimizes one objective; use tpe, gp, random or "
+                             "qmc with several objectives")
         self._check_asha()
         self._check_pbt()
         self.check_fuse(self.fuse)
