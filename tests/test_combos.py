@@ -169,3 +169,46 @@ def test_retrain_of_a_two_objective_study_writes_its_card(tmp_path):
     assert card["validation_values"] == {"accuracy": t.values[0], "params": t.values[1]}
     assert 0.0 < card["test_metrics"]["accuracy"] <= 1.0
     assert st.load(connect(url, HB), "mo").study.user_attrs[f"retrain.{t.number}"]
+
+
+# ---- (f) a grid search whose budget covers the grid -----------------------------------------
+def grid_file(tmp_path: Path, **extra: Any) -> Path:
+    (tmp_path / "fit.py").write_text(FIT)
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps({
+        "name": "grid", "trainer": "fit.py:one", "task": "regression", "metric": "mse",
+        "epochs": 2, "trials": 10, "sampler": "grid", "pruner": "none",
+        "space": {"x": [0.1, 0.2, 0.3], "y": [0.1, 0.5]}, **extra}))
+    return path
+
+
+@pytest.mark.parametrize("workers", ["1", pytest.param("2", marks=pytest.mark.slow)])
+def test_a_grid_search_ends_cleanly_once_its_grid_is_covered(tmp_path, workers):
+    path, url = grid_file(tmp_path), url_of(tmp_path)
+    r = runner.invoke(app, ["run", str(path), "--storage", url, "--device", "cpu", "-q",
+                            "--workers", workers, "--checkpoint-dir", str(tmp_path / "ckpt")])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "Study.stop" not in r.output
+    handle = st.load(connect(url, HB), "grid")
+    ts = handle.study.get_trials(deepcopy=False)
+    assert [t.state for t in ts] == [TrialState.COMPLETE] * 6
+    assert len({(t.params["x"], t.params["y"]) for t in ts}) == 6
+    assert "grid exhausted" in (handle.budget.state().stopped or "")
+    r = runner.invoke(app, ["resume", "grid", "--storage", url, "--device", "cpu"])
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "grid exhausted: every one of its 6 points was tried" in r.output
+    assert "--trials" not in r.output
+    r = runner.invoke(app, ["resume", "grid", "--storage", url, "--device", "cpu", "--trials", "3"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "tried every point of its grid (6)" in r.output
+    assert len(st.load(connect(url, HB), "grid").study.get_trials(deepcopy=False)) == 6
+
+
+def test_a_grid_search_resumed_takes_only_the_points_left(tmp_path):
+    path, url = grid_file(tmp_path, trials=4), url_of(tmp_path)
+    args = ["--storage", url, "--device", "cpu", "-q", "--checkpoint-dir", str(tmp_path / "c")]
+    assert runner.invoke(app, ["run", str(path), *args]).exit_code == 0
+    r = runner.invoke(app, ["resume", "grid", "--trials", "5", *args])
+    assert r.exit_code == 0, r.output
+    ts = st.load(connect(url, HB), "grid").study.get_trials(deepcopy=False)
+    assert len(ts) == 6 and len({(t.params["x"], t.params["y"]) for t in ts}) == 6

@@ -18,11 +18,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec import StudySpec
-from tuner.study import feasible, primary_value
+from tuner.study import feasible, grid_points, grid_size, primary_value
 
 log = logging.getLogger("tuner")
 
-__all__ = ["patience_reason", "terminator_reason", "why_stop"]
+__all__ = ["GRID_EXHAUSTED", "grid_reason", "patience_reason", "terminator_reason", "why_stop"]
+
+# the reason a grid search ends once every point was tried
+GRID_EXHAUSTED = "grid exhausted"
 
 
 def _finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -80,9 +83,19 @@ def _terminator(spec: StudySpec, tm: Any) -> Any:
     return tm.Terminator(error_evaluator=tm.MedianErrorEvaluator(tm.RegretBoundEvaluator()))
 
 
+def grid_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
+    """A reason once every point of a grid search's grid has a finished trial (Optuna's
+    grid sampler would then draw points again)."""
+    size = grid_size(spec)
+    if size is None or len(grid_points(trials, finished=True)) < size:
+        return None
+    return f"{GRID_EXHAUSTED}: every one of its {size} points was tried"
+
+
 def why_stop(spec: StudySpec, study: optuna.Study) -> str | None:
     """Why the study should stop now, or None."""
-    if spec.stop.patience is None and not spec.stop.terminator:
+    if spec.stop.patience is None and not spec.stop.terminator and spec.sampler.name != "grid":
         return None
     trials = study.get_trials(deepcopy=False)
-    return patience_reason(spec, trials) or terminator_reason(spec, study)
+    return (grid_reason(spec, trials) or patience_reason(spec, trials)
+            or terminator_reason(spec, study))

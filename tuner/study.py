@@ -3,6 +3,7 @@ join a study from the database alone."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
-from tuner.errors import SpecMismatch, StudyNotFound
+from tuner.errors import SpecMismatch, StudyNotFound, TunerError
 from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import (
@@ -31,6 +32,8 @@ from tuner.storage import (
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
 WARM_START_ATTR = "tuner.warm_start"
+# the system attr where Optuna's grid sampler keeps the point a trial takes
+GRID_ID = "grid_id"
 
 
 def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -158,7 +161,10 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         _name_metrics(study, spec)
         # atomic: 8 workers may get here at once
-        budget.initialize(spec.trials, spec.timeout, spec.budget_hours)
+        # a grid search runs each point once: more trials than points would repeat some
+        size = grid_size(spec)
+        budget.initialize(spec.trials if size is None else min(spec.trials, size), spec.timeout,
+                          spec.budget_hours)
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
     if study.metric_names is None:  # created before tuner named them
@@ -225,6 +231,14 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
     device-hours. A timeout or hours alone lift the trial limit (run until they are spent),
     except under PBT, whose trials are its population: there they keep it. Asking for more
     explicitly lets a study that stopped early (``stop:``) go on."""
+    left = _grid_left(handle)
+    if left is not None and (trials is not None or timeout is not None or hours is not None):
+        if left == 0:
+            raise TunerError(
+                f"study {handle.name!r} has tried every point of its grid "
+                f"({grid_size(handle.spec)}); nothing is left to run: search a wider or finer "
+                "grid as a new study (--study NEW_NAME)")
+        trials = left if trials is None else min(trials, left)  # no point twice
     if hours is not None:
         handle.budget.add_hours(hours)
     if trials is not None or timeout is not None or hours is not None:
@@ -236,6 +250,27 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
     if trials is None and timeout is None:
         return handle.budget.add(None, None) if hours is not None else handle.budget.state()
     return handle.budget.add(trials, timeout)
+
+
+def grid_size(spec: StudySpec) -> int | None:
+    """How many points the grid sampler's grid has; None for the other samplers."""
+    if spec.sampler.name != "grid":
+        return None
+    return math.prod(len(v) for v in space.grid(spec).values())
+
+
+def grid_points(trials: list[FrozenTrial], *, finished: bool = False) -> set[int]:
+    """The grid points (Optuna's grid ids) that ``trials`` took (``finished``: that ended)."""
+    return {int(t.system_attrs[GRID_ID]) for t in trials if GRID_ID in t.system_attrs
+            and (not finished or t.state.is_finished())}
+
+
+def _grid_left(handle: Handle) -> int | None:
+    """The grid points no trial has taken yet (None: not a grid search)."""
+    size = grid_size(handle.spec)
+    if size is None:
+        return None
+    return size - len(grid_points(handle.study.get_trials(deepcopy=False)))
 
 
 def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
