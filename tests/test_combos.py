@@ -41,6 +41,21 @@ FIT = textwrap.dedent("""
         for epoch in range(1, ctx.max_epochs + 1):
             ctx.report(epoch, params["x"] * epoch / ctx.max_epochs)
         return params["x"]
+
+
+    def flat(params, ctx):  # never improves on the first trial
+        for epoch in range(1, ctx.max_epochs + 1):
+            ctx.report(epoch, 1.0)
+        return 1.0
+
+
+    def rising(params, ctx):  # every trial (and every segment) beats the ones before it
+        state = ctx.load_checkpoint()
+        start = 1 if state is None else int(state["epoch"]) + 1
+        for epoch in range(start, ctx.max_epochs + 1):
+            ctx.save_checkpoint({"epoch": epoch})
+            ctx.report(epoch, ctx.trial_number + epoch / 100)
+        return ctx.trial_number + ctx.max_epochs / 100
 """)
 TWO = [{"metric": "score", "direction": "maximize"}, {"metric": "cost", "direction": "minimize"}]
 SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0},
@@ -212,3 +227,34 @@ def test_a_grid_search_resumed_takes_only_the_points_left(tmp_path):
     assert r.exit_code == 0, r.output
     ts = st.load(connect(url, HB), "grid").study.get_trials(deepcopy=False)
     assert len(ts) == 6 and len({(t.params["x"], t.params["y"]) for t in ts}) == 6
+
+
+# ---- (g, h) stop: {patience: N} with ASHA, and with more budget ------------------------------
+def one_objective(tmp_path: Path, trainer: str, **extra: Any):
+    return toy(tmp_path, trainer=f"fit.py:{trainer}", objectives=None, metric="r2", **extra)
+
+
+def test_paused_asha_segments_are_not_trials_that_did_not_improve(tmp_path):
+    spec = one_objective(tmp_path, "rising", trials=9, epochs=4, stop={"patience": 2},
+                         pruner={"name": "asha", "min_epochs": 1, "reduction_factor": 2})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    assert work(handle, tmp_path) == "budget spent"
+    assert handle.budget.state().stopped is None
+    ts = handle.study.get_trials(deepcopy=False)
+    assert any("paused_at" in t.user_attrs for t in ts)  # ASHA did pause segments
+    assert len({t.user_attrs["lineage"] for t in ts}) == 9
+
+
+def test_a_study_stopped_by_patience_runs_the_trials_it_is_given(tmp_path):
+    spec = one_objective(tmp_path, "flat", trials=30, stop={"patience": 3})
+    url = url_of(tmp_path)
+    handle = st.create_or_resume(connect(url, HB), spec)
+    assert work(handle, tmp_path).startswith("stopped early (patience: 3")
+    assert len(handle.study.get_trials(deepcopy=False)) == 4
+    # 2 more: both run (patience counts from the first of them, not over the history)
+    # 5 more after those: the count goes on (the study was not stopped), 1 more stops it
+    for more, why, total in ((2, "budget spent", 6), (5, "stopped early (patience: 3", 7)):
+        again = st.load(connect(url, HB), "combo")
+        st.add_budget(again, more, None)
+        assert work(again, tmp_path).startswith(why)
+        assert len(again.study.get_trials(deepcopy=False)) == total

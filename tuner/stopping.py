@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec import StudySpec
-from tuner.study import feasible, grid_points, grid_size, primary_value
+from tuner.storage import is_paused
+from tuner.study import PATIENCE_FROM_ATTR, feasible, grid_points, grid_size, primary_value
 
 log = logging.getLogger("tuner")
 
@@ -29,13 +30,19 @@ GRID_EXHAUSTED = "grid exhausted"
 
 
 def _finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    """Complete and pruned trials in the order they finished; an ASHA rung or PBT generation
+    segment that paused is not a finished trial (its member goes on, or is retired)."""
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and not is_paused(t)]
     return sorted(done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
 
 
-def patience_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
+def patience_reason(spec: StudySpec, trials: list[FrozenTrial],
+                    counted_from: int = 0) -> str | None:
     """A reason when ``patience`` finished trials (complete or pruned), counted from the
-    first completed one, in the order they finished, have not improved the best value."""
+    first completed one, in the order they finished, have not improved the best value.
+    ``counted_from``: only trials numbered from there on count (a study stopped by patience
+    and given more trials runs them; the best is still the whole study's)."""
     n = spec.stop.patience
     if n is None:
         return None
@@ -46,7 +53,7 @@ def patience_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
         value = primary_value(spec, t) if t.state == TrialState.COMPLETE and feasible(t) else None
         if value is not None and (best is None or better(value, best)):
             best, best_trial, since = value, t.number, 0
-        elif best is not None:
+        elif best is not None and t.number >= counted_from:
             since += 1
     if best is not None and since >= n:
         return (f"patience: {since} finished trials did not improve the best "
@@ -97,5 +104,6 @@ def why_stop(spec: StudySpec, study: optuna.Study) -> str | None:
     if spec.stop.patience is None and not spec.stop.terminator and spec.sampler.name != "grid":
         return None
     trials = study.get_trials(deepcopy=False)
-    return (grid_reason(spec, trials) or patience_reason(spec, trials)
+    counted_from = int(study.user_attrs.get(PATIENCE_FROM_ATTR, 0)) if spec.stop.patience else 0
+    return (grid_reason(spec, trials) or patience_reason(spec, trials, counted_from)
             or terminator_reason(spec, study))

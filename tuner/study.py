@@ -32,6 +32,9 @@ from tuner.storage import (
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
 WARM_START_ATTR = "tuner.warm_start"
+# the first trial number that ``stop: {patience: N}`` counts (set when a study that stopped
+# early is given more budget: the trials asked for are run)
+PATIENCE_FROM_ATTR = "tuner.patience_from"
 # the system attr where Optuna's grid sampler keeps the point a trial takes
 GRID_ID = "grid_id"
 
@@ -242,6 +245,10 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
     if hours is not None:
         handle.budget.add_hours(hours)
     if trials is not None or timeout is not None or hours is not None:
+        if handle.budget.state().stopped is not None:
+            # patience counts again from the next trial, not over the whole history
+            handle.study.set_user_attr(PATIENCE_FROM_ATTR,
+                                       len(handle.study.get_trials(deepcopy=False)))
         handle.budget.unstop()
     if trials is None and handle.spec.scheduler is not None:
         # a population of `population` members, not as many as fit in the time
