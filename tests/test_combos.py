@@ -258,3 +258,23 @@ def test_a_study_stopped_by_patience_runs_the_trials_it_is_given(tmp_path):
         st.add_budget(again, more, None)
         assert work(again, tmp_path).startswith(why)
         assert len(again.study.get_trials(deepcopy=False)) == total
+
+
+# ---- (i) samplers learn from pruned and infeasible trials ------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["gp", "tpe"])
+def test_no_sampler_proposes_an_infeasible_configuration_again(tmp_path, sampler):
+    # an mlp of one hidden layer has 75 * width + 10 parameters on digits: width <= 39 fits
+    spec = parse_spec({**DIGITS, "objectives": None, "metric": "accuracy", "trials": 12,
+                       "sampler": {"name": sampler, "n_startup_trials": 3},
+                       "constraints": {"params": {"max": 3000}},
+                       "space": {"width": {"type": "int", "low": 8, "high": 256, "log": True},
+                                 "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                                 "depth": 1}})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    work(handle, tmp_path)
+    ts = handle.study.get_trials(deepcopy=False)
+    assert len(ts) == 12 and TrialState.FAIL not in {t.state for t in ts}
+    assert [t.number for t in ts if "repeat_of" in t.user_attrs] == []
+    infeasible = [t for t in ts if "infeasible" in t.user_attrs]
+    assert len(infeasible) < 8  # it learnt where the constraint holds
