@@ -83,12 +83,20 @@ def states(handle) -> list[TrialState]:
     return [t.state for t in handle.study.get_trials(deepcopy=False)]
 
 
+def one_objective(tmp_path: Path, trainer: str, **extra: Any):
+    return toy(tmp_path, trainer=f"fit.py:{trainer}", objectives=None, metric="r2", **extra)
+
+
+def _params(handle) -> list[tuple[float, float]]:
+    return [(t.params["x"], t.params["y"]) for t in handle.study.get_trials(deepcopy=False)]
+
+
 # ---- (a) two objectives, pruning, every sampler past its start-up ----------------------------
 @pytest.mark.parametrize("sampler", [
-    "tpe", "random", "qmc", pytest.param("gp", marks=pytest.mark.slow)])
+    "tpe", "random", "qmc", "nsga2", pytest.param("gp", marks=pytest.mark.slow)])
 def test_two_objectives_prune_with_every_sampler_for_the_whole_budget(tmp_path, sampler):
     spec = toy(tmp_path, trials=14, sampler={"name": sampler, "n_startup_trials": 3}
-               if sampler in ("tpe", "gp") else sampler,
+               if sampler in ("tpe", "gp", "nsga2") else sampler,
                pruner={"name": "median", "n_startup_trials": 2, "min_epochs": 1})
     handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
     assert work(handle, tmp_path) == "budget spent"
@@ -97,13 +105,28 @@ def test_two_objectives_prune_with_every_sampler_for_the_whole_budget(tmp_path, 
         t.user_attrs.get("fail_reason") for t in handle.study.trials]
     # the pruned trials (whose curve TPE ranks) came before the end of the budget
     assert TrialState.PRUNED in got[:-3] and TrialState.COMPLETE in got
+    if sampler == "nsga2":  # past its first generation (of 3), pruned trials counted in
+        assert max(t.system_attrs.get("NSGAIISampler:generation", 0)
+                   for t in handle.study.trials) >= 2
+
+
+@pytest.mark.parametrize("sampler", ["cmaes", "gp", "grid"])
+def test_one_objective_prunes_with_every_sampler_for_the_whole_budget(tmp_path, sampler):
+    space = {"x": [0.1, 0.3, 0.5, 0.7, 0.9], "y": [0.1, 0.5]} if sampler == "grid" else SPACE
+    spec = one_objective(tmp_path, "one", trials=10, space=space,
+                         sampler={"name": sampler, "n_startup_trials": 3}
+                         if sampler in ("cmaes", "gp") else sampler,
+                         pruner={"name": "median", "n_startup_trials": 2, "min_epochs": 1})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    work(handle, tmp_path)
+    got = states(handle)
+    assert len(got) == 10 and TrialState.FAIL not in got
+    assert TrialState.PRUNED in got and TrialState.COMPLETE in got
+    drawn = _params(handle)
+    assert len(set(drawn)) == len(drawn)
 
 
 # ---- (b) sampling: reproducible, never repeating ---------------------------------------------
-def _params(handle) -> list[tuple[float, float]]:
-    return [(t.params["x"], t.params["y"]) for t in handle.study.get_trials(deepcopy=False)]
-
-
 @pytest.mark.parametrize("sampler", ["tpe", "random", "qmc"])
 def test_run_resume_resume_and_a_second_worker_draw_new_configurations(tmp_path, sampler):
     spec = toy(tmp_path, trials=3, sampler=sampler)
@@ -143,6 +166,14 @@ def test_cmaes_with_two_objectives_is_refused_by_check_and_run(tmp_path):
     path.write_text(json.dumps({"name": "cma", "trainer": "fit.py:fit", "task": "regression",
                                 "sampler": "cmaes", "objectives": TWO, "space": SPACE}))
     assert_refused(path, tmp_path, "sampler: cmaes optimizes one objective")
+
+
+def test_nsga2_needs_a_population_of_two():
+    from tuner.errors import SpecError
+
+    with pytest.raises(SpecError, match="nsga2's n_startup_trials is its population size"):
+        parse_spec({"name": "n", "data": "digits", "objectives": ["accuracy", "params"],
+                    "sampler": {"name": "nsga2", "n_startup_trials": 1}})
 
 
 # ---- real training on digits: k-fold and retrain with two objectives -------------------------
@@ -230,10 +261,6 @@ def test_a_grid_search_resumed_takes_only_the_points_left(tmp_path):
 
 
 # ---- (g, h) stop: {patience: N} with ASHA, and with more budget ------------------------------
-def one_objective(tmp_path: Path, trainer: str, **extra: Any):
-    return toy(tmp_path, trainer=f"fit.py:{trainer}", objectives=None, metric="r2", **extra)
-
-
 def test_paused_asha_segments_are_not_trials_that_did_not_improve(tmp_path):
     spec = one_objective(tmp_path, "rising", trials=9, epochs=4, stop={"patience": 2},
                          pruner={"name": "asha", "min_epochs": 1, "reduction_factor": 2})

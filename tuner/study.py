@@ -64,14 +64,18 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.Bas
                                              **startup)
     elif s.name == "gp":
         inner = optuna.samplers.GPSampler(seed=seed, **startup)
+    elif s.name == "nsga2":
+        inner = optuna.samplers.NSGAIISampler(
+            seed=seed, **({} if s.n_startup_trials is None
+                          else {"population_size": s.n_startup_trials}))
     else:
         inner = optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     primary = None
     if spec.multi_objective:  # the objective whose curve pruned trials carry
         primary = StudyDirection[
             spec.directions[spec.objective_names.index(spec.metric_name)].upper()]
-    # Optuna's GP reads complete trials only: pruned and infeasible ones are shown to it
-    return Informed(inner, seed=seed, primary=primary, pruned_as_worst=s.name == "gp")
+    # Optuna's GP and NSGA-II read complete trials only: pruned and infeasible ones are shown
+    return Informed(inner, seed=seed, primary=primary, pruned_as_worst=s.name in ("gp", "nsga2"))
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
