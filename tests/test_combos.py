@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from optuna.trial import TrialState
-from tuner_procs import assert_refused
+from tuner_procs import assert_refused, start_together, worker_args
 from typer.testing import CliRunner
 
 from tuner import study as st
@@ -145,6 +145,25 @@ def test_run_resume_resume_and_a_second_worker_draw_new_configurations(tmp_path,
     assert len(drawn) == 13 and len(set(drawn)) == 13
     ts = st.load(connect(url, HB), "combo").study.get_trials(deepcopy=False)
     assert not [t.number for t in ts if "repeat_of" in t.user_attrs]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_with_the_same_index_draw_apart(tmp_path):
+    (tmp_path / "fit.py").write_text(FIT)
+    path = tmp_path / "combo.yaml"
+    path.write_text(json.dumps({"name": "combo", "trainer": "fit.py:one", "task": "regression",
+                                "metric": "r2", "epochs": 2, "trials": 8, "sampler": "random",
+                                "pruner": "none", "space": SPACE}))
+    url = url_of(tmp_path)
+    r = runner.invoke(app, ["run", str(path), "--storage", url, "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    procs = start_together([worker_args("combo", url, tmp_path, "--worker-index", "0")
+                            for _ in range(2)], tmp_path)
+    for p in procs:
+        assert p.wait(120) == 0, p.output()
+    ts = st.load(connect(url, HB), "combo").study.get_trials(deepcopy=False)
+    assert len(ts) == 8 and not [t.number for t in ts if "repeat_of" in t.user_attrs]
+    assert len({(t.params["x"], t.params["y"]) for t in ts}) == 8
 
 
 def test_the_same_seed_draws_the_same_sequence_in_one_process(tmp_path):

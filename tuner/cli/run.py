@@ -174,7 +174,8 @@ def resume(
 def worker(
     study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
     worker_index: Annotated[int | None, typer.Option(
-        help="Offsets the sampler seed [default: random, so workers started alike sample apart].")
+        help="This worker's number in its launch (Slurm, Kubernetes); sampling does not depend "
+             "on it: each draw is seeded from the study seed and the trial number.")
     ] = None,
     quiet: Quiet = False,
     *,
