@@ -110,6 +110,16 @@ def test_two_objectives_prune_with_every_sampler_for_the_whole_budget(tmp_path, 
                    for t in handle.study.trials) >= 2
 
 
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_two_objectives_with_tpe_and_every_pruner(tmp_path, pruner):
+    spec = toy(tmp_path, trials=12, epochs=4, sampler={"name": "tpe", "n_startup_trials": 3},
+               pruner={"name": pruner, "min_epochs": 1, "reduction_factor": 2})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    assert work(handle, tmp_path) == "budget spent"
+    got = states(handle)
+    assert len(got) == 12 and TrialState.FAIL not in got and TrialState.PRUNED in got
+
+
 @pytest.mark.parametrize("sampler", ["cmaes", "gp", "grid"])
 def test_one_objective_prunes_with_every_sampler_for_the_whole_budget(tmp_path, sampler):
     space = {"x": [0.1, 0.3, 0.5, 0.7, 0.9], "y": [0.1, 0.5]} if sampler == "grid" else SPACE
