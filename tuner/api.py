@@ -187,34 +187,29 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
-    # a malformed URL fails fast; an unreachable server too, before the data is loaded; a
-    # SQLite file is opened (created) only once the study's own code and data passed
     local_file = normalize_url(settings.storage).get_backend_name() == "sqlite"
+    old = None
+    if warm_from is not None:
+        from tuner import warmstart
+
+        with _quiet():  # read-only, before the new study's storage is even opened
+            old = warmstart.source(warm_from, from_url or settings.storage)
+    # a malformed URL failed above; an unreachable server fails here, before the data is
+    # loaded; a SQLite file is opened (created) only once the study's code and data passed
     opened = None if local_file else connect(settings.storage, settings.heartbeat)
     spec, assets = _check(spec, settings, local_workers)
     if opened is None:
         opened = connect(settings.storage, settings.heartbeat)
-    old = None
-    if warm_from is not None:
-        old_url = from_url or settings.storage
-        if warm_from == spec.name and old_url == settings.storage:
-            raise SpecError(f"--from {warm_from}: that is the study itself; give the new study "
-                            "another name (--study NEW_NAME)")
-        with _quiet():
-            old = st.load(opened if from_url is None else connect(from_url), warm_from,
-                          wait_s=0)
+    if old is not None:
+        warmstart.refuse_existing(opened, spec.name, old)
     plan = None
     if old is not None:
-        from tuner import warmstart
-
         with _quiet():
             plan = warmstart.plan(old, spec, storage=display_url(from_url or settings.storage),
                                   enqueue_top=enqueue_top)
     with _quiet():
         handle = st.create_or_resume(opened, spec, force=force, worker_index=worker_index)
-        if plan is not None and st.WARM_START_ATTR not in handle.study.user_attrs:
-            from tuner import warmstart
-
+        if plan is not None and handle.created:  # never into a study that existed
             warmstart.apply(handle, plan)
     if trials is not None or timeout is not None or budget_hours is not None:
         st.add_budget(handle, trials, timeout, budget_hours)
@@ -430,12 +425,12 @@ class Result:
 
 # ---- reading studies ---------------------------------------------------------------------
 def load(name: str, *, storage: str = DEFAULT_STORAGE) -> Result:
-    """Study ``name`` as it stands in ``storage``."""
+    """Study ``name`` as it stands in ``storage`` (opened read-only: nothing is created)."""
     from tuner import study as st
     from tuner.storage import connect
 
     with _quiet():
-        return Result(st.load(connect(storage), name))
+        return Result(st.load(connect(storage, access="read"), name))
 
 
 def trials(name: str, *, storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:
@@ -456,8 +451,11 @@ def retrain(name: str, *, trial: int | None = None, out: str | os.PathLike[str] 
     on the held-out test split, and save its weights and model card in ``out`` (default
     ``runs/NAME/trial-N``). ``tuner.retrain.load_model(out)`` loads the model back."""
     from tuner import retrain as rt
+    from tuner import study as st
+    from tuner.storage import connect
 
     s = settings(**options)
-    handle = load(name, storage=s.storage).handle
+    with _quiet():  # retrain records its test score in the study: not read-only
+        handle = st.load(connect(s.storage, access="existing"), name)
     with _quiet():
         return rt.retrain(handle, s, trial=trial, folder=out)

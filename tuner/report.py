@@ -307,9 +307,9 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
 
     spec, name = handle.spec, handle.name
     e = html.escape
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    from tuner.status import count, facts
+
+    counts = count(trials, facts(handle.study, trials, heartbeats=False))
     front = pareto_front(handle)
     best = (max if spec.direction_name == "maximize" else min)(
         front or complete, key=lambda t: primary_value(spec, t) or 0.0)

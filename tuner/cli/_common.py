@@ -276,10 +276,13 @@ class Fmt(StrEnum):
     json = "json"
 
 
-def _open(url: str) -> optuna.storages.RDBStorage:
+def _open(url: str, access: str = "read") -> optuna.storages.RDBStorage:
+    """The storage at ``url``; by default read-only, creating nothing (``tuner.storage.connect``:
+    only ``run``, ``resume``, ``worker`` create a schema; ``delete``, ``retrain`` and the
+    dashboard write into an existing one)."""
     from tuner.storage import connect
 
-    return connect(url)
+    return connect(url, access=access)  # type: ignore[arg-type]
 
 
 def _setup_logging() -> None:

@@ -44,7 +44,7 @@ def dashboard(
     from tuner.storage import display_url
 
     _setup_logging()
-    server = open_server(_open(storage), host, port)
+    server = open_server(_open(storage, "existing"), host, port)
     if not is_loopback(host):
         err().print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
                   f"listening on {host}: anyone who can reach this port can read, change and "
@@ -111,7 +111,7 @@ def retrain(
 
     _setup_logging()
     settings = api.settings(storage=storage, device=device, data_dir=data_dir, download=download)
-    handle = st.load(_open(storage), name)
+    handle = st.load(_open(storage, "existing"), name)
     number = pick_trial(handle, trial, prefer).number
     if not quiet:
         out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")
