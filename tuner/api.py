@@ -187,7 +187,7 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
-    local_file = normalize_url(settings.storage).get_backend_name() == "sqlite"
+    local_file = normalize_url(settings.storage).drivername.startswith("sqlite")
     old = None
     if warm_from is not None:
         from tuner import warmstart
