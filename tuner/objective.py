@@ -53,6 +53,9 @@ class Outcome:
     paused: bool = False
     # why this worker must stop after the trial (its retry queued, as for ``interrupted``)
     error: TunerError | None = None
+    # stopped at an epoch because a person asked (``tuner stop-trial``): its checkpoint stays,
+    # and ``tuner retry`` resumes it
+    stopped_by_user: bool = False
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -129,8 +132,11 @@ class _TrialReporter:
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
                  primary: tuple[int, str] | None = None,
-                 patience: storage.Patience | None = None):
+                 patience: storage.Patience | None = None,
+                 asked: Callable[[int], bool] | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
+        # whether a person asked this trial to stop (tuner stop-trial)
+        self._asked = asked or (lambda n: False)
         # (index, direction) of the pruned-on objective of a multi-objective study, whose
         # curve tuner records and judges itself: Optuna's report/should_prune refuse there
         self._primary = primary
@@ -185,7 +191,7 @@ class _TrialReporter:
         self._write_held(wait=True)
 
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or self._asked(self.trial.number)
 
 
 class _GroupReports:
@@ -250,6 +256,8 @@ class TrialRunner:
         self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
         self.keep_checkpoints = keep_checkpoints
+        # trials a person asked to stop at their next epoch (the worker's heartbeat sets it)
+        self.user_stops: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, spec: StudySpec, settings: Settings, stop: threading.Event | None = None,
@@ -281,7 +289,7 @@ class TrialRunner:
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
             reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary(),
-                                    self.patience),
+                                    self.patience, asked=lambda n: n in self.user_stops),
             checkpoints=ckpt,
         )
 
@@ -456,8 +464,12 @@ class TrialRunner:
         except TrialPruned as e:
             outcome = self._pruned(trial, ctxs, e)
         except StopRequested:
-            outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
-                              interrupted=True)
+            if trial.number in self.user_stops and not self.stop.is_set():
+                outcome = Outcome(TrialState.FAIL, fail_reason=storage.USER_STOP,
+                                  stopped_by_user=True)
+            else:
+                outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from "
+                                  "checkpoint", interrupted=True)
         except CheckpointUnwritable as e:  # this worker's disk: retried from the last good one
             outcome = Outcome(TrialState.FAIL, fail_reason=str(e), interrupted=True, error=e)
         except KeyboardInterrupt:
@@ -471,6 +483,8 @@ class TrialRunner:
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
         attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
+        if outcome.stopped_by_user:
+            attrs[storage.STATE_ATTR] = "stopped"
         if records is None:
             self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
         else:
@@ -809,7 +823,7 @@ class TrialRunner:
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
-        if outcome.interrupted or outcome.paused:
+        if outcome.interrupted or outcome.paused or outcome.stopped_by_user:
             return
         if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return

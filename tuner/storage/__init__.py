@@ -22,6 +22,17 @@ from tuner.storage._asha import (
     rungs,
 )
 from tuner.storage._budget import Budget, BudgetState
+from tuner.storage._controls import (
+    STATE_ATTR,
+    USER_STOP,
+    Controls,
+    delete_controls,
+    forget_trial_stop,
+    read_controls,
+    set_paused,
+    set_stop,
+    stop_trial,
+)
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
@@ -55,6 +66,7 @@ from tuner.storage._trials import (
     start_trials,
     state,
     tell_many,
+    trial_by_number,
 )
 
 __all__ = [
@@ -65,7 +77,8 @@ __all__ = [
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
-    "start_trials", "state", "tell_many", "Lease", "Patience", "is_outage", "reap",
+    "start_trials", "state", "tell_many", "trial_by_number", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
+    "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop", "read_controls",
+    "set_paused", "set_stop", "stop_trial", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]

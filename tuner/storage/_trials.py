@@ -96,6 +96,16 @@ def state(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> TrialState:
     return study._storage.get_trial(trial._trial_id).state
 
 
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """Trial ``number`` of the study (one read, not the whole study), or None."""
+    try:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                           number)
+    except KeyError:
+        return None
+    return study._storage.get_trial(trial_id)
+
+
 def _beat(trial_id: int) -> sqlalchemy.Insert:
     """A trial's first heartbeat row (later beats update it: :func:`record_heartbeat`)."""
     from optuna.storages._rdb import models
