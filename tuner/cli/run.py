@@ -88,7 +88,7 @@ def _print_result(prepared: Prepared, why: str) -> None:
         f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
         + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
-           + ("`tuner continue {n}`, then ".format(n=handle.name)
+           + (f"`tuner continue {handle.name}`, then "
               if snap.budget.stopped == USER_STOP else "")
            + f"`tuner resume {handle.name}"
            # past the deadline nothing starts, a waiting continuation neither: say how to go on

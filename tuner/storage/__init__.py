@@ -79,6 +79,7 @@ __all__ = [
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
     "start_trials", "state", "tell_many", "trial_by_number", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop", "read_controls",
-    "set_paused", "set_stop", "stop_trial", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
+    "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop",
+    "read_controls", "set_paused", "set_stop", "stop_trial",
+    "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]
