@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import sys
 import threading
@@ -100,16 +101,18 @@ class Worker:
         # one reaper per study: the lease outlives two missed beats, then passes on
         lease = storage.Lease(storage.engine_of(study), f"reaper:{self.handle.name}",
                               2 * self.heartbeat.interval + 1)
+        me = storage.WorkerRow(lease.holder, platform.node(), os.getpid(),
+                               self.runner.assets.device, None, 0.0)
         beat = self.beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease,
                                                    self.stall_timeout, self._stalled,
-                                                   self._obey)
+                                                   self._obey, me)
         beat.start()
         done, failures = 0, 0
         try:
             storage.reap(study, p, lease)  # dead workers' trials first
             while True:
-                self._obey(p.call(lambda: storage.read_controls(storage.engine_of(study),
-                                                                 self.handle.name)))
+                self._obey(p.call(lambda: storage.check_in(storage.engine_of(study),
+                                                            self.handle.name, me)))
                 if self.stop.is_set():
                     return Summary(done, "stopped")
                 if self.paused:  # take nothing new; running trials (elsewhere) go on
@@ -197,6 +200,7 @@ class Worker:
             beat.halt.set()
             beat.join(self.heartbeat.interval + 5)
             p.attempt(lease.release)  # the next worker reaps at once
+            p.attempt(lambda: storage.check_out(storage.engine_of(study), me.worker))
 
     def _obey(self, controls: storage.Controls) -> None:
         """A person's controls, as read now: a stop stops this worker as SIGTERM does (the

@@ -26,17 +26,28 @@ from tuner.storage._controls import (
     STATE_ATTR,
     USER_STOP,
     Controls,
+    WorkerRow,
+    check_in,
+    check_out,
     delete_controls,
     forget_trial_stop,
     read_controls,
     set_paused,
     set_stop,
     stop_trial,
+    study_workers,
 )
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
 from tuner.storage._outage import Patience, is_outage
+from tuner.storage._overview import (
+    RunningTrial,
+    StudyDetail,
+    StudyRow,
+    studies_overview,
+    study_overview,
+)
 from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
@@ -80,6 +91,8 @@ __all__ = [
     "start_trials", "state", "tell_many", "trial_by_number", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop",
-    "read_controls", "set_paused", "set_stop", "stop_trial",
+    "read_controls", "set_paused", "set_stop", "stop_trial", "WorkerRow", "check_in",
+    "check_out", "study_workers", "RunningTrial", "StudyDetail", "StudyRow",
+    "studies_overview", "study_overview",
     "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]
