@@ -483,8 +483,11 @@ class TrialRunner:
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
         attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
-        if outcome.stopped_by_user:
-            attrs[storage.STATE_ATTR] = "stopped"
+        attrs[storage.STATE_ATTR] = _tuner_state(trial, outcome, attrs)
+        curve = [h.get("train_loss") for c in ctxs for h in c.history]
+        if any(v is not None for v in curve):
+            self.patience.call(lambda: storage.set_system_attrs(
+                trial, {storage.TRAIN_LOSS_ATTR: curve}))
         if records is None:
             self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
         else:
@@ -815,7 +818,10 @@ class TrialRunner:
             **info,
         }
         if any("train_loss" in h for h in history):
-            attrs["train_loss"] = [h.get("train_loss") for h in history]
+            # the last epoch's in the user attrs (one narrow cell in optuna-dashboard's
+            # table); the curve is a system attr (_conclude), for the report
+            attrs["train_loss"] = next((h["train_loss"] for h in reversed(history)
+                                        if h.get("train_loss") is not None), None)
         if fail_reason:
             attrs["fail_reason"] = fail_reason
         return attrs
@@ -829,6 +835,28 @@ class TrialRunner:
             return
         for store in outcome.checkpoints:
             store.delete()
+
+
+def _tuner_state(trial: optuna.Trial, outcome: Outcome, attrs: Mapping[str, Any]) -> str:
+    """What tuner did with the trial, in a word, for optuna-dashboard's trial table (where an
+    ASHA rung's pause, a repeat or an infeasible configuration all read "Pruned" or
+    "Complete"): stopped, infeasible, repeated, exploited, paused, fused, complete, pruned,
+    failed. A paused trial's later promotion and a trial whose worker died are written by
+    the storage (promoted, lost)."""
+    if outcome.stopped_by_user:
+        return "stopped"
+    if INFEASIBLE_ATTR in trial.user_attrs:
+        return "infeasible"
+    if outcome.repeat_of is not None:
+        return "repeated"
+    if (trial.user_attrs.get(storage.PBT_ATTR) or {}).get("donor") is not None:
+        return "exploited"
+    if outcome.paused:
+        return "paused"
+    if outcome.state == TrialState.COMPLETE and attrs.get("fused"):
+        return "fused"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+        outcome.state, "failed")
 
 
 def _cuda(device: str) -> bool:

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
 from tuner.retrain import retrained_of
-from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule
+from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule, train_losses
 from tuner.study import Handle, feasible, pareto_front, primary_value
 
 # parameter importances from fewer completed trials are noise
@@ -188,10 +188,10 @@ def _curves(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tupl
 def _train_loss(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
     import plotly.graph_objects as go
 
-    curves = [(t.number, t.user_attrs["train_loss"]) for t in trials
-              if t.state.is_finished() and t.user_attrs.get("train_loss")]
+    curves = [(t.number, losses) for t in trials
+              if t.state.is_finished() and (losses := train_losses(t))]
     if not curves:
-        raise _Skip("no trial recorded its training loss (user attr train_loss)")
+        raise _Skip("no trial recorded its training loss (ctx.report(..., train_loss=...))")
     plt = _pyplot()
     mpl, ax = plt.subplots(figsize=(9, 5))
     figure = go.Figure()

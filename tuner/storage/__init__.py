@@ -61,6 +61,7 @@ from tuner.storage._retry import (
     retry_template,
 )
 from tuner.storage._trials import (
+    TRAIN_LOSS_ATTR,
     all_studies,
     claim,
     engine_of,
@@ -70,6 +71,7 @@ from tuner.storage._trials import (
     record_heartbeat,
     refreshed,
     report_many,
+    set_system_attrs,
     set_user_attrs,
     set_user_attrs_many,
     should_prune_many,
@@ -77,6 +79,7 @@ from tuner.storage._trials import (
     start_trials,
     state,
     tell_many,
+    train_losses,
     trial_by_number,
 )
 
@@ -88,7 +91,8 @@ __all__ = [
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
-    "start_trials", "state", "tell_many", "trial_by_number", "Lease", "Patience", "is_outage", "reap",
+    "start_trials", "state", "tell_many", "trial_by_number",
+    "TRAIN_LOSS_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
     "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop",
     "read_controls", "set_paused", "set_stop", "stop_trial", "WorkerRow", "check_in",
