@@ -133,3 +133,30 @@ def test_bad_input_is_refused_in_one_line(sqlite_url, tmp_path):
     refused("pause", "nope", "--storage", sqlite_url)
     assert read_controls(engine, "toy") == before
     assert len(trials(sqlite_url, "toy")) == 1
+
+
+def test_time_left_agrees_with_the_study_state():
+    """A trial at epoch 38 of 60 (1 s an epoch) has 22 s left, even with no trial left to
+    start; a stopped study with nothing running has no estimate (status prints none)."""
+    import datetime as dt
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from tuner.status import _eta
+    from tuner.storage import BudgetState
+
+    now = dt.datetime.now()
+    running = optuna.trial.FrozenTrial(
+        number=0, state=TrialState.RUNNING, value=None, values=None,
+        datetime_start=now - dt.timedelta(seconds=38), datetime_complete=None,
+        params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, user_attrs={},
+        system_attrs={}, intermediate_values={e: 0.1 for e in range(1, 39)}, trial_id=1)
+    eta = _eta(60, BudgetState(target=1, taken=1, deadline=None), [running], [60.0])
+    assert eta == pytest.approx(22, abs=1.5)
+    # two trials still to start at 60 s each, on the one running worker
+    eta = _eta(60, BudgetState(target=3, taken=1, deadline=None), [running], [60.0])
+    assert eta == pytest.approx(120, abs=1.5)
+    stopped = BudgetState(target=3, taken=1, deadline=None, stopped=USER_STOP)
+    assert _eta(60, stopped, [], [60.0]) is None
+    assert _eta(60, stopped, [running], [60.0]) == pytest.approx(22, abs=1.5)

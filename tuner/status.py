@@ -106,10 +106,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
     best = _best(handle.spec, trials)
     budget = handle.budget.state()
     durations = [d for t in trials if t.state in FINISHED and (d := _duration(t)) is not None]
-    eta = None
-    if durations and budget.remaining is not None:
-        todo = budget.remaining + len(running) / 2
-        eta = todo * (sum(durations) / len(durations)) / max(1, len(running))
+    eta = _eta(handle.spec.epochs, budget, trials, durations)
     return Snapshot(
         name=study.study_name, direction=handle.spec.direction_name, counts=counts,
         best_value=primary_value(handle.spec, best) if best else None,
@@ -117,6 +114,30 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
         warm_start=study.user_attrs.get(WARM_START_ATTR),
     )
+
+
+def _eta(epochs: int, budget: BudgetState, trials: list[FrozenTrial],
+         durations: list[float]) -> float | None:
+    """Seconds until the study ends: its running trials' remaining epochs at their own pace,
+    and the trials still to start at the mean pace, shared by the running workers. None
+    when no new trial may start and none runs (stopped, spent), or when unknown."""
+    now = dt.datetime.now()
+    running_left = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.datetime_start is None:
+            continue
+        done = len(t.intermediate_values)
+        per_epoch = ((now - t.datetime_start).total_seconds() / done if done
+                     else (sum(durations) / len(durations) / epochs if durations else None))
+        if per_epoch is not None:
+            running_left.append(max(0, epochs - done) * per_epoch)
+    may_start = budget.stopped is None and not budget.hours_spent_out and not budget.expired()
+    queued = None
+    if may_start and budget.remaining is not None and durations:
+        queued = budget.remaining * (sum(durations) / len(durations)) / max(1, len(running_left))
+    if not running_left and queued is None:
+        return None
+    return max(max(running_left, default=0.0), queued or 0.0)
 
 
 @dataclass(frozen=True)

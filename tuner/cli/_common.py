@@ -206,3 +206,17 @@ def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.6g}"
 
 
+def val_test_table(validation: dict[str, float | None], test: dict[str, float | None]) -> Any:
+    """A metric per row, its validation score (the search's) beside its test score (the
+    retrain's, measured once); the train loss on a row of its own, never under "test"."""
+    from rich.table import Table
+
+    table = Table("metric", "validation", "test", box=None, header_style="bold",
+                  pad_edge=False)
+    for k in dict.fromkeys([*validation, *test]):
+        if k != "train_loss":
+            table.add_row(k, _fmt(validation.get(k)), _fmt(test.get(k)))
+    if test.get("train_loss") is not None:
+        table.add_row("train loss (train+val, last epoch)", "", _fmt(test["train_loss"]))
+    return table
+

@@ -18,11 +18,11 @@ from tuner.cli._common import (
     Download,
     Quiet,
     Storage,
-    _fmt,
     _open,
     _setup_logging,
     command,
     out,
+    val_test_table,
 )
 from tuner.settings import DEFAULT_DATA_DIR
 
@@ -129,9 +129,12 @@ def retrain(
     if not quiet:
         out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")
     r = run_retrain(handle, settings, trial=number, folder=out_dir)
-    metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in r.metrics.items() if k != "train_loss")
-    out().print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples, "
-              f"seed {r.seed}; test set ({r.test_samples} samples): {metrics}", highlight=False)
+    searched = handle.study.trials[r.trial]
+    out().print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples "
+                f"(train+val), seed {r.seed}; tested once on {r.test_samples} samples",
+                highlight=False)
+    out().print(val_test_table(dict(zip(handle.spec.objective_names, searched.values or (),
+                                        strict=False)), r.metrics))
     saved = [p for p in (r.weights, r.card) if p is not None]
     out().print("saved " + " and ".join(str(p) for p in saved), highlight=False, soft_wrap=True)
     if r.weights is None:

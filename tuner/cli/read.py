@@ -12,7 +12,16 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, out
+from tuner.cli._common import (
+    DEFAULT_STORAGE,
+    Fmt,
+    Storage,
+    _fmt,
+    _open,
+    command,
+    out,
+    val_test_table,
+)
 from tuner.errors import TunerError
 
 
@@ -73,6 +82,16 @@ def trials(
         out().print(table)
 
 
+def _duration_words(s: float) -> str:
+    """``s`` seconds as a person says it: 45 s, 12 min, 2 h 05 min."""
+    s = round(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{round(s / 60)} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""
@@ -108,12 +127,15 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
     out().print(f"best trial {t.number} of {name}: {handle.spec.metric_name} = {_fmt(t.value)}"
-              f" after {result['epochs']} epochs")
+              f" after {result['epochs']} epochs", highlight=False)
     for k, v in t.params.items():
-        out().print(f"  {k}: {v}")
+        out().print(f"  {k}: {v}", highlight=False)
     if retrained:
-        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
-        out().print(f"test set (retrained): {metrics}")
+        out().print(val_test_table({handle.spec.metric_name: t.value},
+                                   retrained.get("metrics", {})))
+    else:
+        out().print(f"no test score yet: `tuner retrain {name}` measures it once",
+                    highlight=False)
 
 
 def _front(handle: Any, as_json: bool) -> None:
@@ -163,8 +185,10 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
               f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
     out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
               + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
-    if snap.eta_s is not None:
-        out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
+    if snap.eta_s is not None and (snap.running or snap.eta_s > 0):
+        out().print(f"estimated time left: {_duration_words(snap.eta_s)}"
+                    + (" (running trials finishing)" if b.stopped is not None else ""),
+                    highlight=False)
     if b.deadline is not None:
         out().print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
     if b.seconds_target is not None or b.seconds_spent > 0:
