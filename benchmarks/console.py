@@ -52,6 +52,7 @@ def build(url: str, n: int) -> None:
     import json
 
     from optuna.storages._rdb import models
+    from sqlalchemy import text as sa_text
 
     storage = connect(url, Heartbeat(5, 20))
     handle = st.create_or_resume(storage, parse_spec(SPEC))
@@ -94,6 +95,9 @@ def build(url: str, n: int) -> None:
                             (models.TrialUserAttributeModel, attrs)):
             for k in range(0, len(rows), 5000):
                 conn.execute(model.__table__.insert(), rows[k:k + 5000])
+        if storage.engine.name == "postgresql":  # the ids were given: move the sequence on
+            conn.execute(sa_text("SELECT setval(pg_get_serial_sequence('trials', 'trial_id'), "
+                                 "(SELECT max(trial_id) FROM trials))"))
     study = optuna.load_study(study_name="big", storage=storage)
     for _ in range(2):
         t = study.ask(dists)
@@ -175,11 +179,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--postgres", default=os.environ.get("TUNER_TEST_POSTGRES_URL"))
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args = ap.parse_args()
     print(f"{platform.node()}: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
           f"medians of {args.repeat}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        measure("SQLite", f"sqlite:///{tmp}/big.db", args.trials, args.repeat)
+        if not args.no_sqlite:
+            measure("SQLite", f"sqlite:///{tmp}/big.db", args.trials, args.repeat)
     if args.postgres:
         from sqlalchemy import create_engine, text
 

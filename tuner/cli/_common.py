@@ -45,9 +45,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @functools.cache
 def out() -> Console:
+    """stdout; piped or redirected, as wide as its lines are (a table is never cut)."""
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 @functools.cache
@@ -219,4 +222,35 @@ def val_test_table(validation: dict[str, float | None], test: dict[str, float | 
     if test.get("train_loss") is not None:
         table.add_row("train loss (train+val, last epoch)", "", _fmt(test["train_loss"]))
     return table
+
+
+def fitted_table(columns: list[tuple[str, list[str]]], width: int) -> tuple[Any, list[str]]:
+    """A table of ``columns`` (header, cells; in the order of importance) that fits in
+    ``width`` characters: the columns that do not fit are left out whole, never cut (their
+    names are returned, to say so). Numbers right-aligned."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    used, kept, dropped = 0, [], []
+    for header, cells in columns:
+        need = max(len(header), *(len(c) for c in cells)) if cells else len(header)
+        if kept and used + need + 2 > width:
+            dropped.append(header)
+            continue
+        used += need + 2
+        kept.append((header, cells))
+    for header, cells in kept:
+        numeric = all(_is_number(c) for c in cells if c not in ("", "—"))
+        table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
+    for i in range(len(kept[0][1]) if kept else 0):
+        table.add_row(*[cells[i] for _, cells in kept])
+    return table, dropped
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("s"))
+    except ValueError:
+        return False
+    return True
 

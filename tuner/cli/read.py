@@ -19,6 +19,7 @@ from tuner.cli._common import (
     _fmt,
     _open,
     command,
+    fitted_table,
     out,
     val_test_table,
 )
@@ -28,21 +29,25 @@ from tuner.errors import TunerError
 @command
 def studies(storage: Storage = DEFAULT_STORAGE) -> None:
     """Every study in the storage: trials by state, best value, last activity."""
-    from rich.table import Table
-
     from tuner.status import studies as rows
 
-    table = Table()
-    table.add_column("study", no_wrap=True)
-    for column in ("complete", "pruned", "failed", "running", "best", "direction", "last activity"):
-        table.add_column(column)
-    for r in rows(_open(storage)):
-        c = r.counts
-        table.add_row(r.name, str(c.get("COMPLETE", 0)), str(c.get("PRUNED", 0)),
-                      str(c.get("FAIL", 0)), str(c.get("RUNNING", 0)), _fmt(r.best_value),
-                      r.direction, r.last_activity.isoformat(sep=" ", timespec="seconds")
-                      if r.last_activity else "—")
+    found = rows(_open(storage))
+    c = [r.counts for r in found]
+    table, dropped = fitted_table([
+        ("study", [r.name for r in found]),
+        ("best", [_fmt(r.best_value) for r in found]),
+        ("complete", [str(x.get("COMPLETE", 0)) for x in c]),
+        ("running", [str(x.get("RUNNING", 0)) for x in c]),
+        ("pruned", [str(x.get("PRUNED", 0)) for x in c]),
+        ("failed", [str(x.get("FAIL", 0)) for x in c]),
+        ("direction", [r.direction for r in found]),
+        ("last activity", [r.last_activity.isoformat(sep=" ", timespec="seconds")
+                           if r.last_activity else "—" for r in found]),
+    ], out().width)
     out().print(table)
+    if dropped:
+        out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)})",
+                    highlight=False, style="dim")
 
 
 @command
@@ -52,7 +57,6 @@ def trials(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """The trials of a study, as a table, CSV or JSON."""
-    from rich.table import Table
 
     from tuner import study as st
     from tuner.status import trial_rows
@@ -72,14 +76,16 @@ def trials(
         writer.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        table = Table(box=None, header_style="bold")
-        for c in columns:
-            header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
-            table.add_column(header, no_wrap=c in ("number", "state", "value",
-                                                   *handle.spec.objective_names))
-        for r in rows:
-            table.add_row(*[_cell(r.get(c)) for c in columns])
+        head = ("number", "state", "value", *handle.spec.objective_names, "epochs")
+        columns = [c for c in head if c in columns] + [c for c in columns if c not in head]
+        table, dropped = fitted_table(
+            [({"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_")),
+              [_cell(r.get(c)) for r in rows]) for c in columns], out().width)
         out().print(table)
+        if dropped:
+            out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)}; a "
+                        f"wider terminal, or --format csv, shows them)", highlight=False,
+                        style="dim")
 
 
 def _duration_words(s: float) -> str:
@@ -93,10 +99,13 @@ def _duration_words(s: float) -> str:
 
 
 def _cell(v: Any) -> str:
+    """A table cell: floats to 4 significant digits, whole (never cut)."""
     if v is None:
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
     return str(v)
 
 
