@@ -6,7 +6,7 @@
 
 Writes dashboard-home.png, dashboard-study.png, dashboard-trials.png, report-top.png,
 report-full.png, and console-studies.png and console-study.png (the console while two
-workers run more trials of the study) into --out (default /tmp/tuner-screens), plus the
+workers run 40 more trials of the study) into --out (default /tmp/tuner-screens), plus the
 report itself in report/.
 Needs chromium on PATH (Debian: apt-get install -y chromium).
 """
@@ -110,14 +110,14 @@ def main() -> None:
               work / "b5")
         # the console while two workers run more trials of the study
         live = subprocess.Popen([sys.executable, "-m", "tuner", "resume", args.study,
-                                 "--storage", storage, "--trials", "6", "--workers", "2",
+                                 "--storage", storage, "--trials", "40", "--workers", "2",
                                  "--device", "cpu", "-q", "--heartbeat", "1"],
                                 stdout=subprocess.DEVNULL, env=env)
         base = console.split("/console", 1)[0]
         _wait_running(base, token, args.study)
-        shoot(browser, console, args.out / "console-studies.png", work / "b6", window="1400,600")
         shoot(browser, f"{base}/console/study/{args.study}?token={token}",
-              args.out / "console-study.png", work / "b7", window="1400,1500")
+              args.out / "console-study.png", work / "b7", window="1400,1300")
+        shoot(browser, console, args.out / "console-studies.png", work / "b6", window="1400,400")
     finally:
         if live is not None:
             live.send_signal(signal.SIGINT)

@@ -90,6 +90,8 @@ def _iso(t: dt.datetime | None) -> str | None:
 
 def _objectives(row: StudyRow) -> list[str]:
     spec = row.spec or {}
+    if spec.get("metric_names"):
+        return list(spec["metric_names"])
     objs = spec.get("objectives")
     if objs:
         return [o.get("metric", "?") if isinstance(o, dict) else str(o) for o in objs]

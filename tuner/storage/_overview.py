@@ -33,6 +33,7 @@ _HB = models.TrialHeartbeatModel.__table__
 _S = models.StudyModel.__table__
 _SD = models.StudyDirectionModel.__table__
 _SUA = models.StudyUserAttributeModel.__table__
+_SSA = models.StudySystemAttributeModel.__table__
 
 SPEC_KEY = "tuner.spec"  # tuner.study.SPEC_ATTR: the study file, stored in the study
 RECENT_WORKERS_S = 600  # workers silent longer than this are no longer listed
@@ -182,6 +183,10 @@ def _row(conn: sa.Connection, study_id: int, name: str, counts: dict[str, int],
     if spec_json is not None:
         spec = json.loads(spec_json)
         spec = json.loads(spec) if isinstance(spec, str) else spec
+        names = conn.execute(sa.select(_SSA.c.value_json).where(_SSA.c.study_id == study_id)
+                             .where(_SSA.c.key == "study:metric_names")).scalar()
+        if names is not None:  # the metric named from the data's labels (no metric: given)
+            spec["metric_names"] = json.loads(names)
     best, best_trial, front = _best(conn, study_id, directions)
     return StudyRow(study_id, name, directions, counts, best, best_trial, front,
                     times[0], times[1], times[2], _budget_row(conn, name),
