@@ -184,6 +184,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
 
     from tuner import study as st
     from tuner.status import snapshot
+    from tuner.storage import engine_of, read_controls
 
     handle = st.load(_open(storage), name)
     snap = snapshot(handle)
@@ -207,6 +208,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
                        else " (no limit)"), highlight=False)
     if b.stopped is not None:
         out().print(f"stopped early: {b.stopped}", highlight=False, soft_wrap=True)
+    if read_controls(engine_of(handle.study), name).paused:
+        out().print(f"paused: workers take no new trial until `tuner continue {name}`",
+                    highlight=False, soft_wrap=True)
     if (w := snap.warm_start) is not None:
         took = (f"{w['added']} finished trials added" if w["added"]
                 else f"its {w['enqueued']} best configurations enqueued")
