@@ -168,9 +168,12 @@ def detail(d: StudyDetail, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     out = summary(d.row, now)
     by_trial = {w.trial: w for w in d.row.workers if w.trial is not None}
+    # a trial started since its worker's last check-in names its worker itself
+    on = {(r.worker.get("host"), r.worker.get("pid")): r.number for r in d.running}
     out["workers"] = [{
-        "host": w.host, "pid": w.pid, "device": w.device, "trial": w.trial,
-        "epoch": next((r.curve[-1][0] for r in d.running if r.number == w.trial and r.curve),
+        "host": w.host, "pid": w.pid, "device": w.device,
+        "trial": (trial := w.trial if w.trial is not None else on.get((w.host, w.pid))),
+        "epoch": next((r.curve[-1][0] for r in d.running if r.number == trial and r.curve),
                       None),
         "heartbeat_age_s": max(0.0, now - w.seen), "lost": now - w.seen > LOST_AFTER_S,
     } for w in d.row.workers]
