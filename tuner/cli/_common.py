@@ -81,6 +81,30 @@ def _one_line_usage() -> Iterator[None]:
         raise _OneLineUsage(e) from None
 
 
+class _EarlyError(click.ClickException):
+    """A TunerError raised while the options are parsed (before any command runs)."""
+
+    def __init__(self, error: TunerError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        err().print(f"[red]error:[/red] {_escape(self.message)}", markup=True, highlight=False,
+                    soft_wrap=True)
+
+
+def study_file(value: Path) -> Path:
+    """An argument's callback: the study file read and checked while the options are parsed,
+    before torch or a database is touched (an alias bomb is refused in a fraction of a second)."""
+    from tuner.spec import load_spec
+
+    try:
+        load_spec(value)
+    except TunerError as e:
+        raise _EarlyError(e) from None
+    return value
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 

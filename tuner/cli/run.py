@@ -25,6 +25,7 @@ from tuner.cli._common import (
     command,
     display_url,
     out,
+    study_file,
     with_settings,
 )
 from tuner.settings import Settings  # at run time: typer reads the commands' annotations
@@ -116,7 +117,8 @@ def _print_result(prepared: Prepared, why: str) -> None:
 @command
 @with_settings
 def run(
-    file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
+    file: Annotated[Path, typer.Argument(
+        help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.", callback=study_file)],
     study: Annotated[str | None, typer.Option(
         help="Study name [default: the file's name].", callback=_study_name)] = None,
     trials: Trials = None,
