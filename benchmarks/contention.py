@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -129,7 +131,9 @@ def run_once(file: Path, workers: int, env: dict[str, str], code: Path, folder: 
         env=full, cwd=code, capture_output=True, text=True, preexec_fn=enter, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"tuner run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    said = next((line.strip() for line in proc.stdout.splitlines() if "thread" in line), "")
+    # the first line names the threads ("... on cpu, 2 threads (why)"), wrapped at 80 columns
+    found = re.search(r"(\d+ threads? \([^)]*\))", " ".join(proc.stdout.split()))
+    said = found.group(1) if found else "-"
     ts = optuna.load_study(study_name=None, storage=f"sqlite:///{db}").trials
     span = (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts))
     db.unlink()
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true",
                     help="digits only, K=1, one repeat, MNIST (if asked) at 2 epochs")
     args = ap.parse_args(argv)
+    # stopped (kill, Ctrl-C): the busy neighbours and the cgroup go too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         if "--workloads" not in " ".join(argv or sys.argv):
             args.workloads = ["digits"]
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                                 quiet[name] = med
                             vs = f"{med / quiet[name]:.2f}x" if name in quiet else "-"
                             rows.append([workload, k, cond, name, spread(times[name]), vs,
-                                         said[name].split(" on cpu")[-1].strip(" ,") or "-"])
+                                         said[name]])
         finally:
             drop_cgroup(join)
             shutil.rmtree(folder / "ckpt", ignore_errors=True)

@@ -262,12 +262,14 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
         _, assets = _check(handle.spec, settings, 1)
     assert assets is not None
     threads.apply(prepared.threads)
+    adapt = threads.Adaptive.for_worker(prepared.threads) if settings.device == "cpu" else None
     stop = threading.Event()
     runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
                          keep_checkpoints=settings.keep_checkpoints,
                          fuse=settings.fuse_mode(handle.spec.fuse))
     wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event,
-                  db_patience=settings.db_patience, stall_timeout=settings.stall_timeout)
+                  db_patience=settings.db_patience, stall_timeout=settings.stall_timeout,
+                  between_epochs=None if adapt is None else adapt.between_epochs)
     with w.graceful_signals(stop), _quiet():
         summary = wk.run()
     return Result(handle, summary.stopped_because, summary.trials)

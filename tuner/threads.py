@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +45,12 @@ class Threads:
 
     n: int
     why: str
+    # chosen by tuner, not the user: fewer while other processes want the CPUs (Adaptive)
+    adaptive: bool = False
 
     def __str__(self) -> str:
-        return f"{self.n} thread{'s' if self.n != 1 else ''} ({self.why})"
+        fewer = "; fewer while other processes busy them" if self.adaptive and self.n > 1 else ""
+        return f"{self.n} thread{'s' if self.n != 1 else ''} ({self.why}{fewer})"
 
 
 def parse(value: str | int, name: str = "--threads") -> int:
@@ -85,8 +89,8 @@ def choose(*, explicit: int | None = None, workers: int = 1,
     cpus, why = min(limits, key=lambda lim: lim[0])
     if workers > 1:
         return Threads(max(1, cpus // workers),
-                       f"{why}, shared by {workers} local workers")
-    return Threads(cpus, why)
+                       f"{why}, shared by {workers} local workers", adaptive=True)
+    return Threads(cpus, why, adaptive=True)
 
 
 def affinity_cpus() -> int:
@@ -178,3 +182,102 @@ def apply(threads: Threads) -> None:
 
     if torch.get_num_threads() != threads.n:
         torch.set_num_threads(threads.n)
+
+
+# ---- fewer threads while the CPUs are contended ----------------------------------------------
+# the least wall time between two decisions (s): /proc/stat counts in 10 ms ticks
+MIN_WINDOW_S = 1.0
+# a worker's first look at its CPUs, before its first trial (s): a neighbour that is busy
+# already takes effect from the first epoch on
+FIRST_LOOK_S = 0.25
+# CPUs free for this worker round up from here: 1.7 free CPUs are 2 threads, 1.6 are 1
+ROUND_UP_FROM = 0.7
+
+
+def fitting(ceiling: int, cpus: int, wall_s: float, idle_s: float, own_s: float) -> int:
+    """Threads that fit what this worker's CPUs gave it over ``wall_s`` seconds: the CPU time
+    it used (``own_s``, spinning included) and the time they stood idle (``idle_s``), per
+    second of wall time, is what other processes left it; at least 1, at most ``ceiling``."""
+    if wall_s <= 0:
+        return ceiling
+    free = min(cpus, (idle_s + own_s) / wall_s)
+    return max(1, min(ceiling, math.floor(free + 1 - ROUND_UP_FROM)))
+
+
+def idle_seconds(cpus: Collection[int], proc: Path = Path("/proc")) -> float | None:
+    """Idle + iowait seconds of ``cpus`` since boot (``/proc/stat``); None where unreadable."""
+    try:
+        text = (proc / "stat").read_text()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, seen = 0, 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            fields = rest.split()
+            total += int(fields[3]) + (int(fields[4]) if len(fields) > 4 else 0)
+            seen += 1
+    return total / tick if seen else None
+
+
+class Adaptive:
+    """Steps a worker's torch threads down while other processes want its CPUs, and back up
+    to ``threads.n`` when they leave. Called at epoch boundaries (:meth:`between_epochs`);
+    decides once at least :data:`MIN_WINDOW_S` has passed, from the idle time of the CPUs in
+    its affinity mask and its own CPU time over the window. OpenMP threads that spin-wait for
+    a descheduled sibling make a contended epoch 3-4x slower; one thread does not wait."""
+
+    def __init__(self, threads: Threads, cpus: Collection[int], *,
+                 proc: Path = Path("/proc"),
+                 clock: Callable[[], float] = time.monotonic,
+                 cpu_time: Callable[[], float] = time.process_time,
+                 set_threads: Callable[[int], None] | None = None) -> None:
+        self.ceiling, self.cpus, self.proc = threads.n, frozenset(cpus), proc
+        self.clock, self.cpu_time = clock, cpu_time
+        self.set_threads = set_threads or _set_torch_threads
+        self.n = threads.n
+        self.changes: list[int] = []  # the counts stepped to, for tests and benchmarks
+        self._mark()
+
+    @classmethod
+    def for_worker(cls, threads: Threads) -> Adaptive | None:
+        """An Adaptive for this process, or None where tuner did not choose the count (the
+        user did), there is one thread to start with, or /proc/stat cannot be read."""
+        if not threads.adaptive or threads.n < 2 or not hasattr(os, "sched_getaffinity"):
+            return None
+        cpus = os.sched_getaffinity(0)
+        if idle_seconds(cpus) is None:
+            return None
+        adaptive = cls(threads, cpus)
+        time.sleep(FIRST_LOOK_S)
+        adaptive.decide()
+        return adaptive
+
+    def _mark(self) -> None:
+        self._t, self._own = self.clock(), self.cpu_time()
+        self._idle = idle_seconds(self.cpus, self.proc)
+
+    def between_epochs(self) -> None:
+        if self.clock() - self._t >= MIN_WINDOW_S:
+            self.decide()
+
+    def decide(self) -> None:
+        """Set the threads that fit the window since the last decision; start a new one."""
+        wall = self.clock() - self._t
+        idle = idle_seconds(self.cpus, self.proc)
+        if idle is None or self._idle is None:
+            return
+        n = fitting(self.ceiling, len(self.cpus), wall, idle - self._idle,
+                    self.cpu_time() - self._own)
+        if n != self.n:
+            self.set_threads(n)
+            self.n = n
+            self.changes.append(n)
+        self._mark()
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
