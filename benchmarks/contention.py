@@ -53,7 +53,7 @@ import yaml
 
 # workload -> (study file, overrides for --quick)
 WORKLOADS = {"mnist": ("search_spaces/mnist_mlp.yaml", {"epochs": 2}),
-             "digits": ("search_spaces/digits_mlp.yaml", {})}
+             "digits": ("search_spaces/digits_mlp.yaml", {"epochs": 10})}
 CONDITIONS = ("quiet", "busy1", "busy2", "cgroup1")
 # the variables that decide threads and OpenMP waits: cleared, then each arm sets its own
 CLEARED = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME",
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before-rev", default=None,
                     help="run the before arm from this commit's code instead of its env")
     ap.add_argument("--quick", action="store_true",
-                    help="digits only, K=1, one repeat, MNIST (if asked) at 2 epochs")
+                    help="digits only (10 epochs), K=1, one repeat; MNIST, if asked, at 2 epochs")
     args = ap.parse_args(argv)
     # stopped (kill, Ctrl-C): the busy neighbours and the cgroup go too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
