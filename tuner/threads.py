@@ -124,10 +124,9 @@ def cgroup_cpus(proc: Path = Path("/proc"), cgroup_fs: Path = Path("/sys/fs/cgro
     return min(found) if found else None
 
 
-def _walk(root: Path, path: str, read: object) -> list[float]:
+def _walk(root: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
     """The quotas along ``path`` under ``root``, its own up to the root's. Inside a container
     the path named in /proc may be the host's: then the mount root is the cgroup itself."""
-    assert callable(read)
     here = root / path.strip("/")
     if not here.is_dir():
         here = root
