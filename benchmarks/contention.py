@@ -147,7 +147,7 @@ def fixed_file(workload: str, quick: bool, folder: Path, code: Path) -> Path:
     raw = yaml.safe_load((code / path).read_text())
     raw.update(seed=0, pruner={"name": "none"}, **(quick_overrides if quick else {}))
     first = folder / f"{workload}_first.yaml"
-    first.write_text(yaml.safe_dump(raw))
+    first.write_text(yaml.safe_dump(raw, sort_keys=False))
     db = folder / f"{workload}_first.db"
     subprocess.run([sys.executable, "-m", "tuner", "run", str(first), "--trials", "1",
                     "--device", "cpu", "--storage", f"sqlite:///{db}", "-q",
@@ -157,7 +157,7 @@ def fixed_file(workload: str, quick: bool, folder: Path, code: Path) -> Path:
     raw["space"] = {**raw["space"], **{k: {"value": v} for k, v in params.items()}}
     raw["name"] = f"{workload}_fixed"
     fixed = folder / f"{workload}_fixed.yaml"
-    fixed.write_text(yaml.safe_dump(raw))
+    fixed.write_text(yaml.safe_dump(raw, sort_keys=False))
     print(f"# {workload}: first configuration {params}", flush=True)
     return fixed
 
