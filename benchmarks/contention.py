@@ -124,11 +124,20 @@ def run_once(file: Path, workers: int, env: dict[str, str], code: Path, folder: 
         if join is not None:
             join.write_text(str(os.getpid()))
 
-    proc = subprocess.run(
+    # its own process group: a stopped benchmark stops the run's worker processes too
+    popen = subprocess.Popen(
         [sys.executable, "-m", "tuner", "run", str(file), "--trials", str(workers),
          "--workers", str(workers), "--device", "cpu", "--storage", f"sqlite:///{db}",
          "--checkpoint-dir", str(folder / "ckpt")],
-        env=full, cwd=code, capture_output=True, text=True, preexec_fn=enter, check=False)
+        env=full, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=enter, start_new_session=True)
+    try:
+        stdout, stderr = popen.communicate()
+    finally:
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise SystemExit(f"tuner run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     # the first line names the threads ("... on cpu, 2 threads (why)"), wrapped at 80 columns
