@@ -67,7 +67,8 @@ class Summary:
 class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
                  max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
-                 db_patience: float = 300, stall_timeout: float | None = None):
+                 db_patience: float = 300, stall_timeout: float | None = None,
+                 between_epochs: Callable[[], None] | None = None):
         self.handle, self.runner = handle, runner
         # one per worker: the trial loop, its reports and the heartbeat thread ride out the
         # same outages (backoff capped at the heartbeat interval, so beats resume promptly)
@@ -83,6 +84,8 @@ class Worker:
         self.paused = False
 
         def on_epoch(n: int, epoch: int, value: float) -> None:
+            if between_epochs is not None:  # e.g. fewer threads while the CPUs are contended
+                between_epochs()
             if self.beat is not None:
                 self.beat.progressed()
             self.on_event(Event("epoch", n, epoch, value))
