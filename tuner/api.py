@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from tuner import gate, threads, usercode
-from tuner.errors import SpecError, TunerError, UserCodeError
+from tuner.errors import NoDatabase, SpecError, StudyNotFound, TunerError, UserCodeError
 from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
 if TYPE_CHECKING:
@@ -450,8 +450,12 @@ def load(name: str, *, storage: str = DEFAULT_STORAGE) -> Result:
     from tuner import study as st
     from tuner.storage import connect
 
+    try:
+        opened = connect(storage, access="read")
+    except NoDatabase as e:  # say which study was looked for, not only where
+        raise StudyNotFound(f"no study named {name!r}: {e}") from e
     with _quiet():
-        return Result(st.load(connect(storage, access="read"), name))
+        return Result(st.load(opened, name))
 
 
 def trials(name: str, *, storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:

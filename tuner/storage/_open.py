@@ -23,7 +23,7 @@ import sqlalchemy
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from tuner.errors import StorageError
+from tuner.errors import NoDatabase, StorageError
 from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
@@ -251,7 +251,7 @@ def _tables(parsed: URL) -> set[str]:
     if parsed.get_backend_name() == "sqlite":
         path = Path(str(parsed.database)).expanduser()
         if not path.is_file():
-            raise StorageError(f"no study database at {path}; check --storage, or create one "
+            raise NoDatabase(f"no study database at {path}; check --storage, or create one "
                                "with `tuner run FILE`")
         # through SQLite only: opening and closing the file ourselves would drop every
         # SQLite lock this process holds on it (POSIX locks are per process and file)
