@@ -10,15 +10,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import schedules
 from tuner.spec import StudySpec
 from tuner.storage import (
-    PBT_ATTR,
     PROMOTION_OF_ATTR,
     BudgetState,
     all_studies,
     heartbeat_ages,
     is_paused,
-    lineage,
     retired,
 )
 from tuner.study import SPEC_ATTR, WARM_START_ATTR, Handle, feasible, pareto_front, primary_value
@@ -152,7 +151,7 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
     trials = study.get_trials(deepcopy=False)
     promoted = {t.user_attrs[PROMOTION_OF_ATTR] for t in trials if PROMOTION_OF_ATTR in t.user_attrs}
     gone = retired(study) if any(is_paused(t) for t in trials) else set()
-    pbt = spec is not None and spec.scheduler is not None
+    sched = schedules.of(spec) if spec is not None else None
     for t in trials:
         if names is None:
             values: dict[str, Any] = {"value": t.values[0] if t.values else None}
@@ -171,26 +170,9 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
             "promotion_of": t.user_attrs.get(PROMOTION_OF_ATTR),
             "fail_reason": t.user_attrs.get("fail_reason"),
             **({"constraints": t.constraints} if t.constraints else {}),
-            **({"member": lineage(t), "pbt": pbt_event(t)} if pbt else {}),
+            **(sched.columns(t) if sched is not None else {}),
         })
     return rows
-
-
-def pbt_event(t: FrozenTrial) -> str:
-    """What PBT did at the start of this segment, in a few words: whose weights it took, and
-    which hyperparameters changed; "" for a member's first segment."""
-    rec = t.user_attrs.get(PBT_ATTR)
-    if not rec:
-        return ""
-    if rec.get("donor") is None:
-        return f"e{rec['epoch']}: own weights"
-    changes = ", ".join(f"{k} {_short(a)}->{_short(b)}" for k, (a, b) in rec["changes"].items())
-    return (f"e{rec['epoch']}: weights of member {rec['donor']} (#{rec['donor_trial']})"
-            + (f"; {changes}" if changes else ""))
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _state(t: FrozenTrial, promoted: set[int], retired: set[int]) -> str:

@@ -10,23 +10,14 @@ with their cause kept.
 
 from __future__ import annotations
 
+from tuner.schedules import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, is_paused, is_promotion
 from tuner.settings import DEFAULT_URL, Heartbeat
-from tuner.storage._asha import (
-    PAUSED_ATTR,
-    PROMOTION_OF_ATTR,
-    is_paused,
-    is_promotion,
-    promote,
-    retire,
-    retired,
-    rungs,
-)
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
+from tuner.storage._ledger import decided, record, record_first, retired
 from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
 from tuner.storage._outage import Patience, is_outage
-from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
     CRASHES_ATTR,
@@ -66,6 +57,6 @@ __all__ = [
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
     "start_trials", "state", "tell_many", "Lease", "Patience", "is_outage", "reap",
-    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
+    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "PBT_ATTR", "is_paused", "is_promotion", "decided",
+    "record", "record_first", "retired",
 ]
