@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuner.gate import MAX_COUNT
 from tuner.registry import did_you_mean
 from tuner.trial_schema import lineage
 
@@ -123,7 +124,7 @@ class PrunerSpec(_Block):
 
     name: str = "median"
     # trials that always run to the end before the median pruner judges others
-    n_startup_trials: int = Field(default=5, ge=0)
+    n_startup_trials: int = Field(default=5, ge=0, le=MAX_COUNT)
     # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
     min_epochs: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
