@@ -129,14 +129,13 @@ class Worker:
                         # (PBT: the last generation is decided)
                         if self.patience.call(lambda: self.handle.promote(final=True)):
                             continue
-                        if self.handle.spec.scheduler is not None and self.patience.call(
-                                lambda: storage.pending(study)):
+                        if self.patience.call(self.handle.pending):
                             # PBT: another worker is enqueueing a generation's continuations
                             self.stop.wait(min(1.0, self.heartbeat.interval))
                             continue
                         for lin in self.patience.call(self.handle.retire):
                             self.runner.drop_checkpoint(lin)
-                        if self.handle.spec.scheduler is not None and not self.patience.call(
+                        if self.handle.schedule.keeps_snapshots and not self.patience.call(
                                 lambda: study.get_trials(deepcopy=False, states=(
                                     TrialState.RUNNING, TrialState.WAITING))):
                             self.runner.drop_snapshots()  # PBT: no member can exploit any more
