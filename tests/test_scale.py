@@ -157,6 +157,7 @@ def wait_mid_trial(url: str, workers: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_servers
 @pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
 def test_a_database_restart_mid_study_fails_no_trial(any_url, tmp_path):
     study = write_study(tmp_path, trials=8, epochs=6, sleep=0.5)
@@ -174,6 +175,7 @@ def test_a_database_restart_mid_study_fails_no_trial(any_url, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_servers
 def test_an_outage_past_the_patience_stops_workers_and_resume_finishes(postgres_url, tmp_path):
     study = write_study(tmp_path, trials=6, epochs=6, sleep=0.5)
     run = start(run_args(study, postgres_url, tmp_path, "--workers", "2", "--db-patience", "3"),
