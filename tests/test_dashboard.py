@@ -20,7 +20,9 @@ import tuner
 from tuner.cli import app
 from tuner.dashboard import DashboardServer, is_loopback, open_server
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+# one worker runs the module (pytest-xdist): its module-scoped study is made once
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.xdist_group("test_dashboard")]
 runner = CliRunner()
 ROOT = Path(tuner.__file__).resolve().parents[1]
 

@@ -1,0 +1,222 @@
+"""Every combination of features either works end to end or is refused up front.
+
+The factors are read from where the study file defines them (the sampler and pruner
+choices of :class:`~tuner.spec.SamplerSpec` / :class:`~tuner.spec.PrunerSpec`, the
+schedulers of :class:`~tuner.spec.SchedulerSpec`, the fields of
+:class:`~tuner.spec.StopSpec`, ...), so a sampler, schedule or stopping rule added later
+joins the matrix without touching this file. An all-pairs set over them (allpairspy) covers
+every pair of values at least once in a few dozen studies instead of thousands.
+
+Each combination is a tiny study on the two-moons set (2 features, 3 epochs, 4 trials).
+`tuner check` either refuses it in one line (exit 2) naming why, or it must run and then
+`resume --trials 2`, `best`, `trials`, `report` and `retrain` all succeed, ending with
+exactly the budget's trials, none FAILED or left RUNNING, and no configuration drawn twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from allpairspy import AllPairs
+from typer.testing import CliRunner
+
+from tuner.cli import app
+from tuner.spec import PrunerSpec, SamplerSpec, SchedulerSpec, StopSpec, StudySpec
+
+TRIALS = 4  # the first run's budget; PBT's population too
+MORE = 2  # resume --trials MORE
+EPOCHS = 3
+
+
+def _choices(model: type, field: str) -> list[Any]:
+    """The values a ``Literal`` field of a spec model accepts."""
+    return list(typing.get_args(model.model_fields[field].annotation))
+
+
+def _stop_rules() -> list[dict[str, Any]]:
+    """No stopping rule, then each of StopSpec's rules alone, with a value that can fire
+    in a tiny study but not during ``resume --trials MORE`` (a patience above MORE)."""
+    rules: list[dict[str, Any]] = [{}]
+    for name, field in StopSpec.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, types.UnionType):  # int | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        rules.append({name: True if kind is bool else MORE + 1})
+    return rules
+
+
+def _fuse_values() -> list[Any]:
+    """fuse: its words (off, auto) and a K."""
+    words = [w for a in typing.get_args(StudySpec.model_fields["fuse"].annotation)
+             for w in typing.get_args(a) if isinstance(w, str)]
+    return sorted(words, key=lambda w: w != "off") + [2]
+
+
+FACTORS: dict[str, list[Any]] = {
+    "sampler": _choices(SamplerSpec, "name"),
+    "schedule": _choices(PrunerSpec, "name") + _choices(SchedulerSpec, "name"),
+    "objectives": [["accuracy"], ["accuracy", "loss"]],
+    "constraints": [{}, {"accuracy": {"min": 0.75}}],
+    "fuse": _fuse_values(),
+    "validation": [0.2, {"kfold": 2}],
+    "workers": [1, 2],
+    "dedup": [True, False],
+    "stop": _stop_rules(),
+}
+
+
+def _label(c: dict[str, Any]) -> str:
+    stop = ",".join(f"{k}={v}" for k, v in c["stop"].items()) or "nostop"
+    return "-".join([
+        c["sampler"], c["schedule"], f"{len(c['objectives'])}obj",
+        "constr" if c["constraints"] else "free", f"fuse={c['fuse']}",
+        "kfold" if isinstance(c["validation"], dict) else "frac", f"w{c['workers']}",
+        "dedup" if c["dedup"] else "nodedup", stop,
+    ])
+
+
+COMBOS = [dict(zip(FACTORS, values, strict=True)) for values in AllPairs(list(FACTORS.values()))]
+
+
+def study_file(c: dict[str, Any]) -> dict[str, Any]:
+    """The study file of a combination. The space is continuous (so a repeated configuration
+    is a bug, not luck) but for the grid sampler, whose grid is large enough that a repeat
+    is one too; the shape is fixed so that fusion applies."""
+    if c["sampler"] == "grid":
+        space = {"lr": {"type": "float", "low": 0.001, "high": 0.15, "step": 0.001},
+                 "weight_decay": {"type": "float", "low": 0.0, "high": 0.01, "step": 0.0001},
+                 "dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.01}}
+    else:
+        space = {"lr": {"type": "float", "low": 0.001, "high": 0.15, "log": True},
+                 "weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+                 "dropout": {"type": "float", "low": 0.0, "high": 0.5}}
+    space |= {"depth": 1, "width": 16, "batch_size": 256, "optimizer": "adam"}
+    spec: dict[str, Any] = {
+        "name": "combo", "data": "moons", "model": "mlp", "epochs": EPOCHS, "trials": TRIALS,
+        "seed": 7, "validation": c["validation"], "dedup": c["dedup"], "fuse": c["fuse"],
+        "sampler": {"name": c["sampler"]}, "space": space,
+    }
+    if c["sampler"] not in ("grid", "random"):
+        spec["sampler"]["n_startup_trials"] = 2  # past start-up within the budget
+    if len(c["objectives"]) == 1:
+        spec["metric"] = c["objectives"][0]
+    else:
+        spec["objectives"] = c["objectives"]
+    if c["constraints"]:
+        spec["constraints"] = c["constraints"]
+    if c["stop"]:
+        spec["stop"] = c["stop"]
+    if c["schedule"] in _choices(SchedulerSpec, "name"):
+        spec["scheduler"] = {"name": c["schedule"], "population": TRIALS, "interval": 1}
+    else:
+        spec["pruner"] = {"name": c["schedule"], "min_epochs": 1, "n_startup_trials": 1}
+    return spec
+
+
+def _documented_refusals() -> list[str]:
+    """The phrases of README's table of combinations `tuner check` refuses (its last column)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Which features combine", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [phrase for row in rows for phrase in re.findall(r"`([^`]+)`", row.rsplit("|", 2)[1])]
+
+
+REFUSALS = _documented_refusals()
+runner = CliRunner()
+
+
+def tuner(*args: str) -> tuple[int, str]:
+    """Run a tuner command in this process: its exit code and output (with the traceback of
+    an exception that escaped it)."""
+    r = runner.invoke(app, list(args))
+    if r.exc_info is not None and not isinstance(r.exception, SystemExit):
+        return r.exit_code, r.output + "".join(traceback.format_exception(*r.exc_info)[-3:])
+    return r.exit_code, r.output
+
+
+def _fresh(row: dict[str, Any]) -> bool:
+    """A trial that drew its configuration: not a retry, an ASHA promotion or a PBT
+    continuation (those carry an earlier trial's configuration on)."""
+    return not (row.get("retry_of") is not None or row.get("promotion_of") is not None
+                or row.get("pbt"))
+
+
+def _check_rows(rows: list[dict[str, Any]], budget: int, stopped: bool, what: str) -> None:
+    states = [r["state"] for r in rows]
+    assert "FAIL" not in states, f"{what}: a trial FAILED: " + "; ".join(
+        f"#{r['number']}: {r.get('fail_reason')}" for r in rows if r["state"] == "FAIL")
+    assert "RUNNING" not in states, f"{what}: left RUNNING: {states}"
+    assert not [r for r in rows if r.get("repeat_of") is not None], f"{what}: repeats: {rows}"
+    fresh = [r for r in rows if _fresh(r)]
+    configs = [json.dumps({k: v for k, v in r.items() if k.startswith("params_")}, sort_keys=True)
+               for r in fresh]
+    assert len(set(configs)) == len(configs), f"{what}: a configuration was drawn twice: {configs}"
+    if stopped:
+        assert 0 < len(fresh) <= budget, f"{what}: stopped early after {len(fresh)} of {budget}"
+    else:
+        assert len(fresh) == budget, f"{what}: {len(fresh)} trials for a budget of {budget}: {states}"
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=[_label(c) for c in COMBOS])
+def test_combination(combo: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "combo.yaml"
+    path.write_text(yaml.safe_dump(study_file(combo), sort_keys=False))
+    code, output = tuner("check", str(path))
+    if code != 0:
+        assert code == 2 and len(output.strip().splitlines()) == 1 and output.startswith("error:"), (
+            f"check should refuse in one line (exit 2), got exit {code}:\n{output}")
+        assert any(phrase in output for phrase in REFUSALS), (
+            f"a refusal README's table of features does not list: {output}")
+        assert not (tmp_path / "t.db").exists()
+        return
+    common = ["--storage", f"sqlite:///{tmp_path / 't.db'}"]
+    place = [*common, "--device", "cpu", "--checkpoint-dir", str(tmp_path / "ckpt"),
+             "--data-dir", str(tmp_path)]
+    workers = ["--workers", str(combo["workers"]), "--quiet"]
+
+    code, output = tuner("run", str(path), *place, *workers)
+    assert code == 0, f"run: exit {code}\n{output}"
+    code, rows_json = tuner("trials", "combo", "--format", "json", *common)
+    assert code == 0, rows_json
+    stopped = "stopped early" in output
+    _check_rows(json.loads(rows_json), TRIALS, stopped, "run")
+
+    code, output = tuner("resume", "combo", "--trials", str(MORE), *place, *workers)
+    assert code == 0, f"resume: exit {code}\n{output}"
+    code, rows_json = tuner("trials", "combo", "--format", "json", *common)
+    assert code == 0, rows_json
+    rows = json.loads(rows_json)
+    _check_rows(rows, TRIALS + MORE, stopped or "stopped early" in output, "resume")
+
+    for args in (["best", "combo", *common], ["trials", "combo", *common],
+                 ["report", "combo", "--out", str(tmp_path / "report"), *common],
+                 ["retrain", "combo", "--out", str(tmp_path / "model"), *common, "--device", "cpu"]):
+        code, output = tuner(*args)
+        assert code == 0, f"{args[0]}: exit {code}\n{output}"
+    assert (tmp_path / "report" / "report.html").exists()
+    assert (tmp_path / "model" / "model.json").exists()
+
+
+def test_matrix_covers_every_choice() -> None:
+    """Each value of each factor appears in the matrix, and every pair of values too."""
+    for name, values in FACTORS.items():
+        seen = [c[name] for c in COMBOS]
+        assert all(v in seen for v in values), name
+    names = list(FACTORS)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pairs = {(json.dumps(c[a]), json.dumps(c[b])) for c in COMBOS}
+            assert len(pairs) == len(FACTORS[a]) * len(FACTORS[b]), (a, b)
+
+
+def test_refusals_are_documented() -> None:
+    """README's table names every refusal, each by a phrase of its message."""
+    assert len(REFUSALS) >= 10, REFUSALS
