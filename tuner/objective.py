@@ -756,6 +756,10 @@ class TrialRunner:
         from the curve and trains the rest."""
         done = _fold_scores(trial) if storage.is_retry(trial) else []
         scores = []
+        # the running mean goes where an epoch's report goes: the primary curve of a
+        # multi-objective study (Optuna's own report refuses there), held through an outage
+        reporter = _TrialReporter(trial, self.stop, self.on_epoch, True, self._primary(),
+                                  self.patience)
         for fold in range(self.spec.kfold or 0):
             ctx = self.context(trial, lineage, fold=fold, prune=False)
             ctxs.append(ctx)  # even for a fold scored already: its checkpoint is cleaned up
@@ -764,13 +768,11 @@ class TrialRunner:
                 continue
             scores.append(float(fit(params, ctx)))
             mean = sum(scores) / len(scores)
-            if self.on_epoch:
-                self.on_epoch(trial.number, fold + 1, mean)
-            trial.report(mean, fold + 1)
-            if trial.should_prune():
+            if reporter.report(fold + 1, mean, {}):
                 raise TrialPruned(f"pruned after fold {fold + 1}")
             if self.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
                 raise StopRequested
+        reporter.flush()
         if self.spec.stop.terminator:  # the statistical error of the trial, for the terminator
             from optuna.terminator import report_cross_validation_scores
 

@@ -32,7 +32,7 @@ from tuner import storage
 from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.settings import Settings
 from tuner.spec import Fixed, StudySpec
-from tuner.study import Handle, pareto_front
+from tuner.study import Handle, pareto_front, primary_value
 
 if TYPE_CHECKING:
     from torch import nn
@@ -258,7 +258,10 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
         "trial": t.number,
         "metric": spec.metric_name,
         "direction": spec.direction_name,
-        "validation_value": t.value,
+        # the reported metric's value (a multi-objective trial has one per objective)
+        "validation_value": primary_value(spec, t),
+        **({"validation_values": dict(zip(spec.objective_names, t.values, strict=True))}
+           if spec.multi_objective and t.values else {}),
         "test_metrics": metrics,
         "params": params,
         "data": spec.data,

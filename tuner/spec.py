@@ -129,8 +129,9 @@ SpaceEntry = Annotated[
 
 
 class SamplerSpec(_Frozen):
-    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"  # the samplers
-    # startup trials sampled at random before the model-based samplers take over
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"] = "tpe"  # the samplers
+    # startup trials sampled at random before the model-based samplers take over (nsga2:
+    # its population, each generation's size)
     n_startup_trials: int | None = Field(default=None, ge=0)
     multivariate: bool = True
 
@@ -409,6 +410,11 @@ class StudySpec(_Frozen):
         if self.stop.terminator and self.multi_objective:
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
+        if self.sampler.name == "nsga2" and (self.sampler.n_startup_trials or 2) < 2:
+            raise ValueError("sampler: nsga2's n_startup_trials is its population size, at least 2")
+        if self.sampler.name == "cmaes" and self.multi_objective:
+            raise ValueError("sampler: cmaes optimizes one objective; use tpe, nsga2, gp, random "
+                             "or qmc with several objectives")
         self._check_asha()
         self._check_pbt()
         self.check_fuse(self.fuse)

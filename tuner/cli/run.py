@@ -48,9 +48,13 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
     if (b.stopped or b.hours_spent_out) and not snap.counts.get("WAITING") and not snap.running:
         why = (f"stopped early ({b.stopped})" if b.stopped
                else f"device-time budget spent ({b.hours_spent:.3g} h)")
+        from tuner.stopping import GRID_EXHAUSTED
+
+        go_on = ("Search another grid as a new study (--study NEW_NAME)"
+                 if (b.stopped or "").startswith(GRID_EXHAUSTED)
+                 else "Pass --trials N or --budget-hours H to go on")
         out().print(f"study {handle.name}: {why}; {snap.finished} trials finished, best "
-                    f"{_fmt(snap.best_value)}. Pass --trials N or --budget-hours H to go on.",
-                    highlight=False, soft_wrap=True)
+                    f"{_fmt(snap.best_value)}. {go_on}.", highlight=False, soft_wrap=True)
         return
     if b.expired() and not snap.running:
         # the deadline passed: nothing starts, not even a waiting retry or continuation
@@ -170,7 +174,8 @@ def resume(
 def worker(
     study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
     worker_index: Annotated[int | None, typer.Option(
-        help="Offsets the sampler seed [default: random, so workers started alike sample apart].")
+        help="This worker's number in its launch (Slurm, Kubernetes); sampling does not depend "
+             "on it: each draw is seeded from the study seed and the trial number.")
     ] = None,
     quiet: Quiet = False,
     *,

@@ -38,6 +38,7 @@ from tuner.storage._retry import (
     retry,
     retry_template,
 )
+from tuner.storage._sampler import Informed, trial_seed
 from tuner.storage._trials import (
     all_studies,
     claim,
@@ -59,6 +60,7 @@ from tuner.storage._trials import (
 
 __all__ = [
     "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
+    "Informed", "trial_seed",
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
     "connect", "display_url", "engine_of",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
