@@ -105,9 +105,24 @@ def test_two_objectives_prune_with_every_sampler_for_the_whole_budget(tmp_path, 
         t.user_attrs.get("fail_reason") for t in handle.study.trials]
     # the pruned trials (whose curve TPE ranks) came before the end of the budget
     assert TrialState.PRUNED in got[:-3] and TrialState.COMPLETE in got
+    # no pruned configuration was proposed again (a complete one may be: GP converging on
+    # the best corner, NSGA-II's crossover keeping a parent whole; dedup reuses its result)
+    ts = handle.study.get_trials(deepcopy=False)
+    again = {t.user_attrs["repeat_of"] for t in ts if "repeat_of" in t.user_attrs}
+    assert {ts[n].state for n in again} <= {TrialState.COMPLETE}
     if sampler == "nsga2":  # past its first generation (of 3), pruned trials counted in
         assert max(t.system_attrs.get("NSGAIISampler:generation", 0)
                    for t in handle.study.trials) >= 2
+
+
+@pytest.mark.parametrize("pruner", ["successive_halving", "hyperband"])
+def test_two_objectives_with_tpe_and_every_pruner(tmp_path, pruner):
+    spec = toy(tmp_path, trials=12, epochs=4, sampler={"name": "tpe", "n_startup_trials": 3},
+               pruner={"name": pruner, "min_epochs": 1, "reduction_factor": 2})
+    handle = st.create_or_resume(connect(url_of(tmp_path), HB), spec)
+    assert work(handle, tmp_path) == "budget spent"
+    got = states(handle)
+    assert len(got) == 12 and TrialState.FAIL not in got and TrialState.PRUNED in got
 
 
 @pytest.mark.parametrize("sampler", ["cmaes", "gp", "grid"])

@@ -62,9 +62,10 @@ def _random_states(sampler: Any, seen: set[int] | None = None) -> Iterator[LazyR
             yield from _random_states(value, seen)
 
 
-class _ViewMixin:
-    """A study as the sampler sees it (mixed into the study's own class, so a pruner's
-    filtered study, Hyperband's bracket, keeps its filtering)."""
+class _View(optuna.Study):
+    """A study as the sampler sees it: the same study (its dict, no ``Study.__init__``, no
+    query), with the direction of the pruned-on objective, pruned trials shown as complete
+    (``pruned_as_worst``) and a ``stop`` that does nothing."""
 
     _tuner_primary: StudyDirection | None
     _tuner_pruned_as_worst: bool
@@ -73,7 +74,7 @@ class _ViewMixin:
     def direction(self) -> StudyDirection:
         if self._tuner_primary is not None:
             return self._tuner_primary
-        return super().direction  # type: ignore[misc]
+        return super().direction
 
     def stop(self) -> None:
         """Optuna's grid sampler asks to stop once its grid is covered: tuner's own stop rule
@@ -81,24 +82,23 @@ class _ViewMixin:
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        trials = super()._get_trials(False, None, use_cache)  # type: ignore[misc]
+        trials = super()._get_trials(False, None, use_cache)
         if self._tuner_pruned_as_worst:
-            trials = _pruned_as_worst(trials, self.directions)  # type: ignore[attr-defined]
+            trials = _pruned_as_worst(trials, self.directions)
         out = [t for t in trials if states is None or t.state in states]
         return copy.deepcopy(out) if deepcopy else out
 
 
-_VIEW_CLASSES: dict[type, type] = {}
-
-
 def _view(study: optuna.Study, primary: StudyDirection | None,
           pruned_as_worst: bool) -> optuna.Study:
-    base = type(study)
-    cls = _VIEW_CLASSES.get(base)
-    if cls is None:
-        cls = _VIEW_CLASSES[base] = type(f"Sampled{base.__name__}", (_ViewMixin, base), {})
-    view = cls.__new__(cls)
-    view.__dict__.update(study.__dict__)  # the same study: no Study.__init__, no query
+    # Hyperband hands samplers a bracket's study, which refuses most attributes; samplers
+    # read trials through ``_get_trials``, which the bracket does not filter: its study
+    try:
+        study = object.__getattribute__(study, "_study")
+    except AttributeError:
+        pass
+    view = _View.__new__(_View)
+    view.__dict__.update(object.__getattribute__(study, "__dict__"))
     view._tuner_primary, view._tuner_pruned_as_worst = primary, pruned_as_worst
     return view
 
