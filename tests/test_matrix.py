@@ -246,6 +246,7 @@ def test_refused_combination(combo: dict[str, Any], tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["combo.yaml"]
 
 
+@pytest.mark.slow  # about 12 CPU-seconds each: 5 trials, a report's plots, a retrain
 @pytest.mark.timeout(600)  # 2 worker processes, 5 trials, a report and a retrain, on a busy machine
 @pytest.mark.parametrize("combo", COMBOS, ids=[_label(c) for c in COMBOS])
 def test_combination(combo: dict[str, Any], tmp_path: Path) -> None:
