@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +31,7 @@ from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
+from tuner.gate import inside_folder
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -53,6 +53,10 @@ class Outcome:
     paused: bool = False
     # why this worker must stop after the trial (its retry queued, as for ``interrupted``)
     error: TunerError | None = None
+    # the trial was finished from outside while it ran (optuna-dashboard's "Fail trial",
+    # another process's tell): its worker stopped it and told nothing; ``state`` is the one
+    # it was given there
+    elsewhere: bool = False
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -66,6 +70,25 @@ class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPrune
 REPEAT_ATTR = "repeat_of"
 DEDUP_POLL_S = 0.5  # how often a trial waiting for an identical running one looks again
 DEDUP_DRAW_WAIT_S = 10.0  # the longest a trial waits for an earlier one to draw its params
+
+
+class FinishedElsewhere(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
+    """The running trial was finished from outside (optuna-dashboard's "Fail trial" or
+    another process's tell): stop training it, it has nothing more to record."""
+
+
+ELSEWHERE_ATTR = "finished_elsewhere"  # user attr: how and when its worker learned of it
+
+
+def _finished_elsewhere(trial: optuna.Trial, e: BaseException) -> FinishedElsewhere:
+    return FinishedElsewhere(f"trial {trial.number} was finished from outside while it ran "
+                             f"(optuna-dashboard, or another process's tell): {e}")
+
+
+def _is_finished_elsewhere(e: BaseException) -> bool:
+    """Raised because the trial was finished from outside, even if the user's loop wrapped
+    it."""
+    return any(isinstance(c, FinishedElsewhere | UpdateFinishedTrialError) for c in _chain(e))
 
 
 class _Infeasible(Exception):
@@ -140,6 +163,15 @@ class _TrialReporter:
         self.together: _GroupReports | None = None
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
+        """Write the report; True: prune. Raises :class:`FinishedElsewhere` when the trial
+        was finished from outside meanwhile."""
+        try:
+            return self._report(epoch, value)
+        except UpdateFinishedTrialError as e:
+            self.held.clear()
+            raise _finished_elsewhere(self.trial, e) from e
+
+    def _report(self, epoch: int, value: float) -> bool:
         if self._on_epoch:
             self._on_epoch(self.trial.number, epoch, value)
         if not self._prune:
@@ -181,8 +213,12 @@ class _TrialReporter:
         return True
 
     def flush(self) -> None:
-        """Write every held report (end of the trial, before its result is told)."""
-        self._write_held(wait=True)
+        """Write every held report (end of the trial, before its result is told); a trial
+        finished from outside meanwhile takes none."""
+        try:
+            self._write_held(wait=True)
+        except UpdateFinishedTrialError:
+            self.held.clear()
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -220,9 +256,8 @@ class _GroupReports:
         judged = [r.trial for r, w in zip(members, written, strict=True) if w]
         ok, prunes = self.patience.attempt(lambda: storage.should_prune_many(judged))
         verdicts = iter(prunes if ok and prunes is not None else [False] * len(judged))
-        return [next(verdicts) if w else UpdateFinishedTrialError(
-                    f"trial {r.trial.number} was finished meanwhile (failed and retried by "
-                    "another worker?): its report was not written")
+        return [next(verdicts) if w else _finished_elsewhere(r.trial, UpdateFinishedTrialError(
+                    "its report was not written"))
                 for r, w in zip(members, written, strict=True)]
 
 
@@ -272,7 +307,7 @@ class TrialRunner:
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
-            ckpt = CheckpointStore(Path(self.checkpoint_dir) / spec.name
+            ckpt = CheckpointStore(inside_folder(self.checkpoint_dir, spec.name)
                                    / f"trial-{lineage}{suffix}.pt")
         return Context(
             device=torch.device(assets.device), seed=spec.seed + lineage,
@@ -466,13 +501,19 @@ class TrialRunner:
         except DatabaseUnreachable:
             raise  # past the patience: this worker stops; the trial resumes elsewhere
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
-            outcome = self._failed(trial, e)
+            outcome = (self._elsewhere(trial, ctxs) if _is_finished_elsewhere(e)
+                       else self._failed(trial, e))
         for c in ctxs:  # reports held through an outage, in order, before the result
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
         attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
+        if outcome.elsewhere:  # recorded on the finished trial: what its worker saw
+            attrs[ELSEWHERE_ATTR] = outcome.fail_reason
+            if outcome.state != TrialState.FAIL:
+                attrs.pop("fail_reason", None)
         if records is None:
-            self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+            self.patience.call(lambda: storage.set_user_attrs_many([(trial, attrs)],
+                                                                   finished=outcome.elsewhere))
         else:
             records.append((trial, attrs))
         if not outcome.broken_device:
@@ -578,7 +619,8 @@ class TrialRunner:
                     t, [ctx], begun,
                     partial(_result, result, params, measured, fit_s / len(members)), records)
             # the members' closing attrs in one statement, not one transaction each
-            self.patience.call(partial(storage.set_user_attrs_many, records))
+            # (a member finished from outside meanwhile keeps them too)
+            self.patience.call(partial(storage.set_user_attrs_many, records, finished=True))
         return [outcomes[t.number] for t in trials]
 
     def _fit_alone(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
@@ -677,7 +719,7 @@ class TrialRunner:
     # ---- checkpoint files ---------------------------------------------------------------
     def _store(self, lineage: int, generation: int | None = None) -> CheckpointStore:
         suffix = "" if generation is None else f"-gen{generation}"
-        return CheckpointStore(Path(self.checkpoint_dir) / self.spec.name
+        return CheckpointStore(inside_folder(self.checkpoint_dir, self.spec.name)
                                / f"trial-{lineage}{suffix}.pt")
 
     def _snapshot(self, lineage: int, epoch: int) -> None:
@@ -720,7 +762,7 @@ class TrialRunner:
         member runs or waits any more, so no live worker is writing them."""
         if self.keep_checkpoints:
             return
-        folder = Path(self.checkpoint_dir) / self.spec.name
+        folder = inside_folder(self.checkpoint_dir, self.spec.name)
         for pattern in ("trial-*-gen*.pt", ".tmp-*.pt"):
             for f in folder.glob(pattern) if folder.is_dir() else []:
                 f.unlink(missing_ok=True)
@@ -728,6 +770,16 @@ class TrialRunner:
     def drop_checkpoint(self, lineage: int) -> None:
         """Delete the checkpoint of a lineage that will never run again (a retired pause)."""
         self._store(lineage).delete()
+
+    def _elsewhere(self, trial: optuna.Trial, ctxs: list[Context]) -> Outcome:
+        """The outcome of a trial finished from outside while it ran: the state it was given
+        there, and why its worker stopped it."""
+        state = self.patience.call(lambda: storage.state(trial.study, trial))
+        epochs = max((int(h["epoch"]) for c in ctxs for h in c.history), default=0)
+        return Outcome(state, fail_reason=(
+            f"finished from outside as {state.name} while it ran (optuna-dashboard's buttons "
+            f"or another process's tell); its worker stopped it after epoch {epochs}"),
+            elsewhere=True)
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with

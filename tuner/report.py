@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.gate import writable_folder
 from tuner.retrain import retrained_of
 from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule
 from tuner.study import Handle, feasible, pareto_front, primary_value
@@ -80,7 +81,7 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     if not complete:
         raise TunerError(f"study {handle.name!r} has no completed trial yet, so there is nothing "
                          f"to report; run `tuner resume {handle.name}` first")
-    folder = Path(out_dir)
+    folder = writable_folder(out_dir, "--out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -306,9 +307,9 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
 
     spec, name = handle.spec, handle.name
     e = html.escape
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    from tuner.status import count, facts
+
+    counts = count(trials, facts(handle.study, trials, heartbeats=False))
     front = pareto_front(handle)
     best = (max if spec.direction_name == "maximize" else min)(
         front or complete, key=lambda t: primary_value(spec, t) or 0.0)

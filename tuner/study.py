@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -14,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
 from tuner.errors import SpecMismatch, StudyNotFound, TunerError
-from tuner.objective import INFEASIBLE_ATTR
+from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import (
     Budget,
@@ -305,13 +306,19 @@ def primary_value(spec: StudySpec, t: FrozenTrial) -> float | None:
 
 
 def pareto_front(handle: Handle) -> list[FrozenTrial]:
-    """The feasible completed trials no other feasible trial dominates, by trial number.
-    For a single-objective study, the best trial (ties included)."""
-    spec = handle.spec
-    signs = [1.0 if d == "minimize" else -1.0 for d in spec.directions]
+    """The feasible completed trials (repeats of a configuration left out) no other
+    feasible trial dominates, by trial number. For a single-objective study, the best trial
+    (ties included)."""
     done = [t for t in handle.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and feasible(t)]
-    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in done]
+            if t.values and feasible(t) and REPEAT_ATTR not in t.user_attrs]
+    return nondominated(done, handle.spec.directions)
+
+
+def nondominated(trials: list[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """The ``trials`` (each with values) that no other of them dominates, in their order;
+    ``directions``: "maximize" or "minimize" per objective."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    keyed = [(t, [s * v for s, v in zip(signs, t.values, strict=True)]) for t in trials]
 
     def dominated(a: list[float]) -> bool:
         return any(all(x <= y for x, y in zip(b, a, strict=True)) and b != a for _, b in keyed)

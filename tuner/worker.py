@@ -283,10 +283,24 @@ class Worker:
         for t, outcome, ok in zip(trials, outcomes, told, strict=True):
             if ok:
                 self._after_tell(t, outcome)
+            elif outcome.elsewhere:
+                self._after_elsewhere(t, outcome)
             else:
                 log.warning("trial %d was failed and retried by another worker meanwhile",
                             t.number)
         return told
+
+    def _after_elsewhere(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        """A trial finished from outside while it ran (optuna-dashboard's "Fail trial",
+        another process's tell): stopped here, the study goes on. Failed there and not
+        retried by a reaper, its budget slot goes back, as any failed trial's does."""
+        log.info("%s", outcome.fail_reason)
+        study, call = self.handle.study, self.patience.call
+        if outcome.state != TrialState.FAIL:
+            return
+        if not any(t.user_attrs.get(storage.RETRY_OF_ATTR) == trial.number
+                   for t in call(lambda: study.get_trials(deepcopy=False))):
+            call(self.handle.budget.release)
 
     def _after_tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
         """A failed trial: its retry queued (stopped, so nothing is lost), or its slot given

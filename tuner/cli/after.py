@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from tuner import gate
 from tuner.cli._common import (
     DEFAULT_STORAGE,
     DataDir,
@@ -43,7 +44,7 @@ def dashboard(
     from tuner.storage import display_url
 
     _setup_logging()
-    server = open_server(_open(storage), host, port)
+    server = open_server(_open(storage, "existing"), host, port)
     if not is_loopback(host):
         err().print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
                   f"listening on {host}: anyone who can reach this port can read, change and "
@@ -65,7 +66,8 @@ def report(
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for report.html, the PNGs and trials.csv "
                       "[default: runs/NAME/report].")] = None,
-    top: Annotated[int, typer.Option(min=1, help="Trials in the top-trials table.")] = 10,
+    top: Annotated[int, typer.Option(min=1, max=gate.MAX_COUNT,
+                                     help="Trials in the top-trials table.")] = 10,
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Write a study's report: an offline HTML page, a PNG per plot, and trials.csv."""
@@ -74,7 +76,7 @@ def report(
 
     _setup_logging()
     handle = st.load(_open(storage), name)
-    result = build(handle, out_dir or Path("runs") / name / "report", top=top)
+    result = build(handle, out_dir or gate.inside_folder("runs", name) / "report", top=top)
     out().print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
     out().print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
     for sid, why in result.skipped.items():
@@ -84,7 +86,8 @@ def report(
 @command
 def retrain(
     name: Name,
-    trial: Annotated[int | None, typer.Option(min=0, help="Trial number [default: the best].")
+    trial: Annotated[int | None, typer.Option(min=0, max=gate.MAX_COUNT,
+                                              help="Trial number [default: the best].")
                      ] = None,
     prefer: Annotated[str | None, typer.Option(
         help="With several objectives: the Pareto-front member best at this metric "
@@ -108,7 +111,7 @@ def retrain(
 
     _setup_logging()
     settings = api.settings(storage=storage, device=device, data_dir=data_dir, download=download)
-    handle = st.load(_open(storage), name)
+    handle = st.load(_open(storage, "existing"), name)
     number = pick_trial(handle, trial, prefer).number
     if not quiet:
         out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")

@@ -12,26 +12,38 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, out
+from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, err, out
 from tuner.errors import TunerError
+
+GracePeriod = Annotated[int | None, typer.Option(
+    envvar="TUNER_GRACE_PERIOD", min=1,
+    help="Seconds of heartbeat silence after which a running trial counts as lost (the "
+         "workers' --grace-period) [default: 20].")]
 
 
 @command
-def studies(storage: Storage = DEFAULT_STORAGE) -> None:
-    """Every study in the storage: trials by state, best value, last activity."""
+def studies(storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
+    """Every study in the storage: trials by state, best value (a multi-objective study: its
+    Pareto front's size), last activity."""
     from rich.table import Table
 
     from tuner.status import studies as rows
 
     table = Table()
     table.add_column("study", no_wrap=True)
-    for column in ("complete", "pruned", "failed", "running", "best", "direction", "last activity"):
+    for column in ("complete", "pruned", "infeasible", "failed", "running", "lost", "best",
+                   "direction", "last activity"):
         table.add_column(column)
-    for r in rows(_open(storage)):
+    for r in rows(_open(storage), grace_period):
         c = r.counts
-        table.add_row(r.name, str(c.get("COMPLETE", 0)), str(c.get("PRUNED", 0)),
-                      str(c.get("FAIL", 0)), str(c.get("RUNNING", 0)), _fmt(r.best_value),
-                      r.direction, r.last_activity.isoformat(sep=" ", timespec="seconds")
+        best = (_fmt(r.best_value) if r.pareto_size is None
+                else f"Pareto front of {r.pareto_size}")
+        goal = ", ".join(f"{d} {m}" if len(r.directions) > 1 else d
+                         for m, d in zip(r.objectives, r.directions, strict=True))
+        table.add_row(r.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "INFEASIBLE",
+                                                            "FAIL", "RUNNING", "LOST")),
+                      best, goal,
+                      r.last_activity.isoformat(sep=" ", timespec="seconds")
                       if r.last_activity else "—")
     out().print(table)
 
@@ -41,6 +53,7 @@ def trials(
     name: Annotated[str, typer.Argument(help="Study name.")],
     format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
     storage: Storage = DEFAULT_STORAGE,
+    grace_period: GracePeriod = None,
 ) -> None:
     """The trials of a study, as a table, CSV or JSON."""
     from rich.table import Table
@@ -49,7 +62,7 @@ def trials(
     from tuner.status import trial_rows
 
     handle = st.load(_open(storage), name)
-    rows = trial_rows(handle.study, handle.spec)
+    rows = trial_rows(handle.study, handle.spec, grace_period=grace_period)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if format == Fmt.table:  # the essentials first; every column is in csv and json
         skip = {"started", "fail_reason", "retry_of", "promotion_of", "constraints"}
@@ -147,7 +160,7 @@ def _front(handle: Any, as_json: bool) -> None:
 
 @command
 def status(name: Annotated[str, typer.Argument(help="Study name.")],
-           storage: Storage = DEFAULT_STORAGE) -> None:
+           storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
     """Live view of a study: workers and their trials, counts, best, time left."""
     from rich.table import Table
 
@@ -155,14 +168,22 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     from tuner.status import snapshot
 
     handle = st.load(_open(storage), name)
-    snap = snapshot(handle)
+    snap = snapshot(handle, grace_period=grace_period)
     b = snap.budget
     c = snap.counts
-    out().print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+    extra = "".join(f" · {k.lower()} {c[k]}" for k in ("INFEASIBLE", "REPEAT", "PAUSED",
+                                                        "PROMOTED", "LOST") if c.get(k))
+    out().print(f"study {name}: {snap.finished}/{b.target if b.target is not None else '∞'} "
               f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
-              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
-    out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
-              + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
+              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}"
+              + extra)
+    if snap.pareto_size is not None:
+        goal = ", ".join(f"{d} {m}" for m, d in zip(snap.objectives, snap.directions, strict=True))
+        out().print(f"Pareto front: {snap.pareto_size} trials ({goal}); `tuner best {name}` "
+                    "lists them", highlight=False)
+    else:
+        out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
+                    + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
     if snap.eta_s is not None:
         out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
     if b.deadline is not None:
@@ -182,10 +203,17 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     if snap.running:
         table = Table("trial", "epoch", "last value", "host", "pid", "device", "heartbeat")
         for r in snap.running:
+            beat = "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago"
             table.add_row(str(r.number), f"{r.epoch}/{handle.spec.epochs}", _fmt(r.last_value),
                           r.host or "?", str(r.pid or "?"), r.device or "?",
-                          "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago")
+                          f"{beat} (lost)" if r.lost else beat)
         out().print(table)
+        if lost := [r for r in snap.running if r.lost]:
+            err().print(f"[yellow]warning:[/yellow] {len(lost)} running trial(s) lost their worker "
+                        f"(no heartbeat for over the grace period): "
+                        f"{', '.join(str(r.number) for r in lost)}; the next worker of the study "
+                        f"retries them (`tuner resume {name}`)", markup=True, highlight=False,
+                        soft_wrap=True)
     else:
         out().print("no trial is running")
 
@@ -201,7 +229,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name
             else "task and metric from the data's labels")
-    out().print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
+    out().print(f"ok {file}: study {spec.name} — data {spec.data or 'its own'}, "
                 f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
                 f"{goal}, up to {spec.epochs} epochs, "
                 f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")
@@ -218,7 +246,7 @@ def delete(name: Annotated[str, typer.Argument(help="Study name.")],
     """Delete a study and all its trials."""
     from tuner import study as st
 
-    opened = _open(storage)
+    opened = _open(storage, "existing")
     handle = st.load(opened, name, wait_s=0)
     n = len(handle.study.trials)
     if not yes and not typer.confirm(f"Delete study {name!r} and its {n} trials?", default=False):

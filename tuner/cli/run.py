@@ -9,15 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tuner import gate
 from tuner.cli._common import (
     BudgetHours,
     PerGpu,
     Quiet,
+    StudyArg,
     Timeout,
     Trials,
     Workers,
+    _escape,
     _fmt,
     _setup_logging,
+    _study_name,
     command,
     display_url,
     out,
@@ -110,16 +114,19 @@ def _print_result(prepared: Prepared, why: str) -> None:
 @with_settings
 def run(
     file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
-    study: Annotated[str | None, typer.Option(help="Study name [default: the file's name].")] = None,
+    study: Annotated[str | None, typer.Option(
+        help="Study name [default: the file's name].", callback=_study_name)] = None,
     trials: Trials = None,
     timeout: Timeout = None,
     budget_hours: BudgetHours = None,
-    seed: Annotated[int | None, typer.Option(help="Override the file's seed.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        min=0, max=gate.MAX_SEED, help="Override the file's seed.")] = None,
     workers: Workers = 1,
     workers_per_gpu: PerGpu = None,
     force: Annotated[bool, typer.Option(help="Resume even if the file's space changed.")] = False,
     warm_from: Annotated[str | None, typer.Option(
-        "--from", help="Start a new study from an earlier one: its finished trials that fit.")
+        "--from", callback=_study_name,
+        help="Start a new study from an earlier one: its finished trials that fit.")
     ] = None,
     from_url: Annotated[str | None, typer.Option(
         "--from-storage", help="The storage of the --from study [default: --storage].")] = None,
@@ -142,15 +149,16 @@ def run(
                            enqueue_top=enqueue_top)
     if not quiet:
         verb = "created" if prepared.handle.created else "resuming"
-        out().print(f"{verb} study [bold]{prepared.handle.name}[/bold] in "
-                    f"{display_url(settings.storage)} on {settings.device}", highlight=False)
+        out().print(f"{verb} study [bold]{_escape(prepared.handle.name)}[/bold] in "
+                    f"{_escape(display_url(settings.storage))} on {settings.device}",
+                    highlight=False, markup=True)
     _work(prepared, workers, workers_per_gpu, quiet)
 
 
 @command
 @with_settings
 def resume(
-    name: Annotated[str, typer.Argument(help="Study name.")],
+    name: StudyArg,
     trials: Trials = None,
     timeout: Timeout = None,
     budget_hours: BudgetHours = None,
@@ -174,6 +182,7 @@ def resume(
 def worker(
     study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
     worker_index: Annotated[int | None, typer.Option(
+        min=0, max=gate.MAX_WORKER_INDEX,
         help="This worker's number in its launch (Slurm, Kubernetes); sampling does not depend "
              "on it: each draw is seeded from the study seed and the trial number.")
     ] = None,

@@ -24,7 +24,15 @@ from tuner.storage._asha import (
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
-from tuner.storage._open import checkpoint_folder, connect, display_url, normalize_url
+from tuner.storage._open import (
+    TunerStorage,
+    checkpoint_folder,
+    connect,
+    display_url,
+    normalize_url,
+    same_database,
+    study_exists,
+)
 from tuner.storage._outage import Patience, is_outage
 from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
@@ -62,7 +70,7 @@ __all__ = [
     "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
     "Informed", "trial_seed",
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
-    "connect", "display_url", "engine_of",
+    "connect", "display_url", "engine_of", "TunerStorage", "same_database", "study_exists",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",

@@ -330,7 +330,7 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial, budget: Any, reason
 
 
 def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
-                      crashed: bool) -> bool | None:
+                      crashed: bool, reason: str | None = None) -> bool | None:
     """Fail the RUNNING trial ``trial_id`` and enqueue its retry (True) or, past its retries,
     give its slot back (False), in one transaction; None if it was not RUNNING any more.
 
@@ -342,6 +342,8 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
     frozen = study._storage.get_trial(trial_id)
     if rdb is None:
         try:
+            if reason is not None:
+                study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return None
         except UpdateFinishedTrialError:
@@ -361,6 +363,9 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
         row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         if row.state != TrialState.RUNNING:
             return None
+        if reason is not None:
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id,
+                                               "fail_reason", reason)
         row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
         if template is None:
             session.execute(budget.release_statement())
@@ -409,7 +414,8 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
 
     failed, log = [], logging.getLogger("tuner")
     for trial_id in rdb._get_stale_trial_ids(study._study_id):
-        retried = _fail_and_requeue(study, trial_id, budget, crashed=True)
+        retried = _fail_and_requeue(study, trial_id, budget, crashed=True,
+                                    reason=_lost_reason(rdb, study._storage.get_trial(trial_id)))
         if retried is None:
             continue  # finished meanwhile (its worker told it, or another reaper)
         number = study._storage.get_trial(trial_id).number
@@ -423,6 +429,23 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
     return failed
 
 
+def _lost_reason(rdb: optuna.storages.RDBStorage, trial: FrozenTrial) -> str:
+    """The ``fail_reason`` of a trial whose worker stopped beating: when it was last heard
+    of (the database's clock) and which worker it was."""
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with rdb.engine.connect() as conn:
+        last = conn.execute(sqlalchemy.select(table.c.heartbeat)
+                            .where(table.c.trial_id == trial._trial_id)).scalar()
+    worker = trial.user_attrs.get("worker") or {}
+    who = ", ".join(f"{k} {worker[k]}" for k in ("host", "pid", "device") if worker.get(k))
+    when = f"{last:%Y-%m-%d %H:%M:%S}" if last is not None else "its start"
+    grace = rdb.grace_period or 2 * (rdb.heartbeat_interval or 0)
+    return (f"worker lost: no heartbeat since {when} (database time), over the {grace} s grace "
+            "period" + (f"; it ran on {who}" if who else ""))
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """Set several user attrs of a running trial in one statement and one transaction.
 
@@ -432,10 +455,13 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     set_user_attrs_many([(trial, attrs)])
 
 
-def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]]) -> None:
+def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]], *,
+                        finished: bool = False) -> None:
     """:func:`set_user_attrs` for several running trials (a fused group's members) in one
     statement and one transaction. Like ``Trial.set_user_attr``, refuses (writing nothing)
-    when one of the trials is finished."""
+    when one of the trials is finished, unless ``finished``: then the attrs of a trial
+    finished meanwhile (by the reaper, optuna-dashboard, another process's tell) are written
+    too, since they say what its worker saw."""
     items = [(trial, attrs) for trial, attrs in items if attrs]
     if not items:
         return
@@ -444,7 +470,11 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
     if rdb is None or not _can_upsert(dialect):
         for trial, attrs in items:
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
+                try:
+                    trial.set_user_attr(k, v)
+                except UpdateFinishedTrialError:
+                    if not finished:
+                        raise
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -458,7 +488,8 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
             sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
             .where(models.TrialModel.trial_id.in_(ids))).all())
         for trial_id in ids:  # as Optuna does per attr
-            rdb.check_trial_is_updatable(trial_id, states[trial_id])
+            if not finished:
+                rdb.check_trial_is_updatable(trial_id, states[trial_id])
         session.execute(_upsert(dialect, table, rows))
     for trial, attrs in items:  # what Trial.set_user_attr does too
         trial._cached_frozen_trial.user_attrs.update(attrs)
