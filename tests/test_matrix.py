@@ -215,7 +215,7 @@ def _check_rows(rows: list[dict[str, Any]], budget: int, stopped: bool, what: st
     states = [r["state"] for r in rows]
     assert "FAIL" not in states, f"{what}: a trial FAILED: " + "; ".join(
         f"#{r['number']}: {r.get('fail_reason')}" for r in rows if r["state"] == "FAIL")
-    assert "RUNNING" not in states, f"{what}: left RUNNING: {states}"
+    assert not {"RUNNING", "LOST"} & set(states), f"{what}: left RUNNING: {states}"
     assert not [r for r in rows if r.get("repeat_of") is not None], f"{what}: repeats: {rows}"
     fresh = [r for r in rows if _fresh(r)]
     configs = [json.dumps({k: v for k, v in r.items() if k.startswith("params_")}, sort_keys=True)
