@@ -78,10 +78,10 @@ FACTORS: dict[str, list[Any]] = {
 
 
 def _label(c: dict[str, Any]) -> str:
-    stop = ",".join(f"{k}={v}" for k, v in c["stop"].items()) or "nostop"
+    stop = ",".join(f"{k}-{v}" for k, v in c["stop"].items()) or "nostop"
     return "-".join([
         c["sampler"], c["schedule"], f"{len(c['objectives'])}obj",
-        "constr" if c["constraints"] else "free", f"fuse={c['fuse']}",
+        "constr" if c["constraints"] else "free", f"fuse-{c['fuse']}",
         "kfold" if isinstance(c["validation"], dict) else "frac", f"w{c['workers']}",
         "dedup" if c["dedup"] else "nodedup", stop,
     ])
