@@ -22,6 +22,7 @@ from tuner.storage import (
     BudgetState,
     Informed,
     advance,
+    delete_controls,
     display_url,
     engine_of,
     generations,
@@ -289,6 +290,7 @@ def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
     load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
     optuna.delete_study(study_name=name, storage=storage)
     _budget(storage, name).delete()
+    delete_controls(storage.engine, name)
 
 
 # ---- what a study found -------------------------------------------------------------

@@ -102,11 +102,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @functools.cache
 def out() -> Console:
+    """stdout; piped or redirected, as wide as its lines are (a table is never cut)."""
+    import sys
+
     from rich.console import Console
 
     # no markup: names and values from files and databases print as they are ("[/x]" too);
-    # a line with styling says markup=True and escapes what it interpolates
-    return Console(markup=False)
+    # a line with styling says markup=True and escapes what it interpolates. Piped output is
+    # never cut to a terminal's width.
+    return Console(markup=False) if sys.stdout.isatty() else Console(markup=False, width=100_000)
 
 
 @functools.cache
@@ -300,4 +304,49 @@ def display_url(url: str) -> str:
 def _fmt(v: float | None) -> str:
     return "—" if v is None else f"{v:.6g}"
 
+
+def val_test_table(validation: dict[str, float | None], test: dict[str, float | None]) -> Any:
+    """A metric per row, its validation score (the search's) beside its test score (the
+    retrain's, measured once); the train loss on a row of its own, never under "test"."""
+    from rich.table import Table
+
+    table = Table("metric", "validation", "test", box=None, header_style="bold",
+                  pad_edge=False)
+    for k in dict.fromkeys([*validation, *test]):
+        if k != "train_loss":
+            table.add_row(k, _fmt(validation.get(k)), _fmt(test.get(k)))
+    if test.get("train_loss") is not None:
+        table.add_row("train loss (train+val, last epoch)", "", _fmt(test["train_loss"]))
+    return table
+
+
+def fitted_table(columns: list[tuple[str, list[str]]], width: int) -> tuple[Any, list[str]]:
+    """A table of ``columns`` (header, cells; in the order of importance) that fits in
+    ``width`` characters: the columns that do not fit are left out whole, never cut (their
+    names are returned, to say so). Numbers right-aligned."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    used, kept, dropped = 0, [], []
+    for header, cells in columns:
+        need = max(len(header), *(len(c) for c in cells)) if cells else len(header)
+        if kept and used + need + 2 > width:
+            dropped.append(header)
+            continue
+        used += need + 2
+        kept.append((header, cells))
+    for header, cells in kept:
+        numeric = all(_is_number(c) for c in cells if c not in ("", "—"))
+        table.add_column(header, no_wrap=True, justify="right" if numeric else "left")
+    for i in range(len(kept[0][1]) if kept else 0):
+        table.add_row(*[cells[i] for _, cells in kept])
+    return table, dropped
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.rstrip("s"))
+    except ValueError:
+        return False
+    return True
 

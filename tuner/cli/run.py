@@ -87,6 +87,7 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
 
 def _print_result(prepared: Prepared, why: str) -> None:
     from tuner.status import snapshot
+    from tuner.storage import USER_STOP
 
     handle = prepared.handle
     snap = snapshot(handle, with_heartbeats=False)
@@ -95,7 +96,9 @@ def _print_result(prepared: Prepared, why: str) -> None:
         f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
         + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
-           f"`tuner resume {handle.name}"
+           + (f"`tuner continue {handle.name}`, then "
+              if snap.budget.stopped == USER_STOP else "")
+           + f"`tuner resume {handle.name}"
            # past the deadline nothing starts, a waiting continuation neither: say how to go on
            + (" --timeout SECONDS`" if snap.budget.expired() else "`")
            if why == "stopped" or c.get("WAITING") else "")

@@ -164,6 +164,7 @@ def _create_schema(url: URL) -> None:
     pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
     from tuner.storage import _asha as asha
     from tuner.storage import _budget as budget
+    from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
     from tuner.storage._trials import create_schema
 
@@ -185,6 +186,7 @@ def _create_schema(url: URL) -> None:
                 budget.create_table(conn)
                 lease.create_table(conn)
                 asha.create_table(conn)
+                controls.create_table(conn)
             finally:
                 if backend not in ("sqlite", "postgresql"):
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))
