@@ -1,8 +1,8 @@
 """Every combination of features either works end to end or is refused up front.
 
 The factors are read from where the study file defines them (the sampler and pruner
-choices of :class:`~tuner.spec.SamplerSpec` / :class:`~tuner.spec.PrunerSpec`, the
-schedulers of :class:`~tuner.spec.SchedulerSpec`, the fields of
+choices of :class:`~tuner.spec.SamplerSpec`, the schedules registered in
+:mod:`tuner.schedules` (both blocks, ``pruner:`` and ``scheduler:``), the fields of
 :class:`~tuner.spec.StopSpec`, ...), so a sampler, schedule or stopping rule added later
 joins the matrix without touching this file. An all-pairs set over them (allpairspy) covers
 every pair of values at least once in a few dozen studies instead of thousands.
@@ -31,9 +31,10 @@ import yaml
 from allpairspy import AllPairs
 from typer.testing import CliRunner
 
+from tuner import schedules
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.spec import PrunerSpec, SamplerSpec, SchedulerSpec, StopSpec, StudySpec, parse_spec
+from tuner.spec import SamplerSpec, StopSpec, StudySpec, parse_spec
 
 TRIALS = 3  # a first run past the model-based samplers' 2 start-up trials; PBT's population
 MORE = 2  # resume --trials MORE (on one worker: the first worker's seed again)
@@ -66,7 +67,7 @@ def _fuse_values() -> list[Any]:
 
 FACTORS: dict[str, list[Any]] = {
     "sampler": _choices(SamplerSpec, "name"),
-    "schedule": _choices(PrunerSpec, "name") + _choices(SchedulerSpec, "name"),
+    "schedule": list(schedules.names("pruner")) + list(schedules.names("scheduler")),
     "objectives": [["accuracy"], ["accuracy", "loss"]],
     "constraints": [{}, {"accuracy": {"min": 0.75}}],
     "fuse": _fuse_values(),
@@ -115,7 +116,7 @@ def study_file(c: dict[str, Any]) -> dict[str, Any]:
         spec["constraints"] = c["constraints"]
     if c["stop"]:
         spec["stop"] = c["stop"]
-    if c["schedule"] in _choices(SchedulerSpec, "name"):
+    if c["schedule"] in schedules.names("scheduler"):
         spec["scheduler"] = {"name": c["schedule"], "population": TRIALS, "interval": 1}
     else:
         spec["pruner"] = {"name": c["schedule"], "min_epochs": 1, "n_startup_trials": 1}
