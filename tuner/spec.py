@@ -656,8 +656,6 @@ class StudySpec(_Frozen):
                              "text: COLUMN, label: COLUMN}")
         if self.data_options is not None and self.data != text_data.NAME:
             raise ValueError("data_options: only text data has options; remove them")
-        if files:
-            self._check_text_files()
         if self.hf_path is None:
             return
         if self.trainer is None and self.data != text_data.NAME:
@@ -670,19 +668,6 @@ class StudySpec(_Frozen):
             from tuner.models import hf
 
             hf.resolve(self.hf_path, self.base_dir)
-
-    def _check_text_files(self) -> None:
-        """The text data's files exist (checked when a study file is read)."""
-        options = self.text_options
-        if options is None:
-            return
-        for path in (options.path, options.test):
-            if isinstance(path, str):
-                where = Path(path).expanduser()
-                where = where if where.is_absolute() else Path(self.base_dir or ".") / where
-                if not where.is_file():
-                    raise ValueError(f"data: {path}: no such file at {where.resolve()}; fix "
-                                     "the path (relative to the study file)")
 
     def _check_space(self) -> None:
         names = list(self.space)

@@ -191,7 +191,7 @@ def param_groups(model: nn.Module, lr: float, scale: float,
                  decay: float = 1.0) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: the trainable parameters; with ``scale != 1`` or
     ``decay != 1`` the head first at ``lr``, then the backbone's blocks from the last to the
-    first at ``lr * scale * decay**k`` (k = 0 for the block under the head: layer-wise
+    first at ``lr * scale * decay**k`` (k = 1 for the block under the head: layer-wise
     learning-rate decay, as in ULMFiT and ELECTRA); parameters no block claims go at
     ``lr * scale``."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -200,7 +200,7 @@ def param_groups(model: nn.Module, lr: float, scale: float,
     bs = blocks(model)
     rate = {n: lr for n in bs[-1]}
     for k, block in enumerate(reversed(bs[:-1])):
-        rate.update({n: lr * scale * decay**k for n in block})
+        rate.update({n: lr * scale * decay ** (k + 1) for n in block})
     groups: dict[float, list[Any]] = {}
     for n, p in named:
         groups.setdefault(rate.get(n, lr * scale), []).append(p)

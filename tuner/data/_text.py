@@ -30,17 +30,26 @@ TOKENIZER_FILE = "tokenizer.json"
 CACHE_SIZE = 4
 
 
-def where(path: str, base_dir: str | None) -> Path:
+def where(path: str, base_dir: str | None, data_dir: str | None = None) -> Path:
+    """``path`` as given, else relative to the study file's folder, else to the data folder
+    (``--data-dir``, where the built-in datasets live)."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(base_dir or ".").resolve() / p
+    if p.is_absolute():
+        return p
+    first = Path(base_dir or ".").resolve() / p
+    if not first.is_file() and data_dir is not None and (Path(data_dir) / p).is_file():
+        return (Path(data_dir) / p).resolve()
+    return first
 
 
-def read_rows(path: str, options: TextOptions) -> tuple[list[str], list[str]]:
+def read_rows(path: str, options: TextOptions,
+              data_dir: str | None = None) -> tuple[list[str], list[str]]:
     """(texts, labels as strings) of one file, or DataError naming the row and the fix."""
-    file = where(path, options.base_dir)
+    file = where(path, options.base_dir, data_dir)
     fmt = _format(path)
     if not file.is_file():
-        rel = f" (relative to {options.base_dir})" if options.base_dir else ""
+        rel = f" (relative to the study file, or to the data folder {data_dir})" if data_dir \
+            else ""
         raise DataError(f"data: {path}: no such file at {file}{rel}; fix path:")
     try:
         with file.open(encoding="utf-8", newline="") as f:
@@ -270,11 +279,11 @@ def retokenized(bundle: DataBundle, view: TextView) -> DataBundle:
 
 def load(options: TextOptions, request: Request) -> DataBundle:
     """The text file(s) -> a token bundle on the CPU (test apart, validation carved)."""
-    texts, labels = read_rows(options.path, options)
+    texts, labels = read_rows(options.path, options, request.data_dir)
     classes = classes_of(labels, options.path)
     n_train = len(texts)
     if isinstance(options.test, str):
-        test_texts, test_labels = read_rows(options.test, options)
+        test_texts, test_labels = read_rows(options.test, options, request.data_dir)
         unseen = sorted(set(test_labels) - set(classes))
         if unseen:
             raise DataError(f"data: {options.test}: label {unseen[0]!r} is not among the "

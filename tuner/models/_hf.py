@@ -17,6 +17,7 @@ class Encoder(nn.Module):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # "weights not used: pooler..." is expected here
+        hf_logging.disable_progress_bar()
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         dropout = float(p["dropout"])
         if dropout >= 0:
