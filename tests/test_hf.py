@@ -91,14 +91,14 @@ def test_a_folder_without_weights_or_tokenizer_is_one_line(tmp_path: Path, bert:
 @pytest.mark.slow
 def test_fine_tuning_runs_offline_and_retrains_with_its_tokenizer(tmp_path: Path,
                                                                   bert: Path) -> None:
-    write_csv(tmp_path / "train.csv", reviews(240, 4))
+    write_csv(tmp_path / "train.csv", reviews(400, 4))
     write_csv(tmp_path / "test.csv", reviews(60, 5))
     study = tmp_path / "s.yaml"
     study.write_text(
         f"name: ft\ndata: {{name: text, path: train.csv, test: test.csv, text: review, "
-        f"label: sentiment, max_len: 16}}\nmodel: hf:{bert}\nepochs: 5\ntrials: 1\n"
+        f"label: sentiment, max_len: 16}}\nmodel: hf:{bert}\nepochs: 6\ntrials: 1\n"
         "space:\n  optimizer: adamw\n  lr: 0.003\n  batch_size: 16\n  warmup_epochs: 1\n"
-        "  schedule: cosine\n  freeze: 1\n  layer_lr_decay: 0.8\n  weight_decay: 0.01\n"
+        "  schedule: cosine\n  freeze: 0\n  layer_lr_decay: 0.9\n  weight_decay: 0.01\n"
         "  dropout: 0.0\n  pool: mean\n")
     db = f"sqlite:///{tmp_path / 't.db'}"
     r = CliRunner().invoke(app, ["run", str(study), "--device", "cpu", "--storage", db,

@@ -203,6 +203,7 @@ def test_augment_on_text_and_unknown_keys_are_refused_at_check(tmp_path: Path) -
     assert r.exit_code == 2 and "unknown key 'colum'" in r.output, r.output
 
 
+@pytest.mark.slow
 def test_transformer_tunes_and_retrains_on_text_and_the_card_classifies(tmp_path: Path) -> None:
     write_csv(tmp_path / "train.csv", reviews(400, 4))
     write_csv(tmp_path / "test.csv", reviews(100, 5))

@@ -788,7 +788,7 @@ FUSE_SHAPE_VALUES: dict[str, tuple[Scalar, ...]] = {
 FUSE_UNSUPPORTED: dict[str, tuple[Scalar | None, ...]] = {
     "l1": (0, 0.0), "clip_norm": (None, 0, 0.0), "label_smoothing": (0, 0.0), "patience": (0,),
     "augment_crop": (0,), "augment_flip": (False,), "augment_cutout": (0,), "freeze": (0,),
-    "backbone_lr_scale": (1, 1.0),
+    "backbone_lr_scale": (1, 1.0), "layer_lr_decay": (1, 1.0),
 }
 
 
