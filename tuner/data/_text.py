@@ -297,9 +297,12 @@ def load(options: TextOptions, request: Request) -> DataBundle:
         train_part = whole.take(torch.arange(n_train))
         test = whole.take(torch.arange(n_train, len(texts)))
     else:
-        train_part, test_or_none = carve(whole, float(options.test), TEST_SEED)
-        assert test_or_none is not None  # a fraction in (0, 1) holds out at least one row
-        test = test_or_none
+        if len(texts) < 3:
+            raise DataError(f"data: {options.path} holds {len(texts)} rows; a test fraction, "
+                            "a validation split and a training split need at least 3")
+        # a fraction in (0, 1) of 3 rows or more holds out at least one and keeps one
+        train_part, held_out = carve(whole, float(options.test), TEST_SEED)
+        test = held_out if held_out is not None else whole.take(torch.arange(0))
     train, val = carve(train_part, request.validation, request.seed)
     bundle = make_bundle(NAME, "classification", train, val, test, len(classes),
                          InputKind.tokens)
