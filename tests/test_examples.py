@@ -151,7 +151,7 @@ def test_gan_example_tunes_a_loop_that_is_not_classification(store: str, tmp_pat
     assert result.counts == {"COMPLETE": 2}
     for t in result.study.trials:
         assert sorted(t.intermediate_values) == [1, 2, 3]
-        scores = t.user_attrs["inception"]
+        scores = t.user_attrs["inception"]  # the loop's ctx.info, kept on the trial
         assert len(scores) == 3 and all(1.0 <= s <= 10.0 for s in scores)
         assert t.value == pytest.approx(scores[-1] / 10)
     # a retried trial continues from its checkpoint rather than starting over
@@ -164,7 +164,11 @@ def test_gan_example_tunes_a_loop_that_is_not_classification(store: str, tmp_pat
     fit(params, first)
     again = Context(device=torch.device("cpu"), seed=0, max_epochs=3, checkpoints=ckpt)
     fit(params, again)
-    assert [h["epoch"] for h in again.history] == [3]  # epochs 1-2 came from the checkpoint
+    # epochs 1-2 came from the checkpoint (the curve it saved, before epoch 2's report), and
+    # only epoch 3 was trained: its scores go on from the saved ones
+    assert [h["epoch"] for h in again.history] == [1, 3]
+    assert len(again.info["inception"]) == 3
+    assert again.info["inception"][:2] == first.info["inception"]
 
 
 SLOW_TRAIN = '''

@@ -10,8 +10,9 @@ process (it is the same for every trial) on the real digits.
 
 For tuner, this loop does what any loop does: train on ``ctx.device`` with ``ctx.seed``,
 checkpoint each epoch, ``ctx.report(epoch, score)`` (the pruner may stop it there), and
-return the last score. The study's metric is ``accuracy`` (higher is better): the score
-divided by 10, so it lies in (0, 1]; the raw score is reported too, as ``inception``.
+return the last score; every epoch's score is kept on the trial (``ctx.info``). The
+study's metric is ``accuracy`` (higher is better): the score divided by 10, so it lies in
+(0, 1]; the raw score is reported too, as ``inception``.
 """
 
 from __future__ import annotations
@@ -84,13 +85,13 @@ def fit(params: dict, ctx) -> float:
     noise = torch.randn(SAMPLES, latent, generator=torch.Generator().manual_seed(ctx.seed))
     noise = noise.to(device)
 
-    start, score = 0, 0.0
+    start, score, scores = 0, 0.0, []
     state = ctx.load_checkpoint()  # a retry of a killed trial goes on from its last epoch
     if state is not None:
         for module, key in ((gen, "gen"), (disc, "disc"), (opt_g, "opt_g"), (opt_d, "opt_d")):
             module.load_state_dict(state[key])
         torch.set_rng_state(state["rng"])
-        start, score = state["epoch"], state["score"]
+        start, score, scores = state["epoch"], state["score"], state["scores"]
 
     ones, zeros = torch.ones(batch, 1, device=device), torch.zeros(batch, 1, device=device)
     for epoch in range(start, ctx.max_epochs):
@@ -114,9 +115,12 @@ def fit(params: dict, ctx) -> float:
         gen.eval()
         with torch.no_grad():
             score = inception_score(gen(noise), classifier)
+        scores.append(score)
+        ctx.info["inception"] = scores  # kept on the trial (tuner trials, the dashboard)
         ctx.save_checkpoint({"gen": gen.state_dict(), "disc": disc.state_dict(),
                              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                             "rng": torch.get_rng_state(), "epoch": epoch + 1, "score": score})
+                             "rng": torch.get_rng_state(), "epoch": epoch + 1, "score": score,
+                             "scores": scores})
         ctx.report(epoch + 1, score / 10, inception=score, d_loss=d_loss.item(),
                    g_loss=g_loss.item())
     return score / 10
