@@ -201,10 +201,10 @@ def param_groups(model: nn.Module, lr: float, scale: float,
     rate = {n: lr for n in bs[-1]}
     for k, block in enumerate(reversed(bs[:-1])):
         rate.update({n: lr * scale * decay ** (k + 1) for n in block})
-    groups: dict[float, list[Any]] = {}
+    groups: dict[float, list[Any]] = {lr: []}  # the head's group first
     for n, p in named:
         groups.setdefault(rate.get(n, lr * scale), []).append(p)
-    return [{"params": ps, "lr": r} for r, ps in groups.items()]
+    return [{"params": ps, "lr": r} for r, ps in groups.items() if ps]
 
 
 def _first_conv(model: nn.Module) -> str | None:
