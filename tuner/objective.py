@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +31,7 @@ from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
+from tuner.gate import inside_folder
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -53,6 +53,13 @@ class Outcome:
     paused: bool = False
     # why this worker must stop after the trial (its retry queued, as for ``interrupted``)
     error: TunerError | None = None
+    # the trial was finished from outside while it ran (optuna-dashboard's "Fail trial",
+    # another process's tell): its worker stopped it and told nothing; ``state`` is the one
+    # it was given there
+    elsewhere: bool = False
+    # stopped at an epoch because a person asked (``tuner stop-trial``): its checkpoint stays,
+    # and ``tuner retry`` resumes it
+    stopped_by_user: bool = False
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -66,6 +73,25 @@ class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPrune
 REPEAT_ATTR = "repeat_of"
 DEDUP_POLL_S = 0.5  # how often a trial waiting for an identical running one looks again
 DEDUP_DRAW_WAIT_S = 10.0  # the longest a trial waits for an earlier one to draw its params
+
+
+class FinishedElsewhere(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
+    """The running trial was finished from outside (optuna-dashboard's "Fail trial" or
+    another process's tell): stop training it, it has nothing more to record."""
+
+
+ELSEWHERE_ATTR = "finished_elsewhere"  # user attr: how and when its worker learned of it
+
+
+def _finished_elsewhere(trial: optuna.Trial, e: BaseException) -> FinishedElsewhere:
+    return FinishedElsewhere(f"trial {trial.number} was finished from outside while it ran "
+                             f"(optuna-dashboard, or another process's tell): {e}")
+
+
+def _is_finished_elsewhere(e: BaseException) -> bool:
+    """Raised because the trial was finished from outside, even if the user's loop wrapped
+    it."""
+    return any(isinstance(c, FinishedElsewhere | UpdateFinishedTrialError) for c in _chain(e))
 
 
 class _Infeasible(Exception):
@@ -129,8 +155,11 @@ class _TrialReporter:
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
                  primary: tuple[int, str] | None = None,
-                 patience: storage.Patience | None = None):
+                 patience: storage.Patience | None = None,
+                 asked: Callable[[int], bool] | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
+        # whether a person asked this trial to stop (tuner stop-trial)
+        self._asked = asked or (lambda n: False)
         # (index, direction) of the pruned-on objective of a multi-objective study, whose
         # curve tuner records and judges itself: Optuna's report/should_prune refuse there
         self._primary = primary
@@ -140,6 +169,15 @@ class _TrialReporter:
         self.together: _GroupReports | None = None
 
     def report(self, epoch: int, value: float, extras: Mapping[str, float]) -> bool:
+        """Write the report; True: prune. Raises :class:`FinishedElsewhere` when the trial
+        was finished from outside meanwhile."""
+        try:
+            return self._report(epoch, value)
+        except UpdateFinishedTrialError as e:
+            self.held.clear()
+            raise _finished_elsewhere(self.trial, e) from e
+
+    def _report(self, epoch: int, value: float) -> bool:
         if self._on_epoch:
             self._on_epoch(self.trial.number, epoch, value)
         if not self._prune:
@@ -181,11 +219,15 @@ class _TrialReporter:
         return True
 
     def flush(self) -> None:
-        """Write every held report (end of the trial, before its result is told)."""
-        self._write_held(wait=True)
+        """Write every held report (end of the trial, before its result is told); a trial
+        finished from outside meanwhile takes none."""
+        try:
+            self._write_held(wait=True)
+        except UpdateFinishedTrialError:
+            self.held.clear()
 
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or self._asked(self.trial.number)
 
 
 class _GroupReports:
@@ -220,9 +262,8 @@ class _GroupReports:
         judged = [r.trial for r, w in zip(members, written, strict=True) if w]
         ok, prunes = self.patience.attempt(lambda: storage.should_prune_many(judged))
         verdicts = iter(prunes if ok and prunes is not None else [False] * len(judged))
-        return [next(verdicts) if w else UpdateFinishedTrialError(
-                    f"trial {r.trial.number} was finished meanwhile (failed and retried by "
-                    "another worker?): its report was not written")
+        return [next(verdicts) if w else _finished_elsewhere(r.trial, UpdateFinishedTrialError(
+                    "its report was not written"))
                 for r, w in zip(members, written, strict=True)]
 
 
@@ -250,6 +291,8 @@ class TrialRunner:
         self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
         self.keep_checkpoints = keep_checkpoints
+        # trials a person asked to stop at their next epoch (the worker's heartbeat sets it)
+        self.user_stops: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, spec: StudySpec, settings: Settings, stop: threading.Event | None = None,
@@ -272,7 +315,7 @@ class TrialRunner:
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
-            ckpt = CheckpointStore(Path(self.checkpoint_dir) / spec.name
+            ckpt = CheckpointStore(inside_folder(self.checkpoint_dir, spec.name)
                                    / f"trial-{lineage}{suffix}.pt")
         return Context(
             device=torch.device(assets.device), seed=spec.seed + lineage,
@@ -281,7 +324,7 @@ class TrialRunner:
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
             reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary(),
-                                    self.patience),
+                                    self.patience, asked=lambda n: n in self.user_stops),
             checkpoints=ckpt,
         )
 
@@ -456,8 +499,12 @@ class TrialRunner:
         except TrialPruned as e:
             outcome = self._pruned(trial, ctxs, e)
         except StopRequested:
-            outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
-                              interrupted=True)
+            if trial.number in self.user_stops and not self.stop.is_set():
+                outcome = Outcome(TrialState.FAIL, fail_reason=storage.USER_STOP,
+                                  stopped_by_user=True)
+            else:
+                outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from "
+                                  "checkpoint", interrupted=True)
         except CheckpointUnwritable as e:  # this worker's disk: retried from the last good one
             outcome = Outcome(TrialState.FAIL, fail_reason=str(e), interrupted=True, error=e)
         except KeyboardInterrupt:
@@ -466,13 +513,24 @@ class TrialRunner:
         except DatabaseUnreachable:
             raise  # past the patience: this worker stops; the trial resumes elsewhere
         except Exception as e:  # the user's code failed: the trial fails, the study goes on
-            outcome = self._failed(trial, e)
+            outcome = (self._elsewhere(trial, ctxs) if _is_finished_elsewhere(e)
+                       else self._failed(trial, e))
         for c in ctxs:  # reports held through an outage, in order, before the result
             if isinstance(c.reporter, _TrialReporter):
                 c.reporter.flush()
         attrs = self._closing_attrs(trial, ctxs, start, outcome.fail_reason)
+        if outcome.elsewhere:  # recorded on the finished trial: what its worker saw
+            attrs[ELSEWHERE_ATTR] = outcome.fail_reason
+            if outcome.state != TrialState.FAIL:
+                attrs.pop("fail_reason", None)
+        attrs[storage.STATE_ATTR] = _tuner_state(trial, outcome, attrs)
+        curve = [h.get("train_loss") for c in ctxs for h in c.history]
+        if any(v is not None for v in curve):
+            self.patience.call(lambda: storage.set_system_attrs(
+                trial, {storage.TRAIN_LOSS_ATTR: curve}))
         if records is None:
-            self.patience.call(lambda: storage.set_user_attrs(trial, attrs))
+            self.patience.call(lambda: storage.set_user_attrs_many([(trial, attrs)],
+                                                                   finished=outcome.elsewhere))
         else:
             records.append((trial, attrs))
         if not outcome.broken_device:
@@ -578,7 +636,8 @@ class TrialRunner:
                     t, [ctx], begun,
                     partial(_result, result, params, measured, fit_s / len(members)), records)
             # the members' closing attrs in one statement, not one transaction each
-            self.patience.call(partial(storage.set_user_attrs_many, records))
+            # (a member finished from outside meanwhile keeps them too)
+            self.patience.call(partial(storage.set_user_attrs_many, records, finished=True))
         return [outcomes[t.number] for t in trials]
 
     def _fit_alone(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
@@ -677,7 +736,7 @@ class TrialRunner:
     # ---- checkpoint files ---------------------------------------------------------------
     def _store(self, lineage: int, generation: int | None = None) -> CheckpointStore:
         suffix = "" if generation is None else f"-gen{generation}"
-        return CheckpointStore(Path(self.checkpoint_dir) / self.spec.name
+        return CheckpointStore(inside_folder(self.checkpoint_dir, self.spec.name)
                                / f"trial-{lineage}{suffix}.pt")
 
     def _snapshot(self, lineage: int, epoch: int) -> None:
@@ -720,7 +779,7 @@ class TrialRunner:
         member runs or waits any more, so no live worker is writing them."""
         if self.keep_checkpoints:
             return
-        folder = Path(self.checkpoint_dir) / self.spec.name
+        folder = inside_folder(self.checkpoint_dir, self.spec.name)
         for pattern in ("trial-*-gen*.pt", ".tmp-*.pt"):
             for f in folder.glob(pattern) if folder.is_dir() else []:
                 f.unlink(missing_ok=True)
@@ -728,6 +787,16 @@ class TrialRunner:
     def drop_checkpoint(self, lineage: int) -> None:
         """Delete the checkpoint of a lineage that will never run again (a retired pause)."""
         self._store(lineage).delete()
+
+    def _elsewhere(self, trial: optuna.Trial, ctxs: list[Context]) -> Outcome:
+        """The outcome of a trial finished from outside while it ran: the state it was given
+        there, and why its worker stopped it."""
+        state = self.patience.call(lambda: storage.state(trial.study, trial))
+        epochs = max((int(h["epoch"]) for c in ctxs for h in c.history), default=0)
+        return Outcome(state, fail_reason=(
+            f"finished from outside as {state.name} while it ran (optuna-dashboard's buttons "
+            f"or another process's tell); its worker stopped it after epoch {epochs}"),
+            elsewhere=True)
 
     def _failed(self, trial: optuna.Trial, e: Exception) -> Outcome:
         """The outcome of a trial that raised: out of GPU memory is infeasible (PRUNED, with
@@ -756,6 +825,10 @@ class TrialRunner:
         from the curve and trains the rest."""
         done = _fold_scores(trial) if storage.is_retry(trial) else []
         scores = []
+        # the running mean goes where an epoch's report goes: the primary curve of a
+        # multi-objective study (Optuna's own report refuses there), held through an outage
+        reporter = _TrialReporter(trial, self.stop, self.on_epoch, True, self._primary(),
+                                  self.patience)
         for fold in range(self.spec.kfold or 0):
             ctx = self.context(trial, lineage, fold=fold, prune=False)
             ctxs.append(ctx)  # even for a fold scored already: its checkpoint is cleaned up
@@ -764,13 +837,11 @@ class TrialRunner:
                 continue
             scores.append(float(fit(params, ctx)))
             mean = sum(scores) / len(scores)
-            if self.on_epoch:
-                self.on_epoch(trial.number, fold + 1, mean)
-            trial.report(mean, fold + 1)
-            if trial.should_prune():
+            if reporter.report(fold + 1, mean, {}):
                 raise TrialPruned(f"pruned after fold {fold + 1}")
             if self.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
                 raise StopRequested
+        reporter.flush()
         if self.spec.stop.terminator:  # the statistical error of the trial, for the terminator
             from optuna.terminator import report_cross_validation_scores
 
@@ -801,7 +872,10 @@ class TrialRunner:
             **info,
         }
         if any("train_loss" in h for h in history):
-            attrs["train_loss"] = [h.get("train_loss") for h in history]
+            # the last epoch's in the user attrs (one narrow cell in optuna-dashboard's
+            # table); the curve is a system attr (_conclude), for the report
+            attrs["train_loss"] = next((h["train_loss"] for h in reversed(history)
+                                        if h.get("train_loss") is not None), None)
         if fail_reason:
             attrs["fail_reason"] = fail_reason
         return attrs
@@ -809,12 +883,34 @@ class TrialRunner:
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
-        if outcome.interrupted or outcome.paused:
+        if outcome.interrupted or outcome.paused or outcome.stopped_by_user:
             return
         if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return
         for store in outcome.checkpoints:
             store.delete()
+
+
+def _tuner_state(trial: optuna.Trial, outcome: Outcome, attrs: Mapping[str, Any]) -> str:
+    """What tuner did with the trial, in a word, for optuna-dashboard's trial table (where an
+    ASHA rung's pause, a repeat or an infeasible configuration all read "Pruned" or
+    "Complete"): stopped, infeasible, repeated, exploited, paused, fused, complete, pruned,
+    failed. A paused trial's later promotion and a trial whose worker died are written by
+    the storage (promoted, lost)."""
+    if outcome.stopped_by_user:
+        return "stopped"
+    if INFEASIBLE_ATTR in trial.user_attrs:
+        return "infeasible"
+    if outcome.repeat_of is not None:
+        return "repeated"
+    if (trial.user_attrs.get(storage.PBT_ATTR) or {}).get("donor") is not None:
+        return "exploited"
+    if outcome.paused:
+        return "paused"
+    if outcome.state == TrialState.COMPLETE and attrs.get("fused"):
+        return "fused"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+        outcome.state, "failed")
 
 
 def _cuda(device: str) -> bool:

@@ -1,15 +1,27 @@
 """What a study looks like right now: counts, best, running trials and their workers,
-budget and time left. Plain data for the CLI, the progress display and the Python API."""
+budget and time left. Plain data for the CLI, the progress display, the report, the console
+and the Python API.
+
+What a trial *is* is decided here, once (:func:`trial_state`), and every view counts
+through it (:func:`count`), so ``tuner studies``, ``status``, ``trials``, ``best`` and the
+report agree. Optuna's five states are not enough: an ASHA rung segment or a PBT generation
+segment ends PRUNED but is not a pruned trial, a rejected configuration ends PRUNED or
+COMPLETE but is infeasible, a RUNNING trial whose worker stopped beating is lost.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.objective import REPEAT_ATTR
+from tuner.settings import Heartbeat
 from tuner.spec import StudySpec
 from tuner.storage import (
     PBT_ATTR,
@@ -21,11 +33,116 @@ from tuner.storage import (
     lineage,
     retired,
 )
-from tuner.study import SPEC_ATTR, WARM_START_ATTR, Handle, feasible, pareto_front, primary_value
+from tuner.study import (
+    SPEC_ATTR,
+    WARM_START_ATTR,
+    Handle,
+    feasible,
+    nondominated,
+    pareto_front,
+    primary_value,
+)
 
-__all__ = ["pareto_front", "primary_value", "snapshot", "studies", "trial_rows"]
+__all__ = ["FINISHED", "Facts", "Kind", "count", "facts", "pareto_front", "primary_value",
+           "snapshot", "studies", "trial_rows", "trial_state"]
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class Kind(StrEnum):
+    """What a trial is, for every view. Exactly one applies, tested in this order:
+
+    - ``WAITING``: queued (a retry, an ASHA promotion, a PBT continuation, an enqueued one);
+    - ``LOST``: RUNNING, but its worker's last heartbeat is older than the grace period (it
+      died; the next worker's reaper fails it and queues its retry);
+    - ``RUNNING``: being trained, its worker beating;
+    - ``FAIL``: failed (its ``fail_reason`` says why: an error, a lost worker, a stop);
+    - ``REPEAT``: its configuration had finished already, whose result it reused (dedup);
+      it spent a budget slot and trained nothing;
+    - ``INFEASIBLE``: a constraint rejected it (before training, out of memory, or a
+      violated constraint on a completed trial): never a best trial;
+    - ``PAUSED``: an ASHA rung or PBT generation segment waiting for its decision;
+    - ``PROMOTED``: such a segment whose lineage goes on in a later trial (its continuation);
+    - ``PRUNED``: stopped early by the pruner (or an ASHA segment retired at its rung);
+    - ``COMPLETE``: finished its epochs, feasible.
+
+    A study's finished trials (:data:`FINISHED`) are the last four that end a lineage:
+    each spent one budget slot."""
+
+    WAITING = "WAITING"
+    LOST = "LOST"
+    RUNNING = "RUNNING"
+    FAIL = "FAIL"
+    REPEAT = "REPEAT"
+    INFEASIBLE = "INFEASIBLE"
+    PAUSED = "PAUSED"
+    PROMOTED = "PROMOTED"
+    PRUNED = "PRUNED"
+    COMPLETE = "COMPLETE"
+
+
+FINISHED = (Kind.COMPLETE, Kind.PRUNED, Kind.INFEASIBLE, Kind.REPEAT)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What :func:`trial_state` needs beyond the trial itself, read once per study: the
+    paused segments continued (promoted) and retired, the RUNNING trials' heartbeat ages
+    (empty: not read) and the grace period after which a silent worker is lost."""
+
+    promoted: frozenset[int] = frozenset()
+    retired: frozenset[int] = frozenset()
+    heartbeat_ages: Mapping[int, float] = field(default_factory=dict)
+    grace_period: float = Heartbeat.grace_period
+
+
+def facts(study: optuna.Study, trials: Sequence[FrozenTrial], *, heartbeats: bool = True,
+          grace_period: float | None = None) -> Facts:
+    """The :class:`Facts` of ``study`` (whose trials were just read as ``trials``); only
+    reads. ``heartbeats``: read the running trials' heartbeat ages (to tell LOST)."""
+    paused = any(is_paused(t) for t in trials)
+    running = any(t.state == TrialState.RUNNING for t in trials)
+    return Facts(
+        promoted=frozenset(t.user_attrs[PROMOTION_OF_ATTR] for t in trials
+                           if PROMOTION_OF_ATTR in t.user_attrs),
+        retired=frozenset(retired(study)) if paused else frozenset(),
+        heartbeat_ages=heartbeat_ages(study) if heartbeats and running else {},
+        grace_period=Heartbeat.grace_period if grace_period is None else grace_period,
+    )
+
+
+def trial_state(t: FrozenTrial, known: Facts) -> Kind:
+    """What trial ``t`` is (see :class:`Kind`)."""
+    if t.state == TrialState.WAITING:
+        return Kind.WAITING
+    if t.state == TrialState.RUNNING:
+        age = known.heartbeat_ages.get(t.number)
+        return Kind.LOST if age is not None and age > known.grace_period else Kind.RUNNING
+    if t.state == TrialState.FAIL:
+        return Kind.FAIL
+    if REPEAT_ATTR in t.user_attrs:
+        return Kind.REPEAT
+    if not feasible(t):
+        return Kind.INFEASIBLE
+    if is_paused(t) and t.number not in known.retired:
+        return Kind.PROMOTED if t.number in known.promoted else Kind.PAUSED
+    return Kind.COMPLETE if t.state == TrialState.COMPLETE else Kind.PRUNED
+
+
+def count(trials: Iterable[FrozenTrial], known: Facts) -> dict[str, int]:
+    """Trials by :func:`trial_state` (the kinds that occur; ``.get(kind, 0)`` for others)."""
+    counts: dict[str, int] = {}
+    for t in trials:
+        kind = trial_state(t, known).value
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def best_trials(trials: Iterable[FrozenTrial], known: Facts, directions: Sequence[str]
+                ) -> list[FrozenTrial]:
+    """The COMPLETE trials (feasible, no repeats) that no other dominates: the best ones of
+    a single-objective study (ties included), the Pareto front of a multi-objective one."""
+    done = [t for t in trials if trial_state(t, known) == Kind.COMPLETE and t.values]
+    return nondominated(done, directions)
 
 
 @dataclass(frozen=True)
@@ -37,6 +154,8 @@ class Running:
     pid: int | None
     device: str | None
     heartbeat_age_s: float | None
+    # no heartbeat for longer than the grace period: its worker is gone (Kind.LOST)
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,14 +171,18 @@ class Snapshot:
     last_activity: dt.datetime | None = None
     # where a warm-started study's first trials came from: from, storage, added, enqueued
     warm_start: dict[str, Any] | None = None
+    # every objective's name and direction; a multi-objective study's Pareto front's size
+    objectives: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+    pareto_size: int | None = None
 
     @property
     def finished(self) -> int:
-        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+        return sum(self.counts.get(k, 0) for k in FINISHED)
 
 
-def _best(spec: StudySpec, trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and feasible(t)]
+def _best(spec: StudySpec, trials: list[FrozenTrial], known: Facts) -> FrozenTrial | None:
+    done = [t for t in trials if trial_state(t, known) == Kind.COMPLETE and t.values]
     if not done:
         return None
     pick = max if spec.direction_name == "maximize" else min
@@ -77,21 +200,14 @@ def _last_activity(trials: list[FrozenTrial]) -> dt.datetime | None:
     return max(stamps) if stamps else None
 
 
-def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
-    study = handle.study
+def snapshot(handle: Handle, with_heartbeats: bool = True,
+             grace_period: float | None = None) -> Snapshot:
+    """The study now; only reads. ``grace_period``: seconds of heartbeat silence after which a
+    running trial counts as LOST (the workers' ``--grace-period``)."""
+    study, spec = handle.study, handle.spec
     trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    promoted = {t.user_attrs[PROMOTION_OF_ATTR] for t in trials if PROMOTION_OF_ATTR in t.user_attrs}
-    gone = retired(study) if any(is_paused(t) for t in trials) else set()
-    for t in trials:
-        # an ASHA rung segment is not a finished trial: PAUSED or PROMOTED until retired
-        name = t.state.name
-        if is_paused(t) and t.number not in gone:
-            name = "PROMOTED" if t.number in promoted else "PAUSED"
-        counts[name] = counts.get(name, 0) + 1
-    ages: dict[int, float] = {}
-    if with_heartbeats:
-        ages = heartbeat_ages(study)
+    known = facts(study, trials, heartbeats=with_heartbeats, grace_period=grace_period)
+    counts = count(trials, known)
     running = []
     for t in trials:
         if t.state != TrialState.RUNNING:
@@ -101,22 +217,50 @@ def snapshot(handle: Handle, with_heartbeats: bool = True) -> Snapshot:
         running.append(Running(
             t.number, steps[-1] if steps else 0,
             t.intermediate_values[steps[-1]] if steps else None,
-            worker.get("host"), worker.get("pid"), worker.get("device"), ages.get(t.number),
+            worker.get("host"), worker.get("pid"), worker.get("device"),
+            known.heartbeat_ages.get(t.number), trial_state(t, known) == Kind.LOST,
         ))
-    best = _best(handle.spec, trials)
+    best = _best(spec, trials, known)
     budget = handle.budget.state()
-    durations = [d for t in trials if t.state in FINISHED and (d := _duration(t)) is not None]
-    eta = None
-    if durations and budget.remaining is not None:
-        todo = budget.remaining + len(running) / 2
-        eta = todo * (sum(durations) / len(durations)) / max(1, len(running))
+    durations = [d for t in trials if trial_state(t, known) in FINISHED
+                 and (d := _duration(t)) is not None]
+    # a lost trial (its worker stopped beating) is not running at any pace
+    live = [t for t in trials if trial_state(t, known) != Kind.LOST]
+    eta = _eta(handle.spec.epochs, budget, live, durations)
     return Snapshot(
-        name=study.study_name, direction=handle.spec.direction_name, counts=counts,
-        best_value=primary_value(handle.spec, best) if best else None,
+        name=study.study_name, direction=spec.direction_name, counts=counts,
+        best_value=primary_value(spec, best) if best else None,
         best_trial=best.number if best else None,
         budget=budget, running=running, eta_s=eta, last_activity=_last_activity(trials),
         warm_start=study.user_attrs.get(WARM_START_ATTR),
+        objectives=tuple(spec.objective_names), directions=tuple(spec.directions),
+        pareto_size=(len(best_trials(trials, known, spec.directions)) if spec.multi_objective
+                     else None),
     )
+
+
+def _eta(epochs: int, budget: BudgetState, trials: list[FrozenTrial],
+         durations: list[float]) -> float | None:
+    """Seconds until the study ends: its running trials' remaining epochs at their own pace,
+    and the trials still to start at the mean pace, shared by the running workers. None
+    when no new trial may start and none runs (stopped, spent), or when unknown."""
+    now = dt.datetime.now()
+    running_left = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.datetime_start is None:
+            continue
+        done = len(t.intermediate_values)
+        per_epoch = ((now - t.datetime_start).total_seconds() / done if done
+                     else (sum(durations) / len(durations) / epochs if durations else None))
+        if per_epoch is not None:
+            running_left.append(max(0, epochs - done) * per_epoch)
+    may_start = budget.stopped is None and not budget.hours_spent_out and not budget.expired()
+    queued = None
+    if may_start and budget.remaining is not None and durations:
+        queued = budget.remaining * (sum(durations) / len(durations)) / max(1, len(running_left))
+    if not running_left and queued is None:
+        return None
+    return max(max(running_left, default=0.0), queued or 0.0)
 
 
 @dataclass(frozen=True)
@@ -127,31 +271,40 @@ class StudyRow:
     direction: str
     last_activity: dt.datetime | None
     tuner: bool
+    # every objective's name (Optuna's metric names, else objective0, ...) and direction;
+    # a multi-objective study's Pareto front's size (its best_value is None)
+    objectives: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+    pareto_size: int | None = None
 
 
-def studies(storage: optuna.storages.RDBStorage) -> list[StudyRow]:
+def studies(storage: optuna.storages.RDBStorage, grace_period: float | None = None
+            ) -> list[StudyRow]:
+    """One row per study in ``storage``, counted as :func:`snapshot` counts; only reads."""
     rows = []
     for s, trials in all_studies(storage):
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        direction = s.directions[0].name.lower()
-        done = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
-        best = (max(done) if direction == "maximize" else min(done)) if done else None
-        rows.append(StudyRow(s.study_name, counts, best, direction, _last_activity(trials),
-                             SPEC_ATTR in s.user_attrs))
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        known = facts(study, trials, grace_period=grace_period)
+        directions = tuple(d.name.lower() for d in s.directions)
+        names = tuple(study.metric_names or (f"objective{i}" for i in range(len(directions))))
+        front = best_trials(trials, known, directions)
+        single = len(directions) == 1
+        rows.append(StudyRow(
+            s.study_name, count(trials, known), front[0].values[0] if single and front else None,
+            directions[0] if single else ", ".join(directions), _last_activity(trials),
+            SPEC_ATTR in s.user_attrs, names, directions, None if single else len(front)))
     return rows
 
 
-def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[str, Any]]:
-    """One flat row per trial: number, state (INFEASIBLE for a rejected configuration),
-    the value (each objective its own column in a multi-objective study), params,
-    duration, epochs, and notes."""
+def trial_rows(study: optuna.Study, spec: StudySpec | None = None, *,
+               grace_period: float | None = None) -> list[dict[str, Any]]:
+    """One flat row per trial: number, state (:func:`trial_state`), the value (each
+    objective its own column in a multi-objective study), params, duration, epochs, and
+    notes."""
     rows = []
     names = spec.objective_names if spec is not None and spec.multi_objective else None
     trials = study.get_trials(deepcopy=False)
-    promoted = {t.user_attrs[PROMOTION_OF_ATTR] for t in trials if PROMOTION_OF_ATTR in t.user_attrs}
-    gone = retired(study) if any(is_paused(t) for t in trials) else set()
+    known = facts(study, trials, grace_period=grace_period)
     pbt = spec is not None and spec.scheduler is not None
     for t in trials:
         if names is None:
@@ -160,7 +313,7 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None) -> list[dict[
             values = {n: (t.values[i] if t.values else None) for i, n in enumerate(names)}
         rows.append({
             "number": t.number,
-            "state": _state(t, promoted, gone),
+            "state": trial_state(t, known).value,
             **values,
             **{f"params_{k}": v for k, v in t.params.items()},
             "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
@@ -191,14 +344,3 @@ def pbt_event(t: FrozenTrial) -> str:
 
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _state(t: FrozenTrial, promoted: set[int], retired: set[int]) -> str:
-    """The trial's state; INFEASIBLE for a rejected configuration; an ASHA rung segment is
-    PAUSED until a continuation of it is queued, then PROMOTED; PRUNED once it is retired
-    (the study ended without promoting it, and its checkpoint is gone)."""
-    if not feasible(t):
-        return "INFEASIBLE"
-    if is_paused(t) and t.number not in retired:
-        return "PROMOTED" if t.number in promoted else "PAUSED"
-    return t.state.name

@@ -9,7 +9,15 @@ records where its trials came from (:data:`tuner.study.WARM_START_ATTR`), which
 ``tuner status`` shows.
 
 Everything is planned (:func:`plan`) before the new study is written, so a misfit is one
-error and an untouched storage.
+error and an untouched storage. The old study's storage is opened read-only
+(:func:`source`), and a warm start never writes into a study that exists already
+(:func:`refuse_existing`): not into another study's trials, and not into the old study
+itself, however its storage's URL is spelled.
+
+With ``constraints:``, each carried trial is judged against the new study's bounds from
+what it measured: an infeasible one comes over infeasible (the sampler learns from it,
+``best`` and ``retrain`` never pick it), and one that did not measure a constrained metric
+does not come over (its feasibility is unknown).
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
-from tuner.errors import SpecError
+from tuner.errors import SpecError, StorageError, StudyNotFound
+from tuner.objective import INFEASIBLE_ATTR
 from tuner.spec import CategoricalParam, Fixed, StudySpec
-from tuner.study import WARM_START_ATTR, Handle, feasible, primary_value
+from tuner.storage import connect, display_url, engine_of, same_database, study_exists
+from tuner.study import WARM_START_ATTR, Handle, feasible, load, primary_value
 
-__all__ = ["Plan", "apply", "plan"]
+__all__ = ["Plan", "apply", "plan", "refuse_existing", "source"]
 
 FROM_ATTR = "warm_start_from"
 # what must match for an old trial's result to stand for a trial of the new study
@@ -106,27 +116,78 @@ class Plan:
     differs: list[str] = field(default_factory=list)
 
 
+def source(name: str, url: str) -> Handle:
+    """The ``--from`` study ``name`` in the storage at ``url``, opened read-only: nothing is
+    created or changed there. Errors name ``--from``."""
+    try:
+        return load(connect(url, access="read"), name, wait_s=0)
+    except (StorageError, StudyNotFound) as e:
+        raise type(e)(f"--from {name}: {e}") from e
+
+
+def refuse_existing(storage: optuna.storages.RDBStorage, name: str, old: Handle) -> None:
+    """A warm start creates a study: refuse (nothing written) when study ``name`` exists in
+    ``storage`` already, whether it is another study or the ``--from`` study itself."""
+    if not study_exists(storage, name):
+        return
+    shown = display_url(storage.url)
+    old_url = engine_of(old.study).url.render_as_string(hide_password=False)
+    if name == old.name and same_database(storage.url, old_url):
+        raise SpecError(f"--from {old.name}: that is the study itself (in {shown}); give the "
+                        "new study another name (--study NEW_NAME)")
+    raise SpecError(f"study {name!r} already exists in {shown}, and --from only starts a new "
+                    f"study; resume it without --from (`tuner resume {name}`), or give the "
+                    "new study another name (--study NEW_NAME)")
+
+
+def _judged(new: StudySpec, t: FrozenTrial, objectives: list[str]) -> dict[str, float] | None:
+    """The new study's constraint values of the old trial ``t`` (<= 0: feasible), from what
+    it measured and its ``objectives``' values; None when it did not measure a constrained
+    metric (its feasibility under the new bounds is unknown)."""
+    measured = {**(t.user_attrs.get("metrics") or {}),
+                **dict(zip(objectives, t.values or (), strict=False))}
+    if any(m not in measured for m in new.constraints):
+        return None
+    return {m: b.violation(float(measured[m])) for m, b in new.constraints.items()}
+
+
 def plan(old: Handle, new: StudySpec, *, storage: str, enqueue_top: int | None) -> Plan:
     """What the new study takes from ``old``. Raises :class:`SpecError` (nothing written yet)
     when nothing can be taken."""
-    done = [t for t in old.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and feasible(t)]
+    complete = [t for t in old.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.values]
+    done = [t for t in complete if feasible(t)]
     differs = compatible(old.spec, new)
     if not differs:
         add = []
-        for t in done:
-            if (dists := _fit(new, t.params)) is not None:
-                add.append(optuna.trial.create_trial(
-                    params={k: t.params[k] for k in dists}, distributions=dists,
-                    values=list(t.values), intermediate_values=dict(t.intermediate_values),
-                    user_attrs={**{k: v for k, v in t.user_attrs.items()
-                                   if k in ("metrics", "epochs_run")},
-                                FROM_ATTR: f"{old.name}#{t.number}"},
-                ))
-        if add or enqueue_top is None:
+        for t in complete:
+            judged = _judged(new, t, old.spec.objective_names)
+            if new.constraints and judged is None:
+                continue  # a constrained metric it never measured: feasibility unknown
+            if (dists := _fit(new, t.params)) is None:
+                continue
+            keep = ("metrics", "epochs_run", INFEASIBLE_ATTR)
+            carried = optuna.trial.create_trial(
+                params={k: t.params[k] for k in dists}, distributions=dists,
+                values=list(t.values), intermediate_values=dict(t.intermediate_values),
+                user_attrs={**{k: v for k, v in t.user_attrs.items() if k in keep},
+                            FROM_ATTR: f"{old.name}#{t.number}"},
+            )
+            # infeasible stays infeasible: the old verdict (rejected before training, out of
+            # memory) and the new study's bounds on what it measured
+            for m, v in (judged or {}).items():
+                carried.set_constraint(m, v)
+            if not new.constraints and not feasible(t):
+                for m, v in t.constraints.items():
+                    carried.set_constraint(m, v)
+            add.append(carried)
+        if any(feasible(t) for t in add) or enqueue_top is None:
             if not add:
-                raise SpecError(f"--from {old.name}: none of its {len(done)} completed trials "
-                                "fits the new space; widen the space, or pass --enqueue-top K")
+                raise SpecError(f"--from {old.name}: none of its {len(complete)} completed "
+                                "trials fits the new space"
+                                + (" or measured its constrained metrics" if new.constraints
+                                   else "")
+                                + "; widen the space, or pass --enqueue-top K")
             return Plan(old.name, storage, add=add)
     if enqueue_top is None:
         raise SpecError(f"--from {old.name}: it trained differently ({', '.join(differs)} "

@@ -12,28 +12,59 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, out
+from tuner.cli._common import (
+    DEFAULT_STORAGE,
+    Fmt,
+    Storage,
+    _fmt,
+    _open,
+    command,
+    err,
+    fitted_table,
+    out,
+    val_test_table,
+)
 from tuner.errors import TunerError
+
+GracePeriod = Annotated[int | None, typer.Option(
+    envvar="TUNER_GRACE_PERIOD", min=1,
+    help="Seconds of heartbeat silence after which a running trial counts as lost (the "
+         "workers' --grace-period) [default: 20].")]
 
 
 @command
-def studies(storage: Storage = DEFAULT_STORAGE) -> None:
-    """Every study in the storage: trials by state, best value, last activity."""
-    from rich.table import Table
-
+def studies(storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
+    """Every study in the storage: trials by state, best value (a multi-objective study: its
+    Pareto front's size), last activity."""
     from tuner.status import studies as rows
 
-    table = Table()
-    table.add_column("study", no_wrap=True)
-    for column in ("complete", "pruned", "failed", "running", "best", "direction", "last activity"):
-        table.add_column(column)
-    for r in rows(_open(storage)):
-        c = r.counts
-        table.add_row(r.name, str(c.get("COMPLETE", 0)), str(c.get("PRUNED", 0)),
-                      str(c.get("FAIL", 0)), str(c.get("RUNNING", 0)), _fmt(r.best_value),
-                      r.direction, r.last_activity.isoformat(sep=" ", timespec="seconds")
-                      if r.last_activity else "—")
+    found = rows(_open(storage), grace_period)
+    c = [r.counts for r in found]
+
+    def best(r) -> str:
+        return _fmt(r.best_value) if r.pareto_size is None else f"Pareto front of {r.pareto_size}"
+
+    def goal(r) -> str:
+        return ", ".join(f"{d} {m}" if len(r.directions) > 1 else d
+                         for m, d in zip(r.objectives, r.directions, strict=True)) or r.direction
+
+    table, dropped = fitted_table([
+        ("study", [r.name for r in found]),
+        ("best", [best(r) for r in found]),
+        ("complete", [str(x.get("COMPLETE", 0)) for x in c]),
+        ("running", [str(x.get("RUNNING", 0)) for x in c]),
+        ("pruned", [str(x.get("PRUNED", 0)) for x in c]),
+        ("failed", [str(x.get("FAIL", 0)) for x in c]),
+        ("infeasible", [str(x.get("INFEASIBLE", 0)) for x in c]),
+        ("lost", [str(x.get("LOST", 0)) for x in c]),
+        ("direction", [goal(r) for r in found]),
+        ("last activity", [r.last_activity.isoformat(sep=" ", timespec="seconds")
+                           if r.last_activity else "—" for r in found]),
+    ], out().width)
     out().print(table)
+    if dropped:
+        out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)})",
+                    highlight=False, style="dim")
 
 
 @command
@@ -41,15 +72,15 @@ def trials(
     name: Annotated[str, typer.Argument(help="Study name.")],
     format: Annotated[Fmt, typer.Option("--format", "-f")] = Fmt.table,
     storage: Storage = DEFAULT_STORAGE,
+    grace_period: GracePeriod = None,
 ) -> None:
     """The trials of a study, as a table, CSV or JSON."""
-    from rich.table import Table
 
     from tuner import study as st
     from tuner.status import trial_rows
 
     handle = st.load(_open(storage), name)
-    rows = trial_rows(handle.study, handle.spec)
+    rows = trial_rows(handle.study, handle.spec, grace_period=grace_period)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if format == Fmt.table:  # the essentials first; every column is in csv and json
         skip = {"started", "fail_reason", "retry_of", "promotion_of", "constraints"}
@@ -63,21 +94,36 @@ def trials(
         writer.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        table = Table(box=None, header_style="bold")
-        for c in columns:
-            header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
-            table.add_column(header, no_wrap=c in ("number", "state", "value",
-                                                   *handle.spec.objective_names))
-        for r in rows:
-            table.add_row(*[_cell(r.get(c)) for c in columns])
+        head = ("number", "state", "value", *handle.spec.objective_names, "epochs")
+        columns = [c for c in head if c in columns] + [c for c in columns if c not in head]
+        table, dropped = fitted_table(
+            [({"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_")),
+              [_cell(r.get(c)) for r in rows]) for c in columns], out().width)
         out().print(table)
+        if dropped:
+            out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)}; a "
+                        f"wider terminal, or --format csv, shows them)", highlight=False,
+                        style="dim")
+
+
+def _duration_words(s: float) -> str:
+    """``s`` seconds as a person says it: 45 s, 12 min, 2 h 05 min."""
+    s = round(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{round(s / 60)} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _cell(v: Any) -> str:
+    """A table cell: floats to 4 significant digits, whole (never cut)."""
     if v is None:
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
     return str(v)
 
 
@@ -108,12 +154,15 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
     out().print(f"best trial {t.number} of {name}: {handle.spec.metric_name} = {_fmt(t.value)}"
-              f" after {result['epochs']} epochs")
+              f" after {result['epochs']} epochs", highlight=False)
     for k, v in t.params.items():
-        out().print(f"  {k}: {v}")
+        out().print(f"  {k}: {v}", highlight=False)
     if retrained:
-        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
-        out().print(f"test set (retrained): {metrics}")
+        out().print(val_test_table({handle.spec.metric_name: t.value},
+                                   retrained.get("metrics", {})))
+    else:
+        out().print(f"no test score yet: `tuner retrain {name}` measures it once",
+                    highlight=False)
 
 
 def _front(handle: Any, as_json: bool) -> None:
@@ -147,24 +196,35 @@ def _front(handle: Any, as_json: bool) -> None:
 
 @command
 def status(name: Annotated[str, typer.Argument(help="Study name.")],
-           storage: Storage = DEFAULT_STORAGE) -> None:
+           storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
     """Live view of a study: workers and their trials, counts, best, time left."""
     from rich.table import Table
 
     from tuner import study as st
     from tuner.status import snapshot
+    from tuner.storage import engine_of, read_controls
 
     handle = st.load(_open(storage), name)
-    snap = snapshot(handle)
+    snap = snapshot(handle, grace_period=grace_period)
     b = snap.budget
     c = snap.counts
-    out().print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+    extra = "".join(f" · {k.lower()} {c[k]}" for k in ("INFEASIBLE", "REPEAT", "PAUSED",
+                                                        "PROMOTED", "LOST") if c.get(k))
+    out().print(f"study {name}: {snap.finished}/{b.target if b.target is not None else '∞'} "
               f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
-              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}")
-    out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
-              + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
-    if snap.eta_s is not None:
-        out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
+              f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}"
+              + extra)
+    if snap.pareto_size is not None:
+        goal = ", ".join(f"{d} {m}" for m, d in zip(snap.objectives, snap.directions, strict=True))
+        out().print(f"Pareto front: {snap.pareto_size} trials ({goal}); `tuner best {name}` "
+                    "lists them", highlight=False)
+    else:
+        out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
+                    + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
+    if snap.eta_s is not None and (snap.running or snap.eta_s > 0):
+        out().print(f"estimated time left: {_duration_words(snap.eta_s)}"
+                    + (" (running trials finishing)" if b.stopped is not None else ""),
+                    highlight=False)
     if b.deadline is not None:
         out().print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
     if b.seconds_target is not None or b.seconds_spent > 0:
@@ -174,6 +234,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
                        else " (no limit)"), highlight=False)
     if b.stopped is not None:
         out().print(f"stopped early: {b.stopped}", highlight=False, soft_wrap=True)
+    if read_controls(engine_of(handle.study), name).paused:
+        out().print(f"paused: workers take no new trial until `tuner continue {name}`",
+                    highlight=False, soft_wrap=True)
     if (w := snap.warm_start) is not None:
         took = (f"{w['added']} finished trials added" if w["added"]
                 else f"its {w['enqueued']} best configurations enqueued")
@@ -182,10 +245,17 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     if snap.running:
         table = Table("trial", "epoch", "last value", "host", "pid", "device", "heartbeat")
         for r in snap.running:
+            beat = "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago"
             table.add_row(str(r.number), f"{r.epoch}/{handle.spec.epochs}", _fmt(r.last_value),
                           r.host or "?", str(r.pid or "?"), r.device or "?",
-                          "—" if r.heartbeat_age_s is None else f"{r.heartbeat_age_s:.0f}s ago")
+                          f"{beat} (lost)" if r.lost else beat)
         out().print(table)
+        if lost := [r for r in snap.running if r.lost]:
+            err().print(f"[yellow]warning:[/yellow] {len(lost)} running trial(s) lost their worker "
+                        f"(no heartbeat for over the grace period): "
+                        f"{', '.join(str(r.number) for r in lost)}; the next worker of the study "
+                        f"retries them (`tuner resume {name}`)", markup=True, highlight=False,
+                        soft_wrap=True)
     else:
         out().print("no trial is running")
 
@@ -201,7 +271,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name
             else "task and metric from the data's labels")
-    out().print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
+    out().print(f"ok {file}: study {spec.name} — data {spec.data or 'its own'}, "
                 f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
                 f"{goal}, up to {spec.epochs} epochs, "
                 f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")
@@ -218,7 +288,7 @@ def delete(name: Annotated[str, typer.Argument(help="Study name.")],
     """Delete a study and all its trials."""
     from tuner import study as st
 
-    opened = _open(storage)
+    opened = _open(storage, "existing")
     handle = st.load(opened, name, wait_s=0)
     n = len(handle.study.trials)
     if not yes and not typer.confirm(f"Delete study {name!r} and its {n} trials?", default=False):

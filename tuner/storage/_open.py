@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import sqlalchemy
@@ -57,7 +58,12 @@ def _check_pool_mode(url: str, parsed: URL) -> None:
 
 
 def normalize_url(url: str) -> URL:
-    """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL)."""
+    """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL). Only the
+    text is checked here (nothing is opened): scheme, port, database name, no control
+    characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise StorageError(f"storage URL {url!r} holds a control character (a newline?); "
+                           f"give it on one line, {EXAMPLES}")
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError) as e:
@@ -76,6 +82,15 @@ def normalize_url(url: str) -> URL:
     elif backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise StorageError(
             f"unsupported storage {backend!r}; use SQLite, PostgreSQL or MySQL, {EXAMPLES}")
+    if backend != "sqlite" and parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StorageError(f"port {parsed.port} of {display_url(url)} is not a TCP port; give "
+                           f"1 to 65535, {EXAMPLES}")
+    if backend != "sqlite" and not parsed.database:
+        raise StorageError(f"{display_url(url)} names no database; add its name after the host, "
+                           f"{EXAMPLES}")
+    if backend == "sqlite" and parsed.query:
+        raise StorageError(f"{display_url(url)}: SQLite URLs take no ?options (tuner sets its "
+                           "own); drop everything from the '?'")
     if backend == "sqlite":
         db = parsed.database
         if not db or db == ":memory:":
@@ -149,6 +164,7 @@ def _create_schema(url: URL) -> None:
     pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
     from tuner.storage import _asha as asha
     from tuner.storage import _budget as budget
+    from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
     from tuner.storage._trials import create_schema
 
@@ -170,6 +186,7 @@ def _create_schema(url: URL) -> None:
                 budget.create_table(conn)
                 lease.create_table(conn)
                 asha.create_table(conn)
+                controls.create_table(conn)
             finally:
                 if backend not in ("sqlite", "postgresql"):
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))
@@ -194,41 +211,125 @@ def _unreachable(url: str, err: Exception) -> StorageError:
     )
 
 
+# what a reader needs to find in a database: Optuna's own tables (tuner's sit beside them)
+OPTUNA_TABLES = ("studies", "trials", "version_info")
+Access = Literal["write", "existing", "read"]
+
+
+class TunerStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage as tuner opens it. It pickles: Optuna drops the engine and makes a
+    new one when it is unpickled; this puts tuner's SQLite hooks back on the new engine."""
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        _hook(self)
+
+
+def _hook(storage: optuna.storages.RDBStorage) -> None:
+    """tuner's SQLite pragmas and write-locking BEGIN, on a writable SQLite storage."""
+    if storage.engine.dialect.name != "sqlite" or "creator" in storage.engine_kwargs:
+        return  # a server, or a read-only SQLite file (see ``_readonly_sqlite``)
+    sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+    sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
+    storage.engine.dispose()
+
+
+def _readonly_sqlite(path: str) -> Any:
+    """A connection that can only read the SQLite file ``path`` (``mode=ro``): it creates no
+    missing file, sets no journal mode and never checkpoints. Module-level, and bound with
+    ``functools.partial``, so the storage pickles."""
+    import sqlite3
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=60,
+                           check_same_thread=False)
+
+
+def _tables(parsed: URL) -> set[str]:
+    """The tables of the database at ``parsed``, read without creating or changing anything.
+    Raises StorageError when a SQLite file is missing or is not a database."""
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(str(parsed.database)).expanduser()
+        if not path.is_file():
+            raise StorageError(f"no study database at {path}; check --storage, or create one "
+                               "with `tuner run FILE`")
+        # through SQLite only: opening and closing the file ourselves would drop every
+        # SQLite lock this process holds on it (POSIX locks are per process and file)
+        import sqlite3
+
+        try:
+            conn = _readonly_sqlite(str(path.resolve()))
+            try:
+                rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            if "not a database" in str(e):
+                raise StorageError(f"{path} is not a SQLite database; check --storage") from e
+            raise StorageError(f"{path} is not a readable SQLite database ({e}); check "
+                               "--storage") from e
+        return {r[0] for r in rows}
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args=_connect_args(parsed))
+    try:  # an unreachable server raises, and connect's loop waits for it
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _check_existing(parsed: URL) -> None:
+    """A reader's storage must hold studies already: nothing is created for it."""
+    missing = [t for t in OPTUNA_TABLES if t not in _tables(parsed)]
+    if missing:
+        shown = display_url(parsed.render_as_string(hide_password=False))
+        raise StorageError(f"{shown} holds no studies (no Optuna tables: {', '.join(missing)}); "
+                           "check --storage, or create a study there with `tuner run FILE`")
+
+
 def connect(url: str, heartbeat: Heartbeat | None = None,
-            wait: float = 5.0) -> optuna.storages.RDBStorage:
-    """Open (creating the schema if needed) the storage at ``url``, waiting up to ``wait``
-    seconds for a server that is unreachable (restarting). Trials whose worker stops
-    beating are failed and retried (``tuner.retry``)."""
+            wait: float = 5.0, *, access: Access = "write") -> optuna.storages.RDBStorage:
+    """Open the storage at ``url``, waiting up to ``wait`` seconds for a server that is
+    unreachable (restarting). Trials whose worker stops beating are failed and retried
+    (``tuner.retry``). The storage pickles (:class:`TunerStorage`).
+
+    ``access``: ``"write"`` (``run``, ``resume``, ``worker``, ``delete``) creates the schema
+    if needed; ``"existing"`` (the dashboard, whose buttons write trials) and ``"read"``
+    (``status``, ``trials``, ``best``, ``studies``, ``report``, ``--from-storage``) first
+    check that the database holds Optuna's tables, creating or changing nothing (a missing
+    or foreign SQLite file is a StorageError and is left as it was); ``"read"`` also opens a
+    SQLite file read-only."""
     from tuner.storage._retry import StaleTrialHandler
     from tuner.storage._trials import check_schema_version
 
     parsed = normalize_url(url)
     _check_pool_mode(url, parsed)  # before anything is written
     hb = heartbeat or Heartbeat()
-    on_stale = StaleTrialHandler()
     last: Exception | None = None
     deadline = time.monotonic() + wait
+    kwargs = _engine_kwargs(parsed)
+    if access == "read" and parsed.get_backend_name() == "sqlite":
+        path = str(Path(str(parsed.database)).expanduser().resolve())
+        kwargs = {"creator": functools.partial(_readonly_sqlite, path)}
     for attempt in range(1000):
         try:
-            _create_schema(parsed)
+            if access == "write":
+                _create_schema(parsed)
+            else:
+                _check_existing(parsed)
             with warnings.catch_warnings():
                 # heartbeats are "experimental" in Optuna: nothing a user could act on
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = optuna.storages.RDBStorage(
+                storage = TunerStorage(
                     parsed.render_as_string(hide_password=False),
-                    engine_kwargs=_engine_kwargs(parsed),
+                    engine_kwargs=kwargs,
                     heartbeat_interval=hb.interval,
                     grace_period=hb.grace_period,
-                    heartbeat_stale_trial_callback=on_stale,
+                    heartbeat_stale_trial_callback=StaleTrialHandler(),
                     skip_table_creation=True,  # done above, on one connection
                     skip_compatibility_check=True,  # done below, one connection at a time
                 )
                 check_schema_version(storage)
-            on_stale.engine = storage.engine
-            if parsed.get_backend_name() == "sqlite":
-                sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-                sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
-                storage.engine.dispose()
+            _hook(storage)
             return storage
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as e:
             last = e
@@ -248,3 +349,39 @@ def connect(url: str, heartbeat: Heartbeat | None = None,
             break
         time.sleep(min(1.0, 0.2 * (attempt + 1)) * (1 + random.random()))
     raise _unreachable(url, last or RuntimeError("schema creation kept failing")) from last
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether the storage URLs ``a`` and ``b`` name one database, however spelled: one
+    SQLite file (relative or absolute, through links), or one server (host names resolved,
+    default ports filled in) and database."""
+    import socket
+
+    ua, ub = normalize_url(a), normalize_url(b)
+    if ua.get_backend_name() != ub.get_backend_name():
+        return False
+    if ua.get_backend_name() == "sqlite":
+        pa, pb = (Path(str(u.database)).expanduser() for u in (ua, ub))
+        try:
+            return pa.samefile(pb)
+        except OSError:
+            return pa.resolve() == pb.resolve()
+    port = {"postgresql": 5432}.get(ua.get_backend_name(), 3306)
+
+    def addresses(host: str | None) -> set[str]:
+        try:
+            return {i[4][0] for i in socket.getaddrinfo(host or "localhost", None)}
+        except OSError:
+            return {host or "localhost"}
+
+    return ((ua.port or port) == (ub.port or port) and ua.database == ub.database
+            and bool(addresses(ua.host) & addresses(ub.host)))
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    """Whether ``storage`` holds a study named ``name`` (only reads)."""
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True

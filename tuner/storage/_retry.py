@@ -9,7 +9,6 @@ every user attr of the failed attempt, and hands the study-wide budget slot to t
 from __future__ import annotations
 
 import optuna
-import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage._budget import Budget
@@ -67,16 +66,16 @@ def retry_template(trial: FrozenTrial, *, crashed: bool = True) -> FrozenTrial |
 
 
 class StaleTrialHandler:
-    """Optuna's heartbeat-stale callback: a trial whose worker stopped beating is retried."""
+    """Optuna's heartbeat-stale callback: a trial whose worker stopped beating is retried.
 
-    def __init__(self) -> None:
-        self.engine: sa.Engine | None = None
+    It holds nothing: the study it is called with leads to its engine, so the storage that
+    holds it pickles (multiprocessing with spawn, joblib, Dask, Ray)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.engine is None:
-            raise RuntimeError("StaleTrialHandler: bind it to the storage's engine first")
+        from tuner.storage._trials import engine_of
+
         log = optuna.logging.get_logger("tuner")
-        if retry(study, trial, Budget(self.engine, study.study_name)):
+        if retry(study, trial, Budget(engine_of(study), study.study_name)):
             log.warning("trial %d of %s lost its worker (no heartbeat); retrying it",
                         trial.number, study.study_name)
         else:

@@ -96,6 +96,16 @@ def state(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> TrialState:
     return study._storage.get_trial(trial._trial_id).state
 
 
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """Trial ``number`` of the study (one read, not the whole study), or None."""
+    try:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                           number)
+    except KeyError:
+        return None
+    return study._storage.get_trial(trial_id)
+
+
 def _beat(trial_id: int) -> sqlalchemy.Insert:
     """A trial's first heartbeat row (later beats update it: :func:`record_heartbeat`)."""
     from optuna.storages._rdb import models
@@ -330,7 +340,7 @@ def fail_and_retry(study: optuna.Study, trial: optuna.Trial, budget: Any, reason
 
 
 def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
-                      crashed: bool) -> bool | None:
+                      crashed: bool, reason: str | None = None) -> bool | None:
     """Fail the RUNNING trial ``trial_id`` and enqueue its retry (True) or, past its retries,
     give its slot back (False), in one transaction; None if it was not RUNNING any more.
 
@@ -342,6 +352,8 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
     frozen = study._storage.get_trial(trial_id)
     if rdb is None:
         try:
+            if reason is not None:
+                study._storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             if not study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 return None
         except UpdateFinishedTrialError:
@@ -361,7 +373,12 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
         row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
         if row.state != TrialState.RUNNING:
             return None
+        if reason is not None:
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id,
+                                               "fail_reason", reason)
         row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
+        if crashed and _can_upsert(rdb.engine.name):  # for optuna-dashboard's trial table
+            session.execute(_state_rows(rdb, [(trial_id, "lost")]))
         if template is None:
             session.execute(budget.release_statement())
         else:
@@ -409,7 +426,8 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
 
     failed, log = [], logging.getLogger("tuner")
     for trial_id in rdb._get_stale_trial_ids(study._study_id):
-        retried = _fail_and_requeue(study, trial_id, budget, crashed=True)
+        retried = _fail_and_requeue(study, trial_id, budget, crashed=True,
+                                    reason=_lost_reason(rdb, study._storage.get_trial(trial_id)))
         if retried is None:
             continue  # finished meanwhile (its worker told it, or another reaper)
         number = study._storage.get_trial(trial_id).number
@@ -423,6 +441,23 @@ def fail_stale_trials(study: optuna.Study, budget: Any) -> list[int]:
     return failed
 
 
+def _lost_reason(rdb: optuna.storages.RDBStorage, trial: FrozenTrial) -> str:
+    """The ``fail_reason`` of a trial whose worker stopped beating: when it was last heard
+    of (the database's clock) and which worker it was."""
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    with rdb.engine.connect() as conn:
+        last = conn.execute(sqlalchemy.select(table.c.heartbeat)
+                            .where(table.c.trial_id == trial._trial_id)).scalar()
+    worker = trial.user_attrs.get("worker") or {}
+    who = ", ".join(f"{k} {worker[k]}" for k in ("host", "pid", "device") if worker.get(k))
+    when = f"{last:%Y-%m-%d %H:%M:%S}" if last is not None else "its start"
+    grace = rdb.grace_period or 2 * (rdb.heartbeat_interval or 0)
+    return (f"worker lost: no heartbeat since {when} (database time), over the {grace} s grace "
+            "period" + (f"; it ran on {who}" if who else ""))
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """Set several user attrs of a running trial in one statement and one transaction.
 
@@ -432,10 +467,13 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     set_user_attrs_many([(trial, attrs)])
 
 
-def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]]) -> None:
+def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]], *,
+                        finished: bool = False) -> None:
     """:func:`set_user_attrs` for several running trials (a fused group's members) in one
     statement and one transaction. Like ``Trial.set_user_attr``, refuses (writing nothing)
-    when one of the trials is finished."""
+    when one of the trials is finished, unless ``finished``: then the attrs of a trial
+    finished meanwhile (by the reaper, optuna-dashboard, another process's tell) are written
+    too, since they say what its worker saw."""
     items = [(trial, attrs) for trial, attrs in items if attrs]
     if not items:
         return
@@ -444,7 +482,11 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
     if rdb is None or not _can_upsert(dialect):
         for trial, attrs in items:
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
+                try:
+                    trial.set_user_attr(k, v)
+                except UpdateFinishedTrialError:
+                    if not finished:
+                        raise
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -458,7 +500,8 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]])
             sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
             .where(models.TrialModel.trial_id.in_(ids))).all())
         for trial_id in ids:  # as Optuna does per attr
-            rdb.check_trial_is_updatable(trial_id, states[trial_id])
+            if not finished:
+                rdb.check_trial_is_updatable(trial_id, states[trial_id])
         session.execute(_upsert(dialect, table, rows))
     for trial, attrs in items:  # what Trial.set_user_attr does too
         trial._cached_frozen_trial.user_attrs.update(attrs)
@@ -547,6 +590,55 @@ def should_prune_many(trials: Sequence[optuna.Trial]) -> list[bool]:
         raise NotImplementedError("should_prune_many is for single-objective studies")
     view = _OneRead(study)
     return [bool(study.pruner.prune(view, t._get_latest_trial())) for t in trials]
+
+
+def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str]]) -> Any:
+    from optuna.storages._rdb import models
+
+    from tuner.storage._controls import STATE_ATTR
+
+    return _upsert(rdb.engine.name, models.TrialUserAttributeModel.__table__, [
+        {"trial_id": tid, "key": STATE_ATTR, "value_json": json.dumps(state)}
+        for tid, state in states])
+
+
+TRAIN_LOSS_ATTR = "tuner.train_loss"  # system attr: a trial's mean train loss per epoch
+
+
+def set_system_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Set system attrs of a trial in one statement: what tuner keeps on a trial that
+    optuna-dashboard should not lay out in its user-attrs table (a long list widens the
+    trial's page)."""
+    rdb = _rdb(trial.storage)
+    if rdb is None or not _can_upsert(rdb.engine.name):
+        for k, v in attrs.items():
+            trial.storage.set_trial_system_attr(trial._trial_id, k, v)
+        return
+    from optuna.storages._rdb import models
+
+    with rdb.engine.begin() as conn:
+        conn.execute(_upsert(rdb.engine.name, models.TrialSystemAttributeModel.__table__, [
+            {"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
+            for k, v in attrs.items()]))
+
+
+def train_losses(t: FrozenTrial) -> list[float | None] | None:
+    """A trial's mean train loss per epoch, if its loop reported one (studies of an older
+    tuner kept the list in the ``train_loss`` user attr)."""
+    curve = t.system_attrs.get(TRAIN_LOSS_ATTR)
+    if curve is None and isinstance(old := t.user_attrs.get("train_loss"), list):
+        return old
+    return curve
+
+
+def mark_state(study: optuna.Study, trial: FrozenTrial, state: str) -> None:
+    """Set a trial's ``tuner_state`` user attr, finished or not (a paused trial promoted
+    later): Optuna's own ``set_user_attr`` refuses finished trials."""
+    rdb = _rdb(study._storage)
+    if rdb is None or not _can_upsert(rdb.engine.name):
+        return
+    with rdb.engine.begin() as conn:
+        conn.execute(_state_rows(rdb, [(trial._trial_id, state)]))
 
 
 def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:
