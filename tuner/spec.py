@@ -22,12 +22,14 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from tuner import data as datasets
 from tuner import models, schedules, vocab
+from tuner.data import text as text_data
 from tuner.data import uea
 from tuner.errors import SpecError
 from tuner.gate import (
@@ -210,6 +212,9 @@ class StudySpec(_Frozen):
     # ``data: {name: NAME, as: KIND}`` to say how its samples are read (``data_as``)
     data: str | None = None
     data_as: InputKind | None = None
+    # text data's block (``data: {name: text, path: ..., text: ..., label: ...}``), as
+    # :class:`tuner.data.text.TextOptions` writes it back
+    data_options: dict[str, Any] | None = None
     # a built-in model family, or a user builder ``pkg.mod:build`` / ``file.py:build``
     model: str = "mlp"
     # a user training loop ``pkg.mod:fit``; None means tuner's own loop
@@ -260,6 +265,10 @@ class StudySpec(_Frozen):
     def _default_data(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and "data" not in raw and not raw.get("trainer"):
             raw = {**raw, "data": "mnist"}
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) \
+                and raw["data"].get("name") == text_data.NAME:
+            options = text_data.TextOptions.of(raw["data"], None)
+            return {**raw, "data": text_data.NAME, "data_options": options.block()}
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
             given = dict(raw["data"])
             unknown = set(given) - {"name", "as"}
@@ -345,7 +354,7 @@ class StudySpec(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> StudySpec:
+    def _check(self, info: ValidationInfo) -> StudySpec:
         builtin_data = self.builtin_data
         if self.data is not None and self.data.startswith(UEA_PREFIX) and not builtin_data:
             raise ValueError(f"data: {uea.unknown(self.data)}")
@@ -353,7 +362,7 @@ class StudySpec(_Frozen):
             raise ValueError(
                 f"data: {datasets.SOURCES.unknown(self.data)} or an import path like mypkg.data:load"
             )
-        if self.model not in models.names() and not is_import_path(self.model):
+        if models.family_of(self.model) is None and not is_import_path(self.model):
             raise ValueError(
                 f"model: {models.FAMILIES.unknown(self.model)} or an import path like mypkg.nets:build"
             )
@@ -375,6 +384,7 @@ class StudySpec(_Frozen):
             if self.data_as != kind and self.data_as not in datasets.READINGS.get(kind, ()):
                 raise ValueError(f"data: {self.data} is {kind} data and cannot be read as "
                                  f"{self.data_as}")
+        self._check_text(bool(info.context and info.context.get("files")))
         self._check_kinds()
         self.weight_paths()
         self._check_space()
@@ -488,8 +498,8 @@ class StudySpec(_Frozen):
         kind = self.data_kind
         if kind is None:
             return
-        if self.model in models.names() and self.trainer is None:
-            fam = models.get(self.model)
+        if (name := models.family_of(self.model)) is not None and self.trainer is None:
+            fam = models.get(name)
             if kind not in fam.inputs:
                 need = " or ".join(sorted(fam.inputs))
                 hint = (f"; read the images as sequences with data: {{name: {self.data}, as: "
@@ -522,9 +532,46 @@ class StudySpec(_Frozen):
         out: dict[str, Knob] = {}
         if self.trainer is None:
             out.update(vocab.TRAINING_KNOBS)
-            if self.model in models.names():
-                out.update(models.get(self.model).knobs)
+            if (family := models.family_of(self.model)) is not None:
+                out.update(models.get(family).knobs)
+            if self.data == text_data.NAME:
+                out.update(text_data.KNOBS)
         return out
+
+    # ---- text data and pretrained encoders ---------------------------------------------
+    @property
+    def text_options(self) -> text_data.TextOptions | None:
+        """Text data's options, paths relative to the study file (None: not text data)."""
+        if self.data != text_data.NAME or self.data_options is None:
+            return None
+        return text_data.TextOptions.of(self.data_options, self.base_dir)
+
+    @property
+    def hf_path(self) -> str | None:
+        """What ``model: hf:PATH`` names (None: another model)."""
+        return self.model.removeprefix(models.HF_PREFIX) if models.family_of(
+            self.model) == "hf" else None
+
+    def _check_text(self, files: bool) -> None:
+        """Text data has its block; a pretrained encoder reads text data, brings its own
+        tokenizer, and (``files``: when a study file is read) has a complete folder."""
+        if self.data == text_data.NAME and self.data_options is None:
+            raise ValueError("data: text needs its block: data: {name: text, path: FILE, "
+                             "text: COLUMN, label: COLUMN}")
+        if self.data_options is not None and self.data != text_data.NAME:
+            raise ValueError("data_options: only text data has options; remove them")
+        if self.hf_path is None:
+            return
+        if self.trainer is None and self.data != text_data.NAME:
+            raise ValueError(f"model: {self.model} fine-tunes on text: use data: {{name: text, "
+                             "path: FILE, text: COLUMN, label: COLUMN}")
+        if "vocab_size" in self.space:
+            raise ValueError(f"space.vocab_size: {self.model} brings its own tokenizer; remove "
+                             "vocab_size")
+        if files:
+            from tuner.models import hf
+
+            hf.resolve(self.hf_path, self.base_dir)
 
     def _check_space(self) -> None:
         names = list(self.space)
@@ -547,6 +594,11 @@ class StudySpec(_Frozen):
                     raise ValueError(f"space.{name}: per_layer must name an int parameter")
             if (knob := knobs.get(name)) is not None:
                 _check_knob(name, p, knob)
+        family = models.get(fam) if (fam := models.family_of(self.model)) else None
+        if family is not None and family.check_space is not None and self.trainer is None:
+            drawn = {k: _drawable(p) for k, p in self.space.items() if k in family.knobs}
+            if (why := family.check_space(drawn)) is not None:
+                raise ValueError(why)
         if self.sampler.name == "grid":
             grid(self)
 
@@ -642,7 +694,7 @@ FUSE_SHAPE_VALUES: dict[str, tuple[Scalar, ...]] = {
 FUSE_UNSUPPORTED: dict[str, tuple[Scalar | None, ...]] = {
     "l1": (0, 0.0), "clip_norm": (None, 0, 0.0), "label_smoothing": (0, 0.0), "patience": (0,),
     "augment_crop": (0,), "augment_flip": (False,), "augment_cutout": (0,), "freeze": (0,),
-    "backbone_lr_scale": (1, 1.0),
+    "backbone_lr_scale": (1, 1.0), "layer_lr_decay": (1, 1.0),
 }
 
 
@@ -705,6 +757,20 @@ def grid(spec: StudySpec) -> dict[str, list[Any]]:
     if size > 1_000_000:
         raise SpecError(f"the grid has {size:,} points; narrow the space or use sampler: tpe")
     return out
+
+
+def _drawable(p: Any, most: int = 1000) -> list[Any] | None:
+    """Every value ``p`` can draw, or None for a float range or an int range of more than
+    ``most`` values."""
+    if isinstance(p, Fixed):
+        return [p.value]
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, IntParam) and not p.log and (p.high - p.low) // p.step < most:
+        return list(range(p.low, p.high + 1, p.step))
+    if isinstance(p, IntParam) and p.log and p.high - p.low < most:
+        return list(range(p.low, p.high + 1))
+    return None
 
 
 def _check_knob(name: str, p: Any, knob: Knob) -> None:
@@ -770,7 +836,7 @@ def parse_spec(raw: Any, *, source: str = "study file", default_name: str = "stu
     if base_dir is not None:
         raw.setdefault("base_dir", base_dir)
     try:
-        return StudySpec.model_validate(raw)
+        return StudySpec.model_validate(raw, context={"files": True})
     except ValidationError as err:
         raise SpecError(_format_error(err, source)) from None
 

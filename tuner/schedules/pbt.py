@@ -196,7 +196,7 @@ class PBT(Schedule):
                                  f"{', '.join(PBT_DEFAULT_PERTURB)} in space, or list "
                                  "scheduler.perturb")
             return out
-        family = models.get(spec.model).knobs if spec.model in models.names() else {}
+        family = models.get(fam).knobs if (fam := models.family_of(spec.model)) else {}
         for name in s.perturb:
             changes_shape = (name in family and name not in PBT_PERTURBABLE) or (
                 name in vocab.TRAINING_KNOBS and name not in PBT_PERTURBABLE)
