@@ -4,8 +4,10 @@
     python scripts/screenshots.py --storage sqlite:///tuner.db --study digits_mlp
     python scripts/screenshots.py --out /tmp/tuner-screens
 
-Writes dashboard-home.png, dashboard-study.png, dashboard-trials.png, report-top.png and
-report-full.png into --out (default /tmp/tuner-screens), plus the report itself in report/.
+Writes dashboard-home.png, dashboard-study.png, dashboard-trials.png, report-top.png,
+report-full.png, and console-studies.png and console-study.png (the console while two
+workers run 40 more trials of the study) into --out (default /tmp/tuner-screens), plus the
+report itself in report/.
 Needs chromium on PATH (Debian: apt-get install -y chromium).
 """
 
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -90,18 +93,52 @@ def main() -> None:
           window="1400,4800")
     dash = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", storage,
                              "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
+    live = None
     try:
-        url = dash.stdout.readline().split(" at ", 1)[1].split()[0]
-        with urllib.request.urlopen(url.removesuffix("/dashboard") + "/api/studies") as r:
+        console = dash.stdout.readline().rsplit(" ", 1)[1].strip()  # .../console?token=T
+        url = dash.stdout.readline().split(": ", 1)[1].split()[0]  # .../dashboard
+        token = console.split("token=", 1)[1]
+        req = urllib.request.Request(url.removesuffix("/dashboard") + "/api/studies",
+                                     headers={"Cookie": f"tuner_token={token}"})
+        with urllib.request.urlopen(req) as r:
             ids = {s["study_name"]: s["study_id"] for s in json.load(r)["study_summaries"]}
         study = f"{url}/studies/{ids[args.study]}"
-        shoot(browser, url, args.out / "dashboard-home.png", work / "b3")
-        shoot(browser, study, args.out / "dashboard-study.png", work / "b4", window="1400,2400")
-        shoot(browser, f"{study}/trials", args.out / "dashboard-trials.png", work / "b5")
+        shoot(browser, f"{url}?token={token}", args.out / "dashboard-home.png", work / "b3")
+        shoot(browser, f"{study}?token={token}", args.out / "dashboard-study.png", work / "b4",
+              window="1400,2400")
+        shoot(browser, f"{study}/trials?token={token}", args.out / "dashboard-trials.png",
+              work / "b5")
+        # the console while two workers run more trials of the study
+        live = subprocess.Popen([sys.executable, "-m", "tuner", "resume", args.study,
+                                 "--storage", storage, "--trials", "40", "--workers", "2",
+                                 "--device", "cpu", "-q", "--heartbeat", "1"],
+                                stdout=subprocess.DEVNULL, env=env)
+        base = console.split("/console", 1)[0]
+        _wait_running(base, token, args.study)
+        shoot(browser, f"{base}/console/study/{args.study}?token={token}",
+              args.out / "console-study.png", work / "b7", window="1400,1300")
+        shoot(browser, console, args.out / "console-studies.png", work / "b6", window="1400,400")
     finally:
+        if live is not None:
+            live.send_signal(signal.SIGINT)
+            live.wait(timeout=120)
         dash.send_signal(signal.SIGINT)
         dash.wait(timeout=10)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_running(base: str, token: str, study: str, timeout: float = 300) -> None:
+    """Until two trials of ``study`` have run a few epochs (the console has curves to show)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(f"{base}/console/api/study/{study}",
+                                     headers={"Cookie": f"tuner_token={token}"})
+        with urllib.request.urlopen(req) as r:
+            running = json.load(r)["running"]
+        if len(running) >= 2 and all(t["epoch"] >= 3 for t in running):
+            return
+        time.sleep(0.5)
+    sys.exit(f"no two trials of {study} ran 3 epochs in {timeout:.0f} s")
 
 
 if __name__ == "__main__":

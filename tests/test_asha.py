@@ -97,6 +97,15 @@ def test_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> None:
     assert "PAUSED" not in states.values() and "PRUNED" in states.values()
     r = runner.invoke(app, ["trials", "toy", "--storage", url])
     assert r.exit_code == 0 and "PROMOTED" in r.output and "PRUNED" in r.output
+    # optuna-dashboard's table reads what tuner did in each trial's tuner_state (it shows
+    # every segment as Pruned)
+    ts = {t.number: t for t in trials(url, "toy")}
+    for c in continuations:
+        assert ts[c.user_attrs[PROMOTION_OF_ATTR]].user_attrs["tuner_state"] == "promoted"
+    assert {t.user_attrs["tuner_state"] for t in ts.values() if PAUSED_ATTR in t.user_attrs
+            and t.number not in {c.user_attrs[PROMOTION_OF_ATTR] for c in continuations}
+            } == {"paused"}
+    assert {t.user_attrs["tuner_state"] for t in done} == {"complete"}
 
 
 def _paused(study, x: float, rung: int = 1) -> None:

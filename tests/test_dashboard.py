@@ -19,9 +19,12 @@ from typer.testing import CliRunner
 import tuner
 from tuner.cli import app
 from tuner.dashboard import DashboardServer, is_loopback, open_server
+from tuner.errors import TunerError
+from tuner.storage import connect
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 runner = CliRunner()
+TOKEN = "dashboard-test-token-0123"
 ROOT = Path(tuner.__file__).resolve().parents[1]
 
 STUDY = """
@@ -56,11 +59,13 @@ def served(study: str) -> Iterator[str]:
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "tuner", "dashboard", "--storage", study,
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env={**env, "TUNER_DASHBOARD_TOKEN": TOKEN})
     try:
-        line = proc.stdout.readline()  # printed once the socket is bound
-        assert "http://" in line, line + proc.stderr.read()
-        yield line.split(" at ", 1)[1].split()[0]
+        line = proc.stdout.readline()  # printed once the socket is bound: the console's URL
+        assert f"/console?token={TOKEN}" in line, line + proc.stderr.read()
+        line = proc.stdout.readline()
+        assert "optuna-dashboard: http://" in line, line + proc.stderr.read()
+        yield line.split(": ", 1)[1].split()[0]
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         try:
@@ -88,22 +93,27 @@ def dump_dom(url: str, profile: Path) -> str:
     return done.stdout
 
 
+def _get(url: str) -> object:
+    """GET with the token's cookie, as a browser holds it after opening the printed URL."""
+    req = urllib.request.Request(url, headers={"Cookie": f"tuner_token={TOKEN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
 def test_api_lists_the_study(served: str) -> None:
     base = served.removesuffix("/dashboard")
-    with urllib.request.urlopen(f"{base}/api/studies", timeout=10) as r:
-        studies = json.load(r)["study_summaries"]
+    studies = _get(f"{base}/api/studies")["study_summaries"]
     assert [s["study_name"] for s in studies] == ["dash_digits"]
     # the dashboard labels the objective with the study's metric, not "Objective 0"
     sid = studies[0]["study_id"]
-    with urllib.request.urlopen(f"{base}/api/studies/{sid}?after=0", timeout=10) as r:
-        detail = json.load(r)
+    detail = _get(f"{base}/api/studies/{sid}?after=0")
     assert detail["objective_names"] == ["accuracy"]
 
 
 def test_browser_shows_the_study_and_its_trials(served: str, tmp_path: Path) -> None:
-    home = dump_dom(served, tmp_path / "p1")
+    home = dump_dom(f"{served}?token={TOKEN}", tmp_path / "p1")
     assert "dash_digits" in home
-    trials = dump_dom(f"{served}/studies/1/trials", tmp_path / "p2")
+    trials = dump_dom(f"{served}/studies/1/trials?token={TOKEN}", tmp_path / "p2")
     for n in range(3):
         assert f"Trial {n}" in trials
     # the learning curve and what tuner records on each trial are on the trial's page
@@ -139,12 +149,10 @@ def test_serves_on_loopback_only_by_default(served: str) -> None:
 
 def test_all_interfaces_when_asked(study: str) -> None:
     """The control for the test above: bound to 0.0.0.0, the other address does answer."""
-    from tuner.storage import connect
-
     ip = _non_loopback_address()
     if ip is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    server = open_server(connect(study), "0.0.0.0", 0)
+    server = open_server(connect(study), "0.0.0.0", 0, token=TOKEN)
     try:
         socket.create_connection((ip, server.server_address[1]), timeout=5).close()
     finally:
@@ -163,14 +171,17 @@ def _stop_at_once(self: DashboardServer, poll_interval: float = 0.5) -> None:
     raise KeyboardInterrupt  # what Ctrl-C does to serve_forever
 
 
-def test_other_interfaces_get_a_warning(study: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_interfaces_need_the_token(study: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DashboardServer, "serve_forever", _stop_at_once)
     result = runner.invoke(app, ["dashboard", "--storage", study, "--host", "0.0.0.0",
                                  "--port", "0"])
     assert result.exit_code == 0, result.output
-    assert "no authentication" in result.output and "dashboard stopped" in result.output
-    quiet = runner.invoke(app, ["dashboard", "--storage", study, "--port", "0"])
-    assert quiet.exit_code == 0 and "no authentication" not in quiet.output
+    assert "/console?token=" in result.output and "dashboard stopped" in result.output
+    refused = runner.invoke(app, ["dashboard", "--storage", study, "--host", "0.0.0.0",
+                                  "--port", "0", "--no-token"])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    with pytest.raises(TunerError, match="needs a token"):
+        open_server(connect(study), "0.0.0.0", 0)
 
 
 def test_port_in_use_is_one_line(study: str) -> None:

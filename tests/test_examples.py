@@ -21,7 +21,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tuner import api, usercode
+from tuner import api, storage, usercode
 from tuner.assets import StudyAssets
 from tuner.cli import app
 
@@ -136,7 +136,7 @@ def test_training_loop_example_through_the_api(store: str, tmp_path: Path) -> No
     assert result.counts == {"COMPLETE": 2}
     assert result.best_value > 0.5  # 10 classes: chance is 0.1
     t = result.study.trials[0]
-    assert sorted(t.intermediate_values) == [1, 2, 3] and len(t.user_attrs["train_loss"]) == 3
+    assert sorted(t.intermediate_values) == [1, 2, 3] and len(storage.train_losses(t)) == 3
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # finished trials leave no checkpoint
 
 

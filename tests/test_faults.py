@@ -338,6 +338,7 @@ def test_a_worker_killed_once_its_trial_started_leaves_it_to_the_reaper(any_url)
                     for u in study.get_trials())
     assert states == [(0, "FAIL", None), (1, "WAITING", 0)]
     assert budget.state().taken == 1
+    assert study.trials[0].user_attrs["tuner_state"] == "lost"  # for optuna-dashboard
 
 
 @pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)

@@ -21,7 +21,7 @@ from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
 from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
 from tuner.spec import fuse_key, parse_spec
-from tuner.storage import normalize_url
+from tuner.storage import normalize_url, train_losses
 from tuner.train import fit
 
 pytest_plugins = ["servers"]
@@ -225,8 +225,8 @@ def test_a_fused_study_spends_its_exact_budget_with_each_trials_own_curve(tmp_pa
     assert all(t.value == pytest.approx(t.intermediate_values[3]) for t in trials)
     # trained as one: four, then the two that the budget had left
     assert [t.user_attrs.get("fused") for t in trials] == [4, 4, 4, 4, 2, 2]
-    assert all(t.user_attrs["epochs_run"] == 3 and len(t.user_attrs["train_loss"]) == 3
-               for t in trials)
+    assert all(t.user_attrs["epochs_run"] == 3 and len(train_losses(t)) == 3
+               and t.user_attrs["tuner_state"] == "fused" for t in trials)
     # a member trained as its own fit would have (same seed: spec.seed + lineage)
     t = trials[2]
     c = Context(device=CPU, seed=SPEC["seed"] + t.number, max_epochs=3,

@@ -106,6 +106,12 @@ def test_report_has_every_plot_as_html_and_png(study: str, tmp_path: Path) -> No
     for sid in PLOTS:
         assert f'id="{sid}"' in page and f'id="plot-{sid}"' in page
     assert 'id="top-trials"' in page
+    # the first screen: the best configuration, its validation score beside its test score
+    # (not retrained yet), before any plot
+    block = page[page.index('id="best-config"'):page.index("</section>",
+                                                           page.index('id="best-config"'))]
+    assert page.index('id="best-config"') < page.index('id="history"')
+    assert "<th>lr</th>" in block and "validation" in block and "not yet" in block
     assert external_resources(page) == []  # self-contained: plotly.js is inline
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 6 and {"number", "state", "value", "params_lr", "epochs"} <= set(rows[0])

@@ -86,7 +86,7 @@ def test_retrain_best_saves_weights_card_and_study_attr(study: str, tmp_path: Pa
     output = retrain(study, "digits_rt", "--out", str(tmp_path / "m"))
     handle = st.load(connect(study), "digits_rt")
     best = handle.study.best_trial
-    assert f"trial {best.number} of digits_rt" in output and "test set" in output
+    assert f"trial {best.number} of digits_rt" in output and "tested once" in output
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["study"] == "digits_rt" and card["trial"] == best.number
     assert card["params"] == {"batch_size": 64, **best.params}  # constants included
@@ -102,7 +102,13 @@ def test_retrain_best_saves_weights_card_and_study_attr(study: str, tmp_path: Pa
     assert recorded["metrics"]["accuracy"] == accuracy
     assert recorded["out"] == str((tmp_path / "m").resolve())
     shown = runner.invoke(app, ["best", "digits_rt", "--storage", study])
-    assert shown.exit_code == 0 and f"accuracy {accuracy:.6g}" in shown.output
+    # validation and test side by side, on the metric's own row
+    row = next(line.split() for line in shown.output.splitlines()
+               if line.startswith("accuracy"))
+    assert shown.exit_code == 0 and row == ["accuracy", f"{best.value:.6g}", f"{accuracy:.6g}"]
+    assert "train loss (train+val, last epoch)" in shown.output
+    row = next(line.split() for line in output.splitlines() if line.startswith("accuracy"))
+    assert row == ["accuracy", f"{best.value:.6g}", f"{accuracy:.6g}"]
     as_json = json.loads(runner.invoke(app, ["best", "digits_rt", "--storage", study,
                                              "--json"]).output)
     assert as_json["test"]["metrics"]["accuracy"] == accuracy

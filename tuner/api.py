@@ -23,6 +23,7 @@ and :func:`resume` are the same two steps in one call.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import warnings
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from tuner import usercode
+from tuner import gate, usercode
 from tuner.errors import SpecError, TunerError, UserCodeError
 from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
@@ -141,6 +142,8 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
         spec.check_fuse(settings.fuse_mode(spec.fuse))
     except ValueError as e:
         raise SpecError(str(e)) from None
+    if spec.checkpoint:  # a file in its place is found now, not after the study was created
+        gate.writable_folder(settings.checkpoint_dir, "--checkpoint-dir")
     device = "cpu" if local_workers > 1 else settings.device
     assets = StudyAssets(spec, device=device, data_dir=settings.data_dir,
                          download=settings.download)
@@ -152,8 +155,15 @@ def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stu
     return spec, assets
 
 
-def _check_hours(hours: float | None) -> None:
-    if hours is not None and not hours > 0:
+def _check_budget(trials: int | None, timeout: float | None, hours: float | None,
+                  local_workers: int) -> None:
+    """The budget a command adds, and the workers it starts, through the gate: before the
+    storage is opened."""
+    gate.inside(trials, "--trials", 1, gate.MAX_COUNT)
+    gate.finite(timeout, "--timeout", high=gate.MAX_SECONDS)
+    gate.inside(local_workers, "--workers", 0, gate.max_local_workers())
+    if hours is not None and not (isinstance(hours, int | float) and math.isfinite(hours)
+                                  and hours > 0):
         raise SpecError(f"--budget-hours must be a positive number of device-hours (got "
                         f"{hours}); e.g. --budget-hours 2.5, or leave it out for no limit")
 
@@ -172,20 +182,23 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
     from tuner import study as st
     from tuner.storage import connect, display_url, normalize_url
 
-    _check_hours(budget_hours)
-    normalize_url(settings.storage)  # a malformed URL fails before anything is opened
+    _check_budget(trials, timeout, budget_hours, local_workers)
+    if warm_from is not None:
+        gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
+    normalize_url(settings.storage)  # a malformed URL fails before anything is opened
     old = None
     if warm_from is not None:
         from tuner import warmstart
 
         with _quiet():  # read-only, before the new study's storage is even opened
             old = warmstart.source(warm_from, from_url or settings.storage)
+    # the study's own code and data before the storage is opened (a SQLite file is created)
+    spec, assets = _check(spec, settings, local_workers)
     opened = connect(settings.storage, settings.heartbeat)  # a wrong URL fails fast
     if old is not None:
         warmstart.refuse_existing(opened, spec.name, old)
-    spec, assets = _check(spec, settings, local_workers)
     plan = None
     if old is not None:
         with _quiet():
@@ -208,7 +221,8 @@ def prepare_existing(name: str, settings: Settings, *, trials: int | None = None
     from tuner import study as st
     from tuner.storage import connect
 
-    _check_hours(budget_hours)
+    _check_budget(trials, timeout, budget_hours, local_workers)
+    gate.study_name(name, "study")
     with _quiet():
         handle = st.load(connect(settings.storage, settings.heartbeat), name,
                          worker_index=worker_index)
@@ -237,8 +251,18 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
                     f"{role}: {getattr(handle.spec, role)} is defined in this notebook or "
                     "script, which worker processes cannot import; use workers=1, or move it "
                     "into a .py file and name it as file.py:name")
-        run_local(handle.name, settings, workers, workers_per_gpu,
-                  poll=None if on_poll is None else _patient_poll(on_poll))
+        from tuner.errors import SpawnFailed
+
+        try:
+            run_local(handle.name, settings, workers, workers_per_gpu,
+                      poll=None if on_poll is None else _patient_poll(on_poll))
+        except SpawnFailed:
+            if handle.created:  # no worker of this command is left: take the study back
+                from tuner import study as st
+                from tuner.storage import connect
+
+                st.delete(connect(settings.storage), handle.name)
+            raise
         return Result(handle, "done")
     from tuner import worker as w
     from tuner.objective import TrialRunner

@@ -1,9 +1,12 @@
-"""optuna-dashboard on a study storage: live curves, trials and their user attrs in a browser.
+"""optuna-dashboard and tuner's console (:mod:`tuner.console`) on one port: live curves,
+trials and their user attrs, and each running study's state and controls, in a browser.
 
-The dashboard has no authentication and can delete studies, so it binds to the loopback
-interface unless told otherwise; :func:`is_loopback` lets the CLI warn when it is not.
+optuna-dashboard has no authentication and can delete studies, so the server binds to the
+loopback interface unless told otherwise, and the console in front of it asks every request
+for a token (``token``), checks ``Host`` and, for writes, ``Origin``.
 
-    server = open_server(storage, "127.0.0.1", 8080)   # binds now: port errors come early
+    server = open_server(storage, "127.0.0.1", 8080, token=new_token())  # binds now
+    print(server.console_url)                           # with ?token=..., as Jupyter does
     server.serve_forever()                              # until Ctrl-C
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import secrets
 import socket
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING
@@ -29,12 +33,22 @@ class DashboardServer(ThreadingMixIn, WSGIServer):
     """wsgiref's server, a thread per request (the page fetches several APIs at once)."""
 
     daemon_threads = True  # Ctrl-C does not wait for a browser's open connection
+    token: str | None = None
+
+    @property
+    def base(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in str(host) else host
+        return f"http://{shown}:{port}"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else host
-        return f"http://{shown}:{port}/dashboard"
+        return f"{self.base}/dashboard"
+
+    @property
+    def console_url(self) -> str:
+        """The console's address, with the token a browser needs once."""
+        return f"{self.base}/console" + (f"?token={self.token}" if self.token else "")
 
 
 class _DashboardServer6(DashboardServer):
@@ -60,20 +74,43 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
 def open_server(storage: optuna.storages.BaseStorage, host: str = DEFAULT_HOST,
-                port: int = DEFAULT_PORT) -> DashboardServer:
-    """Bind the dashboard for ``storage`` to ``host:port`` (port 0 picks a free one); call
-    ``serve_forever()`` on the result, and ``server_close()`` when done."""
+                port: int = DEFAULT_PORT, *, token: str | None = None,
+                read_only: bool = False) -> DashboardServer:
+    """Bind optuna-dashboard and the console for ``storage`` to ``host:port`` (port 0 picks a
+    free one); call ``serve_forever()`` on the result, and ``server_close()`` when done.
+    ``token``: what every request must carry (None: none, only on a loopback address);
+    ``read_only``: no controls, and none of optuna-dashboard's writes."""
     import optuna_dashboard
 
-    app = optuna_dashboard.wsgi(storage)
+    from tuner.console import Console
+
+    if token is None and not is_loopback(host):
+        raise TunerError(f"serving on {host} needs a token (anyone who reaches the port could "
+                         "stop or delete your studies); drop --no-token, or use --host 127.0.0.1")
     cls = _DashboardServer6 if _is_ipv6(host) else DashboardServer
     try:
         server = cls((host, port), _QuietHandler)
     except OSError as e:
         raise _bind_error(e, host, port) from None
-    server.set_app(app)
+    server.token = token
+    bound = server.server_address[1]
+    server.set_app(Console(storage, optuna_dashboard.wsgi(storage), token=token,
+                           read_only=read_only,
+                           allowed_hosts=_own_names(host, bound) if is_loopback(host) else None))
     return server
+
+
+def _own_names(host: str, port: int) -> frozenset[str]:
+    """The Host headers a browser sends to this loopback server (anything else is another
+    site's name resolving here: DNS rebinding)."""
+    names = {host, "localhost", "127.0.0.1", "[::1]", f"[{host}]"}
+    return frozenset(f"{n}:{port}".lower() for n in names) | (
+        frozenset(n.lower() for n in names) if port == 80 else frozenset())
 
 
 def _is_ipv6(host: str) -> bool:

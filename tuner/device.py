@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tuner import gate
 from tuner.errors import TunerError
 
 # a GPU with less free memory than this is busy, not a place to train (bytes)
@@ -20,8 +21,7 @@ def resolve(device: str) -> str:
             return "cpu"
         _usable(0, "auto")
         return "cuda"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TunerError(f"--device {device}: unknown device; use auto, cpu, cuda or cuda:N")
+    gate.device(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TunerError(f"--device {device}: no CUDA GPU is visible here; use --device cpu "
                          "or auto")

@@ -10,6 +10,7 @@
     ├── UserCodeError          a user's model/data/trainer import path or signature is wrong
     ├── LaunchError            a launch onto a scheduler (Slurm, Kubernetes) cannot go ahead:
     │                          its command is missing, an option is wrong, sbatch refused
+    ├── SpawnFailed            a local worker process could not be started (the others stopped)
     ├── CheckpointUnwritable   a checkpoint cannot be written (folder full, unwritable, a file)
     ├── TooManyFailures        several trials failed in a row; the study was stopped
     ├── DeviceBroken           a CUDA device-side assert broke this process's GPU context
@@ -56,6 +57,10 @@ class UserCodeError(TunerError):
 
 
 class LaunchError(TunerError):
+    pass
+
+
+class SpawnFailed(TunerError):
     pass
 
 

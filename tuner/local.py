@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tuner.errors import DeviceBroken, TunerError
+from tuner.errors import DeviceBroken, SpawnFailed, TunerError
 from tuner.settings import Settings
 
 # the child's settings and study, as JSON (not argv: a storage URL may hold a password)
@@ -52,8 +52,22 @@ def _visible_device(index: str, parent: str | None) -> str:
 
 
 def spawn(name: str, settings: Settings, envs: list[dict[str, str]]) -> list[subprocess.Popen[bytes]]:
-    """Start one worker process of study ``name`` per env (``python -m tuner.child``)."""
-    return [_spawn_one(name, settings, env, i) for i, env in enumerate(envs)]
+    """Start one worker process of study ``name`` per env (``python -m tuner.child``). If
+    one cannot start (no memory, too many processes), those already started are stopped
+    and SpawnFailed says so: no worker is left behind."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, env in enumerate(envs):
+            procs.append(_spawn_one(name, settings, env, i))
+    except OSError as e:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+        raise SpawnFailed(f"could not start worker {len(procs) + 1} of {len(envs)} "
+                          f"({e.strerror or e}); the {len(procs)} started were stopped. Lower "
+                          "--workers, or free memory and processes on this machine") from e
+    return procs
 
 
 def _spawn_one(name: str, settings: Settings, env: dict[str, str],

@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,6 +31,7 @@ from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
+from tuner.gate import inside_folder
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 
@@ -57,6 +57,9 @@ class Outcome:
     # another process's tell): its worker stopped it and told nothing; ``state`` is the one
     # it was given there
     elsewhere: bool = False
+    # stopped at an epoch because a person asked (``tuner stop-trial``): its checkpoint stays,
+    # and ``tuner retry`` resumes it
+    stopped_by_user: bool = False
 
 
 class _Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned
@@ -152,8 +155,11 @@ class _TrialReporter:
     def __init__(self, trial: optuna.Trial, stop: threading.Event,
                  on_epoch: Callable[[int, int, float], None] | None, prune: bool = True,
                  primary: tuple[int, str] | None = None,
-                 patience: storage.Patience | None = None):
+                 patience: storage.Patience | None = None,
+                 asked: Callable[[int], bool] | None = None):
         self.trial, self._stop, self._on_epoch, self._prune = trial, stop, on_epoch, prune
+        # whether a person asked this trial to stop (tuner stop-trial)
+        self._asked = asked or (lambda n: False)
         # (index, direction) of the pruned-on objective of a multi-objective study, whose
         # curve tuner records and judges itself: Optuna's report/should_prune refuse there
         self._primary = primary
@@ -221,7 +227,7 @@ class _TrialReporter:
             self.held.clear()
 
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self._stop.is_set() or self._asked(self.trial.number)
 
 
 class _GroupReports:
@@ -285,6 +291,8 @@ class TrialRunner:
         self.patience = patience or storage.Patience(300, 0)
         self.checkpoint_dir, self.stop, self.on_epoch = checkpoint_dir, stop, on_epoch
         self.keep_checkpoints = keep_checkpoints
+        # trials a person asked to stop at their next epoch (the worker's heartbeat sets it)
+        self.user_stops: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, spec: StudySpec, settings: Settings, stop: threading.Event | None = None,
@@ -307,7 +315,7 @@ class TrialRunner:
         ckpt = None
         if spec.checkpoint:
             suffix = "" if fold is None else f"-fold{fold}"
-            ckpt = CheckpointStore(Path(self.checkpoint_dir) / spec.name
+            ckpt = CheckpointStore(inside_folder(self.checkpoint_dir, spec.name)
                                    / f"trial-{lineage}{suffix}.pt")
         return Context(
             device=torch.device(assets.device), seed=spec.seed + lineage,
@@ -316,7 +324,7 @@ class TrialRunner:
             build_model=assets.model_builder(bundle) if bundle is not None else None,
             trial_number=trial.number, amp=spec.amp, compile=spec.compile,
             reporter=_TrialReporter(trial, self.stop, self.on_epoch, prune, self._primary(),
-                                    self.patience),
+                                    self.patience, asked=lambda n: n in self.user_stops),
             checkpoints=ckpt,
         )
 
@@ -491,8 +499,12 @@ class TrialRunner:
         except TrialPruned as e:
             outcome = self._pruned(trial, ctxs, e)
         except StopRequested:
-            outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from checkpoint",
-                              interrupted=True)
+            if trial.number in self.user_stops and not self.stop.is_set():
+                outcome = Outcome(TrialState.FAIL, fail_reason=storage.USER_STOP,
+                                  stopped_by_user=True)
+            else:
+                outcome = Outcome(TrialState.FAIL, fail_reason="worker stopped; retried from "
+                                  "checkpoint", interrupted=True)
         except CheckpointUnwritable as e:  # this worker's disk: retried from the last good one
             outcome = Outcome(TrialState.FAIL, fail_reason=str(e), interrupted=True, error=e)
         except KeyboardInterrupt:
@@ -511,6 +523,11 @@ class TrialRunner:
             attrs[ELSEWHERE_ATTR] = outcome.fail_reason
             if outcome.state != TrialState.FAIL:
                 attrs.pop("fail_reason", None)
+        attrs[storage.STATE_ATTR] = _tuner_state(trial, outcome, attrs)
+        curve = [h.get("train_loss") for c in ctxs for h in c.history]
+        if any(v is not None for v in curve):
+            self.patience.call(lambda: storage.set_system_attrs(
+                trial, {storage.TRAIN_LOSS_ATTR: curve}))
         if records is None:
             self.patience.call(lambda: storage.set_user_attrs_many([(trial, attrs)],
                                                                    finished=outcome.elsewhere))
@@ -719,7 +736,7 @@ class TrialRunner:
     # ---- checkpoint files ---------------------------------------------------------------
     def _store(self, lineage: int, generation: int | None = None) -> CheckpointStore:
         suffix = "" if generation is None else f"-gen{generation}"
-        return CheckpointStore(Path(self.checkpoint_dir) / self.spec.name
+        return CheckpointStore(inside_folder(self.checkpoint_dir, self.spec.name)
                                / f"trial-{lineage}{suffix}.pt")
 
     def _snapshot(self, lineage: int, epoch: int) -> None:
@@ -762,7 +779,7 @@ class TrialRunner:
         member runs or waits any more, so no live worker is writing them."""
         if self.keep_checkpoints:
             return
-        folder = Path(self.checkpoint_dir) / self.spec.name
+        folder = inside_folder(self.checkpoint_dir, self.spec.name)
         for pattern in ("trial-*-gen*.pt", ".tmp-*.pt"):
             for f in folder.glob(pattern) if folder.is_dir() else []:
                 f.unlink(missing_ok=True)
@@ -808,6 +825,10 @@ class TrialRunner:
         from the curve and trains the rest."""
         done = _fold_scores(trial) if storage.is_retry(trial) else []
         scores = []
+        # the running mean goes where an epoch's report goes: the primary curve of a
+        # multi-objective study (Optuna's own report refuses there), held through an outage
+        reporter = _TrialReporter(trial, self.stop, self.on_epoch, True, self._primary(),
+                                  self.patience)
         for fold in range(self.spec.kfold or 0):
             ctx = self.context(trial, lineage, fold=fold, prune=False)
             ctxs.append(ctx)  # even for a fold scored already: its checkpoint is cleaned up
@@ -816,13 +837,11 @@ class TrialRunner:
                 continue
             scores.append(float(fit(params, ctx)))
             mean = sum(scores) / len(scores)
-            if self.on_epoch:
-                self.on_epoch(trial.number, fold + 1, mean)
-            trial.report(mean, fold + 1)
-            if trial.should_prune():
+            if reporter.report(fold + 1, mean, {}):
                 raise TrialPruned(f"pruned after fold {fold + 1}")
             if self.stop.is_set() and fold + 1 < (self.spec.kfold or 0):
                 raise StopRequested
+        reporter.flush()
         if self.spec.stop.terminator:  # the statistical error of the trial, for the terminator
             from optuna.terminator import report_cross_validation_scores
 
@@ -853,7 +872,10 @@ class TrialRunner:
             **info,
         }
         if any("train_loss" in h for h in history):
-            attrs["train_loss"] = [h.get("train_loss") for h in history]
+            # the last epoch's in the user attrs (one narrow cell in optuna-dashboard's
+            # table); the curve is a system attr (_conclude), for the report
+            attrs["train_loss"] = next((h["train_loss"] for h in reversed(history)
+                                        if h.get("train_loss") is not None), None)
         if fail_reason:
             attrs["fail_reason"] = fail_reason
         return attrs
@@ -861,12 +883,34 @@ class TrialRunner:
     def cleanup(self, outcome: Outcome) -> None:
         """Delete a finished trial's checkpoints (call after its result is stored: until then
         a retry elsewhere may still need them). Interrupted trials keep theirs to resume."""
-        if outcome.interrupted or outcome.paused:
+        if outcome.interrupted or outcome.paused or outcome.stopped_by_user:
             return
         if self.keep_checkpoints and outcome.state == TrialState.COMPLETE:
             return
         for store in outcome.checkpoints:
             store.delete()
+
+
+def _tuner_state(trial: optuna.Trial, outcome: Outcome, attrs: Mapping[str, Any]) -> str:
+    """What tuner did with the trial, in a word, for optuna-dashboard's trial table (where an
+    ASHA rung's pause, a repeat or an infeasible configuration all read "Pruned" or
+    "Complete"): stopped, infeasible, repeated, exploited, paused, fused, complete, pruned,
+    failed. A paused trial's later promotion and a trial whose worker died are written by
+    the storage (promoted, lost)."""
+    if outcome.stopped_by_user:
+        return "stopped"
+    if INFEASIBLE_ATTR in trial.user_attrs:
+        return "infeasible"
+    if outcome.repeat_of is not None:
+        return "repeated"
+    if (trial.user_attrs.get(storage.PBT_ATTR) or {}).get("donor") is not None:
+        return "exploited"
+    if outcome.paused:
+        return "paused"
+    if outcome.state == TrialState.COMPLETE and attrs.get("fused"):
+        return "fused"
+    return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(
+        outcome.state, "failed")
 
 
 def _cuda(device: str) -> bool:

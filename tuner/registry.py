@@ -11,6 +11,7 @@ only when it is called.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -32,6 +33,14 @@ class Knob:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] | None = None
+    # a count (batch_size, freeze, ...): whole numbers only [default: an int default says so]
+    integer: bool | None = None
+
+    @property
+    def counts(self) -> bool:
+        if self.integer is not None:
+            return self.integer
+        return isinstance(self.default, int) and not isinstance(self.default, bool)
 
     def problem(self, name: str, value: Any) -> str | None:
         """Why ``value`` is not valid for the knob ``name`` (a phrase naming the fix), or None."""
@@ -44,6 +53,10 @@ class Knob:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{name} must be a number (got {value!r})"
+        if not math.isfinite(value):
+            return f"{name} must be a finite number (got {value!r})"
+        if self.counts and not isinstance(value, int):
+            return f"{name} is a count: give a whole number (got {value!r})"
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return f"{name} must be {'>' if self.low_open else '>='} {self.low:g} (got {value!r})"
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):

@@ -28,8 +28,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import TunerError
+from tuner.gate import writable_folder
 from tuner.retrain import retrained_of
-from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule
+from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule, train_losses
 from tuner.study import Handle, feasible, pareto_front, primary_value
 
 # parameter importances from fewer completed trials are noise
@@ -80,7 +81,7 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
     if not complete:
         raise TunerError(f"study {handle.name!r} has no completed trial yet, so there is nothing "
                          f"to report; run `tuner resume {handle.name}` first")
-    folder = Path(out_dir)
+    folder = writable_folder(out_dir, "--out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -188,10 +189,10 @@ def _curves(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tupl
 def _train_loss(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
     import plotly.graph_objects as go
 
-    curves = [(t.number, t.user_attrs["train_loss"]) for t in trials
-              if t.state.is_finished() and t.user_attrs.get("train_loss")]
+    curves = [(t.number, losses) for t in trials
+              if t.state.is_finished() and (losses := train_losses(t))]
     if not curves:
-        raise _Skip("no trial recorded its training loss (user attr train_loss)")
+        raise _Skip("no trial recorded its training loss (ctx.report(..., train_loss=...))")
     plt = _pyplot()
     mpl, ax = plt.subplots(figsize=(9, 5))
     figure = go.Figure()
@@ -199,10 +200,12 @@ def _train_loss(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> 
         epochs = list(range(1, len(losses) + 1))
         figure.add_trace(go.Scatter(x=epochs, y=losses, mode="lines+markers",
                                     name=f"trial {number}"))
-        ax.plot(epochs, losses, marker=".", alpha=0.7)
+        ax.plot(epochs, losses, marker=".", alpha=0.7, label=f"trial {number}")
     figure.update_layout(xaxis_title="epoch", yaxis_title="training loss",
                          showlegend=len(curves) <= 20)
     ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    if len(curves) <= 20:  # beyond that a legend hides the lines it names
+        ax.legend(fontsize="small", ncol=2 if len(curves) > 10 else 1)
     if all(v is not None and v > 0 for _, losses in curves for v in losses):
         figure.update_yaxes(type="log")
         ax.set_yscale("log")
@@ -297,6 +300,8 @@ nav a{margin-right:14px}.figure{overflow-x:auto}
 table{border-collapse:collapse;font-size:13px;margin-top:8px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}th{background:#f5f5f5}
 td.text{text-align:left}
+.pair{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
+.figure .js-plotly-plot,.figure .plotly-graph-div{max-width:100%}
 """
 
 
@@ -332,6 +337,7 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
          f"<b>{_num(best.value)}</b>")
         + f" after {best.user_attrs.get('epochs_run', '?')} epochs"
         + (f"; retrained on train+val, test set: <b>{e(test)}</b>" if test else "") + "</p>",
+        _best_block(handle, best, retrained),
         f'<nav>{nav} <a href="#top-trials">Top trials</a>'
         + (' <a href="#failed">Failed trials</a>' if counts.get("FAIL") else "") + "</nav>",
     ]
@@ -353,6 +359,22 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
         f"<script>{get_plotlyjs()}</script></head><body>\n" + "\n".join(body)
         + "\n</body></html>\n"
     )
+
+
+def _best_block(handle: Handle, best: FrozenTrial, retrained: dict[str, Any]) -> str:
+    """The best configuration, and its scores: validation (the search's) beside test (the
+    retrain's, once it ran)."""
+    e = html.escape
+    params = "".join(f"<tr><th>{e(k)}</th><td>{e(_num(v))}</td></tr>"
+                     for k, v in best.params.items())
+    test = retrained.get("metrics", {})
+    scores = "".join(
+        f"<tr><th>{e(m)}</th><td>{_num(v)}</td><td>"
+        f"{_num(test[m]) if m in test else 'not yet (tuner retrain)'}</td></tr>"
+        for m, v in zip(handle.spec.objective_names, best.values or (), strict=False))
+    return ('<section id="best-config"><h2>Best configuration</h2><div class="pair">'
+            f"<table>{params}</table><table><tr><th></th><th>validation</th><th>test</th>"
+            f"</tr>{scores}</table></div></section>")
 
 
 def _top_table(handle: Handle, complete: list[FrozenTrial], top: int) -> str:

@@ -30,9 +30,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import storage
 from tuner.errors import DataError, SpecError, TunerError, UserCodeError
+from tuner.gate import inside_folder, writable_folder
 from tuner.settings import Settings
 from tuner.spec import Fixed, StudySpec
-from tuner.study import Handle, pareto_front
+from tuner.study import Handle, pareto_front, primary_value
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,7 +71,7 @@ def retrained_of(handle: Handle, trial: int) -> dict[str, Any] | None:
 
 
 def default_folder(study: str, trial: int) -> Path:
-    return Path("runs") / study / f"trial-{trial}"
+    return inside_folder("runs", study) / f"trial-{trial}"
 
 
 def pick_trial(handle: Handle, number: int | None = None,
@@ -143,6 +144,7 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
                              "study's own trainer cannot be told to switch them; retrain it "
                              "in your own code with the schedule in `tuner trials --format json`")
     out = Path(folder) if folder is not None else default_folder(handle.name, t.number)
+    writable_folder(out, "--out")  # before the training, whose result it keeps
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -258,7 +260,10 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
         "trial": t.number,
         "metric": spec.metric_name,
         "direction": spec.direction_name,
-        "validation_value": t.value,
+        # the reported metric's value (a multi-objective trial has one per objective)
+        "validation_value": primary_value(spec, t),
+        **({"validation_values": dict(zip(spec.objective_names, t.values, strict=True))}
+           if spec.multi_objective and t.values else {}),
         "test_metrics": metrics,
         "params": params,
         "data": spec.data,

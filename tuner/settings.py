@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 
 from tuner.errors import TunerError
@@ -14,6 +15,7 @@ from tuner.errors import TunerError
 DEFAULT_URL = "sqlite:///tuner.db"
 DEFAULT_DATA_DIR = "data"
 CHECKPOINT_FOLDER = "tuner_checkpoints"
+_COUNT = re.compile(r"[0-9]{1,6}")  # ASCII digits: str.isdigit() takes '²' and '٣' too
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Settings:
                 f"({self.heartbeat.interval} s); give at least {self.heartbeat.interval}")
 
         if self.fuse is not None and not (self.fuse in ("auto", "off") or (
-                self.fuse.isdigit() and int(self.fuse) >= 1)):
+                _COUNT.fullmatch(self.fuse) and int(self.fuse) >= 1)):
             raise TunerError(f"--fuse {self.fuse}: give auto, off or a number of trials K "
                              "(e.g. --fuse 4)")
 
@@ -67,7 +69,7 @@ class Settings:
         """What this process fuses: --fuse when given, else the study's ``fuse:``."""
         if self.fuse is None:
             return study
-        return int(self.fuse) if self.fuse.isdigit() else self.fuse
+        return int(self.fuse) if _COUNT.fullmatch(self.fuse) else self.fuse
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

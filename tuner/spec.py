@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -30,6 +30,17 @@ from tuner import data as datasets
 from tuner import models, vocab
 from tuner.data import uea
 from tuner.errors import SpecError
+from tuner.gate import (
+    MAX_COUNT,
+    MAX_FILE_BYTES,
+    MAX_SECONDS,
+    Count,
+    Finite,
+    Seed,
+    StudyName,
+    read_yaml,
+    study_name,
+)
 from tuner.kinds import InputKind
 from tuner.registry import Knob, did_you_mean
 from tuner.usercode import is_import_path
@@ -57,10 +68,10 @@ class _Param(_Frozen):
 
 class FloatParam(_Param):
     type: Literal["float"]
-    low: float
-    high: float
+    low: Finite
+    high: Finite
     log: bool = False
-    step: float | None = None
+    step: Finite | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FloatParam:
@@ -104,6 +115,9 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError("step cannot be combined with log: true; drop one of them")
     if step is not None and step <= 0:
         raise ValueError(f"step must be positive (got {step})")
+    if step is not None and high > low and step > high - low:
+        raise ValueError(f"step ({step}) is larger than the range {low}..{high}; use a step "
+                         "that fits the range, or a fixed value")
 
 
 class Fixed(_Frozen):
@@ -129,9 +143,10 @@ SpaceEntry = Annotated[
 
 
 class SamplerSpec(_Frozen):
-    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc"] = "tpe"  # the samplers
-    # startup trials sampled at random before the model-based samplers take over
-    n_startup_trials: int | None = Field(default=None, ge=0)
+    name: Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"] = "tpe"  # the samplers
+    # startup trials sampled at random before the model-based samplers take over (nsga2:
+    # its population, each generation's size)
+    n_startup_trials: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     multivariate: bool = True
 
 
@@ -140,7 +155,7 @@ class PrunerSpec(_Frozen):
     # only when promoted (tuner.storage._asha)
     name: Literal["median", "successive_halving", "hyperband", "asha", "none"] = "median"
     # trials that always run to the end before the median pruner judges others
-    n_startup_trials: int = Field(default=5, ge=0)
+    n_startup_trials: int = Field(default=5, ge=0, le=MAX_COUNT)
     # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
     min_epochs: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
@@ -174,7 +189,7 @@ class StopSpec(_Frozen):
     not improve the best value, or Optuna's Terminator (the regret bound falls below the
     statistical error of the best trial). Study-wide: every worker obeys."""
 
-    patience: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     terminator: bool = False
 
 
@@ -189,8 +204,8 @@ class Objective(_Frozen):
 class Bound(_Frozen):
     """Feasible values of one metric: ``{max: 1.0e6}``, ``{min: 0.9}`` or both."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Finite | None = None
+    max: Finite | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Bound:
@@ -220,7 +235,7 @@ class KFold(_Frozen):
 class StudySpec(_Frozen):
     """A whole study, validated and frozen. Built by :func:`load_spec` or :func:`parse_spec`."""
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: StudyName
     description: str = ""
     # a built-in dataset, or a user loader ``pkg.mod:load`` / ``file.py:load``; defaults to
     # mnist, or to nothing when a user ``trainer`` brings its own data. In the file also
@@ -238,13 +253,13 @@ class StudySpec(_Frozen):
     metric: str | None = None
     direction: Literal["maximize", "minimize"] | None = None
     # fraction of the training set held out for validation, or {kfold: K}
-    validation: float | KFold = 0.1
+    validation: Finite | KFold = 0.1
     # the most epochs one trial trains: the pruners' budget unit
     epochs: int = Field(default=10, ge=1, le=10_000)
     # default study-wide budget of finished trials, and of wall time in seconds
-    trials: int = Field(default=20, ge=1)
-    timeout: float | None = Field(default=None, gt=0)
-    seed: int = 0
+    trials: Count = 20
+    timeout: Finite | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    seed: Seed = 0
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     # a population schedule instead of independent trials: ``{name: pbt, population: 8, ...}``
@@ -263,7 +278,7 @@ class StudySpec(_Frozen):
     # end the study early: ``{patience: N}`` and/or ``{terminator: true}``
     stop: StopSpec = StopSpec()
     # study-wide device-hours: the training time of trials, summed over all workers
-    budget_hours: float | None = Field(default=None, gt=0)
+    budget_hours: Finite | None = Field(default=None, gt=0)
     # reuse the result of an identical finished configuration instead of training it again
     dedup: bool = True
     # same-shape trials trained as one stacked model on a worker's device: off, auto (the
@@ -291,7 +306,7 @@ class StudySpec(_Frozen):
     def _fuse_words(cls, v: Any) -> Any:
         if v is False:  # YAML reads a bare off as false
             return "off"
-        if isinstance(v, str) and v.strip().isdigit():
+        if isinstance(v, str) and re.fullmatch(r"[0-9]+", v.strip()):
             return int(v)
         if isinstance(v, bool) or not (isinstance(v, int) or v in ("auto", "off")):
             raise ValueError(f"give auto, off or a number of trials K (got {v!r}); e.g. fuse: 4")
@@ -409,6 +424,11 @@ class StudySpec(_Frozen):
         if self.stop.terminator and self.multi_objective:
             raise ValueError("stop.terminator: Optuna's Terminator judges one objective; use "
                              "stop: {patience: N} in a multi-objective study")
+        if self.sampler.name == "nsga2" and (self.sampler.n_startup_trials or 2) < 2:
+            raise ValueError("sampler: nsga2's n_startup_trials is its population size, at least 2")
+        if self.sampler.name == "cmaes" and self.multi_objective:
+            raise ValueError("sampler: cmaes optimizes one objective; use tpe, nsga2, gp, random "
+                             "or qmc with several objectives")
         self._check_asha()
         self._check_pbt()
         self.check_fuse(self.fuse)
@@ -704,7 +724,9 @@ class StudySpec(_Frozen):
         return self.validation.kfold if isinstance(self.validation, KFold) else None
 
     def with_name(self, name: str | None) -> StudySpec:
-        return self if not name or name == self.name else self.model_copy(update={"name": name})
+        if not name or name == self.name:
+            return self
+        return self.model_copy(update={"name": study_name(name, "--study")})
 
     def to_json(self) -> str:
         # not sort_keys: the space's order matters (``when``/``per_layer`` refer upwards)
@@ -873,6 +895,9 @@ def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:  # before reading it all into memory
+            raise SpecError(f"{path}: {path.stat().st_size:,} bytes, more than a study file "
+                            f"needs (at most {MAX_FILE_BYTES:,}); give the study's YAML file")
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a UTF-8 text file; give the study's YAML file "
@@ -881,16 +906,16 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(f"{path}: no such study file; check the path (examples in search_spaces/)") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read the study file ({e.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the file's syntax") from None
+    raw = read_yaml(text, str(path))
     return parse_spec(raw, source=str(path), default_name=path.stem,
                       base_dir=str(path.resolve().parent))
 
 
 def spec_from_json(text: str) -> StudySpec:
-    return StudySpec.model_validate_json(text)
+    """A spec as stored in a study; one that today's rules refuse (a study created by an
+    older tuner, or written by hand) is a SpecError naming the problem."""
+    try:
+        return StudySpec.model_validate_json(text)
+    except ValidationError as err:
+        raise SpecError(_format_error(err, "the study's stored spec") + "; recreate the study "
+                        "from a corrected study file") from None

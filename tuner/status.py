@@ -224,11 +224,9 @@ def snapshot(handle: Handle, with_heartbeats: bool = True,
     budget = handle.budget.state()
     durations = [d for t in trials if trial_state(t, known) in FINISHED
                  and (d := _duration(t)) is not None]
-    eta = None
-    alive = sum(not r.lost for r in running)
-    if durations and budget.remaining is not None:
-        todo = budget.remaining + alive / 2
-        eta = todo * (sum(durations) / len(durations)) / max(1, alive)
+    # a lost trial (its worker stopped beating) is not running at any pace
+    live = [t for t in trials if trial_state(t, known) != Kind.LOST]
+    eta = _eta(handle.spec.epochs, budget, live, durations)
     return Snapshot(
         name=study.study_name, direction=spec.direction_name, counts=counts,
         best_value=primary_value(spec, best) if best else None,
@@ -239,6 +237,30 @@ def snapshot(handle: Handle, with_heartbeats: bool = True,
         pareto_size=(len(best_trials(trials, known, spec.directions)) if spec.multi_objective
                      else None),
     )
+
+
+def _eta(epochs: int, budget: BudgetState, trials: list[FrozenTrial],
+         durations: list[float]) -> float | None:
+    """Seconds until the study ends: its running trials' remaining epochs at their own pace,
+    and the trials still to start at the mean pace, shared by the running workers. None
+    when no new trial may start and none runs (stopped, spent), or when unknown."""
+    now = dt.datetime.now()
+    running_left = []
+    for t in trials:
+        if t.state != TrialState.RUNNING or t.datetime_start is None:
+            continue
+        done = len(t.intermediate_values)
+        per_epoch = ((now - t.datetime_start).total_seconds() / done if done
+                     else (sum(durations) / len(durations) / epochs if durations else None))
+        if per_epoch is not None:
+            running_left.append(max(0, epochs - done) * per_epoch)
+    may_start = budget.stopped is None and not budget.hours_spent_out and not budget.expired()
+    queued = None
+    if may_start and budget.remaining is not None and durations:
+        queued = budget.remaining * (sum(durations) / len(durations)) / max(1, len(running_left))
+    if not running_left and queued is None:
+        return None
+    return max(max(running_left, default=0.0), queued or 0.0)
 
 
 @dataclass(frozen=True)

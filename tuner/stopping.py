@@ -18,21 +18,31 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.spec import StudySpec
-from tuner.study import feasible, primary_value
+from tuner.storage import is_paused
+from tuner.study import PATIENCE_FROM_ATTR, feasible, grid_points, grid_size, primary_value
 
 log = logging.getLogger("tuner")
 
-__all__ = ["patience_reason", "terminator_reason", "why_stop"]
+__all__ = ["GRID_EXHAUSTED", "grid_reason", "patience_reason", "terminator_reason", "why_stop"]
+
+# the reason a grid search ends once every point was tried
+GRID_EXHAUSTED = "grid exhausted"
 
 
 def _finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    """Complete and pruned trials in the order they finished; an ASHA rung or PBT generation
+    segment that paused is not a finished trial (its member goes on, or is retired)."""
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            and not is_paused(t)]
     return sorted(done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
 
 
-def patience_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
+def patience_reason(spec: StudySpec, trials: list[FrozenTrial],
+                    counted_from: int = 0) -> str | None:
     """A reason when ``patience`` finished trials (complete or pruned), counted from the
-    first completed one, in the order they finished, have not improved the best value."""
+    first completed one, in the order they finished, have not improved the best value.
+    ``counted_from``: only trials numbered from there on count (a study stopped by patience
+    and given more trials runs them; the best is still the whole study's)."""
     n = spec.stop.patience
     if n is None:
         return None
@@ -43,7 +53,7 @@ def patience_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
         value = primary_value(spec, t) if t.state == TrialState.COMPLETE and feasible(t) else None
         if value is not None and (best is None or better(value, best)):
             best, best_trial, since = value, t.number, 0
-        elif best is not None:
+        elif best is not None and t.number >= counted_from:
             since += 1
     if best is not None and since >= n:
         return (f"patience: {since} finished trials did not improve the best "
@@ -80,9 +90,20 @@ def _terminator(spec: StudySpec, tm: Any) -> Any:
     return tm.Terminator(error_evaluator=tm.MedianErrorEvaluator(tm.RegretBoundEvaluator()))
 
 
+def grid_reason(spec: StudySpec, trials: list[FrozenTrial]) -> str | None:
+    """A reason once every point of a grid search's grid has a finished trial (Optuna's
+    grid sampler would then draw points again)."""
+    size = grid_size(spec)
+    if size is None or len(grid_points(trials, finished=True)) < size:
+        return None
+    return f"{GRID_EXHAUSTED}: every one of its {size} points was tried"
+
+
 def why_stop(spec: StudySpec, study: optuna.Study) -> str | None:
     """Why the study should stop now, or None."""
-    if spec.stop.patience is None and not spec.stop.terminator:
+    if spec.stop.patience is None and not spec.stop.terminator and spec.sampler.name != "grid":
         return None
     trials = study.get_trials(deepcopy=False)
-    return patience_reason(spec, trials) or terminator_reason(spec, study)
+    counted_from = int(study.user_attrs.get(PATIENCE_FROM_ATTR, 0)) if spec.stop.patience else 0
+    return (grid_reason(spec, trials) or patience_reason(spec, trials, counted_from)
+            or terminator_reason(spec, study))

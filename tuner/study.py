@@ -3,22 +3,26 @@ join a study from the database alone."""
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
-from tuner.errors import SpecMismatch, StudyNotFound
+from tuner.errors import SpecMismatch, StudyNotFound, TunerError
 from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import (
     Budget,
     BudgetState,
+    Informed,
     advance,
+    delete_controls,
     display_url,
     engine_of,
     generations,
@@ -30,29 +34,50 @@ from tuner.storage import (
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
 WARM_START_ATTR = "tuner.warm_start"
+# the first trial number that ``stop: {patience: N}`` counts (set when a study that stopped
+# early is given more budget: the trials asked for are run)
+PATIENCE_FROM_ATTR = "tuner.patience_from"
+# the system attr where Optuna's grid sampler keeps the point a trial takes
+GRID_ID = "grid_id"
 
 
 def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The study's sampler. Each worker gets its own seed (seed + index), so parallel
-    workers do not propose the same points."""
-    seed = spec.seed + worker_index
+    """The study's sampler. Every draw is seeded from the study seed and the trial's number
+    (:class:`tuner.storage.Informed`), so a study reproduces from its seed while no two
+    trials draw alike, in any worker, however often it is resumed (``worker_index`` is
+    kept for callers; it no longer offsets anything)."""
+    del worker_index
+    seed = spec.seed
     s = spec.sampler
     startup = {} if s.n_startup_trials is None else {"n_startup_trials": s.n_startup_trials}
+    inner: optuna.samplers.BaseSampler
     if s.name == "tpe":
         # constant_liar: running trials count as bad guesses, so workers spread out
-        return optuna.samplers.TPESampler(
+        inner = optuna.samplers.TPESampler(
             seed=seed, multivariate=s.multivariate, group=s.multivariate, constant_liar=True,
             **startup,
         )
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "grid":
-        return optuna.samplers.GridSampler(space.grid(spec), seed=seed)
-    if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False, **startup)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, **startup)
-    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    elif s.name == "random":
+        inner = optuna.samplers.RandomSampler(seed=seed)
+    elif s.name == "grid":
+        inner = optuna.samplers.GridSampler(space.grid(spec), seed=seed)
+    elif s.name == "cmaes":
+        inner = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                             **startup)
+    elif s.name == "gp":
+        inner = optuna.samplers.GPSampler(seed=seed, **startup)
+    elif s.name == "nsga2":
+        inner = optuna.samplers.NSGAIISampler(
+            seed=seed, **({} if s.n_startup_trials is None
+                          else {"population_size": s.n_startup_trials}))
+    else:
+        inner = optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    primary = None
+    if spec.multi_objective:  # the objective whose curve pruned trials carry
+        primary = StudyDirection[
+            spec.directions[spec.objective_names.index(spec.metric_name)].upper()]
+    # Optuna's GP and NSGA-II read complete trials only: pruned and infeasible ones are shown
+    return Informed(inner, seed=seed, primary=primary, pruned_as_worst=s.name in ("gp", "nsga2"))
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -145,7 +170,10 @@ def create_or_resume(storage: optuna.storages.RDBStorage, spec: StudySpec, *,
         study.set_user_attr(SPEC_ATTR, spec.to_json())
         _name_metrics(study, spec)
         # atomic: 8 workers may get here at once
-        budget.initialize(spec.trials, spec.timeout, spec.budget_hours)
+        # a grid search runs each point once: more trials than points would repeat some
+        size = grid_size(spec)
+        budget.initialize(spec.trials if size is None else min(spec.trials, size), spec.timeout,
+                          spec.budget_hours)
         return Handle(study, spec, budget, created=True)
     stored = spec_from_json(stored_json)
     if study.metric_names is None:  # created before tuner named them
@@ -212,9 +240,21 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
     device-hours. A timeout or hours alone lift the trial limit (run until they are spent),
     except under PBT, whose trials are its population: there they keep it. Asking for more
     explicitly lets a study that stopped early (``stop:``) go on."""
+    left = _grid_left(handle)
+    if left is not None and (trials is not None or timeout is not None or hours is not None):
+        if left == 0:
+            raise TunerError(
+                f"study {handle.name!r} has tried every point of its grid "
+                f"({grid_size(handle.spec)}); nothing is left to run: search a wider or finer "
+                "grid as a new study (--study NEW_NAME)")
+        trials = left if trials is None else min(trials, left)  # no point twice
     if hours is not None:
         handle.budget.add_hours(hours)
     if trials is not None or timeout is not None or hours is not None:
+        if handle.budget.state().stopped is not None:
+            # patience counts again from the next trial, not over the whole history
+            handle.study.set_user_attr(PATIENCE_FROM_ATTR,
+                                       len(handle.study.get_trials(deepcopy=False)))
         handle.budget.unstop()
     if trials is None and handle.spec.scheduler is not None:
         # a population of `population` members, not as many as fit in the time
@@ -225,10 +265,32 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
     return handle.budget.add(trials, timeout)
 
 
+def grid_size(spec: StudySpec) -> int | None:
+    """How many points the grid sampler's grid has; None for the other samplers."""
+    if spec.sampler.name != "grid":
+        return None
+    return math.prod(len(v) for v in space.grid(spec).values())
+
+
+def grid_points(trials: list[FrozenTrial], *, finished: bool = False) -> set[int]:
+    """The grid points (Optuna's grid ids) that ``trials`` took (``finished``: that ended)."""
+    return {int(t.system_attrs[GRID_ID]) for t in trials if GRID_ID in t.system_attrs
+            and (not finished or t.state.is_finished())}
+
+
+def _grid_left(handle: Handle) -> int | None:
+    """The grid points no trial has taken yet (None: not a grid search)."""
+    size = grid_size(handle.spec)
+    if size is None:
+        return None
+    return size - len(grid_points(handle.study.get_trials(deepcopy=False)))
+
+
 def delete(storage: optuna.storages.RDBStorage, name: str) -> None:
     load(storage, name, wait_s=0)  # raises StudyNotFound with its helpful message
     optuna.delete_study(study_name=name, storage=storage)
     _budget(storage, name).delete()
+    delete_controls(storage.engine, name)
 
 
 # ---- what a study found -------------------------------------------------------------

@@ -44,6 +44,14 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[-1]}"[:500] if lines else type(exc).__name__
 
 
+def exits_on_import(label: str, what: str, exc: BaseException) -> str:
+    """The line for user code that ends the process (``sys.exit``) while it is imported."""
+    how = (f"calls sys.exit({exc.code!r})" if isinstance(exc, SystemExit)
+           else f"raises {type(exc).__name__}")
+    return (f"{label}: importing {what} {how}; put the script part of that file under "
+            "`if __name__ == \"__main__\":` so importing it only defines things")
+
+
 def _load_file(path: Path, label: str) -> Any:
     if not path.is_file():
         raise UserCodeError(f"{label}: no file {path}; the path is relative to the study "
@@ -68,6 +76,9 @@ def _load_file(path: Path, label: str) -> Any:
     except Exception as e:
         sys.modules.pop(mod_name, None)
         raise UserCodeError(f"{label}: importing {path} failed: {one_line(e)}") from None
+    except (SystemExit, GeneratorExit) as e:
+        sys.modules.pop(mod_name, None)
+        raise UserCodeError(exits_on_import(label, str(path), e)) from None
     finally:
         sys.path.remove(str(path.parent))
     return module
@@ -86,6 +97,9 @@ def _load_module(name: str, label: str, base_dir: Path) -> Any:
         ) from None
     except Exception as e:
         raise UserCodeError(f"{label}: importing {name} failed: {one_line(e)}") from None
+    except (SystemExit, GeneratorExit) as e:
+        sys.modules.pop(name, None)
+        raise UserCodeError(exits_on_import(label, name, e)) from None
     finally:
         if added:
             sys.path.remove(str(base_dir))

@@ -44,7 +44,8 @@ SCHEDULES = ("constant", "cosine", "step", "exponential")
 TRAINING_KNOBS: dict[str, Knob] = {
     "lr": Knob(1e-3, "learning rate", low=0, low_open=True),
     "batch_size": Knob(128, "samples per optimizer step", low=1),
-    "epochs": Knob(None, "epochs of this trial [default: the study's epochs]", low=1),
+    "epochs": Knob(None, "epochs of this trial [default: the study's epochs]", low=1,
+                   integer=True),
     "optimizer": Knob("adam", "optimizer", choices=OPTIMIZERS),
     "momentum": Knob(0.9, "momentum of sgd_momentum", low=0, high=1),
     "weight_decay": Knob(0.0, "L2 penalty (decoupled for adamw)", low=0),

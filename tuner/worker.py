@@ -13,6 +13,11 @@ worker returns "stopped", since nothing is lost and a supervisor (Docker, system
 not restart it. A second signal stops at once (``KeyboardInterrupt``; the CLI exits 130),
 still queueing the retry from the last checkpoint.
 
+Controls (:mod:`tuner.controls`: ``tuner stop``, ``pause``, ``stop-trial``, or the console)
+come through the database: the heartbeat thread reads them each beat, and the loop before
+each trial. A stop acts as SIGTERM does (and the worker returns "stopped", exit code 0); a
+pause keeps the worker, taking nothing new; a trial asked to stop ends at its next epoch.
+
 Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner.local`).
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import signal
 import sys
 import threading
@@ -74,6 +80,7 @@ class Worker:
         self.heartbeat = heartbeat
         self.stall_timeout = stall_timeout
         self.beat: storage.HeartbeatThread | None = None
+        self.paused = False
 
         def on_epoch(n: int, epoch: int, value: float) -> None:
             if self.beat is not None:
@@ -94,15 +101,24 @@ class Worker:
         # one reaper per study: the lease outlives two missed beats, then passes on
         lease = storage.Lease(storage.engine_of(study), f"reaper:{self.handle.name}",
                               2 * self.heartbeat.interval + 1)
+        me = storage.WorkerRow(lease.holder, platform.node(), os.getpid(),
+                               self.runner.assets.device, None, 0.0)
         beat = self.beat = storage.HeartbeatThread(study, self.heartbeat.interval, p, lease,
-                                                   self.stall_timeout, self._stalled)
+                                                   self.stall_timeout, self._stalled,
+                                                   self._obey, me)
         beat.start()
         done, failures = 0, 0
         try:
             storage.reap(study, p, lease)  # dead workers' trials first
             while True:
+                self._obey(p.call(lambda: storage.check_in(storage.engine_of(study),
+                                                            self.handle.name, me)))
                 if self.stop.is_set():
                     return Summary(done, "stopped")
+                if self.paused:  # take nothing new; running trials (elsewhere) go on
+                    self.stop.wait(self.heartbeat.interval)
+                    storage.reap(study, p, lease)
+                    continue
                 trial = self._next_trial()
                 if trial is None:
                     if (why := self._why_idle()) is not None:
@@ -170,7 +186,8 @@ class Worker:
                     if outcome.error is not None:  # its retry is queued; this worker cannot go on
                         raise outcome.error
                 for _, outcome in told:
-                    failures = failures + 1 if outcome.state == TrialState.FAIL else 0
+                    failures = (failures + 1 if outcome.state == TrialState.FAIL
+                                and not outcome.stopped_by_user else 0)
                 if any(o.interrupted for _, o in told):
                     return Summary(done, "stopped")
                 if failures >= self.max_failures:
@@ -183,6 +200,16 @@ class Worker:
             beat.halt.set()
             beat.join(self.heartbeat.interval + 5)
             p.attempt(lease.release)  # the next worker reaps at once
+            p.attempt(lambda: storage.check_out(storage.engine_of(study), me.worker))
+
+    def _obey(self, controls: storage.Controls) -> None:
+        """A person's controls, as read now: a stop stops this worker as SIGTERM does (the
+        running trial checkpoints at its next epoch and is queued again); a pause holds new
+        trials; a trial asked to stop ends at its next epoch."""
+        if controls.stop is not None:
+            self.stop.set()
+        self.paused = controls.paused
+        self.runner.user_stops = controls.stop_trials
 
     def _stalled(self, trial: optuna.Trial, quiet_s: float) -> None:
         """The heartbeat thread found ``trial`` hung: fail it and queue its retry (if the
@@ -312,6 +339,9 @@ class Worker:
                                            crashed=False))
             else:
                 call(self.handle.budget.release)
+            if outcome.stopped_by_user:  # done as asked; `tuner retry` resumes it
+                call(lambda: storage.forget_trial_stop(storage.engine_of(study),
+                                                       self.handle.name, trial.number))
 
 
 @contextmanager

@@ -4,6 +4,7 @@
     _common   the app, options, error handling, consoles
     run       run, resume, worker
     read      studies, trials, best, status, check, delete
+    steer     stop, pause, continue, extend, stop-trial, retry
     after     dashboard, report, retrain
     launch    launch slurm, launch k8s (a sub-app)
 
@@ -12,7 +13,7 @@ Each command module registers its commands on the one app when imported here.
 
 from __future__ import annotations
 
-from tuner.cli import after, read, run  # noqa: F401  (each registers its commands)
+from tuner.cli import after, read, run, steer  # noqa: F401  (each registers its commands)
 from tuner.cli._common import app
 from tuner.cli.launch import launch_app
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from tuner import gate
 from tuner.cli._common import (
     DEFAULT_STORAGE,
     DataDir,
@@ -18,12 +19,11 @@ from tuner.cli._common import (
     Download,
     Quiet,
     Storage,
-    _fmt,
     _open,
     _setup_logging,
     command,
-    err,
     out,
+    val_test_table,
 )
 from tuner.settings import DEFAULT_DATA_DIR
 
@@ -34,23 +34,40 @@ Name = Annotated[str, typer.Argument(help="Study name.")]
 def dashboard(
     storage: Storage = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(
-        help="Address to listen on. The dashboard has no login: keep it on 127.0.0.1 and "
-             "reach it through an SSH tunnel (ssh -L 8080:127.0.0.1:8080 HOST).")] = "127.0.0.1",
+        help="Address to listen on. Keep 127.0.0.1 and reach it through an SSH tunnel "
+             "(ssh -L 8080:127.0.0.1:8080 HOST); another address needs the token.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8080,
+    token: Annotated[str | None, typer.Option(
+        envvar="TUNER_DASHBOARD_TOKEN",
+        help="The token every request needs (at least 16 characters) [default: a new random "
+             "one, printed in the URL].")] = None,
+    no_token: Annotated[bool, typer.Option(
+        "--no-token", help="No token (only on a loopback address).")] = False,
+    read_only: Annotated[bool, typer.Option(
+        "--read-only", help="No controls: watch only.")] = False,
 ) -> None:
-    """Serve optuna-dashboard on the storage: live learning curves, trials and their attrs."""
-    from tuner.dashboard import is_loopback, open_server
+    """Serve tuner's console and optuna-dashboard on one port: each study's state, workers,
+    budget and controls (/console), live curves and plots (/dashboard)."""
+    from tuner.dashboard import is_loopback, new_token, open_server
+    from tuner.errors import TunerError
     from tuner.storage import display_url
 
+    if token is not None and no_token:
+        raise TunerError("give --token or --no-token, not both")
+    if token is not None and len(token) < 16:
+        raise TunerError("--token must be at least 16 characters; leave it out for a random one")
+    if no_token and not is_loopback(host):
+        raise TunerError(f"--no-token is only for a loopback address, not {host}: anyone who "
+                         "reaches the port could stop or delete your studies; drop --no-token")
     _setup_logging()
-    server = open_server(_open(storage, "existing"), host, port)
-    if not is_loopback(host):
-        err().print(f"[yellow]warning:[/yellow] the dashboard has no authentication and is "
-                  f"listening on {host}: anyone who can reach this port can read, change and "
-                  "delete your studies. Prefer --host 127.0.0.1 and an SSH tunnel.",
-                  markup=True, highlight=False, soft_wrap=True)
-    out().print(f"dashboard for {display_url(storage)} at {server.url} (Ctrl-C to stop)",
-              highlight=False, soft_wrap=True)
+    server = open_server(_open(storage, "existing"), host, port,
+                         token=None if no_token else token or new_token(), read_only=read_only)
+    out().print(f"console for {display_url(storage)}"
+                + (" (read-only)" if read_only else "") + f": {server.console_url}",
+                highlight=False, soft_wrap=True)
+    out().print(f"optuna-dashboard: {server.url} (Ctrl-C to stop)", highlight=False,
+                soft_wrap=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -65,7 +82,8 @@ def report(
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="Folder for report.html, the PNGs and trials.csv "
                       "[default: runs/NAME/report].")] = None,
-    top: Annotated[int, typer.Option(min=1, help="Trials in the top-trials table.")] = 10,
+    top: Annotated[int, typer.Option(min=1, max=gate.MAX_COUNT,
+                                     help="Trials in the top-trials table.")] = 10,
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Write a study's report: an offline HTML page, a PNG per plot, and trials.csv."""
@@ -74,7 +92,7 @@ def report(
 
     _setup_logging()
     handle = st.load(_open(storage), name)
-    result = build(handle, out_dir or Path("runs") / name / "report", top=top)
+    result = build(handle, out_dir or gate.inside_folder("runs", name) / "report", top=top)
     out().print(f"report of {name}: {result.html}", highlight=False, soft_wrap=True)
     out().print("plots: " + ", ".join(str(p.name) for p in result.pngs), highlight=False)
     for sid, why in result.skipped.items():
@@ -84,7 +102,8 @@ def report(
 @command
 def retrain(
     name: Name,
-    trial: Annotated[int | None, typer.Option(min=0, help="Trial number [default: the best].")
+    trial: Annotated[int | None, typer.Option(min=0, max=gate.MAX_COUNT,
+                                              help="Trial number [default: the best].")
                      ] = None,
     prefer: Annotated[str | None, typer.Option(
         help="With several objectives: the Pareto-front member best at this metric "
@@ -113,9 +132,12 @@ def retrain(
     if not quiet:
         out().print(f"retraining trial {number} of {name} on train+val on {settings.device}")
     r = run_retrain(handle, settings, trial=number, folder=out_dir)
-    metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in r.metrics.items() if k != "train_loss")
-    out().print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples, "
-              f"seed {r.seed}; test set ({r.test_samples} samples): {metrics}", highlight=False)
+    searched = handle.study.trials[r.trial]
+    out().print(f"trial {r.trial} of {name}: {r.epochs} epochs on {r.train_samples} samples "
+                f"(train+val), seed {r.seed}; tested once on {r.test_samples} samples",
+                highlight=False)
+    out().print(val_test_table(dict(zip(handle.spec.objective_names, searched.values or (),
+                                        strict=False)), r.metrics))
     saved = [p for p in (r.weights, r.card) if p is not None]
     out().print("saved " + " and ".join(str(p) for p in saved), highlight=False, soft_wrap=True)
     if r.weights is None:

@@ -36,9 +36,11 @@ def _is_file(study: str) -> bool:
 
 Study = Annotated[str, typer.Argument(
     metavar="NAME|FILE", help="Study name, or a study file (YAML) to create the study from.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", "-n", help="Workers: one task or pod each.")]
-Gpus = Annotated[int, typer.Option(help="GPUs per worker.")]
-Cpus = Annotated[int, typer.Option(help="CPUs per worker (and torch threads).")]
+# bounds a scheduler would refuse later (Slurm's MaxArraySize, a node's GPUs and cores)
+WorkersOpt = Annotated[int, typer.Option("--workers", "-n", max=10_000,
+                                         help="Workers: one task or pod each.")]
+Gpus = Annotated[int, typer.Option(min=0, max=64, help="GPUs per worker.")]
+Cpus = Annotated[int, typer.Option(min=1, max=1024, help="CPUs per worker (and torch threads).")]
 Device = Annotated[str, typer.Option(help="The workers' device: auto, cpu, cuda or cuda:N.")]
 
 
@@ -100,21 +102,27 @@ def slurm(
     if dry_run:
         sys.stdout.write(text)
         return
-    _prepare_study(spec, settings, data_dir)
-    job = launch.submit(text, settings)
+    launch.out_folder(out_dir, "--out-dir")  # before the study is created
+    created = _prepare_study(spec, settings, data_dir)
+    try:
+        job = launch.submit(text, settings)
+    except LaunchError:
+        if created:  # nothing runs it: take it back, so the next launch starts clean
+            _delete_study(settings)
+        raise
     out().print(f"submitted job array {job}: {workers} workers for study {settings.study}; "
               f"logs in {settings.folder}. Watch with `squeue -j {job}` and `tuner status "
               f"{settings.study} --storage {_display(url)}`", soft_wrap=True)
 
 
-def _prepare_study(spec: StudySpec | None, s: SlurmSettings, data_dir: Path) -> None:
+def _prepare_study(spec: StudySpec | None, s: SlurmSettings, data_dir: Path) -> bool:
     """Create the study from its file (with the file's budget) before any task starts, so
-    tasks only join it; or check that the named study exists."""
+    tasks only join it; or check that the named study exists. True when it was created."""
     from tuner import api
 
     if spec is None:
         api.load(s.study, storage=s.storage)  # StudyNotFound names the fix
-        return
+        return False
     api.quiet_logging()
     # the nodes may have GPUs where this machine has none: check the study's code on the CPU
     settings = api.settings(storage=s.storage, device="cpu", data_dir=data_dir,
@@ -122,6 +130,15 @@ def _prepare_study(spec: StudySpec | None, s: SlurmSettings, data_dir: Path) -> 
     handle = api.prepare(spec, settings).handle
     if handle.created:
         out().print(f"created study {spec.name} (budget {spec.trials} trials)")
+    return handle.created
+
+
+def _delete_study(s: SlurmSettings) -> None:
+    from tuner import study as st
+    from tuner.storage import connect
+
+    st.delete(connect(s.storage), s.study)
+    out().print(f"deleted study {s.study} again: its job array was not submitted")
 
 
 def _display(url: str) -> str:
@@ -182,6 +199,8 @@ def k8s(
                               ("--with-postgres", with_postgres)) if v]
     if len(sources) > 1:
         raise LaunchError(f"{' and '.join(sources)} both name the study database; give one")
+    if out_dir is not None:
+        launch.out_folder(out_dir)  # a file in its place: one line, before anything is written
     name, text = kube.study_file(study) if _is_file(study) else (study, None)
     password = secrets.token_urlsafe(18) if with_postgres else None
     url = kube.check_url(storage) if storage else None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
@@ -41,7 +42,7 @@ class ProgressView:
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("trials"), TimeElapsedColumn(),
                             console=console)
-        self.task = self.bar.add_task(name, total=total, completed=done)
+        self.task = self.bar.add_task(escape(name), total=total, completed=done)
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
         self._last = 0.0
 

@@ -12,7 +12,18 @@ from typing import Annotated, Any
 
 import typer
 
-from tuner.cli._common import DEFAULT_STORAGE, Fmt, Storage, _fmt, _open, command, err, out
+from tuner.cli._common import (
+    DEFAULT_STORAGE,
+    Fmt,
+    Storage,
+    _fmt,
+    _open,
+    command,
+    err,
+    fitted_table,
+    out,
+    val_test_table,
+)
 from tuner.errors import TunerError
 
 GracePeriod = Annotated[int | None, typer.Option(
@@ -25,27 +36,35 @@ GracePeriod = Annotated[int | None, typer.Option(
 def studies(storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
     """Every study in the storage: trials by state, best value (a multi-objective study: its
     Pareto front's size), last activity."""
-    from rich.table import Table
-
     from tuner.status import studies as rows
 
-    table = Table()
-    table.add_column("study", no_wrap=True)
-    for column in ("complete", "pruned", "infeasible", "failed", "running", "lost", "best",
-                   "direction", "last activity"):
-        table.add_column(column)
-    for r in rows(_open(storage), grace_period):
-        c = r.counts
-        best = (_fmt(r.best_value) if r.pareto_size is None
-                else f"Pareto front of {r.pareto_size}")
-        goal = ", ".join(f"{d} {m}" if len(r.directions) > 1 else d
-                         for m, d in zip(r.objectives, r.directions, strict=True))
-        table.add_row(r.name, *(str(c.get(k, 0)) for k in ("COMPLETE", "PRUNED", "INFEASIBLE",
-                                                            "FAIL", "RUNNING", "LOST")),
-                      best, goal,
-                      r.last_activity.isoformat(sep=" ", timespec="seconds")
-                      if r.last_activity else "—")
+    found = rows(_open(storage), grace_period)
+    c = [r.counts for r in found]
+
+    def best(r) -> str:
+        return _fmt(r.best_value) if r.pareto_size is None else f"Pareto front of {r.pareto_size}"
+
+    def goal(r) -> str:
+        return ", ".join(f"{d} {m}" if len(r.directions) > 1 else d
+                         for m, d in zip(r.objectives, r.directions, strict=True)) or r.direction
+
+    table, dropped = fitted_table([
+        ("study", [r.name for r in found]),
+        ("best", [best(r) for r in found]),
+        ("complete", [str(x.get("COMPLETE", 0)) for x in c]),
+        ("running", [str(x.get("RUNNING", 0)) for x in c]),
+        ("pruned", [str(x.get("PRUNED", 0)) for x in c]),
+        ("failed", [str(x.get("FAIL", 0)) for x in c]),
+        ("infeasible", [str(x.get("INFEASIBLE", 0)) for x in c]),
+        ("lost", [str(x.get("LOST", 0)) for x in c]),
+        ("direction", [goal(r) for r in found]),
+        ("last activity", [r.last_activity.isoformat(sep=" ", timespec="seconds")
+                           if r.last_activity else "—" for r in found]),
+    ], out().width)
     out().print(table)
+    if dropped:
+        out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)})",
+                    highlight=False, style="dim")
 
 
 @command
@@ -56,7 +75,6 @@ def trials(
     grace_period: GracePeriod = None,
 ) -> None:
     """The trials of a study, as a table, CSV or JSON."""
-    from rich.table import Table
 
     from tuner import study as st
     from tuner.status import trial_rows
@@ -76,21 +94,36 @@ def trials(
         writer.writerows(rows)
         sys.stdout.write(buf.getvalue())
     else:
-        table = Table(box=None, header_style="bold")
-        for c in columns:
-            header = {"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_"))
-            table.add_column(header, no_wrap=c in ("number", "state", "value",
-                                                   *handle.spec.objective_names))
-        for r in rows:
-            table.add_row(*[_cell(r.get(c)) for c in columns])
+        head = ("number", "state", "value", *handle.spec.objective_names, "epochs")
+        columns = [c for c in head if c in columns] + [c for c in columns if c not in head]
+        table, dropped = fitted_table(
+            [({"number": "#", "duration_s": "secs"}.get(c, c.removeprefix("params_")),
+              [_cell(r.get(c)) for r in rows]) for c in columns], out().width)
         out().print(table)
+        if dropped:
+            out().print(f"(left out to fit {out().width} columns: {', '.join(dropped)}; a "
+                        f"wider terminal, or --format csv, shows them)", highlight=False,
+                        style="dim")
+
+
+def _duration_words(s: float) -> str:
+    """``s`` seconds as a person says it: 45 s, 12 min, 2 h 05 min."""
+    s = round(s)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s" if s < 600 else f"{round(s / 60)} min"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
 def _cell(v: Any) -> str:
+    """A table cell: floats to 4 significant digits, whole (never cut)."""
     if v is None:
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
     return str(v)
 
 
@@ -121,12 +154,15 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return
     out().print(f"best trial {t.number} of {name}: {handle.spec.metric_name} = {_fmt(t.value)}"
-              f" after {result['epochs']} epochs")
+              f" after {result['epochs']} epochs", highlight=False)
     for k, v in t.params.items():
-        out().print(f"  {k}: {v}")
+        out().print(f"  {k}: {v}", highlight=False)
     if retrained:
-        metrics = ", ".join(f"{k} {_fmt(v)}" for k, v in retrained.get("metrics", {}).items())
-        out().print(f"test set (retrained): {metrics}")
+        out().print(val_test_table({handle.spec.metric_name: t.value},
+                                   retrained.get("metrics", {})))
+    else:
+        out().print(f"no test score yet: `tuner retrain {name}` measures it once",
+                    highlight=False)
 
 
 def _front(handle: Any, as_json: bool) -> None:
@@ -166,6 +202,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
 
     from tuner import study as st
     from tuner.status import snapshot
+    from tuner.storage import engine_of, read_controls
 
     handle = st.load(_open(storage), name)
     snap = snapshot(handle, grace_period=grace_period)
@@ -173,7 +210,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     c = snap.counts
     extra = "".join(f" · {k.lower()} {c[k]}" for k in ("INFEASIBLE", "REPEAT", "PAUSED",
                                                         "PROMOTED", "LOST") if c.get(k))
-    out().print(f"study [bold]{name}[/bold]: {snap.finished}/{b.target if b.target is not None else '∞'} "
+    out().print(f"study {name}: {snap.finished}/{b.target if b.target is not None else '∞'} "
               f"finished · complete {c.get('COMPLETE', 0)} · pruned {c.get('PRUNED', 0)} · failed "
               f"{c.get('FAIL', 0)} · waiting {c.get('WAITING', 0)} · running {c.get('RUNNING', 0)}"
               + extra)
@@ -184,8 +221,10 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     else:
         out().print(f"best {handle.spec.metric_name}: {_fmt(snap.best_value)}"
                     + (f" (trial {snap.best_trial})" if snap.best_trial is not None else ""))
-    if snap.eta_s is not None:
-        out().print(f"estimated time left: {snap.eta_s / 60:.1f} min")
+    if snap.eta_s is not None and (snap.running or snap.eta_s > 0):
+        out().print(f"estimated time left: {_duration_words(snap.eta_s)}"
+                    + (" (running trials finishing)" if b.stopped is not None else ""),
+                    highlight=False)
     if b.deadline is not None:
         out().print(f"deadline in {max(0.0, b.deadline - time.time()) / 60:.1f} min")
     if b.seconds_target is not None or b.seconds_spent > 0:
@@ -195,6 +234,9 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
                        else " (no limit)"), highlight=False)
     if b.stopped is not None:
         out().print(f"stopped early: {b.stopped}", highlight=False, soft_wrap=True)
+    if read_controls(engine_of(handle.study), name).paused:
+        out().print(f"paused: workers take no new trial until `tuner continue {name}`",
+                    highlight=False, soft_wrap=True)
     if (w := snap.warm_start) is not None:
         took = (f"{w['added']} finished trials added" if w["added"]
                 else f"its {w['enqueued']} best configurations enqueued")
@@ -229,7 +271,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name
             else "task and metric from the data's labels")
-    out().print(f"[green]ok[/green] {file}: study [bold]{spec.name}[/bold] — data {spec.data or 'its own'}, "
+    out().print(f"ok {file}: study {spec.name} — data {spec.data or 'its own'}, "
                 f"model {spec.model}{', trainer ' + spec.trainer if spec.trainer else ''}, "
                 f"{goal}, up to {spec.epochs} epochs, "
                 f"sampler {spec.sampler.name}, pruner {spec.pruner.name}, {spec.trials} trials")

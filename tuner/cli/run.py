@@ -9,15 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tuner import gate
 from tuner.cli._common import (
     BudgetHours,
     PerGpu,
     Quiet,
+    StudyArg,
     Timeout,
     Trials,
     Workers,
+    _escape,
     _fmt,
     _setup_logging,
+    _study_name,
     command,
     display_url,
     out,
@@ -48,9 +52,13 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
     if (b.stopped or b.hours_spent_out) and not snap.counts.get("WAITING") and not snap.running:
         why = (f"stopped early ({b.stopped})" if b.stopped
                else f"device-time budget spent ({b.hours_spent:.3g} h)")
+        from tuner.stopping import GRID_EXHAUSTED
+
+        go_on = ("Search another grid as a new study (--study NEW_NAME)"
+                 if (b.stopped or "").startswith(GRID_EXHAUSTED)
+                 else "Pass --trials N or --budget-hours H to go on")
         out().print(f"study {handle.name}: {why}; {snap.finished} trials finished, best "
-                    f"{_fmt(snap.best_value)}. Pass --trials N or --budget-hours H to go on.",
-                    highlight=False, soft_wrap=True)
+                    f"{_fmt(snap.best_value)}. {go_on}.", highlight=False, soft_wrap=True)
         return
     if b.expired() and not snap.running:
         # the deadline passed: nothing starts, not even a waiting retry or continuation
@@ -79,6 +87,7 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
 
 def _print_result(prepared: Prepared, why: str) -> None:
     from tuner.status import snapshot
+    from tuner.storage import USER_STOP
 
     handle = prepared.handle
     snap = snapshot(handle, with_heartbeats=False)
@@ -87,7 +96,9 @@ def _print_result(prepared: Prepared, why: str) -> None:
         f"study {handle.name}: {snap.finished} finished ({c.get('COMPLETE', 0)} complete, "
         f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed)"
         + (f" — stopped, {c.get('WAITING', 0)} trial(s) left to resume from their checkpoints: "
-           f"`tuner resume {handle.name}"
+           + (f"`tuner continue {handle.name}`, then "
+              if snap.budget.stopped == USER_STOP else "")
+           + f"`tuner resume {handle.name}"
            # past the deadline nothing starts, a waiting continuation neither: say how to go on
            + (" --timeout SECONDS`" if snap.budget.expired() else "`")
            if why == "stopped" or c.get("WAITING") else "")
@@ -106,16 +117,19 @@ def _print_result(prepared: Prepared, why: str) -> None:
 @with_settings
 def run(
     file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
-    study: Annotated[str | None, typer.Option(help="Study name [default: the file's name].")] = None,
+    study: Annotated[str | None, typer.Option(
+        help="Study name [default: the file's name].", callback=_study_name)] = None,
     trials: Trials = None,
     timeout: Timeout = None,
     budget_hours: BudgetHours = None,
-    seed: Annotated[int | None, typer.Option(help="Override the file's seed.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        min=0, max=gate.MAX_SEED, help="Override the file's seed.")] = None,
     workers: Workers = 1,
     workers_per_gpu: PerGpu = None,
     force: Annotated[bool, typer.Option(help="Resume even if the file's space changed.")] = False,
     warm_from: Annotated[str | None, typer.Option(
-        "--from", help="Start a new study from an earlier one: its finished trials that fit.")
+        "--from", callback=_study_name,
+        help="Start a new study from an earlier one: its finished trials that fit.")
     ] = None,
     from_url: Annotated[str | None, typer.Option(
         "--from-storage", help="The storage of the --from study [default: --storage].")] = None,
@@ -138,15 +152,16 @@ def run(
                            enqueue_top=enqueue_top)
     if not quiet:
         verb = "created" if prepared.handle.created else "resuming"
-        out().print(f"{verb} study [bold]{prepared.handle.name}[/bold] in "
-                    f"{display_url(settings.storage)} on {settings.device}", highlight=False)
+        out().print(f"{verb} study [bold]{_escape(prepared.handle.name)}[/bold] in "
+                    f"{_escape(display_url(settings.storage))} on {settings.device}",
+                    highlight=False, markup=True)
     _work(prepared, workers, workers_per_gpu, quiet)
 
 
 @command
 @with_settings
 def resume(
-    name: Annotated[str, typer.Argument(help="Study name.")],
+    name: StudyArg,
     trials: Trials = None,
     timeout: Timeout = None,
     budget_hours: BudgetHours = None,
@@ -170,7 +185,9 @@ def resume(
 def worker(
     study: Annotated[str, typer.Argument(help="Study name, or a study file to create it from.")],
     worker_index: Annotated[int | None, typer.Option(
-        help="Offsets the sampler seed [default: random, so workers started alike sample apart].")
+        min=0, max=gate.MAX_WORKER_INDEX,
+        help="This worker's number in its launch (Slurm, Kubernetes); sampling does not depend "
+             "on it: each draw is seeded from the study seed and the trial number.")
     ] = None,
     quiet: Quiet = False,
     *,

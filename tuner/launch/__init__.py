@@ -15,7 +15,13 @@ settings; only :func:`submit` runs anything (sbatch). Nothing here prints; probl
 Every task or pod runs one ``tuner worker``; the study itself lives in its database.
 """
 
-from tuner.launch.common import Resources, require_command, shareable_url, tuner_command
+from tuner.launch.common import (
+    Resources,
+    out_folder,
+    require_command,
+    shareable_url,
+    tuner_command,
+)
 from tuner.launch.k8s import Claim, K8sSettings, StorageRef, manifests, to_yaml
 from tuner.launch.k8s import write as write_manifests
 from tuner.launch.slurm import SlurmSettings, submit
@@ -28,6 +34,7 @@ __all__ = [
     "SlurmSettings",
     "StorageRef",
     "manifests",
+    "out_folder",
     "require_command",
     "shareable_url",
     "slurm_script",

@@ -28,7 +28,17 @@ from typing import Any
 import yaml
 
 from tuner.errors import LaunchError
-from tuner.launch.common import Resources, check_workers
+from tuner.launch.common import (
+    SECRET_KEY,
+    Resources,
+    check_workers,
+    device,
+    dns_name,
+    matches,
+    one_line,
+    quantity,
+    study,
+)
 
 Manifest = dict[str, Any]
 
@@ -79,8 +89,20 @@ class K8sSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        # every value below lands in a manifest field that the API server validates: refuse
+        # here what it would refuse there (or what would change the manifest's meaning)
         require_image(self.image)
         check_workers(self.workers)
+        study(self.study)
+        device(self.device)
+        dns_name(self.namespace, "--namespace", label=True)
+        dns_name(self.storage.secret, "--storage-secret")
+        matches(self.storage.key, SECRET_KEY, "--storage-secret-key", "a Secret key: letters, "
+                "digits, '-', '_' and '.'")
+        dns_name(self.checkpoints.name, "--checkpoint-claim")
+        dns_name(self.checkpoints.storage_class, "--storage-class")
+        quantity(self.resources.mem, "--mem")
+        quantity(self.checkpoints.size, "--checkpoint-size")
         if self.grace_s < 1:
             raise LaunchError(f"--grace-period {self.grace_s}: give the seconds one epoch and "
                               "its checkpoint take, at least 1")
@@ -105,6 +127,9 @@ class K8sSettings:
 
 
 def require_image(image: str | None) -> str:
+    if image and (one_line(image, "--image") and any(c.isspace() for c in image)):
+        raise LaunchError(f"--image {image!r}: an image reference has no spaces; e.g. "
+                          "registry.example/tuner:1")
     if not image:
         raise LaunchError("--image is required: an image with tuner installed, e.g. "
                           "`docker build -t REGISTRY/tuner:TAG .` and push it")
@@ -166,7 +191,9 @@ def to_yaml(docs: list[Manifest]) -> str:
 
 def write(docs: list[Manifest], folder: str | Path) -> list[Path]:
     """One file per object, numbered in apply order (``kubectl apply -f FOLDER``)."""
-    folder = Path(folder)
+    from tuner.launch.common import out_folder
+
+    folder = out_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, d in enumerate(docs, 1):

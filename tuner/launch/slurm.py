@@ -22,11 +22,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import LaunchError
-from tuner.launch.common import Resources, check_workers, require_command
+from tuner.launch.common import (
+    SLURM_MEM,
+    SLURM_PARTITION,
+    Resources,
+    check_workers,
+    device,
+    matches,
+    one_line,
+    require_command,
+    study,
+)
 
 SBATCH_FIX = "run this on a Slurm login node (or load its module: `module load slurm`), or use --dry-run"
 # sbatch's forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, and no limit
-_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$")
+_TIME = re.compile(r"^(\d+-)?\d+(:\d+){0,2}$|^(UNLIMITED|INFINITE)$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,20 @@ class SlurmSettings:
     tuner: tuple[str, ...] = ("tuner",)  # the command that runs tuner on a compute node
 
     def __post_init__(self) -> None:
+        # every value below lands in the script: on an #SBATCH line, or quoted on the exec line
         check_workers(self.workers)
+        study(self.study)
+        device(self.device)
+        matches(self.resources.mem, SLURM_MEM, "--mem", "use Slurm's notation: megabytes, "
+                "or a number with K, M, G or T (e.g. 16G)")
+        matches(self.partition, SLURM_PARTITION, "--partition", "a Slurm partition: letters, "
+                "digits, '_', '.' and '-' (several joined by ',')")
+        for option, value in (("--storage", self.storage), ("--out-dir", self.folder),
+                              ("--checkpoint-dir", self.checkpoint_dir),
+                              ("--data-dir", self.data_dir), *(("--tuner-command", a)
+                                                               for a in self.tuner)):
+            if value is not None:
+                one_line(value, option)
         if not 60 <= self.stop_before_s <= 65535:
             # Slurm checks signal times once a minute, and keeps them in 16 bits
             raise LaunchError(f"--stop-before {self.stop_before_s}: give 60 to 65535 seconds, "
@@ -56,7 +79,8 @@ class SlurmSettings:
         if self.time is not None and not _TIME.match(self.time):
             raise LaunchError(f"--time {self.time!r}: use Slurm's notation, e.g. 30, 4:00:00 or 1-12")
         for line in self.sbatch_lines:
-            if "\n" in line or not _option(line).startswith("-"):
+            one_line(line, "--sbatch-line")
+            if not _option(line).startswith("-"):
                 raise LaunchError(f"--sbatch-line {line!r}: give one sbatch option per line, "
                                   "e.g. --sbatch-line=--qos=high")
 

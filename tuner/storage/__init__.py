@@ -22,6 +22,21 @@ from tuner.storage._asha import (
     rungs,
 )
 from tuner.storage._budget import Budget, BudgetState
+from tuner.storage._controls import (
+    STATE_ATTR,
+    USER_STOP,
+    Controls,
+    WorkerRow,
+    check_in,
+    check_out,
+    delete_controls,
+    forget_trial_stop,
+    read_controls,
+    set_paused,
+    set_stop,
+    stop_trial,
+    study_workers,
+)
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
 from tuner.storage._open import (
@@ -34,6 +49,13 @@ from tuner.storage._open import (
     study_exists,
 )
 from tuner.storage._outage import Patience, is_outage
+from tuner.storage._overview import (
+    RunningTrial,
+    StudyDetail,
+    StudyRow,
+    studies_overview,
+    study_overview,
+)
 from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
@@ -46,7 +68,9 @@ from tuner.storage._retry import (
     retry,
     retry_template,
 )
+from tuner.storage._sampler import Informed, trial_seed
 from tuner.storage._trials import (
+    TRAIN_LOSS_ATTR,
     all_studies,
     claim,
     engine_of,
@@ -56,6 +80,7 @@ from tuner.storage._trials import (
     record_heartbeat,
     refreshed,
     report_many,
+    set_system_attrs,
     set_user_attrs,
     set_user_attrs_many,
     should_prune_many,
@@ -63,17 +88,25 @@ from tuner.storage._trials import (
     start_trials,
     state,
     tell_many,
+    train_losses,
+    trial_by_number,
 )
 
 __all__ = [
     "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
+    "Informed", "trial_seed",
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
     "connect", "display_url", "engine_of", "TunerStorage", "same_database", "study_exists",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
-    "start_trials", "state", "tell_many", "Lease", "Patience", "is_outage", "reap",
+    "start_trials", "state", "tell_many", "trial_by_number",
+    "TRAIN_LOSS_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs", "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
+    "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop",
+    "read_controls", "set_paused", "set_stop", "stop_trial", "WorkerRow", "check_in",
+    "check_out", "study_workers", "RunningTrial", "StudyDetail", "StudyRow",
+    "studies_overview", "study_overview",
+    "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
 ]

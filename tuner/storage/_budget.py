@@ -158,6 +158,41 @@ class Budget:
                 seconds_target=budgets.c.seconds_spent + hours * 3600))
         return self.state()
 
+    def extend(self, trials: int | None = None, seconds: float | None = None,
+               hours: float | None = None) -> BudgetState:
+        """Raise the limits the study has (one UPDATE): ``trials`` more than its trial limit
+        (or than it has taken, if more), its deadline ``seconds`` later (from now, if it has
+        passed), ``hours`` more device-hours (beyond what it spent, if more). A limit the
+        study does not have stays absent: there is nothing to extend."""
+        self.ensure()
+        c, now = budgets.c, time.time()
+
+        def later(col: sa.ColumnElement, floor: sa.ColumnElement | float, by: float
+                  ) -> sa.ColumnElement:
+            return sa.case((col.is_(None), None), (col < floor, floor + by), else_=col + by)
+
+        values: dict[str, object] = {}
+        if trials is not None:
+            values["target"] = later(c.target, c.taken, trials)
+        if seconds is not None:
+            values["deadline"] = later(c.deadline, now, seconds)
+        if hours is not None:
+            values["seconds_target"] = later(c.seconds_target, c.seconds_spent, hours * 3600)
+        if values:
+            with self._engine.begin() as conn:
+                conn.execute(budgets.update().where(self._where).values(**values))
+        return self.state()
+
+    def grow(self) -> None:
+        """One slot more, taken at once (a failed trial retried by hand: its own slot was
+        given back when it failed); a study without a trial limit only takes it."""
+        self.ensure()
+        c = budgets.c
+        with self._engine.begin() as conn:
+            conn.execute(budgets.update().where(self._where).values(
+                taken=c.taken + 1, target=sa.case((c.target.is_(None), None),
+                                                  else_=c.target + 1)))
+
     def spend(self, seconds: float) -> None:
         """Add a finished trial's device time (one atomic UPDATE: workers finish at once)."""
         with self._engine.begin() as conn:

@@ -7,10 +7,15 @@ back for a grace period.
 
 With a ``stall_timeout``, it also watches the training loop: a trial that finished no epoch
 (:meth:`HeartbeatThread.progressed`) for that long is handed to ``on_stall`` instead of being
-kept alive: its process lives, but its training is hung."""
+kept alive: its process lives, but its training is hung.
+
+Each beat also checks the worker in (``me``) and reads the study's controls (:mod:`._controls`:
+stop, pause, stop a trial), handed to ``on_controls``: a worker obeys them within one
+heartbeat, mid-trial too."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,6 +24,7 @@ from collections.abc import Callable
 import optuna
 
 from tuner.storage._budget import Budget
+from tuner.storage._controls import Controls, WorkerRow, check_in
 from tuner.storage._lease import Lease
 from tuner.storage._outage import Patience
 from tuner.storage._trials import engine_of, fail_stale_trials, record_heartbeat
@@ -29,7 +35,9 @@ log = logging.getLogger("tuner")
 class HeartbeatThread(threading.Thread):
     def __init__(self, study: optuna.Study, interval: float, patience: Patience | None = None,
                  lease: Lease | None = None, stall_timeout: float | None = None,
-                 on_stall: Callable[[optuna.Trial, float], None] | None = None):
+                 on_stall: Callable[[optuna.Trial, float], None] | None = None,
+                 on_controls: Callable[[Controls], None] | None = None,
+                 me: WorkerRow | None = None):
         super().__init__(name="tuner-heartbeat", daemon=True)
         self.study, self.interval = study, interval
         self.patience = patience or Patience(float("inf"), 0)
@@ -40,6 +48,7 @@ class HeartbeatThread(threading.Thread):
         self.halt = threading.Event()
         self.stall_timeout, self.on_stall = stall_timeout, on_stall
         self.last_progress = time.monotonic()
+        self.on_controls, self.me = on_controls, me
 
     def progressed(self) -> None:
         """The running trial started or finished an epoch."""
@@ -49,6 +58,13 @@ class HeartbeatThread(threading.Thread):
         while not self.halt.wait(self.interval if self.patience.down_since is None
                                  else min(1.0, self.interval)):
             try:
+                if self.on_controls is not None and self.me is not None:
+                    me = dataclasses.replace(self.me, trial=None if self.trial is None
+                                             else self.trial.number)
+                    ok, c = self.patience.attempt(
+                        lambda me=me: check_in(engine_of(self.study), self.study.study_name, me))
+                    if ok:
+                        self.on_controls(c)
                 if (trial := self.trial) is not None:
                     quiet = time.monotonic() - self.last_progress
                     if self.stall_timeout is not None and quiet > self.stall_timeout:

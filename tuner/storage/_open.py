@@ -58,7 +58,12 @@ def _check_pool_mode(url: str, parsed: URL) -> None:
 
 
 def normalize_url(url: str) -> URL:
-    """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL)."""
+    """Parse a storage URL, choosing the drivers tuner ships (psycopg, PyMySQL). Only the
+    text is checked here (nothing is opened): scheme, port, database name, no control
+    characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise StorageError(f"storage URL {url!r} holds a control character (a newline?); "
+                           f"give it on one line, {EXAMPLES}")
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError) as e:
@@ -77,6 +82,15 @@ def normalize_url(url: str) -> URL:
     elif backend not in ("sqlite", "postgresql", "mysql", "mariadb"):
         raise StorageError(
             f"unsupported storage {backend!r}; use SQLite, PostgreSQL or MySQL, {EXAMPLES}")
+    if backend != "sqlite" and parsed.port is not None and not 0 < parsed.port < 65536:
+        raise StorageError(f"port {parsed.port} of {display_url(url)} is not a TCP port; give "
+                           f"1 to 65535, {EXAMPLES}")
+    if backend != "sqlite" and not parsed.database:
+        raise StorageError(f"{display_url(url)} names no database; add its name after the host, "
+                           f"{EXAMPLES}")
+    if backend == "sqlite" and parsed.query:
+        raise StorageError(f"{display_url(url)}: SQLite URLs take no ?options (tuner sets its "
+                           "own); drop everything from the '?'")
     if backend == "sqlite":
         db = parsed.database
         if not db or db == ":memory:":
@@ -150,6 +164,7 @@ def _create_schema(url: URL) -> None:
     pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
     from tuner.storage import _asha as asha
     from tuner.storage import _budget as budget
+    from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
     from tuner.storage._trials import create_schema
 
@@ -171,6 +186,7 @@ def _create_schema(url: URL) -> None:
                 budget.create_table(conn)
                 lease.create_table(conn)
                 asha.create_table(conn)
+                controls.create_table(conn)
             finally:
                 if backend not in ("sqlite", "postgresql"):
                     conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('tuner_schema')"))

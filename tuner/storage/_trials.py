@@ -96,6 +96,16 @@ def state(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> TrialState:
     return study._storage.get_trial(trial._trial_id).state
 
 
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
+    """Trial ``number`` of the study (one read, not the whole study), or None."""
+    try:
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                           number)
+    except KeyError:
+        return None
+    return study._storage.get_trial(trial_id)
+
+
 def _beat(trial_id: int) -> sqlalchemy.Insert:
     """A trial's first heartbeat row (later beats update it: :func:`record_heartbeat`)."""
     from optuna.storages._rdb import models
@@ -367,6 +377,8 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
             rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id,
                                                "fail_reason", reason)
         row.state, row.datetime_complete = TrialState.FAIL, datetime.now()
+        if crashed and _can_upsert(rdb.engine.name):  # for optuna-dashboard's trial table
+            session.execute(_state_rows(rdb, [(trial_id, "lost")]))
         if template is None:
             session.execute(budget.release_statement())
         else:
@@ -578,6 +590,55 @@ def should_prune_many(trials: Sequence[optuna.Trial]) -> list[bool]:
         raise NotImplementedError("should_prune_many is for single-objective studies")
     view = _OneRead(study)
     return [bool(study.pruner.prune(view, t._get_latest_trial())) for t in trials]
+
+
+def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str]]) -> Any:
+    from optuna.storages._rdb import models
+
+    from tuner.storage._controls import STATE_ATTR
+
+    return _upsert(rdb.engine.name, models.TrialUserAttributeModel.__table__, [
+        {"trial_id": tid, "key": STATE_ATTR, "value_json": json.dumps(state)}
+        for tid, state in states])
+
+
+TRAIN_LOSS_ATTR = "tuner.train_loss"  # system attr: a trial's mean train loss per epoch
+
+
+def set_system_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Set system attrs of a trial in one statement: what tuner keeps on a trial that
+    optuna-dashboard should not lay out in its user-attrs table (a long list widens the
+    trial's page)."""
+    rdb = _rdb(trial.storage)
+    if rdb is None or not _can_upsert(rdb.engine.name):
+        for k, v in attrs.items():
+            trial.storage.set_trial_system_attr(trial._trial_id, k, v)
+        return
+    from optuna.storages._rdb import models
+
+    with rdb.engine.begin() as conn:
+        conn.execute(_upsert(rdb.engine.name, models.TrialSystemAttributeModel.__table__, [
+            {"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
+            for k, v in attrs.items()]))
+
+
+def train_losses(t: FrozenTrial) -> list[float | None] | None:
+    """A trial's mean train loss per epoch, if its loop reported one (studies of an older
+    tuner kept the list in the ``train_loss`` user attr)."""
+    curve = t.system_attrs.get(TRAIN_LOSS_ATTR)
+    if curve is None and isinstance(old := t.user_attrs.get("train_loss"), list):
+        return old
+    return curve
+
+
+def mark_state(study: optuna.Study, trial: FrozenTrial, state: str) -> None:
+    """Set a trial's ``tuner_state`` user attr, finished or not (a paused trial promoted
+    later): Optuna's own ``set_user_attr`` refuses finished trials."""
+    rdb = _rdb(study._storage)
+    if rdb is None or not _can_upsert(rdb.engine.name):
+        return
+    with rdb.engine.begin() as conn:
+        conn.execute(_state_rows(rdb, [(trial._trial_id, state)]))
 
 
 def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:

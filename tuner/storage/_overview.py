@@ -1,0 +1,310 @@
+"""What the console shows, read with a few aggregate queries straight from the tables, so a
+study of 10,000 trials loads as fast as one of ten (Optuna's ``get_all_trials`` builds every
+trial with its attrs: seconds, at that size).
+
+    studies_overview(engine)           one row per study: counts, best, budget, controls,
+                                       workers, last activity
+    study_overview(engine, name)       one study: the row above and its running trials with
+                                       their curves, workers, rungs, PBT, fused, failures
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
+
+from tuner.storage._asha import PAUSED_ATTR, PROMOTION_OF_ATTR, RETIRED, promotions
+from tuner.storage._budget import BudgetState, budgets
+from tuner.storage._controls import Controls, WorkerRow, controls, trial_stops, workers
+from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR
+
+_T = models.TrialModel.__table__
+_V = models.TrialValueModel.__table__
+_IV = models.TrialIntermediateValueModel.__table__
+_UA = models.TrialUserAttributeModel.__table__
+_HB = models.TrialHeartbeatModel.__table__
+_S = models.StudyModel.__table__
+_SD = models.StudyDirectionModel.__table__
+_SUA = models.StudyUserAttributeModel.__table__
+_SSA = models.StudySystemAttributeModel.__table__
+
+SPEC_KEY = "tuner.spec"  # tuner.study.SPEC_ATTR: the study file, stored in the study
+RECENT_WORKERS_S = 600  # workers silent longer than this are no longer listed
+
+
+@dataclass
+class StudyRow:
+    study_id: int
+    name: str
+    directions: list[str]
+    counts: dict[str, int]  # Optuna's states, plus PAUSED (ASHA/PBT segments) taken out of PRUNED
+    best: float | None  # the first objective's best complete value
+    best_trial: int | None
+    front: int | None  # multi-objective: the Pareto front's size
+    first_start: dt.datetime | None
+    last_activity: dt.datetime | None
+    mean_duration_s: float | None
+    budget: BudgetState | None
+    controls: Controls
+    workers: list[WorkerRow]
+    spec: dict[str, Any] | None  # the stored study file (None: not a tuner study)
+    db_now: float = field(default_factory=time.time)
+
+
+@dataclass
+class RunningTrial:
+    number: int
+    started: dt.datetime | None
+    worker: dict[str, Any]
+    heartbeat_age_s: float | None
+    curve: list[tuple[int, float]]
+    fused: int | None
+    stop_asked: bool
+
+
+@dataclass
+class StudyDetail:
+    row: StudyRow
+    running: list[RunningTrial]
+    rungs: list[dict[str, Any]]  # ASHA: epoch, paused, promoted, retired
+    pbt: list[dict[str, Any]]  # PBT: trial, member, epoch, donor, donor_trial, changes
+    failures: list[dict[str, Any]]  # the latest failed trials and why
+    fused_trials: int
+
+
+def _counts(conn: sa.Connection, study_id: int | None = None) -> dict[int, dict[str, int]]:
+    q = sa.select(_T.c.study_id, _T.c.state, sa.func.count()).group_by(_T.c.study_id, _T.c.state)
+    if study_id is not None:
+        q = q.where(_T.c.study_id == study_id)
+    out: dict[int, dict[str, int]] = {}
+    for sid, state, n in conn.execute(q):
+        name = state.name if isinstance(state, TrialState) else str(state)
+        out.setdefault(sid, {})[name] = n
+    # ASHA rung segments and PBT generations are PRUNED with a paused_at attr: not pruned
+    paused = (sa.select(_T.c.study_id, sa.func.count())
+              .join(_UA, _UA.c.trial_id == _T.c.trial_id)
+              .where(_UA.c.key == PAUSED_ATTR).where(_T.c.state == TrialState.PRUNED)
+              .group_by(_T.c.study_id))
+    if study_id is not None:
+        paused = paused.where(_T.c.study_id == study_id)
+    for sid, n in conn.execute(paused):
+        c = out.setdefault(sid, {})
+        c["PRUNED"] = c.get("PRUNED", 0) - n
+        c["PAUSED"] = n
+    return out
+
+
+def _times(conn: sa.Connection, study_id: int | None = None) -> dict[int, tuple[Any, ...]]:
+    """first start, last activity, mean duration of finished trials (s), by study."""
+    q = sa.select(_T.c.study_id, sa.func.min(_T.c.datetime_start), sa.func.max(_T.c.datetime_start),
+                  sa.func.max(_T.c.datetime_complete)).group_by(_T.c.study_id)
+    if study_id is not None:
+        q = q.where(_T.c.study_id == study_id)
+    out = {sid: (first, max((x for x in (a, b) if x is not None), default=None), None)
+           for sid, first, a, b in conn.execute(q)}
+    # the mean duration from the latest 200 finished trials of each study (recent speed)
+    done = (sa.select(_T.c.study_id, _T.c.datetime_start, _T.c.datetime_complete)
+            .where(_T.c.state.in_([TrialState.COMPLETE, TrialState.PRUNED]))
+            .where(_T.c.datetime_start.is_not(None)).where(_T.c.datetime_complete.is_not(None)))
+    if study_id is not None:
+        done = done.where(_T.c.study_id == study_id).order_by(_T.c.trial_id.desc()).limit(200)
+    spans: dict[int, list[float]] = {}
+    for sid, a, b in conn.execute(done):
+        spans.setdefault(sid, []).append((b - a).total_seconds())
+    for sid, s in spans.items():
+        if sid in out:
+            out[sid] = (*out[sid][:2], sum(s) / len(s))
+    return out
+
+
+def _best(conn: sa.Connection, study_id: int, directions: list[str]
+          ) -> tuple[float | None, int | None, int | None]:
+    """(best value, its trial, Pareto front size) among complete trials."""
+    complete = (sa.select(_T.c.number, _V.c.objective, _V.c.value)
+                .join(_V, _V.c.trial_id == _T.c.trial_id)
+                .where(_T.c.study_id == study_id).where(_T.c.state == TrialState.COMPLETE))
+    if len(directions) == 1:
+        order = _V.c.value.desc() if directions[0] == "maximize" else _V.c.value.asc()
+        row = conn.execute(complete.where(_V.c.value.is_not(None)).order_by(order)
+                           .limit(1)).first()
+        return (None, None, None) if row is None else (row[2], row[0], None)
+    values: dict[int, list[float]] = {}
+    for number, objective, value in conn.execute(complete):
+        values.setdefault(number, [0.0] * len(directions))[objective] = value
+    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    points = sorted((tuple(s * v for s, v in zip(signs, vs, strict=True)), n)
+                    for n, vs in values.items())
+    front: list[tuple[float, ...]] = []
+    for p, _ in points:  # sorted: a point is dominated only by one before it
+        if not any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for q in front):
+            front.append(p)
+    return None, None, len(front)
+
+
+def _budget_row(conn: sa.Connection, name: str) -> BudgetState | None:
+    c = budgets.c
+    row = conn.execute(sa.select(c.target, c.taken, c.deadline, c.seconds_target,
+                                 c.seconds_spent, c.stopped).where(c.study_name == name)).first()
+    return None if row is None else BudgetState(row[0], row[1], row[2], row[3], row[4] or 0.0,
+                                                row[5])
+
+
+def _controls_row(conn: sa.Connection, name: str) -> Controls:
+    row = conn.execute(sa.select(controls.c.paused, controls.c.stop)
+                       .where(controls.c.study_name == name)).first()
+    asked = conn.execute(sa.select(trial_stops.c.trial)
+                         .where(trial_stops.c.study_name == name)).scalars().all()
+    return Controls(bool(row[0]) if row else False, row[1] if row else None, frozenset(asked))
+
+
+def _workers(conn: sa.Connection, name: str, now: float) -> list[WorkerRow]:
+    c = workers.c
+    rows = conn.execute(sa.select(c.worker, c.host, c.pid, c.device, c.trial, c.seen)
+                        .where(c.study_name == name).where(c.seen >= now - RECENT_WORKERS_S)
+                        .order_by(c.host, c.pid)).all()
+    return [WorkerRow(*r) for r in rows]
+
+
+def _row(conn: sa.Connection, study_id: int, name: str, counts: dict[str, int],
+         times: tuple[Any, ...], now: float) -> StudyRow:
+    directions = [d.name.lower() if hasattr(d, "name") else str(d).lower() for d in
+                  conn.execute(sa.select(_SD.c.direction).where(_SD.c.study_id == study_id)
+                               .order_by(_SD.c.objective)).scalars()]
+    spec_json = conn.execute(sa.select(_SUA.c.value_json).where(_SUA.c.study_id == study_id)
+                             .where(_SUA.c.key == SPEC_KEY)).scalar()
+    spec = None
+    if spec_json is not None:
+        spec = json.loads(spec_json)
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+        names = conn.execute(sa.select(_SSA.c.value_json).where(_SSA.c.study_id == study_id)
+                             .where(_SSA.c.key == "study:metric_names")).scalar()
+        if names is not None:  # the metric named from the data's labels (no metric: given)
+            spec["metric_names"] = json.loads(names)
+    best, best_trial, front = _best(conn, study_id, directions)
+    return StudyRow(study_id, name, directions, counts, best, best_trial, front,
+                    times[0], times[1], times[2], _budget_row(conn, name),
+                    _controls_row(conn, name), _workers(conn, name, now), spec, now)
+
+
+def studies_overview(engine: sa.Engine) -> list[StudyRow]:
+    """Every study, in name order."""
+    now = time.time()
+    with engine.connect() as conn:
+        studies = conn.execute(sa.select(_S.c.study_id, _S.c.study_name)
+                               .order_by(_S.c.study_name)).all()
+        counts, times = _counts(conn), _times(conn)
+        return [_row(conn, sid, name, counts.get(sid, {}), times.get(sid, (None, None, None)),
+                     now) for sid, name in studies]
+
+
+def study_overview(engine: sa.Engine, name: str, failures: int = 10) -> StudyDetail | None:
+    """One study in detail (None: no study of that name)."""
+    now = time.time()
+    with engine.connect() as conn:
+        sid = conn.execute(sa.select(_S.c.study_id).where(_S.c.study_name == name)).scalar()
+        if sid is None:
+            return None
+        row = _row(conn, sid, name, _counts(conn, sid).get(sid, {}),
+                   _times(conn, sid).get(sid, (None, None, None)), now)
+        return StudyDetail(row, _running(conn, sid, row.controls), _rungs(conn, sid, name),
+                           _pbt(conn, sid), _failures(conn, sid, failures), _fused(conn, sid))
+
+
+def _attrs(conn: sa.Connection, trial_ids: list[int], keys: tuple[str, ...]
+           ) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    if not trial_ids:
+        return out
+    for tid, key, value in conn.execute(
+            sa.select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json)
+            .where(_UA.c.trial_id.in_(trial_ids)).where(_UA.c.key.in_(keys))):
+        out.setdefault(tid, {})[key] = json.loads(value)
+    return out
+
+
+def _running(conn: sa.Connection, study_id: int, ctl: Controls) -> list[RunningTrial]:
+    rows = conn.execute(sa.select(_T.c.trial_id, _T.c.number, _T.c.datetime_start)
+                        .where(_T.c.study_id == study_id)
+                        .where(_T.c.state == TrialState.RUNNING).order_by(_T.c.number)).all()
+    ids = [r[0] for r in rows]
+    if not ids:
+        return []
+    db_now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+    beats = {tid: (db_now - hb.replace(tzinfo=None)).total_seconds() for tid, hb in
+             conn.execute(sa.select(_HB.c.trial_id, _HB.c.heartbeat)
+                          .where(_HB.c.trial_id.in_(ids)))}
+    curves: dict[int, list[tuple[int, float]]] = {}
+    for tid, step, value in conn.execute(
+            sa.select(_IV.c.trial_id, _IV.c.step, _IV.c.intermediate_value)
+            .where(_IV.c.trial_id.in_(ids)).order_by(_IV.c.trial_id, _IV.c.step)):
+        if value is not None:
+            curves.setdefault(tid, []).append((int(step), float(value)))
+    attrs = _attrs(conn, ids, ("worker", "fused"))
+    return [RunningTrial(n, start, attrs.get(tid, {}).get("worker") or {},
+                         max(0.0, beats[tid]) if tid in beats else None, curves.get(tid, []),
+                         attrs.get(tid, {}).get("fused"), n in ctl.stop_trials)
+            for tid, n, start in rows]
+
+
+def _rungs(conn: sa.Connection, study_id: int, name: str) -> list[dict[str, Any]]:
+    paused: dict[int, int] = {}
+    for value, n in conn.execute(
+            sa.select(_UA.c.value_json, sa.func.count()).join(_T, _T.c.trial_id == _UA.c.trial_id)
+            .where(_T.c.study_id == study_id).where(_UA.c.key == PAUSED_ATTR)
+            .group_by(_UA.c.value_json)):
+        paused[int(json.loads(value))] = n
+    if not paused:
+        return []
+    p = promotions.c
+    decided: dict[int, list[int]] = {}
+    for rung, trial in conn.execute(sa.select(p.rung, p.trial).where(p.study_name == name)):
+        decided.setdefault(int(rung), []).append(trial)
+    promoted_rows = conn.execute(
+        sa.select(sa.func.count()).select_from(_UA).join(_T, _T.c.trial_id == _UA.c.trial_id)
+        .where(_T.c.study_id == study_id).where(_UA.c.key == PROMOTION_OF_ATTR)).scalar_one()
+    out = []
+    for epoch in sorted(paused):
+        rows = decided.get(epoch, [])
+        out.append({"epoch": epoch, "paused": paused[epoch],
+                    "promoted": sum(1 for t in rows if t != RETIRED),
+                    "retired": sum(1 for t in rows if t == RETIRED)})
+    if out and not decided:  # PBT pauses too (its generations), with no promotion rows
+        out[0]["continuations"] = promoted_rows
+    return out
+
+
+def _pbt(conn: sa.Connection, study_id: int, limit: int = 300) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.select(_T.c.trial_id, _T.c.number, _UA.c.value_json)
+        .join(_UA, _UA.c.trial_id == _T.c.trial_id).where(_T.c.study_id == study_id)
+        .where(_UA.c.key == PBT_ATTR).order_by(_T.c.number.desc()).limit(limit)).all()
+    lineage = _attrs(conn, [r[0] for r in rows], (LINEAGE_ATTR,))
+    out = []
+    for tid, number, value in reversed(rows):
+        rec = json.loads(value) or {}
+        out.append({"trial": number, "member": lineage.get(tid, {}).get(LINEAGE_ATTR),
+                    "epoch": rec.get("epoch"), "donor": rec.get("donor"),
+                    "donor_trial": rec.get("donor_trial"), "changes": rec.get("changes") or {}})
+    return out
+
+
+def _failures(conn: sa.Connection, study_id: int, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(sa.select(_T.c.trial_id, _T.c.number, _T.c.datetime_complete)
+                        .where(_T.c.study_id == study_id).where(_T.c.state == TrialState.FAIL)
+                        .order_by(_T.c.number.desc()).limit(limit)).all()
+    attrs = _attrs(conn, [r[0] for r in rows], ("fail_reason", "tuner_state"))
+    return [{"trial": n, "at": at, "reason": attrs.get(tid, {}).get("fail_reason"),
+             "state": attrs.get(tid, {}).get("tuner_state")} for tid, n, at in rows]
+
+
+def _fused(conn: sa.Connection, study_id: int) -> int:
+    return conn.execute(
+        sa.select(sa.func.count()).select_from(_UA).join(_T, _T.c.trial_id == _UA.c.trial_id)
+        .where(_T.c.study_id == study_id).where(_UA.c.key == "fused")).scalar_one()
