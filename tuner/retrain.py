@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import storage
+from tuner import schedules, storage
 from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.gate import inside_folder, writable_folder
 from tuner.settings import Settings
@@ -132,8 +132,8 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     seed = int(t.user_attrs.get("seed", spec.seed + storage.lineage(t)))
     params = trial_params(spec, t)
     segments: list[tuple[int, dict[str, Any]]] = []
-    if spec.scheduler is not None:  # PBT: replay the schedule of the member's weights
-        plan = storage.schedule(t)
+    # PBT: replay the schedule of the member's weights
+    if (plan := schedules.of(spec).segments(t)) is not None:
         fixed = {k: p.value for k, p in spec.space.items() if isinstance(p, Fixed)}
         segments = [(int(s["from_epoch"]), {**fixed, **s["params"]}) for s in plan]
         params = segments[0][1]

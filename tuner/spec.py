@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from tuner import data as datasets
-from tuner import models, vocab
+from tuner import models, schedules, vocab
 from tuner.data import uea
 from tuner.errors import SpecError
 from tuner.gate import (
@@ -43,6 +43,8 @@ from tuner.gate import (
 )
 from tuner.kinds import InputKind
 from tuner.registry import Knob, did_you_mean
+from tuner.schedules import PrunerSpec
+from tuner.schedules.pbt import SchedulerSpec
 from tuner.usercode import is_import_path
 
 Scalar = str | int | float | bool
@@ -148,40 +150,6 @@ class SamplerSpec(_Frozen):
     # its population, each generation's size)
     n_startup_trials: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     multivariate: bool = True
-
-
-class PrunerSpec(_Frozen):
-    # asha: a trial pauses at each rung (min_epochs * reduction_factor^k epochs) and goes on
-    # only when promoted (tuner.storage._asha)
-    name: Literal["median", "successive_halving", "hyperband", "asha", "none"] = "median"
-    # trials that always run to the end before the median pruner judges others
-    n_startup_trials: int = Field(default=5, ge=0, le=MAX_COUNT)
-    # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
-    min_epochs: int = Field(default=1, ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
-
-
-# continuous training hyperparameters PBT perturbs when the study file names none
-PBT_DEFAULT_PERTURB = ("lr", "weight_decay", "dropout", "momentum")
-# hyperparameters of tuner's loop and models whose change keeps the weights usable
-PBT_PERTURBABLE = frozenset({*PBT_DEFAULT_PERTURB, "l1", "label_smoothing", "gamma", "clip_norm",
-                             "backbone_lr_scale"})
-
-
-class SchedulerSpec(_Frozen):
-    """Population-based training (Jaderberg et al. 2017): ``population`` members train side
-    by side; every ``interval`` epochs the bottom ``quantile`` take the weights, optimizer
-    state and hyperparameters of a top-quantile member (exploit) and perturb the
-    hyperparameters named in ``perturb`` by x0.8 or x1.2, or resample them from their range
-    with ``resample_probability`` (explore). See :mod:`tuner.storage._pbt`."""
-
-    name: Literal["pbt"] = "pbt"
-    population: int = Field(default=8, ge=2, le=10_000)
-    interval: int = Field(default=2, ge=1)
-    quantile: float = Field(default=0.25, gt=0, le=0.5)
-    resample_probability: float = Field(default=0.25, ge=0, le=1)
-    # the hyperparameters to perturb [default: those of PBT_DEFAULT_PERTURB the space searches]
-    perturb: list[str] | None = Field(default=None, min_length=1)
 
 
 class StopSpec(_Frozen):
@@ -314,21 +282,11 @@ class StudySpec(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _pbt_defaults(cls, raw: Any) -> Any:
-        """With PBT the population is the trial budget and nothing is pruned, unless the file
-        says otherwise (then :meth:`_check_pbt` names the conflict)."""
-        if not isinstance(raw, dict) or raw.get("scheduler") is None:
-            return raw
-        sched = raw["scheduler"]
-        if isinstance(sched, str):
-            sched = {"name": sched}
-        if not isinstance(sched, dict):
-            raise ValueError("scheduler: give a mapping, e.g. scheduler: {name: pbt, population: 8}")
-        raw = {**raw, "scheduler": sched}
-        if "trials" not in raw and isinstance(sched.get("population", 8), int):
-            raw["trials"] = sched.get("population", 8)
-        raw.setdefault("pruner", "none")
-        return raw
+    def _schedule_defaults(cls, raw: Any) -> Any:
+        """A schedule's defaults for other keys (PBT: the population is the trial budget and
+        nothing is pruned), unless the file says otherwise (then its check names the
+        conflict)."""
+        return schedules.defaults(raw) if isinstance(raw, dict) else raw
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -429,8 +387,7 @@ class StudySpec(_Frozen):
         if self.sampler.name == "cmaes" and self.multi_objective:
             raise ValueError("sampler: cmaes optimizes one objective; use tpe, nsga2, gp, random "
                              "or qmc with several objectives")
-        self._check_asha()
-        self._check_pbt()
+        schedules.of(self).check()
         self.check_fuse(self.fuse)
         return self
 
@@ -451,10 +408,8 @@ class StudySpec(_Frozen):
             return f"model: {self.model}; fusion stacks the mlp family only (use fuse: off)"
         if self.kfold:
             return "k-fold validation trains folds one by one; use a validation fraction"
-        if self.pruner.name == "asha":
-            return "asha pauses trials one by one; use pruner: median or none"
-        if self.scheduler is not None:
-            return "scheduler: pbt pauses and exploits members one by one; use fuse: off"
+        if why := schedules.of(self).fuse_blocker():
+            return why
         if self.multi_objective:
             return "several objectives; fusion judges one learning curve per member"
         if self.compile:
@@ -476,77 +431,6 @@ class StudySpec(_Frozen):
                     return (f"space.{name}: {p.value} is not supported by the fused loop; use "
                             f"one of {', '.join(map(str, allowed))} or fuse: off")
         return None
-
-    def _check_pbt(self) -> None:
-        s = self.scheduler
-        if s is None:
-            return
-        if s.interval >= self.epochs:
-            raise ValueError(f"scheduler: pbt's interval ({s.interval}) must be below epochs "
-                             f"({self.epochs}), or no member ever exploits another")
-        if self.trials != s.population:
-            raise ValueError(f"scheduler: pbt's population ({s.population}) is the study's trials "
-                             f"({self.trials}); make them equal, or remove trials:")
-        if self.pruner.name != "none":
-            raise ValueError(f"scheduler: pbt replaces the pruner (bottom members take over top "
-                             f"ones' weights); remove pruner: {self.pruner.name}")
-        if not self.checkpoint:
-            raise ValueError("scheduler: pbt continues members from their checkpoints; set "
-                             "checkpoint: true")
-        if self.kfold:
-            raise ValueError("scheduler: pbt exploits at epochs, and a k-fold study reports "
-                             "folds; use a validation fraction")
-        if self.multi_objective:
-            raise ValueError("scheduler: pbt ranks members by one learning curve; use it with "
-                             "one objective")
-        self.pbt_perturb()
-
-    def pbt_perturb(self) -> list[str]:
-        """The hyperparameters PBT perturbs: the file's ``perturb:``, or the continuous ones
-        of :data:`PBT_DEFAULT_PERTURB` that the space searches. Raises for one that cannot be."""
-        s = self.scheduler
-        if s is None:
-            return []
-        searched = {k for k, p in self.space.items() if not isinstance(p, Fixed)}
-        if s.perturb is None:
-            out = [k for k in PBT_DEFAULT_PERTURB if k in searched
-                   and isinstance(self.space[k], FloatParam | IntParam)]
-            if not out:
-                raise ValueError("scheduler: pbt has nothing to perturb: search one of "
-                                 f"{', '.join(PBT_DEFAULT_PERTURB)} in space, or list "
-                                 "scheduler.perturb")
-            return out
-        family = models.get(self.model).knobs if self.model in models.names() else {}
-        for name in s.perturb:
-            p = self.space.get(name)
-            changes_shape = (name in family and name not in PBT_PERTURBABLE) or (
-                name in vocab.TRAINING_KNOBS and name not in PBT_PERTURBABLE)
-            if changes_shape or isinstance(p, CategoricalParam):
-                raise ValueError(
-                    f"scheduler.perturb: {name} cannot be perturbed because it changes the "
-                    "architecture or the training setup (a member takes over another's weights "
-                    "and optimizer state, which must still fit); perturb continuous "
-                    f"hyperparameters such as {', '.join(PBT_DEFAULT_PERTURB)}")
-            if p is None or isinstance(p, Fixed):
-                raise ValueError(f"scheduler.perturb: {name} is not searched; add it to space as "
-                                 "a float range, or remove it from perturb")
-        return list(s.perturb)
-
-    def _check_asha(self) -> None:
-        p = self.pruner
-        if p.name != "asha":
-            return
-        if p.min_epochs >= self.epochs:
-            raise ValueError(f"pruner: asha's min_epochs ({p.min_epochs}) must be below epochs "
-                             f"({self.epochs}); lower min_epochs or raise epochs")
-        if not self.checkpoint:
-            raise ValueError("pruner: asha resumes paused trials from their checkpoints; "
-                             "set checkpoint: true")
-        if self.kfold:
-            raise ValueError("pruner: asha pauses at epochs, and a k-fold study reports folds; "
-                             "use median or none with k-fold validation")
-        if self.multi_objective:
-            raise ValueError("pruner: asha ranks one learning curve; use it with one objective")
 
     def _check_objectives(self) -> None:
         known = [*vocab.METRICS, *vocab.SECONDARY_METRICS]
