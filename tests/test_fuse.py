@@ -516,7 +516,10 @@ def test_a_fused_groups_repeats_are_found_from_one_read_of_the_study(tmp_path: P
     result = api.run(raw, storage=f"sqlite:///{tmp_path / 'r.db'}", device="cpu",
                      checkpoint_dir=str(tmp_path / "ckpt"))
     trials = result.study.trials
-    assert result.counts == {"COMPLETE": 8}
+    # a one-point space: the first group trains it (4 members), the second group's members
+    # are genuine repeats, which the views count as REPEAT (tuner.status.trial_state)
+    assert result.counts == {"COMPLETE": 4, "REPEAT": 4}
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     first, second = trials[:4], trials[4:]
     assert all("repeat_of" not in t.user_attrs and t.user_attrs["fused"] == 4 for t in first)
     assert all(t.user_attrs["repeat_of"] in {0, 1, 2, 3} and "fused" not in t.user_attrs
