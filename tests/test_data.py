@@ -125,6 +125,19 @@ def test_sklearn_datasets(name: str, sizes: tuple[int, int, int], features: int,
     assert torch.equal(other.test.x, b.test.x)
 
 
+def test_moons_are_scikit_learns_numbers_without_importing_it() -> None:
+    """moons is generated in numpy (a worker process skips importing scikit-learn): the
+    same samples, labels and order as make_moons with the same seed and noise."""
+    import sklearn.datasets
+
+    from tuner.data.sklearn_sets import _moons
+
+    for n, noise, seed in ((2500, 0.25, 0), (7, 0.1, 3)):
+        x, y = _moons(n, noise, seed)
+        want_x, want_y = sklearn.datasets.make_moons(n_samples=n, noise=noise, random_state=seed)
+        assert np.array_equal(x, want_x) and np.array_equal(y, want_y) and y.dtype == want_y.dtype
+
+
 def test_batches_leave_the_stored_float_data_alone() -> None:
     b = load_builtin("moons", "unused", validation=0.1, seed=0)
     before = b.val.x.clone()

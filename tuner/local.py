@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -114,7 +113,11 @@ def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None =
                     break
                 if poll is not None:
                     poll()
-                time.sleep(1.0)
+                # back as soon as a worker ends, or after a second (the next poll)
+                try:
+                    next(p for p in procs if p.poll() is None).wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
             if poll is not None:
                 poll()
         except KeyboardInterrupt:

@@ -64,6 +64,11 @@ class Summary:
     stopped_because: str
 
 
+# how often a worker with nothing to take looks again while others' trials run: the study
+# ends (or a retry appears) within this, not a whole heartbeat interval later
+IDLE_POLL_S = 1.0
+
+
 class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
                  max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
@@ -113,6 +118,7 @@ class Worker:
         done, failures = 0, 0
         try:
             storage.reap(study, p, lease)  # dead workers' trials first
+            reaped = time.monotonic()
             while True:
                 self._obey(p.call(lambda: storage.check_in(storage.engine_of(study),
                                                             self.handle.name, me)))
@@ -140,8 +146,12 @@ class Worker:
                                     TrialState.RUNNING, TrialState.WAITING))):
                             self.runner.drop_snapshots()  # PBT: no member can exploit any more
                         return Summary(done, why)
-                    self.stop.wait(self.heartbeat.interval)
-                    storage.reap(study, p, lease)
+                    # others' trials run: look again soon (the study may end, or a retry
+                    # wait), and reap at the heartbeat's pace
+                    self.stop.wait(min(IDLE_POLL_S, self.heartbeat.interval))
+                    if time.monotonic() - reaped >= self.heartbeat.interval:
+                        storage.reap(study, p, lease)
+                        reaped = time.monotonic()
                     continue
                 trials = self._group(trial)  # each started with its first heartbeat
                 beat.progressed()
