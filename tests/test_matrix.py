@@ -271,7 +271,9 @@ def test_combination(combo: dict[str, Any], tmp_path: Path) -> None:
     _check_rows(trial_rows(*common), ran + MORE, "stopped early" in output, "resume")
 
     for args in (["best", "combo", *common], ["trials", "combo", *common],
-                 ["report", "combo", "--out", str(tmp_path / "report"), *common],
+                 # the page and its interactive plots; rendering PNGs (tests/test_report.py)
+                 # would be most of a combination's time
+                 ["report", "combo", "--out", str(tmp_path / "report"), "--no-png", *common],
                  ["retrain", "combo", "--out", str(tmp_path / "model"), *common, "--device", "cpu"]):
         code, output = tuner(*args)
         assert code == 0, f"{args[0]}: exit {code}\n{output}"

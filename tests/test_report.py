@@ -121,6 +121,21 @@ def test_report_has_every_plot_as_html_and_png(study: str, tmp_path: Path) -> No
     assert dict(matplotlib.rcParams) == style_before
 
 
+def test_no_png_keeps_every_interactive_plot_and_writes_no_png(study: str,
+                                                                 tmp_path: Path) -> None:
+    """`--no-png`: the same page and table, each plot interactive, no PNG file or link."""
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "digits_small", "--out", str(out), "--no-png",
+                                 "--storage", study])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output and "skipped" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "trials.csv"]
+    page = (out / "report.html").read_text()
+    for sid in PLOTS:
+        assert f'id="{sid}"' in page and f'id="plot-{sid}"' in page
+    assert not re.search(r'href="[^"]*\.png"', page) and 'id="top-trials"' in page
+
+
 def test_report_opens_offline_in_chromium(study: str, tmp_path: Path) -> None:
     chromium()
     out = tmp_path / "rep"

@@ -44,7 +44,8 @@ SLICES_PER_ROW = 6  # more slice panels than this scroll sideways in the page
 
 @dataclass(frozen=True)
 class Section:
-    """One plot of the report: drawn (``png`` set) or skipped (``note`` says why)."""
+    """One plot of the report: drawn (``png`` set unless the PNGs were left out) or skipped
+    (``note`` says why)."""
 
     id: str
     title: str
@@ -66,16 +67,19 @@ class Report:
 
     @property
     def skipped(self) -> dict[str, str]:
-        return {s.id: s.note for s in self.sections if s.png is None}
+        return {s.id: s.note for s in self.sections if s.note}
 
 
 class _Skip(Exception):
     """A plot with nothing to show yet; the message becomes the section's note."""
 
 
-def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Report:
+def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS,
+          png: bool = True) -> Report:
     """Write ``report.html``, ``<plot>.png`` and ``trials.csv`` for the study into
-    ``out_dir`` (created if needed). Raises TunerError when no trial has completed."""
+    ``out_dir`` (created if needed); ``png=False`` leaves the PNGs out (rendering them is
+    most of a report's time; the page's interactive plots stay). Raises TunerError when no
+    trial has completed."""
     study, spec = handle.study, handle.spec
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
@@ -104,14 +108,15 @@ def build(handle: Handle, out_dir: str | Path, *, top: int = TOP_TRIALS) -> Repo
                 sections.append(Section(sid, title, caption, note=str(why)))
                 divs.append("")
                 continue
-            mpl.savefig(folder / f"{sid}.png", dpi=PNG_DPI, bbox_inches="tight")
+            if png:
+                mpl.savefig(folder / f"{sid}.png", dpi=PNG_DPI, bbox_inches="tight")
             plt.close(mpl)
             figure.update_layout(template="plotly_white", title=None,
                                  height=figure.layout.height or 460,
                                  margin={"l": 60, "r": 30, "t": 30, "b": 50})
             divs.append(figure.to_html(full_html=False, include_plotlyjs=False,
                                        div_id=f"plot-{sid}", config={"displaylogo": False}))
-            sections.append(Section(sid, title, caption, png=f"{sid}.png"))
+            sections.append(Section(sid, title, caption, png=f"{sid}.png" if png else None))
     page = folder / "report.html"
     page.write_text(_page(handle, trials, complete, sections, divs, top), encoding="utf-8")
     table = folder / "trials.csv"
@@ -345,9 +350,9 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
     for s, div in zip(sections, divs, strict=True):
         body.append(f'<section id="{s.id}" class="plot"><h2>{e(s.title)}</h2>'
                     f'<p class="caption">{e(s.caption)}</p>')
-        if s.png:
+        if not s.note:
             body.append(f'<div class="figure">{div}</div>'
-                        f'<p><a href="{e(s.png)}">{e(s.png)}</a></p>')
+                        + (f'<p><a href="{e(s.png)}">{e(s.png)}</a></p>' if s.png else ""))
         else:
             body.append(f'<p class="note">skipped: {e(s.note)}</p>')
         body.append("</section>")
