@@ -99,47 +99,77 @@ def optuna_states(trials: list[FrozenTrial], retired: frozenset[int],
 
 def _counts(conn: sa.Connection, classify: Classify, attrs: tuple[str, ...],
             study_id: int | None = None) -> dict[int, dict[str, int]]:
-    """Each study's trials counted by ``classify``, from lean trials read with three queries
-    (not Optuna's ``get_all_trials``, which reads every attr and intermediate value)."""
-    q = sa.select(_T.c.trial_id, _T.c.study_id, _T.c.number, _T.c.state)
-    if study_id is not None:
-        q = q.where(_T.c.study_id == study_id)
-    rows = conn.execute(q).all()
+    """Each study's trials counted by ``classify``. Only the trials it may tell apart from
+    their Optuna state are read, lean: those with a user attr named in ``attrs`` (or paused),
+    with constraints, or running; the others (most of a big study) are counted by state in
+    SQL and classified as one bare trial of that state is (not Optuna's ``get_all_trials``,
+    which reads every attr and intermediate value: seconds at 10,000 trials)."""
+
+    def where(q: sa.Select[Any]) -> sa.Select[Any]:
+        return q if study_id is None else q.where(_T.c.study_id == study_id)
+
+    by_state: dict[int, dict[TrialState, int]] = {}
+    for sid, state, n in conn.execute(where(
+            sa.select(_T.c.study_id, _T.c.state, sa.func.count())
+            .group_by(_T.c.study_id, _T.c.state))):
+        by_state.setdefault(sid, {})[_state(state)] = n
     user: dict[int, dict[str, Any]] = {}
-    ua = (sa.select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json)
-          .join(_T, _T.c.trial_id == _UA.c.trial_id)
-          .where(_UA.c.key.in_({*attrs, PAUSED_ATTR, LINEAGE_ATTR})))
+    for tid, key, value in conn.execute(where(
+            sa.select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json)
+            .join(_T, _T.c.trial_id == _UA.c.trial_id)
+            .where(_UA.c.key.in_({*attrs, PAUSED_ATTR})))):
+        user.setdefault(tid, {})[key] = json.loads(value)
+    # a paused segment's lineage (to match the segments retired at their rung)
+    paused = sa.select(_UA.c.trial_id).where(_UA.c.key == PAUSED_ATTR)
+    for tid, value in conn.execute(where(
+            sa.select(_UA.c.trial_id, _UA.c.value_json).join(_T, _T.c.trial_id == _UA.c.trial_id)
+            .where(_UA.c.key == LINEAGE_ATTR).where(_UA.c.trial_id.in_(paused)))):
+        user.setdefault(tid, {})[LINEAGE_ATTR] = json.loads(value)
     tsa = models.TrialSystemAttributeModel.__table__
-    sa_q = (sa.select(tsa.c.trial_id, tsa.c.key, tsa.c.value_json)
+    system: dict[int, dict[str, Any]] = {}
+    for tid, key, value in conn.execute(where(
+            sa.select(tsa.c.trial_id, tsa.c.key, tsa.c.value_json)
             .join(_T, _T.c.trial_id == tsa.c.trial_id)
             .where(sa.or_(tsa.c.key == _CONSTRAINTS_KEY,
-                          tsa.c.key.like(f"{_CONSTRAINTS_KEY}:%"))))
-    if study_id is not None:
-        ua, sa_q = ua.where(_T.c.study_id == study_id), sa_q.where(_T.c.study_id == study_id)
-    for tid, key, value in conn.execute(ua):
-        user.setdefault(tid, {})[key] = json.loads(value)
-    system: dict[int, dict[str, Any]] = {}
-    for tid, key, value in conn.execute(sa_q):
+                          tsa.c.key.like(f"{_CONSTRAINTS_KEY}:%"))))):
         system.setdefault(tid, {})[key] = json.loads(value)
+    rows = conn.execute(where(sa.select(_T.c.trial_id, _T.c.study_id, _T.c.number, _T.c.state)
+                              .where(_T.c.state == TrialState.RUNNING))).all()
+    ids = sorted({*user, *system} - {r[0] for r in rows})
+    for i in range(0, len(ids), 500):
+        rows += conn.execute(sa.select(_T.c.trial_id, _T.c.study_id, _T.c.number, _T.c.state)
+                             .where(_T.c.trial_id.in_(ids[i:i + 500]))).all()
     ages = _heartbeat_ages(conn, [r[0] for r in rows if _state(r[3]) == TrialState.RUNNING])
-    by_study: dict[int, list[FrozenTrial]] = {}
+    read: dict[int, list[FrozenTrial]] = {}
     age_by: dict[int, dict[int, float]] = {}
     for tid, sid, number, state in rows:
-        t = FrozenTrial(number=number, state=_state(state), value=None, datetime_start=None,
-                        datetime_complete=None, params={}, distributions={},
-                        user_attrs=user.get(tid, {}), system_attrs=system.get(tid, {}),
-                        intermediate_values={}, trial_id=tid)
-        by_study.setdefault(sid, []).append(t)
+        read.setdefault(sid, []).append(_lean(number, _state(state), user.get(tid, {}),
+                                              system.get(tid, {})))
         if tid in ages:
             age_by.setdefault(sid, {})[number] = ages[tid]
     gone = _retired_pairs(conn, study_id)
-    out = {}
-    for sid, trials in by_study.items():
+    out: dict[int, dict[str, int]] = {}
+    for sid, states in by_state.items():
+        trials = read.get(sid, [])
         retired = frozenset(t.number for t in trials if t.state == TrialState.PRUNED
                             and PAUSED_ATTR in t.user_attrs
                             and (sid, lineage(t), int(t.user_attrs[PAUSED_ATTR])) in gone)
-        out[sid] = classify(trials, retired, age_by.get(sid, {}))
+        counts = classify(trials, retired, age_by.get(sid, {}))
+        for t in trials:
+            states[t.state] -= 1
+        for state, n in states.items():  # the bare trials: as one of them is classified
+            for kind in classify([_lean(-1, state, {}, {})], frozenset(), {}) if n else ():
+                counts[kind] = counts.get(kind, 0) + n
+        out[sid] = counts
     return out
+
+
+def _lean(number: int, state: TrialState, user_attrs: dict[str, Any],
+          system_attrs: dict[str, Any]) -> FrozenTrial:
+    return FrozenTrial(number=number, state=state, value=None, datetime_start=None,
+                       datetime_complete=None, params={}, distributions={},
+                       user_attrs=user_attrs, system_attrs=system_attrs,
+                       intermediate_values={}, trial_id=-1)
 
 
 def _state(state: Any) -> TrialState:
@@ -148,6 +178,8 @@ def _state(state: Any) -> TrialState:
 
 def _retired_pairs(conn: sa.Connection, study_id: int | None) -> set[tuple[int, int, int]]:
     """(study id, lineage, rung) of every segment retired at its rung."""
+    if not _has(conn, promotions):
+        return set()
     p = promotions.c
     q = (sa.select(_S.c.study_id, p.lineage, p.rung).join(_S, _S.c.study_name == p.study_name)
          .where(p.trial == RETIRED))
@@ -217,7 +249,18 @@ def _best(conn: sa.Connection, study_id: int, directions: list[str]
     return None, None, len(front)
 
 
+def _has(conn: sa.Connection, table: sa.Table) -> bool:
+    """``table`` (one of tuner's) exists: a database made by plain Optuna or an older tuner,
+    opened by a reader that creates nothing, lacks some (read once per connection)."""
+    present = conn.info.get("tuner_tables")
+    if present is None:
+        present = conn.info["tuner_tables"] = set(sa.inspect(conn).get_table_names())
+    return table.name in present
+
+
 def _budget_row(conn: sa.Connection, name: str) -> BudgetState | None:
+    if not _has(conn, budgets):
+        return None
     c = budgets.c
     row = conn.execute(sa.select(c.target, c.taken, c.deadline, c.seconds_target,
                                  c.seconds_spent, c.stopped).where(c.study_name == name)).first()
@@ -226,6 +269,8 @@ def _budget_row(conn: sa.Connection, name: str) -> BudgetState | None:
 
 
 def _controls_row(conn: sa.Connection, name: str) -> Controls:
+    if not _has(conn, controls):
+        return Controls()
     row = conn.execute(sa.select(controls.c.paused, controls.c.stop)
                        .where(controls.c.study_name == name)).first()
     asked = conn.execute(sa.select(trial_stops.c.trial)
@@ -234,6 +279,8 @@ def _controls_row(conn: sa.Connection, name: str) -> Controls:
 
 
 def _workers(conn: sa.Connection, name: str, now: float) -> list[WorkerRow]:
+    if not _has(conn, workers):
+        return []
     c = workers.c
     rows = conn.execute(sa.select(c.worker, c.host, c.pid, c.device, c.trial, c.seen)
                         .where(c.study_name == name).where(c.seen >= now - RECENT_WORKERS_S)
@@ -268,6 +315,7 @@ def studies_overview(engine: sa.Engine, classify: Classify = optuna_states,
     user attrs named in ``attrs``."""
     now = time.time()
     with engine.connect() as conn:
+        conn.info.pop("tuner_tables", None)  # read afresh: a pooled connection keeps its info
         studies = conn.execute(sa.select(_S.c.study_id, _S.c.study_name)
                                .order_by(_S.c.study_name)).all()
         counts, times = _counts(conn, classify, attrs), _times(conn)
@@ -282,6 +330,7 @@ def study_overview(engine: sa.Engine, name: str, failures: int = 10,
     :func:`studies_overview`."""
     now = time.time()
     with engine.connect() as conn:
+        conn.info.pop("tuner_tables", None)  # read afresh: a pooled connection keeps its info
         sid = conn.execute(sa.select(_S.c.study_id).where(_S.c.study_name == name)).scalar()
         if sid is None:
             return None
@@ -335,8 +384,10 @@ def _rungs(conn: sa.Connection, study_id: int, name: str) -> list[dict[str, Any]
         return []
     p = promotions.c
     decided: dict[int, list[int]] = {}
-    for rung, trial in conn.execute(sa.select(p.rung, p.trial).where(p.study_name == name)):
-        decided.setdefault(int(rung), []).append(trial)
+    if _has(conn, promotions):
+        for rung, trial in conn.execute(sa.select(p.rung, p.trial)
+                                        .where(p.study_name == name)):
+            decided.setdefault(int(rung), []).append(trial)
     promoted_rows = conn.execute(
         sa.select(sa.func.count()).select_from(_UA).join(_T, _T.c.trial_id == _UA.c.trial_id)
         .where(_T.c.study_id == study_id).where(_UA.c.key == PROMOTION_OF_ATTR)).scalar_one()
