@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
 from tuner.storage._retry import LINEAGE_ATTR, lineage
-from tuner.storage._trials import decide, engine_of, mark_state
+from tuner.storage._trials import decide, engine_of
 
 PAUSED_ATTR = "paused_at"  # user attr of a rung segment that paused: its rung's epoch
 PROMOTION_OF_ATTR = "promotion_of"  # user attr of a continuation: the paused trial's number
@@ -148,8 +148,7 @@ def promote(study: optuna.Study, engine: sa.Engine, rung_epochs: list[int], eta:
             user_attrs={LINEAGE_ATTR: lineage(t), PROMOTION_OF_ATTR: t.number},
             intermediate_values=t.intermediate_values,  # the learning curve stays whole
         )
-        if decide(study, promotions, [row], [continuation]):
-            mark_state(study, t, "promoted")
+        if decide(study, promotions, [row], [continuation], promoted=[t]):
             return True
         # else another worker promoted it a moment ago
     return False

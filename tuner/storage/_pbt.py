@@ -172,7 +172,7 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
         g = int(t.user_attrs[PAUSED_ATTR])
         if (GENERATION, g) in decided and (n, g) not in decided and decide(
                 study, promotions, [_row(name, n, g, t.number)],
-                [_continuation(t, t.params, t.distributions, _own(t, g))]):
+                [_continuation(t, t.params, t.distributions, _own(t, g))], promoted=[t]):
             return True
     if not paused or not _full(budget, latest):
         return False
@@ -206,4 +206,5 @@ def advance(study: optuna.Study, engine: sa.Engine, budget: Budget, gens: Sequen
     # worker wins them all (so the late-member rule never races the decision for a member
     # of it), and a decider killed midway leaves the generation undecided, not half-continued
     rows = [_row(name, GENERATION, g, -1), *(_row(name, lineage(t), g, t.number) for t in members)]
-    return decide(study, promotions, rows, continuations)  # False: another worker decided it
+    # False: another worker decided it
+    return decide(study, promotions, rows, continuations, promoted=members)
