@@ -1,12 +1,13 @@
 """Device time to a target validation accuracy: median pruning, successive halving,
-hyperband, ASHA with promotion and PBT, side by side, same space, same trial budget.
+hyperband, ASHA with promotion, asynchronous Hyperband with promotion, PBT and PB2, side by
+side, same space, same trial budget.
 
 Each schedule runs the same study (``--data``'s MLP space, RandomSampler with the run's
 seed, so trial i draws the same configuration under every schedule; same trial budget and
-epochs; PBT's population is the trial budget) through tuner's own worker, one worker in
-this process, SQLite in a temporary folder. The clock starts when the first trial starts
-(data loading is not counted) and stops at the first epoch report, of any trial, that
-reaches each ``--target``: with one worker, device time is wall time. A run stops once it
+epochs; PBT's and PB2's population is the trial budget) through tuner's own worker, one
+worker in this process, SQLite in a temporary folder. The clock starts when the first trial
+starts (data loading is not counted) and stops at the first epoch report, of any trial,
+that reaches each ``--target``: with one worker, device time is wall time. A run stops once it
 reached them all (the rest of its budget is not needed to answer the question), or at
 ``--cap`` seconds, or when its budget is spent ("not reached"); "s run" is where it stopped.
 Run from the repository root:
@@ -66,8 +67,13 @@ def schedules(trials: int, epochs: int) -> dict[str, dict[str, Any]]:
                                           "reduction_factor": 3}},
         "hyperband": {"pruner": {"name": "hyperband", "min_epochs": 1, "reduction_factor": 3}},
         "asha": {"pruner": {"name": "asha", "min_epochs": 1, "reduction_factor": 3}},
+        "async_hyperband": {"pruner": {"name": "async_hyperband", "min_epochs": 1,
+                                       "reduction_factor": 3}},
         "pbt": {"pruner": {"name": "none"},
                 "scheduler": {"name": "pbt", "population": trials,
+                              "interval": max(1, epochs // 3), "quantile": 0.25}},
+        "pb2": {"pruner": {"name": "none"},
+                "scheduler": {"name": "pb2", "population": trials,
                               "interval": max(1, epochs // 3), "quantile": 0.25}},
     }
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
-import numpy as np
-import pytest
+# On parallel workers (pytest-xdist) torch and numpy compute on one thread per process, and so
+# do the worker processes the tests start (they inherit it): the workers share the cores.
+# Set before numpy or torch is imported: they read it once.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def tiny_mnist(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,14 +12,22 @@ when it is unset:
     TUNER_TEST_SLURM          set (to 1) where ``sbatch`` submits to a working Slurm cluster
 
 The URL's database is only used to connect and create ``tuner_test_<random>``.
+
+Tests run in parallel (pytest-xdist), so the servers are shared: a test that stops or
+restarts a server (``@pytest.mark.restarts_servers``) holds them alone, the others share
+them (:func:`servers_held`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -30,6 +38,45 @@ from tuner.storage import normalize_url
 ENV = {"postgresql": "TUNER_TEST_POSTGRES_URL", "mysql": "TUNER_TEST_MYSQL_URL",
        "pgbouncer": "TUNER_TEST_PGBOUNCER_URL"}
 SLURM_ENV = "TUNER_TEST_SLURM"
+
+
+# in the system's temp folder: every pytest process on this machine (xdist workers, another
+# run beside this one) sees the same lock
+LOCK = Path(tempfile.gettempdir()) / "tuner-test-servers.lock"
+_held = [0]  # how many of this process's fixtures hold the lock (they nest)
+
+
+@contextmanager
+def servers_held(exclusive: bool, lock_path: Path = LOCK) -> Iterator[None]:
+    """A reader/writer lock over the test servers, across processes: ``exclusive`` for a test
+    that stops a server, shared for the others. A waiting exclusive holder goes before new
+    shared ones (they pass through ``LOCK.gate`` one at a time, and it holds the gate while
+    it waits), so a restart test is not starved by a stream of server tests."""
+    if _held[0]:
+        _held[0] += 1
+        try:
+            yield
+        finally:
+            _held[0] -= 1
+        return
+    with open(f"{lock_path}.gate", "a") as gate, open(lock_path, "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        _held[0] = 1
+        try:
+            yield
+        finally:
+            _held[0] = 0
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+def _exclusive(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("restarts_servers") is not None
 
 
 def server_url(backend: str) -> str | None:
@@ -62,27 +109,28 @@ def fresh_database(base_url: str) -> Iterator[str]:
         engine.dispose()
 
 
-def _fresh(backend: str) -> Iterator[str]:
+def _fresh(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
     base = server_url(backend)
     if base is None:
         pytest.skip(f"set {ENV[backend]} to run tests on {backend}")
-    yield from fresh_database(base)
+    with servers_held(_exclusive(request)):
+        yield from fresh_database(base)
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a new, empty PostgreSQL database."""
-    yield from _fresh("postgresql")
+    yield from _fresh("postgresql", request)
 
 
 @pytest.fixture
-def mysql_url() -> Iterator[str]:
+def mysql_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a new, empty MySQL/MariaDB database."""
-    yield from _fresh("mysql")
+    yield from _fresh("mysql", request)
 
 
 @pytest.fixture
-def pgbouncer_url() -> Iterator[str]:
+def pgbouncer_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL, through PgBouncer, of a new, empty database made directly on the PostgreSQL
     behind it (PgBouncer cannot run CREATE/DROP DATABASE for a database it is pooling)."""
     bouncer, postgres = server_url("pgbouncer"), server_url("postgresql")
@@ -90,9 +138,10 @@ def pgbouncer_url() -> Iterator[str]:
         pytest.skip(f"set {ENV['pgbouncer']} to run tests through PgBouncer")
     if postgres is None:
         pytest.skip(f"set {ENV['postgresql']} too: {ENV['pgbouncer']}'s databases are made there")
-    for direct in fresh_database(postgres):
-        yield make_url(bouncer).set(database=make_url(direct).database).render_as_string(
-            hide_password=False)
+    with servers_held(_exclusive(request)):
+        for direct in fresh_database(postgres):
+            yield make_url(bouncer).set(database=make_url(direct).database).render_as_string(
+                hide_password=False)
 
 
 @pytest.fixture
@@ -116,4 +165,4 @@ def any_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'tuner.db'}"
     else:
-        yield from _fresh(request.param)
+        yield from _fresh(request.param, request)

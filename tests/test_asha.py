@@ -1,4 +1,4 @@
-"""ASHA with promotion (tuner.storage._asha): trials pause at rungs, keep their checkpoints,
+"""ASHA with promotion (tuner.schedules.asha): trials pause at rungs, keep their checkpoints,
 and are promoted by whichever worker needs work, from the database alone. Real worker
 processes on SQLite; the trainer is tests/tuner_procs.py's (value x + epoch/100, minimized)."""
 
@@ -22,7 +22,10 @@ from tuner_procs import (
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.storage import PAUSED_ATTR, PROMOTION_OF_ATTR, Budget, connect, lineage, rungs
+from tuner.schedules.asha import rungs
+from tuner.spec import parse_spec
+from tuner.storage import PAUSED_ATTR, PROMOTION_OF_ATTR, Budget, connect, engine_of, lineage
+from tuner.study import Handle
 
 pytest_plugins = ["servers"]
 runner = CliRunner()
@@ -108,6 +111,24 @@ def test_workers_pause_promote_and_finish_whole_curves(tmp_path: Path) -> None:
     assert {t.user_attrs["tuner_state"] for t in done} == {"complete"}
 
 
+# rungs at epochs 1 and 3, eta = 3, the lower value the better
+_ASHA = parse_spec({"name": "s", "data": "digits", "epochs": 9, "metric": "loss",
+                    "pruner": {"name": "asha", "min_epochs": 1, "reduction_factor": 3}})
+
+
+def _handle(study) -> Handle:
+    return Handle(study, _ASHA, Budget(engine_of(study), study.study_name))
+
+
+def promote(study, final: bool = False) -> bool:
+    """What a worker does when it asks for work: record the schedule's first decision."""
+    return _handle(study).promote(final)
+
+
+def retire(study) -> list[int]:
+    return _handle(study).retire()
+
+
 def _paused(study, x: float, rung: int = 1) -> None:
     import optuna
 
@@ -124,7 +145,7 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url:
     import optuna
 
     from tuner.status import trial_rows
-    from tuner.storage import claim, promote, retire
+    from tuner.storage import claim
 
     url = any_url
     optuna.create_study(study_name="s", storage=connect(url))
@@ -135,7 +156,7 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url:
 
     def worker() -> None:  # each its own connection, as separate processes would have
         s = optuna.load_study(study_name="s", storage=connect(url))
-        won.append(promote(s, connect(url).engine, [1, 3], 3, False))
+        won.append(promote(s))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -146,15 +167,15 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url:
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.params["x"] for t in waiting) == [0.1, 0.2]
     assert all(t.intermediate_values == {1: t.params["x"]} for t in waiting)
-    assert retire(study, connect(url).engine, [1, 3], 3, False) == []  # continuations wait
+    assert retire(study) == []  # continuations wait
     for t in waiting:  # the continuations run (as a worker would: claim, then tell)
         study.tell(claim(study, t), t.params["x"])
-    retired = retire(study, connect(url).engine, [1, 3], 3, False)
+    retired = retire(study)
     assert sorted(retired) == [0, 2, 3, 4]  # the bottom of the rung: their checkpoints go
     states = {r["number"]: r["state"] for r in trial_rows(study)}
     assert [states[n] for n in range(6)] == ["PRUNED", "PROMOTED", "PRUNED", "PRUNED", "PRUNED",
                                             "PROMOTED"]
-    assert not promote(study, connect(url).engine, [1, 3], 3, False)
+    assert not promote(study)
 
 
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
@@ -169,7 +190,6 @@ def test_a_worker_that_sees_a_promotion_midway_waits_for_it_and_enqueues_nothing
     import optuna
     import sqlalchemy as sa
 
-    from tuner.storage import promote
 
     optuna.create_study(study_name="s", storage=connect(any_url))
     for x in (0.5, 0.1, 0.9):  # rung 1 holds 3: its top third is 0.1
@@ -187,7 +207,7 @@ def test_a_worker_that_sees_a_promotion_midway_waits_for_it_and_enqueues_nothing
         if name == "a":
             sa.event.listen(storage.engine, "after_cursor_execute", hold)
         s = optuna.load_study(study_name="s", storage=storage)
-        won[name] = promote(s, storage.engine, [1, 3], 3, False)
+        won[name] = promote(s)
 
     a = threading.Thread(target=worker, args=("a",))
     a.start()
@@ -208,7 +228,7 @@ def test_a_worker_that_sees_a_promotion_midway_waits_for_it_and_enqueues_nothing
 @pytest.mark.slow
 def test_a_promoted_trial_whose_worker_dies_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     # 1 s epochs: the kill lands mid-epoch (one between a checkpoint and its report would
-    # lose that report: a known gap, see tuner/storage/_asha.py)
+    # lose that report: a known gap, see tuner/schedules/asha.py)
     path = write_study(tmp_path, trials=6, epochs=9, sleep=1.0)
     path.write_text(path.read_text().replace(
         "pruner: none", "pruner: {name: asha, min_epochs: 1, reduction_factor: 3}"))

@@ -94,7 +94,7 @@ def test_packing_spawns_workers(mnist_dir: Path) -> None:
     assert [r[2].strip() for r in rows] == ["2", "2"]
 
 
-@pytest.mark.parametrize("name", ["study", "pruning", "packing", "asha", "schedules"])
+@pytest.mark.parametrize("name", ["study", "pruning", "packing", "asha", "schedules", "text"])
 def test_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _script(name).main(["--help"])
@@ -177,3 +177,21 @@ def test_schedules_runs_a_study_file_under_each_schedule(
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[1] == "1/1"  # reached 0.3
         assert float(cells[2]) >= 0 and float(cells[4]) >= 1  # seconds to it, epochs run
+
+
+def test_text_benchmark_scores_the_classic_baselines(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_text import reviews
+
+    folder = tmp_path / "rt_polarity"
+    folder.mkdir()
+    for name, n, seed in (("train.csv", 200, 0), ("test.csv", 60, 1)):
+        rows = ["text,label"] + [f"{t},{int(lab == 'positive')}" for t, lab in reviews(n, seed)]
+        (folder / name).write_text("\n".join(rows) + "\n")
+    _script("text").main(["--data-dir", str(tmp_path), "--models", "classic", "--seeds", "0",
+                          "--ft-train", "0"])
+    out = capsys.readouterr().out
+    medians = out[out.index("medians over seeds"):]
+    for name in ("tf-idf + logistic regression", "tf-idf + linear SVM"):
+        row = next(line for line in medians.splitlines() if name in line)
+        assert float(row.split("|")[2]) > 0.9, out  # the sentiment word decides the label

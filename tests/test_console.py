@@ -27,6 +27,8 @@ from tuner.dashboard import open_server
 from tuner.storage import Heartbeat, connect, read_controls, study_workers
 
 pytest_plugins = ["servers"]
+# one worker runs the module (pytest-xdist): its module-scoped browser is launched once
+pytestmark = pytest.mark.xdist_group("test_console")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "test-token-0123456789abcdef"
 

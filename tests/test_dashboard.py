@@ -22,7 +22,9 @@ from tuner.dashboard import DashboardServer, is_loopback, open_server
 from tuner.errors import TunerError
 from tuner.storage import connect
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+# one worker runs the module (pytest-xdist): its module-scoped study is made once
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.xdist_group("test_dashboard")]
 runner = CliRunner()
 TOKEN = "dashboard-test-token-0123"
 ROOT = Path(tuner.__file__).resolve().parents[1]

@@ -46,20 +46,6 @@ def check_study(url: str, name: str, budget: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
-def test_four_workers_spend_one_budget_exactly(any_url, tmp_path):
-    study = write_study(tmp_path, trials=24, epochs=2, sleep=0.05)
-    # every worker is given the file: the first creates the study, the others join it
-    procs = [start_worker(str(study), any_url, tmp_path, f"worker{i}", "--worker-index", str(i))
-             for i in range(4)]
-    for i, p in enumerate(procs):
-        assert p.wait(120) == 0, p.output()
-        assert_clean(p.output(), f"worker {i}")
-    check_study(any_url, "toy", 24)
-    assert len({worker_pid(t) for t in trials(any_url, "toy")}) >= 2  # shared, not serial
-
-
-@pytest.mark.slow
 def test_run_with_four_local_workers_on_sqlite(tmp_path):
     study = write_study(tmp_path, trials=5, epochs=2, sleep=0.05)
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
@@ -75,6 +61,8 @@ def test_run_with_four_local_workers_on_sqlite(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
 def test_eight_workers_start_at_once_on_an_empty_database(any_url, tmp_path):
+    """Eight workers, each given the file, start at once: the first creates the study, the
+    others join it, and together they spend one budget exactly."""
     study = write_study(tmp_path, trials=16, epochs=1, sleep=0.01)
     procs = start_together([worker_args(str(study), any_url, tmp_path, "--worker-index", str(i))
                             for i in range(8)], tmp_path)
@@ -82,6 +70,7 @@ def test_eight_workers_start_at_once_on_an_empty_database(any_url, tmp_path):
         assert p.wait(120) == 0, p.output()
         assert_clean(p.output(), f"worker {i}")
     check_study(any_url, "toy", 16)
+    assert len({worker_pid(t) for t in trials(any_url, "toy")}) >= 2  # shared, not serial
     engine = sa.create_engine(normalize_url(any_url), poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())

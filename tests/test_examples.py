@@ -54,7 +54,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_each_example_has_a_study_file_and_a_readme_entry() -> None:
-    assert {p.parent.name for p in STUDIES} == {"resnet_cifar10", "tabular_csv", "training_loop"}
+    assert {p.parent.name for p in STUDIES} == {"resnet_cifar10", "tabular_csv", "training_loop",
+                                                "gan_digits"}
     readme = (EXAMPLES / "README.md").read_text()
     for study in STUDIES:
         assert f"examples/{study.parent.name}/study.yaml" in readme
@@ -138,6 +139,36 @@ def test_training_loop_example_through_the_api(store: str, tmp_path: Path) -> No
     t = result.study.trials[0]
     assert sorted(t.intermediate_values) == [1, 2, 3] and len(storage.train_losses(t)) == 3
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # finished trials leave no checkpoint
+
+
+def test_gan_example_tunes_a_loop_that_is_not_classification(store: str, tmp_path: Path) -> None:
+    """The GAN's own loop: an Inception-score proxy reported each epoch, checkpoints kept
+    while it runs and resumed from, the study's workers and storage as for any loop."""
+    raw = yaml.safe_load((EXAMPLES / "gan_digits" / "study.yaml").read_text())
+    raw.update(base_dir=str(EXAMPLES / "gan_digits"), epochs=3, trials=2,
+               sampler={"name": "random"}, pruner="none")
+    result = api.run(raw, storage=store, device="cpu", checkpoint_dir=tmp_path / "ckpt")
+    assert result.counts == {"COMPLETE": 2}
+    for t in result.study.trials:
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+        scores = t.user_attrs["inception"]  # the loop's ctx.info, kept on the trial
+        assert len(scores) == 3 and all(1.0 <= s <= 10.0 for s in scores)
+        assert t.value == pytest.approx(scores[-1] / 10)
+    # a retried trial continues from its checkpoint rather than starting over
+    fit = usercode.resolve(str(EXAMPLES / "gan_digits" / "train.py") + ":fit", "trainer")
+    params = {**result.best_params}
+    from tuner.context import CheckpointStore, Context
+
+    ckpt = CheckpointStore(tmp_path / "gan.pt")
+    first = Context(device=torch.device("cpu"), seed=0, max_epochs=2, checkpoints=ckpt)
+    fit(params, first)
+    again = Context(device=torch.device("cpu"), seed=0, max_epochs=3, checkpoints=ckpt)
+    fit(params, again)
+    # epochs 1-2 came from the checkpoint (the curve it saved, before epoch 2's report), and
+    # only epoch 3 was trained: its scores go on from the saved ones
+    assert [h["epoch"] for h in again.history] == [1, 3]
+    assert len(again.info["inception"]) == 3
+    assert again.info["inception"][:2] == first.info["inception"]
 
 
 SLOW_TRAIN = '''

@@ -269,6 +269,7 @@ def logs(tmp_path: Path, job: str) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # one node: their jobs would queue behind each other
 @pytest.mark.timeout(400)
 def test_a_two_task_array_finishes_a_study_exactly(slurm, tmp_path):
     study = write_study(tmp_path, trials=6, epochs=2, sleep=1.0)
@@ -328,6 +329,7 @@ def assert_stopped_and_resumable(url: str, tmp_path: Path, job: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # one node: their jobs would queue behind each other
 @pytest.mark.timeout(300)
 def test_sigterm_to_a_task_reaches_its_worker_which_checkpoints(slurm, tmp_path):
     # what a preemption or `scancel --signal=TERM` does: the batch shell gets SIGTERM, and
@@ -343,6 +345,7 @@ def test_sigterm_to_a_task_reaches_its_worker_which_checkpoints(slurm, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # one node: their jobs would queue behind each other
 @pytest.mark.timeout(400)
 def test_the_time_limit_sends_sigterm_before_it_kills(slurm, tmp_path):
     # --time 2 with --stop-before 60: SIGTERM about a minute in (slurmctld checks every

@@ -83,7 +83,7 @@ def test_cnn_needs_images() -> None:
 @pytest.mark.parametrize(("params", "family", "word"), [
     ({"activation": "relu6"}, "mlp", "leaky_relu"),
     ({"init": "orthogonal"}, "mlp", "kaiming"),
-    ({}, "transformer", "cnn"),
+    ({}, "perceiver", "cnn"),
 ])
 def test_unknown_names_list_the_allowed_ones(params: dict, family: str, word: str) -> None:
     with pytest.raises(ValueError, match=word):

@@ -1,4 +1,4 @@
-"""Population-based training (tuner.storage._pbt): members pause every interval epochs, the
+"""Population-based training (tuner.schedules.pbt): members pause every interval epochs, the
 bottom quantile take a top member's weights, optimizer state and perturbed params, lineage
 and schedule are recorded, retrain replays the schedule. Real training on sklearn digits,
 real SQLite, real worker processes."""
@@ -22,17 +22,10 @@ from typer.testing import CliRunner
 
 from tuner import api
 from tuner.cli import app
-from tuner.storage import (
-    PAUSED_ATTR,
-    PBT_ATTR,
-    PROMOTION_OF_ATTR,
-    Budget,
-    connect,
-    explore,
-    generations,
-    lineage,
-    schedule,
-)
+from tuner.schedules.pbt import explore, generations, schedule
+from tuner.spec import parse_spec
+from tuner.storage import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, Budget, connect, engine_of, lineage
+from tuner.study import Handle
 
 pytest_plugins = ["servers"]
 runner = CliRunner()
@@ -90,12 +83,22 @@ def test_explore_scales_or_resamples_within_bounds() -> None:
         assert isinstance(new["width"], int)
 
 
+# generations at epochs 1 and 2; k = 1 of 4; lr only, scaled (never resampled)
+_PBT = parse_spec({"name": "s", "data": "digits", "epochs": 3, "metric": "accuracy",
+                   "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+                   "scheduler": {"name": "pbt", "population": 4, "interval": 1, "quantile": 0.25,
+                                 "perturb": ["lr"], "resample_probability": 0.0}})
+
+
+def advance(study: optuna.Study) -> bool:
+    """What a worker does when it asks for work: record the schedule's first decision."""
+    return Handle(study, _PBT, Budget(engine_of(study), study.study_name)).promote()
+
+
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
 def test_racing_workers_decide_a_generation_once(any_url: str) -> None:
     """Four workers at once: one decides the generation (one exploit with k = 1), each member
     is continued exactly once, and a late member goes on with its own weights."""
-    from tuner.storage import advance
-
     study = optuna.create_study(study_name="s", storage=connect(any_url), direction="maximize")
     dists = {"lr": FloatDistribution(1e-4, 1e-1, log=True)}
     for x in (0.5, 0.9, 0.1, 0.7):  # member 2 (0.1) is the bottom, member 1 (0.9) the top
@@ -111,9 +114,7 @@ def test_racing_workers_decide_a_generation_once(any_url: str) -> None:
     def worker() -> None:  # each its own connection, as separate processes would have
         url_storage = connect(any_url)
         s = optuna.load_study(study_name="s", storage=url_storage)
-        won.append(advance(s, url_storage.engine, Budget(url_storage.engine, "s"), [1, 2],
-                           quantile=0.25, maximize=True, perturb=["lr"],
-                           resample_probability=0.0, seed=0))
+        won.append(advance(s))
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
@@ -126,8 +127,7 @@ def test_racing_workers_decide_a_generation_once(any_url: str) -> None:
     recs = {lineage(t): t.user_attrs[PBT_ATTR] for t in waiting}
     assert recs[2]["donor"] == 1 and recs[2]["changes"]["lr"][0] == 1e-2
     assert [recs[n]["donor"] for n in (0, 1, 3)] == [None, None, None]
-    assert not advance(study, connect(any_url).engine, budget, [1, 2], quantile=0.25,
-                       maximize=True, perturb=["lr"], resample_probability=0.0, seed=0)
+    assert not advance(study)
 
 
 @pytest.mark.parametrize(("change", "message"), [

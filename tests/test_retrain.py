@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+# one worker runs the module (pytest-xdist): its module-scoped study is made once
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+              pytest.mark.xdist_group("test_retrain")]
 runner = CliRunner()
 
 STUDY = """

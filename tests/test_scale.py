@@ -157,6 +157,7 @@ def wait_mid_trial(url: str, workers: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_servers
 @pytest.mark.parametrize("any_url", ["postgresql", "mysql"], indirect=True)
 def test_a_database_restart_mid_study_fails_no_trial(any_url, tmp_path):
     study = write_study(tmp_path, trials=8, epochs=6, sleep=0.5)
@@ -174,6 +175,7 @@ def test_a_database_restart_mid_study_fails_no_trial(any_url, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.restarts_servers
 def test_an_outage_past_the_patience_stops_workers_and_resume_finishes(postgres_url, tmp_path):
     study = write_study(tmp_path, trials=6, epochs=6, sleep=0.5)
     run = start(run_args(study, postgres_url, tmp_path, "--workers", "2", "--db-patience", "3"),
@@ -235,9 +237,10 @@ def test_schema_is_created_through_pgbouncer_with_no_session_lock(pgbouncer_url)
 
 @pytest.fixture
 def session_pgbouncer(postgres_url) -> Iterator[str]:
-    """A second PgBouncer, in SESSION pooling, on 127.0.0.1:6433 in front of the local
-    PostgreSQL; yields the URL of ``postgres_url``'s database through it."""
+    """A second PgBouncer, in SESSION pooling, on a free port of 127.0.0.1 in front of the
+    local PostgreSQL; yields the URL of ``postgres_url``'s database through it."""
     import shutil
+    import socket
     import tempfile
 
     if shutil.which("pgbouncer") is None:
@@ -246,12 +249,15 @@ def session_pgbouncer(postgres_url) -> Iterator[str]:
     shutil.chown(folder, "postgres", "postgres")
     folder.chmod(0o755)
     (folder / "users.txt").write_text('"postgres" ""\n')
+    with socket.socket() as s:  # a port no other test run on this machine holds
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     conf = folder / "pgbouncer.ini"
     conf.write_text(f"""[databases]
 * = host=127.0.0.1 port=5432
 [pgbouncer]
 listen_addr = 127.0.0.1
-listen_port = 6433
+listen_port = {port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {folder / 'users.txt'}
@@ -265,7 +271,7 @@ pidfile = {folder / 'pgbouncer.pid'}
     try:
         wait_for("session-mode pgbouncer", lambda: (folder / "pgbouncer.pid").exists(), 20)
         time.sleep(0.5)
-        yield make_url(postgres_url).set(port=6433).render_as_string(hide_password=False)
+        yield make_url(postgres_url).set(port=port).render_as_string(hide_password=False)
     finally:
         pid = int((folder / "pgbouncer.pid").read_text())
         os.kill(pid, signal.SIGTERM)

@@ -62,7 +62,7 @@ BAD = [
     ({"space": {"lr": {"type": "flaot", "low": 0, "high": 1}}}, "use type: float, int or categorical"),
     ({"space": {"lr": {"type": "float", "low": 0, "high": 1, "lgo": True}}}, "unknown key 'space.lr.lgo'"),
     ({"data": "mnsit"}, "did you mean 'mnist'"),
-    ({"model": "transformer"}, "unknown model 'transformer'"),
+    ({"model": "transfomer"}, "unknown model 'transfomer' (did you mean 'transformer'?)"),
     ({"sampler": "tpee"}, "did you mean 'tpe'"),
     ({"pruner": "hyperbnd"}, "did you mean 'hyperband'"),
     ({"space": {"activation": ["relu", "gelux"]}}, "did you mean 'gelu'"),

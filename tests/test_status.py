@@ -86,9 +86,9 @@ def test_every_view_counts_the_same_trials(make, tmp_path: Path) -> None:
     result = cli(*run_args(path, url, tmp_path))
     assert result.exit_code == 0, result.output
     name = path.stem
-    handle = st.load(connect(url, access="read"), name)
+    handle = st.load(connect(url), name)
     snap = snapshot(handle, with_heartbeats=False)
-    row = next(r for r in studies(connect(url, access="read")) if r.name == name)
+    row = next(r for r in studies(connect(url)) if r.name == name)
     states = Counter(r["state"] for r in trial_rows(handle.study, handle.spec))
     assert row.counts == snap.counts
     assert snap.counts == dict(states)
@@ -131,7 +131,7 @@ def test_a_multi_objective_study_shows_its_pareto_front(tmp_path: Path) -> None:
           batch_size: 64
         """))
     assert cli(*run_args(path, url, tmp_path)).exit_code == 0
-    handle = st.load(connect(url, access="read"), "mo")
+    handle = st.load(connect(url), "mo")
     size = len(st.pareto_front(handle))
     assert size >= 1
     status = cli("status", "mo", "--storage", url).output
@@ -186,7 +186,7 @@ def test_a_killed_workers_trial_is_lost_in_status_then_reaped_with_its_reason(tm
     reason = reaped.user_attrs["fail_reason"]
     assert reason.startswith("worker lost: no heartbeat since ")
     assert f"pid {doomed.pid}" in reason and "host " in reason
-    handle = st.load(connect(url, access="read"), "toy")
+    handle = st.load(connect(url), "toy")
     snap = snapshot(handle, with_heartbeats=False)
     assert snap.counts.get("FAIL", 0) == 1 and snap.finished == 1
 

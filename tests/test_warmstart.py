@@ -91,7 +91,7 @@ def test_with_constraints_old_trials_keep_their_feasibility(tmp_path: Path) -> N
     from tuner import study as st
     from tuner.status import Kind, facts, trial_state
 
-    handle = st.load(connect(url, access="read"), "new")
+    handle = st.load(connect(url), "new")
     known = facts(handle.study, ts, heartbeats=False)
     for t in carried:
         want = Kind.COMPLETE if t.value >= 0.5 else Kind.INFEASIBLE

@@ -22,6 +22,7 @@ and :func:`resume` are the same two steps in one call.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from tuner import gate, usercode
-from tuner.errors import SpecError, TunerError, UserCodeError
+from tuner import gate, threads, usercode
+from tuner.errors import NoDatabase, SpecError, StudyNotFound, TunerError, UserCodeError
 from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class Options(TypedDict, total=False):
     db_patience_s: int
     stall_timeout_s: int | None
     fuse: str | int | None
+    threads: int | str | None
 
 
 def settings(**options: Unpack[Options]) -> Settings:
@@ -80,12 +82,14 @@ def settings(**options: Unpack[Options]) -> Settings:
     patience = options.pop("db_patience_s", Settings.db_patience)
     stall = options.pop("stall_timeout_s", Settings.stall_timeout)
     fuse = options.pop("fuse", None)
+    n_threads = options.pop("threads", None)
     ckpt = checkpoint_folder(storage, options.pop("checkpoint_dir", None))
     device = resolve(options.pop("device", "auto"))
     given = {k: str(v) if k == "data_dir" else v for k, v in options.items()}
     return Settings(storage=storage, device=device, checkpoint_dir=ckpt, heartbeat=hb,
                     db_patience=patience, stall_timeout=stall,
-                    fuse=None if fuse is None else str(fuse), **given)
+                    fuse=None if fuse is None else str(fuse),
+                    threads=None if n_threads is None else threads.parse(n_threads), **given)
 
 
 def quiet_logging() -> None:
@@ -129,6 +133,8 @@ class Prepared:
     handle: Handle
     settings: Settings
     assets: StudyAssets | None  # None when the check ran elsewhere (on the CPU, for children)
+    # the torch CPU threads of each of this machine's workers, and why (the first line says it)
+    threads: threads.Threads
 
 
 def _check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[StudySpec, StudyAssets | None]:
@@ -187,16 +193,19 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
         gate.study_name(warm_from, "--from")
     if (from_url is not None or enqueue_top is not None) and warm_from is None:
         raise SpecError("--from-storage and --enqueue-top go with --from OLD_STUDY; add it")
-    normalize_url(settings.storage)  # a malformed URL fails before anything is opened
+    local_file = normalize_url(settings.storage).drivername.startswith("sqlite")
     old = None
     if warm_from is not None:
         from tuner import warmstart
 
         with _quiet():  # read-only, before the new study's storage is even opened
             old = warmstart.source(warm_from, from_url or settings.storage)
-    # the study's own code and data before the storage is opened (a SQLite file is created)
+    # a malformed URL failed above; an unreachable server fails here, before the data is
+    # loaded; a SQLite file is opened (created) only once the study's code and data passed
+    opened = None if local_file else connect(settings.storage, settings.heartbeat)
     spec, assets = _check(spec, settings, local_workers)
-    opened = connect(settings.storage, settings.heartbeat)  # a wrong URL fails fast
+    if opened is None:
+        opened = connect(settings.storage, settings.heartbeat)
     if old is not None:
         warmstart.refuse_existing(opened, spec.name, old)
     plan = None
@@ -210,7 +219,11 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
             warmstart.apply(handle, plan)
     if trials is not None or timeout is not None or budget_hours is not None:
         st.add_budget(handle, trials, timeout, budget_hours)
-    return Prepared(handle, settings, assets)
+    return Prepared(handle, settings, assets, _threads(settings, local_workers))
+
+
+def _threads(settings: Settings, local_workers: int) -> threads.Threads:
+    return threads.detect(explicit=settings.threads, workers=max(1, local_workers))
 
 
 def prepare_existing(name: str, settings: Settings, *, trials: int | None = None,
@@ -229,7 +242,7 @@ def prepare_existing(name: str, settings: Settings, *, trials: int | None = None
     _, assets = _check(handle.spec, settings, local_workers)  # before the budget grows
     if trials is not None or timeout is not None or budget_hours is not None:
         st.add_budget(handle, trials, timeout, budget_hours)
-    return Prepared(handle, settings, assets)
+    return Prepared(handle, settings, assets, _threads(settings, local_workers))
 
 
 def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = None,
@@ -271,12 +284,15 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
     if assets is None:
         _, assets = _check(handle.spec, settings, 1)
     assert assets is not None
+    threads.apply(prepared.threads)
+    adapt = threads.Adaptive.for_worker(prepared.threads) if settings.device == "cpu" else None
     stop = threading.Event()
     runner = TrialRunner(assets, checkpoint_dir=settings.checkpoint_dir, stop=stop,
                          keep_checkpoints=settings.keep_checkpoints,
                          fuse=settings.fuse_mode(handle.spec.fuse))
     wk = w.Worker(handle, runner, heartbeat=settings.heartbeat, on_event=on_event,
-                  db_patience=settings.db_patience, stall_timeout=settings.stall_timeout)
+                  db_patience=settings.db_patience, stall_timeout=settings.stall_timeout,
+                  between_epochs=None if adapt is None else adapt.between_epochs)
     with w.graceful_signals(stop), _quiet():
         summary = wk.run()
     return Result(handle, summary.stopped_because, summary.trials)
@@ -316,15 +332,23 @@ def resume(name: str, *, trials: int | None = None, timeout: float | None = None
 
 
 def work(study: str, settings: Settings, *, worker_index: int = 0,
-         on_event: Callable[[Event], None] | None = None) -> Result:
+         on_event: Callable[[Event], None] | None = None, local_workers: int = 1) -> Result:
     """``tuner worker``: join study ``study`` (a name, or a study file to create it from if
     nobody has, with the file's budget) as one worker until its budget is spent. Never adds
-    budget."""
+    budget. ``local_workers``: how many workers of this machine share its CPUs."""
+    return go(prepare_work(study, settings, worker_index=worker_index,
+                           local_workers=local_workers), on_event=on_event)
+
+
+def prepare_work(study: str, settings: Settings, *, worker_index: int = 0,
+                 local_workers: int = 1) -> Prepared:
+    """:func:`work`'s first step: the study opened (or created from a study file) and checked."""
     if study.endswith((".yaml", ".yml")):
         prepared = prepare(as_spec(study), settings, worker_index=worker_index)
     else:
         prepared = prepare_existing(study, settings, worker_index=worker_index)
-    return go(prepared, on_event=on_event)
+    # the check ran as one worker; the threads are those of one of ``local_workers``
+    return dataclasses.replace(prepared, threads=_threads(settings, local_workers))
 
 
 def _patient_poll(poll: Callable[[], None]) -> Callable[[], None]:
@@ -426,8 +450,12 @@ def load(name: str, *, storage: str = DEFAULT_STORAGE) -> Result:
     from tuner import study as st
     from tuner.storage import connect
 
+    try:
+        opened = connect(storage, access="read")
+    except NoDatabase as e:  # say which study was looked for, not only where
+        raise StudyNotFound(f"no study named {name!r}: {e}") from e
     with _quiet():
-        return Result(st.load(connect(storage, access="read"), name))
+        return Result(st.load(opened, name))
 
 
 def trials(name: str, *, storage: str = DEFAULT_STORAGE) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ Optuna or the database."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner import space, transfer, usercode
@@ -27,7 +29,7 @@ class StudyAssets:
         self.trainer = usercode.resolve(spec.trainer, "trainer", base) if spec.trainer else None
         self.model_fn = (usercode.resolve(spec.model, "model", base)
                          if usercode.is_import_path(spec.model)
-                         and spec.model not in _family_names() else None)
+                         and _family_of(spec.model) is None else None)
         self.data_fn = (usercode.resolve(spec.data, "data", base)
                         if usercode.is_import_path(spec.data) and not spec.builtin_data
                         else None)
@@ -52,14 +54,27 @@ class StudyAssets:
         spec = self.spec
         frac = spec.validation if isinstance(spec.validation, float) else 0.1
         if self.data_fn is None:
+            options = spec.text_options
+            if options is not None and spec.hf_path is not None:  # the encoder's own tokenizer
+                options = replace(options, pretrained=str(self.hf_folder()))
             return tdata.load(spec.data or "", tdata.Request(self.data_dir, frac, spec.seed,
-                                                             self.download, spec.data_as))
+                                                             self.download, spec.data_as,
+                                                             options))
         try:
             raw = usercode.call_loader(self.data_fn, seed=spec.seed, data_dir=self.data_dir)
         except Exception as e:
             raise UserCodeError(f"data: {spec.data} raised {usercode.one_line(e)}") from e
         return tdata.from_user(raw, spec.task_name, validation=frac, seed=spec.seed,
                                name=spec.data or "data", kind=spec.data_as)
+
+    def hf_folder(self) -> Path:
+        """The folder of ``model: hf:PATH``, or UserCodeError naming what it lacks."""
+        from tuner.models import hf
+
+        try:
+            return hf.resolve(self.spec.hf_path or "", self.spec.base_dir)
+        except ValueError as e:
+            raise UserCodeError(str(e)) from None
 
     def folds(self) -> list[DataBundle]:
         """The k folds of the study's data, split once per process like the data itself."""
@@ -79,9 +94,16 @@ class StudyAssets:
             from tuner import models
 
             family = self.spec.model
+            if self.spec.hf_path is not None:
+                family = models.HF_PREFIX + str(self.hf_folder())
+            # text data: the embedding holds the tokenizer's ids unless the trial says more
+            filled = ({"vocab_size": bundle.text.vocab_size} if bundle.text is not None
+                      and "vocab_size" in models.get(models.family_of(family) or "").knobs
+                      else {})
 
             def build(params: Mapping[str, Any]) -> nn.Module:
-                return models.build(family, params, bundle.inputs, bundle.num_outputs)
+                return models.build(family, {**filled, **params}, bundle.inputs,
+                                    bundle.num_outputs)
 
         base, study_weights = self.spec.base_dir, self.spec.weights
 
@@ -116,6 +138,10 @@ class StudyAssets:
 
         spec = self.spec
         params = space.defaults(spec)
+        if bundle.text is not None:  # text: the tokenization these params call for
+            from tuner.data._text import for_params
+
+            bundle = for_params(bundle, params)
         for path in spec.weight_paths():  # every file a trial may start from, before any trial
             if path is not None:
                 self.model_builder(bundle)({**params, "weights": path})
@@ -145,10 +171,10 @@ class StudyAssets:
         self._bundle, self._folds = None, None
 
 
-def _family_names() -> tuple[str, ...]:
+def _family_of(model: str) -> str | None:
     from tuner import models
 
-    return models.names()
+    return models.family_of(model)
 
 
 def _most(spec: StudySpec, name: str) -> int:

@@ -20,7 +20,7 @@ def main() -> None:
     api.quiet_logging()
     try:
         api.work(job["study"], Settings.from_json(job["settings"]),
-                 worker_index=job["worker_index"])
+                 worker_index=job["worker_index"], local_workers=job.get("local_workers", 1))
     except TunerError as e:
         sys.stderr.write(f"error: worker {job['worker_index']}: {e}\n")
         sys.exit(e.exit_code)

@@ -3,7 +3,8 @@
     TunerError                 base; ``str(err)`` is one line that names the fix
     ├── SpecError              the study file (YAML) is malformed or invalid
     ├── StorageError           the storage URL is malformed, unreachable or refused
-    │   └── DatabaseUnreachable  the database stayed unreachable past --db-patience
+    │   ├── DatabaseUnreachable  the database stayed unreachable past --db-patience
+    │   └── NoDatabase     a command that only reads found no database there (none created)
     ├── StudyNotFound          no study of that name in the storage
     ├── SpecMismatch           resuming a study with a different study file
     ├── DataError              a dataset cannot be found, downloaded or loaded
@@ -37,6 +38,10 @@ class StorageError(TunerError):
 
 
 class DatabaseUnreachable(StorageError):
+    pass
+
+
+class NoDatabase(StorageError):
     pass
 
 

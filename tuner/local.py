@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from tuner.errors import DeviceBroken, SpawnFailed, TunerError
 from tuner.settings import Settings
+from tuner.threads import wait_env
 
 # the child's settings and study, as JSON (not argv: a storage URL may hold a password)
 CHILD_ENV = "TUNER_CHILD"
@@ -52,13 +53,14 @@ def _visible_device(index: str, parent: str | None) -> str:
 
 
 def spawn(name: str, settings: Settings, envs: list[dict[str, str]]) -> list[subprocess.Popen[bytes]]:
-    """Start one worker process of study ``name`` per env (``python -m tuner.child``). If
+    """Start one worker process of study ``name`` per env (``python -m tuner.child``), each
+    with its share of the CPUs (:mod:`tuner.threads`). If
     one cannot start (no memory, too many processes), those already started are stopped
     and SpawnFailed says so: no worker is left behind."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i, env in enumerate(envs):
-            procs.append(_spawn_one(name, settings, env, i))
+            procs.append(_spawn_one(name, settings, env, i, len(envs)))
     except OSError as e:
         for p in procs:
             p.kill()
@@ -71,14 +73,16 @@ def spawn(name: str, settings: Settings, envs: list[dict[str, str]]) -> list[sub
 
 
 def _spawn_one(name: str, settings: Settings, env: dict[str, str],
-               index: int) -> subprocess.Popen[bytes]:
+               index: int, workers: int) -> subprocess.Popen[bytes]:
     env = dict(env)
     if "CUDA_VISIBLE_DEVICES" in env:
         env["CUDA_VISIBLE_DEVICES"] = _visible_device(env["CUDA_VISIBLE_DEVICES"],
                                                       os.environ.get("CUDA_VISIBLE_DEVICES"))
-    env[CHILD_ENV] = json.dumps({"study": name, "worker_index": index,
+    env[CHILD_ENV] = json.dumps({"study": name, "worker_index": index, "local_workers": workers,
                                  "settings": settings.to_json()})
-    return subprocess.Popen([sys.executable, "-m", "tuner.child"], env={**os.environ, **env})
+    # OpenMP reads its wait policy when torch loads: set before the child imports anything
+    return subprocess.Popen([sys.executable, "-m", "tuner.child"],
+                            env={**os.environ, **wait_env(), **env})
 
 
 # fresh processes started for one worker slot whose GPU context broke (DeviceBroken), at most
@@ -95,10 +99,6 @@ def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None =
 
         gpus = torch.cuda.device_count()
     envs = assign_devices(workers, settings.device, gpus, per_gpu)
-    if not gpus and "OMP_NUM_THREADS" not in os.environ:
-        # CPU workers share the cores: more torch threads than cores stalls them all
-        threads = str(max(1, (os.cpu_count() or 1) // workers))
-        envs = [{**env, "OMP_NUM_THREADS": threads} for env in envs]
     device = "cuda" if gpus and settings.device == "cuda" else settings.device
     settings = settings.replace(device=device)
     procs = spawn(name, settings, envs)
@@ -109,7 +109,7 @@ def run_local(name: str, settings: Settings, workers: int, per_gpu: int | None =
                 for i, p in enumerate(procs):  # a broken CUDA context: a fresh process
                     if p.poll() == DeviceBroken.exit_code and respawns < MAX_RESPAWNS:
                         respawns += 1
-                        procs[i] = _spawn_one(name, settings, envs[i], i)
+                        procs[i] = _spawn_one(name, settings, envs[i], i, len(envs))
                 if all(p.poll() is not None for p in procs):
                     break
                 if poll is not None:

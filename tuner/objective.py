@@ -26,7 +26,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import measure, space, storage, vocab
+from tuner import measure, schedules, space, storage, vocab
 from tuner import spec as sp
 from tuner.assets import StudyAssets
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
@@ -457,8 +457,7 @@ class TrialRunner:
 
     def _draw(self, trial: optuna.Trial) -> dict[str, Any]:
         params = space.suggest(trial, self.spec)
-        if self.spec.scheduler is not None:
-            self._exploit(trial, storage.lineage(trial))
+        self._exploit(trial, storage.lineage(trial))
         return params
 
     def _vet(self, trial: optuna.Trial, params: Mapping[str, Any],
@@ -469,7 +468,7 @@ class TrialRunner:
         this one (never waited for); ``seen``: the study's trials as just read (a fused
         group's one read for all its members), for the first look at repeats."""
         # PBT members are one population, not configurations to reuse
-        if self.spec.dedup and self.spec.scheduler is None:
+        if self.spec.dedup and not schedules.of(self.spec).population:
             self._reuse_identical(trial, group, seen)
         return self._before_training(trial, params)
 
@@ -706,26 +705,18 @@ class TrialRunner:
                                   repeat_of=original))
         raise _Repeat(Outcome(TrialState.PRUNED, fail_reason=why, repeat_of=original))
 
-    def _pause_epochs(self) -> list[int]:
-        """Where a segment pauses instead of being pruned: ASHA's rungs, PBT's generations."""
-        p, s = self.spec.pruner, self.spec.scheduler
-        if s is not None:
-            return storage.generations(s.interval, self.spec.epochs)
-        if p.name == "asha":
-            return storage.rungs(p.min_epochs, p.reduction_factor, self.spec.epochs)
-        return []
-
     def _pruned(self, trial: optuna.Trial, ctxs: list[Context], e: TrialPruned) -> Outcome:
         """PRUNED; with ASHA or PBT, a finite report at a rung's (generation's) epoch pauses
         the trial instead (the rung pruner prunes nowhere else): marked ``paused_at``, its
         checkpoint kept; PBT also snapshots it as of that epoch, for members that exploit it."""
         last = ctxs[-1].history[-1] if ctxs and ctxs[-1].history else None
-        if (last is not None and math.isfinite(last["value"])
-                and int(last["epoch"]) in self._pause_epochs()):
+        sched, lin = schedules.of(self.spec), storage.lineage(trial)
+        if last is not None and sched.verdict(lin, int(last["epoch"]), last["value"],
+                                              pruned=True) == schedules.Verdict.PAUSE:
             epoch = int(last["epoch"])
-            if self.spec.scheduler is not None:
+            if epoch in sched.snapshot_epochs(lin):
                 try:
-                    self._snapshot(storage.lineage(trial), epoch)
+                    self._snapshot(lin, epoch)
                 except (ValueError, CheckpointUnwritable) as err:
                     return Outcome(TrialState.FAIL, fail_reason=fail_reason(err))
             self.patience.call(lambda: storage.set_user_attrs(trial, {storage.PAUSED_ATTR: epoch}))
@@ -753,18 +744,17 @@ class TrialRunner:
         """PBT: a continuation that exploits a donor starts from the donor's weights and
         optimizer state as of the generation (its snapshot), keeping its own learning curve.
         Idempotent: a retry that already trained past the generation keeps its own file."""
-        rec = trial.user_attrs.get(storage.PBT_ATTR) or {}
-        if rec.get("donor") is None:
+        if (source := schedules.of(self.spec).weights_from(trial)) is None:
             return
-        g = int(rec["epoch"])
+        donor_lineage, g = source
         own = self._store(lineage)
         mine = own.load()
         if mine is not None and int(mine.get("epoch", 0)) > g:
             return
-        donor = self._store(int(rec["donor"]), g).load()
+        donor = self._store(donor_lineage, g).load()
         if donor is None:
             raise FileNotFoundError(
-                f"the snapshot of trial-{rec['donor']} at epoch {g} is gone, so trial "
+                f"the snapshot of trial-{donor_lineage} at epoch {g} is gone, so trial "
                 f"{trial.number} cannot take its weights; keep --checkpoint-dir shared by every "
                 "worker and untouched while the study runs")
         if mine is not None:  # the member's own curve, not the donor's

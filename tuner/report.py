@@ -28,10 +28,11 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import schedules
 from tuner.errors import TunerError
 from tuner.gate import writable_folder
 from tuner.retrain import retrained_of
-from tuner.storage import PROMOTION_OF_ATTR, lineage, schedule, train_losses
+from tuner.storage import PROMOTION_OF_ATTR, lineage, train_losses
 from tuner.study import Handle, feasible, pareto_front, primary_value
 
 # parameter importances from fewer completed trials are noise
@@ -420,7 +421,7 @@ def _page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial]
             body.append(f'<p class="note">skipped: {e(s.note)}</p>')
         body.append("</section>")
     body.append(_top_table(handle, complete, top))
-    body.append(_pbt_table(handle, trials, best))
+    body.append(_population_table(handle, trials, best))
     body.append(_failed_table(trials))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -473,29 +474,26 @@ def _top_table(handle: Handle, complete: list[FrozenTrial], top: int) -> str:
             + "".join(rows) + "</tbody></table></section>")
 
 
-def _pbt_table(handle: Handle, trials: list[FrozenTrial], best: FrozenTrial) -> str:
-    """PBT: each member's lineage (whose weights it took, which hyperparameters changed, at
-    which epoch) and the schedule of the best member's weights, which ``tuner retrain``
-    replays."""
-    if handle.spec.scheduler is None:
+def _population_table(handle: Handle, trials: list[FrozenTrial], best: FrozenTrial) -> str:
+    """A population schedule (PBT): each member's lineage (whose weights it took, which
+    hyperparameters changed, at which epoch) and the schedule of the best member's weights,
+    which ``tuner retrain`` replays."""
+    sched = schedules.of(handle.spec)
+    if not sched.population:
         return ""
-    from tuner.status import pbt_event
-
     e = html.escape
-    latest: dict[int, FrozenTrial] = {}
-    for t in sorted(trials, key=lambda t: t.number):
-        latest[lineage(t)] = t
     rows = []
-    for member, t in sorted(latest.items()):
-        events = "<br>".join(e(pbt_event(s)) for s in sorted(trials, key=lambda s: s.number)
+    for member, t in sorted(schedules.latest(trials).items()):
+        events = "<br>".join(e(sched.describe(s)) for s in sorted(trials, key=lambda s: s.number)
                              if lineage(s) == member and PROMOTION_OF_ATTR in s.user_attrs)
         rows.append(f"<tr><td>{member}</td><td>{t.number}</td><td>{e(t.state.name)}</td>"
                     f"<td>{_num(t.value)}</td><td class=\"text\">{events or 'own weights only'}"
                     "</td></tr>")
     plan = "".join(f"<tr><td>{s['from_epoch']}</td><td class=\"text\">"
                    f"{e(', '.join(f'{k}={_num(v)}' for k, v in s['params'].items()))}</td></tr>"
-                   for s in schedule(best))
-    return ('<section id="pbt"><h2>Population (PBT)</h2><p class="caption">Each member\'s '
+                   for s in sched.segments(best) or [])
+    return (f'<section id="population"><h2>Population ({e(sched.name.upper())})</h2>'
+            '<p class="caption">Each member\'s '
             "lineage: at which epoch it took whose weights, and which hyperparameters "
             "changed.</p><table><thead><tr><th>member</th><th>last trial</th><th>state</th>"
             f"<th>value</th><th>lineage</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import storage
+from tuner import schedules, storage
 from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.gate import inside_folder, writable_folder
 from tuner.settings import Settings
@@ -132,8 +132,8 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     seed = int(t.user_attrs.get("seed", spec.seed + storage.lineage(t)))
     params = trial_params(spec, t)
     segments: list[tuple[int, dict[str, Any]]] = []
-    if spec.scheduler is not None:  # PBT: replay the schedule of the member's weights
-        plan = storage.schedule(t)
+    # PBT: replay the schedule of the member's weights
+    if (plan := schedules.of(spec).segments(t)) is not None:
         fixed = {k: p.value for k, p in spec.space.items() if isinstance(p, Fixed)}
         segments = [(int(s["from_epoch"]), {**fixed, **s["params"]}) for s in plan]
         params = segments[0][1]
@@ -143,6 +143,10 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
                              f"{', '.join(str(e) for e, _ in segments[1:])} (PBT), and the "
                              "study's own trainer cannot be told to switch them; retrain it "
                              "in your own code with the schedule in `tuner trials --format json`")
+    if final.text is not None:  # text: the trial's tokenization, trained on train+val
+        from tuner.data._text import for_params
+
+        final = for_params(final, params)
     out = Path(folder) if folder is not None else default_folder(handle.name, t.number)
     writable_folder(out, "--out")  # before the training, whose result it keeps
     try:
@@ -167,6 +171,9 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     card = out / CARD
     card_data = _card(handle, t, params, metrics, final, epochs, seed, settings.device, weights,
                       wall)
+    if final.text is not None:  # the tokenizer beside the model: the card classifies text
+        card_data["text"] = final.text.save(out)
+        card_data["files"]["tokenizer"] = card_data["text"]["tokenizer"]
     if len(segments) > 1:
         card_data["schedule"] = [{"from_epoch": e, "params": p} for e, p in segments]
     card.write_text(json.dumps(card_data, indent=2) + "\n",
@@ -230,15 +237,52 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict
     if not card["files"].get("weights"):
         raise TunerError(f"{folder} holds no weights (its trainer saved no checkpoint)")
     shape, outputs, params = tuple(card["input_shape"]), card["num_outputs"], card["params"]
-    if usercode.is_import_path(card["model"]) and card["model"] not in models.names():
+    family = models.family_of(card["model"])
+    if family is None:
         build = usercode.resolve(card["model"], "model", card.get("base_dir"))
         model = build(dict(params), shape, outputs)
     else:
         kind = InputKind(card.get("input_kind") or _legacy_kind(shape))
-        model = models.build(card["model"], params, Inputs(kind, shape), outputs)
+        name = card["model"]
+        if family == "hf":
+            from tuner.models import hf
+
+            try:
+                folder_of = hf.resolve(name.removeprefix(models.HF_PREFIX), card.get("base_dir"))
+            except ValueError as e:
+                raise TunerError(str(e)) from None
+            name = models.HF_PREFIX + str(folder_of)
+        text = card.get("text") or {}
+        if "vocab_size" in text and "vocab_size" in models.get(family).knobs:
+            params = {"vocab_size": text["vocab_size"], **params}
+        model = models.build(name, params, Inputs(kind, shape), outputs)
     state = torch.load(folder / card["files"]["weights"], map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), card
+
+
+def classify_text(folder: str | Path, texts: list[str], device: str = "cpu") -> list[str]:
+    """The class of each text, by the model ``tuner retrain`` wrote into ``folder`` for a
+    study on text data (its tokenizer is saved beside it)."""
+    import torch
+
+    from tuner.data._text import encode
+
+    model, card = load_model(folder, device)
+    text = card.get("text")
+    if not text:
+        raise TunerError(f"{folder}: the model was not trained on text data (no tokenizer in "
+                         "its card); classify its own kind of input with load_model")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(folder) / text["tokenizer"]))
+    out: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 256):
+            x = encode(tok, texts[start:start + 256], int(text["max_len"]),
+                       special=bool(text.get("special_tokens")))
+            out += [text["classes"][i] for i in model(x.to(device)).argmax(1).tolist()]
+    return out
 
 
 def _legacy_kind(shape: tuple[int, ...]) -> str:

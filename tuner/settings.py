@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from tuner.errors import TunerError
+from tuner.threads import parse as parse_threads
 
 DEFAULT_URL = "sqlite:///tuner.db"
 DEFAULT_DATA_DIR = "data"
@@ -48,6 +49,8 @@ class Settings:
     stall_timeout: int | None = None
     # same-shape trials trained as one (--fuse): "auto", "off" or K; None: the study's fuse:
     fuse: str | None = None
+    # torch CPU threads of each worker (--threads); None: fit the CPUs it may use (threads.py)
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.stall_timeout is not None and self.stall_timeout <= self.heartbeat.interval:
@@ -64,6 +67,9 @@ class Settings:
                 _COUNT.fullmatch(self.fuse) and int(self.fuse) >= 1)):
             raise TunerError(f"--fuse {self.fuse}: give auto, off or a number of trials K "
                              "(e.g. --fuse 4)")
+
+        if self.threads is not None:
+            parse_threads(self.threads)  # the one check, for the CLI and Python callers alike
 
     def fuse_mode(self, study: str | int) -> str | int:
         """What this process fuses: --fuse when given, else the study's ``fuse:``."""

@@ -22,12 +22,14 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from tuner import data as datasets
-from tuner import models, vocab
+from tuner import models, schedules, vocab
+from tuner.data import text as text_data
 from tuner.data import uea
 from tuner.errors import SpecError
 from tuner.gate import (
@@ -43,6 +45,8 @@ from tuner.gate import (
 )
 from tuner.kinds import InputKind
 from tuner.registry import Knob, did_you_mean
+from tuner.schedules import PrunerSpec
+from tuner.schedules.pbt import SchedulerSpec
 from tuner.usercode import is_import_path
 
 Scalar = str | int | float | bool
@@ -150,40 +154,6 @@ class SamplerSpec(_Frozen):
     multivariate: bool = True
 
 
-class PrunerSpec(_Frozen):
-    # asha: a trial pauses at each rung (min_epochs * reduction_factor^k epochs) and goes on
-    # only when promoted (tuner.storage._asha)
-    name: Literal["median", "successive_halving", "hyperband", "asha", "none"] = "median"
-    # trials that always run to the end before the median pruner judges others
-    n_startup_trials: int = Field(default=5, ge=0, le=MAX_COUNT)
-    # epochs every trial runs before it may be pruned (median), or the smallest budget (SHA/HB)
-    min_epochs: int = Field(default=1, ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
-
-
-# continuous training hyperparameters PBT perturbs when the study file names none
-PBT_DEFAULT_PERTURB = ("lr", "weight_decay", "dropout", "momentum")
-# hyperparameters of tuner's loop and models whose change keeps the weights usable
-PBT_PERTURBABLE = frozenset({*PBT_DEFAULT_PERTURB, "l1", "label_smoothing", "gamma", "clip_norm",
-                             "backbone_lr_scale"})
-
-
-class SchedulerSpec(_Frozen):
-    """Population-based training (Jaderberg et al. 2017): ``population`` members train side
-    by side; every ``interval`` epochs the bottom ``quantile`` take the weights, optimizer
-    state and hyperparameters of a top-quantile member (exploit) and perturb the
-    hyperparameters named in ``perturb`` by x0.8 or x1.2, or resample them from their range
-    with ``resample_probability`` (explore). See :mod:`tuner.storage._pbt`."""
-
-    name: Literal["pbt"] = "pbt"
-    population: int = Field(default=8, ge=2, le=10_000)
-    interval: int = Field(default=2, ge=1)
-    quantile: float = Field(default=0.25, gt=0, le=0.5)
-    resample_probability: float = Field(default=0.25, ge=0, le=1)
-    # the hyperparameters to perturb [default: those of PBT_DEFAULT_PERTURB the space searches]
-    perturb: list[str] | None = Field(default=None, min_length=1)
-
-
 class StopSpec(_Frozen):
     """When the study ends before its budget: ``patience`` finished trials in a row that did
     not improve the best value, or Optuna's Terminator (the regret bound falls below the
@@ -242,6 +212,9 @@ class StudySpec(_Frozen):
     # ``data: {name: NAME, as: KIND}`` to say how its samples are read (``data_as``)
     data: str | None = None
     data_as: InputKind | None = None
+    # text data's block (``data: {name: text, path: ..., text: ..., label: ...}``), as
+    # :class:`tuner.data.text.TextOptions` writes it back
+    data_options: dict[str, Any] | None = None
     # a built-in model family, or a user builder ``pkg.mod:build`` / ``file.py:build``
     model: str = "mlp"
     # a user training loop ``pkg.mod:fit``; None means tuner's own loop
@@ -292,6 +265,10 @@ class StudySpec(_Frozen):
     def _default_data(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and "data" not in raw and not raw.get("trainer"):
             raw = {**raw, "data": "mnist"}
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) \
+                and raw["data"].get("name") == text_data.NAME:
+            options = text_data.TextOptions.of(raw["data"], None)
+            return {**raw, "data": text_data.NAME, "data_options": options.block()}
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
             given = dict(raw["data"])
             unknown = set(given) - {"name", "as"}
@@ -314,21 +291,11 @@ class StudySpec(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _pbt_defaults(cls, raw: Any) -> Any:
-        """With PBT the population is the trial budget and nothing is pruned, unless the file
-        says otherwise (then :meth:`_check_pbt` names the conflict)."""
-        if not isinstance(raw, dict) or raw.get("scheduler") is None:
-            return raw
-        sched = raw["scheduler"]
-        if isinstance(sched, str):
-            sched = {"name": sched}
-        if not isinstance(sched, dict):
-            raise ValueError("scheduler: give a mapping, e.g. scheduler: {name: pbt, population: 8}")
-        raw = {**raw, "scheduler": sched}
-        if "trials" not in raw and isinstance(sched.get("population", 8), int):
-            raw["trials"] = sched.get("population", 8)
-        raw.setdefault("pruner", "none")
-        return raw
+    def _schedule_defaults(cls, raw: Any) -> Any:
+        """A schedule's defaults for other keys (PBT: the population is the trial budget and
+        nothing is pruned), unless the file says otherwise (then its check names the
+        conflict)."""
+        return schedules.defaults(raw) if isinstance(raw, dict) else raw
 
     @field_validator("sampler", mode="before")
     @classmethod
@@ -387,7 +354,7 @@ class StudySpec(_Frozen):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> StudySpec:
+    def _check(self, info: ValidationInfo) -> StudySpec:
         builtin_data = self.builtin_data
         if self.data is not None and self.data.startswith(UEA_PREFIX) and not builtin_data:
             raise ValueError(f"data: {uea.unknown(self.data)}")
@@ -395,7 +362,7 @@ class StudySpec(_Frozen):
             raise ValueError(
                 f"data: {datasets.SOURCES.unknown(self.data)} or an import path like mypkg.data:load"
             )
-        if self.model not in models.names() and not is_import_path(self.model):
+        if models.family_of(self.model) is None and not is_import_path(self.model):
             raise ValueError(
                 f"model: {models.FAMILIES.unknown(self.model)} or an import path like mypkg.nets:build"
             )
@@ -417,6 +384,7 @@ class StudySpec(_Frozen):
             if self.data_as != kind and self.data_as not in datasets.READINGS.get(kind, ()):
                 raise ValueError(f"data: {self.data} is {kind} data and cannot be read as "
                                  f"{self.data_as}")
+        self._check_text(bool(info.context and info.context.get("files")))
         self._check_kinds()
         self.weight_paths()
         self._check_space()
@@ -429,8 +397,7 @@ class StudySpec(_Frozen):
         if self.sampler.name == "cmaes" and self.multi_objective:
             raise ValueError("sampler: cmaes optimizes one objective; use tpe, nsga2, gp, random "
                              "or qmc with several objectives")
-        self._check_asha()
-        self._check_pbt()
+        schedules.of(self).check()
         self.check_fuse(self.fuse)
         return self
 
@@ -451,10 +418,8 @@ class StudySpec(_Frozen):
             return f"model: {self.model}; fusion stacks the mlp family only (use fuse: off)"
         if self.kfold:
             return "k-fold validation trains folds one by one; use a validation fraction"
-        if self.pruner.name == "asha":
-            return "asha pauses trials one by one; use pruner: median or none"
-        if self.scheduler is not None:
-            return "scheduler: pbt pauses and exploits members one by one; use fuse: off"
+        if why := schedules.of(self).fuse_blocker():
+            return why
         if self.multi_objective:
             return "several objectives; fusion judges one learning curve per member"
         if self.compile:
@@ -476,77 +441,6 @@ class StudySpec(_Frozen):
                     return (f"space.{name}: {p.value} is not supported by the fused loop; use "
                             f"one of {', '.join(map(str, allowed))} or fuse: off")
         return None
-
-    def _check_pbt(self) -> None:
-        s = self.scheduler
-        if s is None:
-            return
-        if s.interval >= self.epochs:
-            raise ValueError(f"scheduler: pbt's interval ({s.interval}) must be below epochs "
-                             f"({self.epochs}), or no member ever exploits another")
-        if self.trials != s.population:
-            raise ValueError(f"scheduler: pbt's population ({s.population}) is the study's trials "
-                             f"({self.trials}); make them equal, or remove trials:")
-        if self.pruner.name != "none":
-            raise ValueError(f"scheduler: pbt replaces the pruner (bottom members take over top "
-                             f"ones' weights); remove pruner: {self.pruner.name}")
-        if not self.checkpoint:
-            raise ValueError("scheduler: pbt continues members from their checkpoints; set "
-                             "checkpoint: true")
-        if self.kfold:
-            raise ValueError("scheduler: pbt exploits at epochs, and a k-fold study reports "
-                             "folds; use a validation fraction")
-        if self.multi_objective:
-            raise ValueError("scheduler: pbt ranks members by one learning curve; use it with "
-                             "one objective")
-        self.pbt_perturb()
-
-    def pbt_perturb(self) -> list[str]:
-        """The hyperparameters PBT perturbs: the file's ``perturb:``, or the continuous ones
-        of :data:`PBT_DEFAULT_PERTURB` that the space searches. Raises for one that cannot be."""
-        s = self.scheduler
-        if s is None:
-            return []
-        searched = {k for k, p in self.space.items() if not isinstance(p, Fixed)}
-        if s.perturb is None:
-            out = [k for k in PBT_DEFAULT_PERTURB if k in searched
-                   and isinstance(self.space[k], FloatParam | IntParam)]
-            if not out:
-                raise ValueError("scheduler: pbt has nothing to perturb: search one of "
-                                 f"{', '.join(PBT_DEFAULT_PERTURB)} in space, or list "
-                                 "scheduler.perturb")
-            return out
-        family = models.get(self.model).knobs if self.model in models.names() else {}
-        for name in s.perturb:
-            p = self.space.get(name)
-            changes_shape = (name in family and name not in PBT_PERTURBABLE) or (
-                name in vocab.TRAINING_KNOBS and name not in PBT_PERTURBABLE)
-            if changes_shape or isinstance(p, CategoricalParam):
-                raise ValueError(
-                    f"scheduler.perturb: {name} cannot be perturbed because it changes the "
-                    "architecture or the training setup (a member takes over another's weights "
-                    "and optimizer state, which must still fit); perturb continuous "
-                    f"hyperparameters such as {', '.join(PBT_DEFAULT_PERTURB)}")
-            if p is None or isinstance(p, Fixed):
-                raise ValueError(f"scheduler.perturb: {name} is not searched; add it to space as "
-                                 "a float range, or remove it from perturb")
-        return list(s.perturb)
-
-    def _check_asha(self) -> None:
-        p = self.pruner
-        if p.name != "asha":
-            return
-        if p.min_epochs >= self.epochs:
-            raise ValueError(f"pruner: asha's min_epochs ({p.min_epochs}) must be below epochs "
-                             f"({self.epochs}); lower min_epochs or raise epochs")
-        if not self.checkpoint:
-            raise ValueError("pruner: asha resumes paused trials from their checkpoints; "
-                             "set checkpoint: true")
-        if self.kfold:
-            raise ValueError("pruner: asha pauses at epochs, and a k-fold study reports folds; "
-                             "use median or none with k-fold validation")
-        if self.multi_objective:
-            raise ValueError("pruner: asha ranks one learning curve; use it with one objective")
 
     def _check_objectives(self) -> None:
         known = [*vocab.METRICS, *vocab.SECONDARY_METRICS]
@@ -604,8 +498,8 @@ class StudySpec(_Frozen):
         kind = self.data_kind
         if kind is None:
             return
-        if self.model in models.names() and self.trainer is None:
-            fam = models.get(self.model)
+        if (name := models.family_of(self.model)) is not None and self.trainer is None:
+            fam = models.get(name)
             if kind not in fam.inputs:
                 need = " or ".join(sorted(fam.inputs))
                 hint = (f"; read the images as sequences with data: {{name: {self.data}, as: "
@@ -638,9 +532,46 @@ class StudySpec(_Frozen):
         out: dict[str, Knob] = {}
         if self.trainer is None:
             out.update(vocab.TRAINING_KNOBS)
-            if self.model in models.names():
-                out.update(models.get(self.model).knobs)
+            if (family := models.family_of(self.model)) is not None:
+                out.update(models.get(family).knobs)
+            if self.data == text_data.NAME:
+                out.update(text_data.KNOBS)
         return out
+
+    # ---- text data and pretrained encoders ---------------------------------------------
+    @property
+    def text_options(self) -> text_data.TextOptions | None:
+        """Text data's options, paths relative to the study file (None: not text data)."""
+        if self.data != text_data.NAME or self.data_options is None:
+            return None
+        return text_data.TextOptions.of(self.data_options, self.base_dir)
+
+    @property
+    def hf_path(self) -> str | None:
+        """What ``model: hf:PATH`` names (None: another model)."""
+        return self.model.removeprefix(models.HF_PREFIX) if models.family_of(
+            self.model) == "hf" else None
+
+    def _check_text(self, files: bool) -> None:
+        """Text data has its block; a pretrained encoder reads text data, brings its own
+        tokenizer, and (``files``: when a study file is read) has a complete folder."""
+        if self.data == text_data.NAME and self.data_options is None:
+            raise ValueError("data: text needs its block: data: {name: text, path: FILE, "
+                             "text: COLUMN, label: COLUMN}")
+        if self.data_options is not None and self.data != text_data.NAME:
+            raise ValueError("data_options: only text data has options; remove them")
+        if self.hf_path is None:
+            return
+        if self.trainer is None and self.data != text_data.NAME:
+            raise ValueError(f"model: {self.model} fine-tunes on text: use data: {{name: text, "
+                             "path: FILE, text: COLUMN, label: COLUMN}")
+        if "vocab_size" in self.space:
+            raise ValueError(f"space.vocab_size: {self.model} brings its own tokenizer; remove "
+                             "vocab_size")
+        if files:
+            from tuner.models import hf
+
+            hf.resolve(self.hf_path, self.base_dir)
 
     def _check_space(self) -> None:
         names = list(self.space)
@@ -663,6 +594,11 @@ class StudySpec(_Frozen):
                     raise ValueError(f"space.{name}: per_layer must name an int parameter")
             if (knob := knobs.get(name)) is not None:
                 _check_knob(name, p, knob)
+        family = models.get(fam) if (fam := models.family_of(self.model)) else None
+        if family is not None and family.check_space is not None and self.trainer is None:
+            drawn = {k: _drawable(p) for k, p in self.space.items() if k in family.knobs}
+            if (why := family.check_space(drawn)) is not None:
+                raise ValueError(why)
         if self.sampler.name == "grid":
             grid(self)
 
@@ -758,7 +694,7 @@ FUSE_SHAPE_VALUES: dict[str, tuple[Scalar, ...]] = {
 FUSE_UNSUPPORTED: dict[str, tuple[Scalar | None, ...]] = {
     "l1": (0, 0.0), "clip_norm": (None, 0, 0.0), "label_smoothing": (0, 0.0), "patience": (0,),
     "augment_crop": (0,), "augment_flip": (False,), "augment_cutout": (0,), "freeze": (0,),
-    "backbone_lr_scale": (1, 1.0),
+    "backbone_lr_scale": (1, 1.0), "layer_lr_decay": (1, 1.0),
 }
 
 
@@ -821,6 +757,20 @@ def grid(spec: StudySpec) -> dict[str, list[Any]]:
     if size > 1_000_000:
         raise SpecError(f"the grid has {size:,} points; narrow the space or use sampler: tpe")
     return out
+
+
+def _drawable(p: Any, most: int = 1000) -> list[Any] | None:
+    """Every value ``p`` can draw, or None for a float range or an int range of more than
+    ``most`` values."""
+    if isinstance(p, Fixed):
+        return [p.value]
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, IntParam) and not p.log and (p.high - p.low) // p.step < most:
+        return list(range(p.low, p.high + 1, p.step))
+    if isinstance(p, IntParam) and p.log and p.high - p.low < most:
+        return list(range(p.low, p.high + 1))
+    return None
 
 
 def _check_knob(name: str, p: Any, knob: Knob) -> None:
@@ -886,7 +836,7 @@ def parse_spec(raw: Any, *, source: str = "study file", default_name: str = "stu
     if base_dir is not None:
         raw.setdefault("base_dir", base_dir)
     try:
-        return StudySpec.model_validate(raw)
+        return StudySpec.model_validate(raw, context={"files": True})
     except ValidationError as err:
         raise SpecError(_format_error(err, source)) from None
 

@@ -20,18 +20,17 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import schedules
 from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.settings import Heartbeat
 from tuner.spec import StudySpec
 from tuner.storage import (
     PAUSED_ATTR,
-    PBT_ATTR,
     PROMOTION_OF_ATTR,
     BudgetState,
     all_studies,
     heartbeat_ages,
     is_paused,
-    lineage,
     retired,
 )
 from tuner.study import (
@@ -323,7 +322,7 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None, *,
     names = spec.objective_names if spec is not None and spec.multi_objective else None
     trials = study.get_trials(deepcopy=False)
     known = facts(study, trials, grace_period=grace_period)
-    pbt = spec is not None and spec.scheduler is not None
+    sched = schedules.of(spec) if spec is not None else None
     for t in trials:
         if names is None:
             values: dict[str, Any] = {"value": t.values[0] if t.values else None}
@@ -342,23 +341,8 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None, *,
             "promotion_of": t.user_attrs.get(PROMOTION_OF_ATTR),
             "fail_reason": t.user_attrs.get("fail_reason"),
             **({"constraints": t.constraints} if t.constraints else {}),
-            **({"member": lineage(t), "pbt": pbt_event(t)} if pbt else {}),
+            **(sched.columns(t) if sched is not None else {}),
         })
     return rows
 
 
-def pbt_event(t: FrozenTrial) -> str:
-    """What PBT did at the start of this segment, in a few words: whose weights it took, and
-    which hyperparameters changed; "" for a member's first segment."""
-    rec = t.user_attrs.get(PBT_ATTR)
-    if not rec:
-        return ""
-    if rec.get("donor") is None:
-        return f"e{rec['epoch']}: own weights"
-    changes = ", ".join(f"{k} {_short(a)}->{_short(b)}" for k, (a, b) in rec["changes"].items())
-    return (f"e{rec['epoch']}: weights of member {rec['donor']} (#{rec['donor_trial']})"
-            + (f"; {changes}" if changes else ""))
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)

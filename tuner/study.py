@@ -13,7 +13,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import space
+from tuner import schedules, space
 from tuner.errors import SpecMismatch, StudyNotFound, TunerError
 from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.spec import StudySpec, spec_from_json
@@ -21,14 +21,11 @@ from tuner.storage import (
     Budget,
     BudgetState,
     Informed,
-    advance,
+    decided,
     delete_controls,
     display_url,
-    engine_of,
-    generations,
-    promote,
-    retire,
-    rungs,
+    record,
+    record_first,
 )
 
 SPEC_ATTR = "tuner.spec"
@@ -81,34 +78,9 @@ def build_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.Bas
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """Budget unit: epochs (steps reported are 1-based epochs, or folds with k-fold)."""
-    p = spec.pruner
-    max_resource = spec.kfold or spec.epochs
-    if spec.scheduler is not None:  # PBT: members pause at every generation's epoch
-        return RungPruner(generations(spec.scheduler.interval, spec.epochs))
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.min_epochs)
-    if p.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_epochs,
-                                                      reduction_factor=p.reduction_factor)
-    if p.name == "asha":
-        return RungPruner(rungs(p.min_epochs, p.reduction_factor, max_resource))
-    if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_epochs, max_resource=max_resource,
-                                              reduction_factor=p.reduction_factor)
-    return optuna.pruners.NopPruner()
-
-
-class RungPruner(optuna.pruners.BasePruner):
-    """ASHA's half in the trial: stop the rung segment at each rung's epoch, where the trial
-    pauses (the worker promotes paused trials: :func:`tuner.storage.promote`)."""
-
-    def __init__(self, rung_epochs: list[int]):
-        self.rungs = frozenset(rung_epochs)
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return trial.last_step in self.rungs
+    """The schedule's pruner. Budget unit: epochs (steps reported are 1-based epochs, or
+    folds with k-fold)."""
+    return schedules.of(spec).pruner()
 
 
 @dataclass
@@ -124,31 +96,29 @@ class Handle:
     def name(self) -> str:
         return self.study.study_name
 
-    def _asha(self) -> tuple[list[int], int, bool]:
-        p = self.spec.pruner
-        return (rungs(p.min_epochs, p.reduction_factor, self.spec.epochs), p.reduction_factor,
-                self.spec.direction_name == "maximize")
+    @property
+    def schedule(self) -> schedules.Schedule:
+        return schedules.of(self.spec)
+
+    def _view(self, final: bool = False) -> schedules.View:
+        return schedules.View(lambda: self.study.get_trials(deepcopy=False),
+                              lambda: decided(self.study), self.budget.state, final)
 
     def promote(self, final: bool = False) -> bool:
-        """ASHA: enqueue the continuation of the best promotable paused trial, if any
-        (``final``: no new trial may start, see :func:`tuner.storage.promote`). PBT: decide
-        the next generation once every member reached it (:func:`tuner.storage.advance`)."""
-        if (s := self.spec.scheduler) is not None:  # PBT: decide the next generation
-            return advance(self.study, engine_of(self.study), self.budget,
-                           generations(s.interval, self.spec.epochs), quantile=s.quantile,
-                           maximize=self.spec.direction_name == "maximize",
-                           perturb=self.spec.pbt_perturb(),
-                           resample_probability=s.resample_probability, seed=self.spec.seed)
-        if self.spec.pruner.name != "asha":
-            return False
-        return promote(self.study, engine_of(self.study), *self._asha(), final=final)
+        """Record what the schedule decides when a worker asks for work (an ASHA promotion, a
+        PBT generation), if anything; ``final``: no new trial may start."""
+        return record_first(self.study, self.schedule.decisions(self._view(final))) \
+            is not None
+
+    def pending(self) -> bool:
+        """A decision is still to come though nothing runs or waits (PBT: a generation)."""
+        return self.schedule.pending(self._view())
 
     def retire(self) -> list[int]:
-        """ASHA, once nothing runs: the lineages of paused trials that can never be promoted
-        (their checkpoints may go)."""
-        if self.spec.pruner.name != "asha":
-            return []
-        return retire(self.study, engine_of(self.study), *self._asha())
+        """Once nothing runs: retire what can never continue; the lineages whose checkpoints
+        may go."""
+        return [lin for d in self.schedule.retirements(self._view())
+                if record(self.study, d) for lin in d.frees]
 
 
 def _budget(storage: optuna.storages.RDBStorage, name: str) -> Budget:
@@ -256,7 +226,7 @@ def add_budget(handle: Handle, trials: int | None, timeout: float | None,
             handle.study.set_user_attr(PATIENCE_FROM_ATTR,
                                        len(handle.study.get_trials(deepcopy=False)))
         handle.budget.unstop()
-    if trials is None and handle.spec.scheduler is not None:
+    if trials is None and handle.schedule.population:
         # a population of `population` members, not as many as fit in the time
         return handle.budget.set_deadline(timeout) if timeout is not None or hours is not None \
             else handle.budget.state()

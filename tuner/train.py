@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tuner import recipes, transfer, vocab
 from tuner.context import Context
 from tuner.data._bundle import DataBundle, Split
+from tuner.data._text import for_params
 from tuner.device import canonical
 from tuner.errors import DataError
 from tuner.models import build, count_parameters
@@ -54,7 +55,7 @@ class _Run:
 def fit(params: Mapping[str, Any], ctx: Context) -> float:
     """Train the model ``ctx.build_model(params)`` on ``ctx.data`` and return the final
     validation ``ctx.metric``. Resumes from the trial's checkpoint when there is one."""
-    data = _data(ctx)
+    data = _data(ctx, params)
     _check_metric(ctx.metric, data.task)
     run = _setup(params, ctx, data)
     start = _resume(run, ctx)
@@ -99,7 +100,7 @@ def fit_final(params: Mapping[str, Any], ctx: Context,
     ``schedule`` (a PBT member's): ``(from_epoch, params)`` segments after the first; at each
     one's first epoch training goes on with its params, weights and optimizer state kept.
     Returns the model and every metric of the task, plus the last epoch's ``train_loss``."""
-    data = _data(ctx)
+    data = _data(ctx, params)
     run = _setup(params, ctx, data)
     switch = {int(e): p for e, p in schedule if int(e) > 1}
     train_loss = math.nan
@@ -286,7 +287,8 @@ def make_optimizer(p: Mapping[str, Any], model: nn.Module,
                "adagrad": torch.optim.Adagrad}
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(vocab.OPTIMIZERS)}")
-    groups = transfer.param_groups(model, float(p["lr"]), float(p.get("backbone_lr_scale", 1.0)))
+    groups = transfer.param_groups(model, float(p["lr"]), float(p.get("backbone_lr_scale", 1.0)),
+                                   float(p.get("layer_lr_decay", 1.0)))
     return classes[name](groups, **kwargs)
 
 
@@ -306,12 +308,14 @@ def make_schedule(p: Mapping[str, Any], opt: torch.optim.Optimizer,
     raise ValueError(f"unknown schedule {name!r}; use one of {', '.join(vocab.SCHEDULES)}")
 
 
-def _data(ctx: Context) -> DataBundle:
+def _data(ctx: Context, params: Mapping[str, Any] | None = None) -> DataBundle:
     if ctx.data is None:
         raise ValueError("tuner's training loop needs data: ctx.data is None")
     device = canonical(ctx.device)
     # normally the worker moved it once; a copy per trial is slow but still right
-    return ctx.data if ctx.data.device == device else ctx.data.to(device)
+    data = ctx.data if ctx.data.device == device else ctx.data.to(device)
+    # text data: the trial's vocab_size and max_len may call for another tokenization
+    return for_params(data, params or {}) if data.text is not None else data
 
 
 def _builder(ctx: Context, data: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:

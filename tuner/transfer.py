@@ -8,7 +8,8 @@ functions, so the path helpers stay torch-free); nothing is ever downloaded.
     blocks(model)                      the model's parameters in blocks, the head last
     freeze(model, n)                   the first n blocks stop learning, their norms' running
                                        statistics too
-    param_groups(model, lr, scale)     the head at lr, the backbone at lr * scale
+    param_groups(model, lr, scale, decay)  the head at lr, the backbone at lr * scale, each
+                                       block below by decay more (layer-wise decay)
 
 A model's blocks: those it names (``model.tuner_blocks``, module names, and
 ``model.tuner_head``, as the torchvision family sets), else one block per weight layer
@@ -150,7 +151,8 @@ def blocks(model: nn.Module) -> list[list[str]]:
         if not groups:
             return [[]]
     params = dict(model.named_parameters())
-    return [[p for p in params if any(p.startswith(f"{m}.") for m in g)] for g in groups]
+    return [[p for p in params if any(p == m or p.startswith(f"{m}.") for m in g)]
+            for g in groups]
 
 
 def freeze(model: nn.Module, n: int) -> None:
@@ -185,16 +187,24 @@ def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def param_groups(model: nn.Module, lr: float, scale: float) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: the trainable parameters; with ``scale != 1`` the head
-    first at ``lr`` and the rest (the backbone) at ``lr * scale``."""
+def param_groups(model: nn.Module, lr: float, scale: float,
+                 decay: float = 1.0) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the trainable parameters; with ``scale != 1`` or
+    ``decay != 1`` the head first at ``lr``, then the backbone's blocks from the last to the
+    first at ``lr * scale * decay**k`` (k = 1 for the block under the head: layer-wise
+    learning-rate decay, as in ULMFiT and ELECTRA); parameters no block claims go at
+    ``lr * scale``."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if scale == 1:
+    if scale == 1 and decay == 1:
         return [{"params": [p for _, p in named]}]
-    head = set(blocks(model)[-1])
-    groups = [{"params": [p for n, p in named if n in head], "lr": lr},
-              {"params": [p for n, p in named if n not in head], "lr": lr * scale}]
-    return [g for g in groups if g["params"]]
+    bs = blocks(model)
+    rate = {n: lr for n in bs[-1]}
+    for k, block in enumerate(reversed(bs[:-1])):
+        rate.update({n: lr * scale * decay ** (k + 1) for n in block})
+    groups: dict[float, list[Any]] = {lr: []}  # the head's group first
+    for n, p in named:
+        groups.setdefault(rate.get(n, lr * scale), []).append(p)
+    return [{"params": ps, "lr": r} for r, ps in groups.items() if ps]
 
 
 def _first_conv(model: nn.Module) -> str | None:

@@ -71,6 +71,8 @@ TRAINING_KNOBS: dict[str, Knob] = {
     "freeze": Knob(0, "leading blocks of the model that stay frozen (never the head)", low=0),
     "backbone_lr_scale": Knob(1.0, "learning-rate multiplier for every block but the head",
                               low=0, low_open=True),
+    "layer_lr_decay": Knob(1.0, "layer-wise learning-rate decay: each block further below the "
+                           "head learns this much slower (1: off)", low=0, low_open=True, high=1),
 }
 # knobs that only make sense on image data: refused on any other kind
 IMAGE_ONLY_KNOBS = ("augment_crop", "augment_flip", "augment_cutout")

@@ -67,7 +67,8 @@ class Summary:
 class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
                  max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
-                 db_patience: float = 300, stall_timeout: float | None = None):
+                 db_patience: float = 300, stall_timeout: float | None = None,
+                 between_epochs: Callable[[], None] | None = None):
         self.handle, self.runner = handle, runner
         # one per worker: the trial loop, its reports and the heartbeat thread ride out the
         # same outages (backoff capped at the heartbeat interval, so beats resume promptly)
@@ -83,6 +84,8 @@ class Worker:
         self.paused = False
 
         def on_epoch(n: int, epoch: int, value: float) -> None:
+            if between_epochs is not None:  # e.g. fewer threads while the CPUs are contended
+                between_epochs()
             if self.beat is not None:
                 self.beat.progressed()
             self.on_event(Event("epoch", n, epoch, value))
@@ -126,14 +129,13 @@ class Worker:
                         # (PBT: the last generation is decided)
                         if self.patience.call(lambda: self.handle.promote(final=True)):
                             continue
-                        if self.handle.spec.scheduler is not None and self.patience.call(
-                                lambda: storage.pending(study)):
+                        if self.patience.call(self.handle.pending):
                             # PBT: another worker is enqueueing a generation's continuations
                             self.stop.wait(min(1.0, self.heartbeat.interval))
                             continue
                         for lin in self.patience.call(self.handle.retire):
                             self.runner.drop_checkpoint(lin)
-                        if self.handle.spec.scheduler is not None and not self.patience.call(
+                        if self.handle.schedule.keeps_snapshots and not self.patience.call(
                                 lambda: study.get_trials(deepcopy=False, states=(
                                     TrialState.RUNNING, TrialState.WAITING))):
                             self.runner.drop_snapshots()  # PBT: no member can exploit any more

@@ -27,7 +27,13 @@ def main() -> None:
     last moments: a process that imported torch spent about 3 s of a worker's exit there,
     walking objects its operating system frees at once anyway."""
     import gc
+    import os
 
+    from tuner.threads import wait_env
+
+    # OpenMP reads its wait policy once, when torch loads (inside a command): set it first,
+    # unless the user has
+    os.environ.update(wait_env())
     try:
         app()
     finally:

@@ -81,6 +81,30 @@ def _one_line_usage() -> Iterator[None]:
         raise _OneLineUsage(e) from None
 
 
+class _EarlyError(click.ClickException):
+    """A TunerError raised while the options are parsed (before any command runs)."""
+
+    def __init__(self, error: TunerError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        err().print(f"[red]error:[/red] {_escape(self.message)}", markup=True, highlight=False,
+                    soft_wrap=True)
+
+
+def study_file(value: Path) -> Path:
+    """An argument's callback: the study file read and checked while the options are parsed,
+    before torch or a database is touched (an alias bomb is refused in a fraction of a second)."""
+    from tuner.spec import load_spec
+
+    try:
+        load_spec(value)
+    except TunerError as e:
+        raise _EarlyError(e) from None
+    return value
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -243,6 +267,11 @@ SETTINGS: list[tuple[str, Any, Any]] = [
         envvar="TUNER_FUSE",
         help="Train same-shape trials as one stacked model: auto (measure K = 1, 2, 4, 8 on "
              "the device, keep the fastest), off, or K [default: the study's fuse:].")], None),
+    ("threads", Annotated[str | None, typer.Option(
+        envvar="TUNER_THREADS",
+        help="Torch CPU threads of each worker [default: the CPUs it may use (affinity mask, "
+             "cgroup quota, SLURM_CPUS_PER_TASK) split among --workers; OMP_NUM_THREADS "
+             "wins].")], None),
 ]
 
 
@@ -265,7 +294,8 @@ def with_settings(fn: F) -> F:
             checkpoint_dir=given["checkpoint_dir"], keep_checkpoints=given["keep_checkpoints"],
             download=given["download"], heartbeat_s=given["heartbeat"],
             grace_period_s=given["grace_period"], db_patience_s=given["db_patience"],
-            stall_timeout_s=given["stall_timeout"], fuse=given["fuse"])
+            stall_timeout_s=given["stall_timeout"], fuse=given["fuse"],
+            threads=given["threads"])
         return fn(**kwargs, settings=settings)
 
     wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]

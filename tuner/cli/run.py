@@ -25,6 +25,7 @@ from tuner.cli._common import (
     command,
     display_url,
     out,
+    study_file,
     with_settings,
 )
 from tuner.settings import Settings  # at run time: typer reads the commands' annotations
@@ -85,6 +86,10 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
     _print_result(prepared, result.stopped_because or "done")
 
 
+def _each(workers: int) -> str:
+    return f"{workers} workers, each " if workers > 1 else ""
+
+
 def _print_result(prepared: Prepared, why: str) -> None:
     from tuner.status import snapshot
     from tuner.storage import USER_STOP
@@ -116,7 +121,8 @@ def _print_result(prepared: Prepared, why: str) -> None:
 @command
 @with_settings
 def run(
-    file: Annotated[Path, typer.Argument(help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.")],
+    file: Annotated[Path, typer.Argument(
+        help="Study file (YAML), e.g. search_spaces/mnist_mlp.yaml.", callback=study_file)],
     study: Annotated[str | None, typer.Option(
         help="Study name [default: the file's name].", callback=_study_name)] = None,
     trials: Trials = None,
@@ -153,7 +159,8 @@ def run(
     if not quiet:
         verb = "created" if prepared.handle.created else "resuming"
         out().print(f"{verb} study [bold]{_escape(prepared.handle.name)}[/bold] in "
-                    f"{_escape(display_url(settings.storage))} on {settings.device}",
+                    f"{_escape(display_url(settings.storage))} on {settings.device}, "
+                    f"{_each(workers)}{_escape(str(prepared.threads))}",
                     highlight=False, markup=True)
     _work(prepared, workers, workers_per_gpu, quiet)
 
@@ -205,7 +212,10 @@ def worker(
         def on_event(e: Any) -> None:
             if e.kind == "finished":
                 out().print(f"trial {e.trial}: {e.state} {_fmt(e.value)}", highlight=False)
-    result = api.work(study, settings, worker_index=worker_index, on_event=on_event)
+    prepared = api.prepare_work(study, settings, worker_index=worker_index)
+    if not quiet:
+        out().print(f"worker on {settings.device}, {prepared.threads}", highlight=False)
+    result = api.go(prepared, on_event=on_event)
     if not quiet:
         out().print(f"worker done: {result.trials_run} trials ({result.stopped_because})",
                     highlight=False, soft_wrap=True)

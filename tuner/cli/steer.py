@@ -25,7 +25,7 @@ Number = Annotated[int, typer.Argument(min=0, help="Trial number.")]
 def _load(name: str, storage: str):  # noqa: ANN202 - a Handle, imported late
     from tuner import study as st
 
-    return st.load(_open(storage, "existing"), name, wait_s=0)  # controls write
+    return st.load(_open(storage, "existing"), name, wait_s=0)  # steering writes controls
 
 
 @command

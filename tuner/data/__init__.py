@@ -41,6 +41,8 @@ class Request:
     # the study's ``data: {as: KIND}`` for a built-in source: image sources may be read as
     # sequences (rows as steps: sequential MNIST); None reads the source's own kind
     read_as: InputKind | None = None
+    # a source's own options from the study file (text data: its TextOptions)
+    options: Any = None
 
 
 # source kind -> the other kinds its samples may be read as

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -116,6 +117,9 @@ class DataBundle:
     # set by to() when the data did not fit in GPU memory: the splits stay on the host and
     # each batch is gathered into pinned memory and copied here with non_blocking=True
     batch_device: torch.device | None = None
+    # text data: the tokenization of the base rows (a ``tuner.data._text.TextView``), which
+    # a trial's vocab_size / max_len may redo and retrain saves beside the model
+    text: Any = None
 
     @property
     def inputs(self) -> Inputs:
@@ -251,7 +255,7 @@ class DataBundle:
     def _resplit(self, train: Split, val: Split | None, test: Split | None) -> DataBundle:
         fresh = make_bundle(self.name, self.task, train, val, test, self.num_outputs, self.kind)
         return replace(fresh, mean=fresh.mean.to(self.device), std=fresh.std.to(self.device),
-                       batch_device=self.batch_device)
+                       batch_device=self.batch_device, text=self.text)
 
 
 # ---- building bundles --------------------------------------------------------------------

@@ -123,8 +123,6 @@ def script(s: SlurmSettings) -> str:
         f"# {s.workers} tuner workers for study {s.study}, written by `tuner launch slurm`",
         *(f"#SBATCH {o}" for o in opts),
         "",
-        "# torch's threads: as many as the CPUs Slurm gave this task, unless set before sbatch",
-        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
         "# a requeued task samples apart from its earlier run: its index moves on by the array size",
         f'index=$(( SLURM_ARRAY_TASK_ID + {s.workers} * ${{SLURM_RESTART_COUNT:-0}} ))',
         "# exec: Slurm's SIGTERM reaches the worker itself, which checkpoints and leaves",

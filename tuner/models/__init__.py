@@ -12,7 +12,7 @@ Importing this package does not import torch; building a model does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +22,8 @@ from tuner.registry import Knob, Registry, discover
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "get", "names",
-           "register", "FAMILIES"]
+__all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "family_of", "get",
+           "names", "register", "FAMILIES", "HF_PREFIX"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class Family:
     build: Callable[[Mapping[str, Any], Inputs, int], nn.Module]
     # knobs a study may also give per layer (``width_0 .. width_{depth-1}``)
     per_layer: tuple[str, ...] = field(default=())
+    # rules between knobs: knob -> every value the space can draw (None: a range too wide to
+    # list; absent: the knob's default) -> why the space is invalid, or None
+    check_space: Callable[[Mapping[str, Sequence[Any] | None]], str | None] | None = None
 
 
 FAMILIES: Registry[Family] = Registry("model")
@@ -52,10 +55,28 @@ def names() -> tuple[str, ...]:
     return FAMILIES.names()
 
 
+# ``model: hf:PATH``: the hf family, with the pretrained model's folder (tuner.models.hf)
+HF_PREFIX = "hf:"
+
+
+def family_of(model: str | None) -> str | None:
+    """The built-in family a study's ``model:`` names (``hf:PATH`` is the hf family), or None
+    for a user's builder."""
+    if model is None:
+        return None
+    if model.startswith(HF_PREFIX):
+        return "hf"
+    return model if model in FAMILIES else None
+
+
 def build(family: str, params: Mapping[str, Any], inputs: Inputs,
           num_outputs: int) -> nn.Module:
     """The model ``family`` configured by ``params`` (missing knobs take their defaults) for
-    samples described by ``inputs`` and ``num_outputs`` logits (1 for regression)."""
+    samples described by ``inputs`` and ``num_outputs`` logits (1 for regression).
+    ``hf:FOLDER`` builds the hf family from that (resolved) folder."""
+    if family.startswith(HF_PREFIX):
+        params = {**params, "path": family.removeprefix(HF_PREFIX)}
+        family = "hf"
     try:
         fam = get(family)
     except KeyError as e:

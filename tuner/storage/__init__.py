@@ -10,17 +10,8 @@ with their cause kept.
 
 from __future__ import annotations
 
+from tuner.schedules import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, is_paused, is_promotion
 from tuner.settings import DEFAULT_URL, Heartbeat
-from tuner.storage._asha import (
-    PAUSED_ATTR,
-    PROMOTION_OF_ATTR,
-    is_paused,
-    is_promotion,
-    promote,
-    retire,
-    retired,
-    rungs,
-)
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._controls import (
     STATE_ATTR,
@@ -39,6 +30,7 @@ from tuner.storage._controls import (
 )
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
+from tuner.storage._ledger import decided, record, record_first, retired
 from tuner.storage._open import (
     TunerStorage,
     checkpoint_folder,
@@ -56,7 +48,6 @@ from tuner.storage._overview import (
     studies_overview,
     study_overview,
 )
-from tuner.storage._pbt import PBT_ATTR, advance, explore, generations, pending, schedule
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._retry import (
     CRASHES_ATTR,
@@ -103,10 +94,9 @@ __all__ = [
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
     "start_trials", "state", "tell_many", "trial_by_number",
     "TRAIN_LOSS_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
-    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "is_paused", "is_promotion", "promote", "retire", "retired",
-    "rungs", "STATE_ATTR", "USER_STOP", "Controls", "delete_controls", "forget_trial_stop",
-    "read_controls", "set_paused", "set_stop", "stop_trial", "WorkerRow", "check_in",
-    "check_out", "study_workers", "RunningTrial", "StudyDetail", "StudyRow",
-    "studies_overview", "study_overview",
-    "PBT_ATTR", "advance", "explore", "generations", "pending", "schedule",
+    "PAUSED_ATTR", "PROMOTION_OF_ATTR", "PBT_ATTR", "is_paused", "is_promotion", "decided",
+    "record", "record_first", "retired", "STATE_ATTR", "USER_STOP", "Controls",
+    "delete_controls", "forget_trial_stop", "read_controls", "set_paused", "set_stop",
+    "stop_trial", "WorkerRow", "check_in", "check_out", "study_workers", "RunningTrial",
+    "StudyDetail", "StudyRow", "studies_overview", "study_overview",
 ]

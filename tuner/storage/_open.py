@@ -23,7 +23,7 @@ import sqlalchemy
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-from tuner.errors import StorageError
+from tuner.errors import NoDatabase, StorageError
 from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
@@ -162,10 +162,10 @@ def _create_schema(url: URL) -> None:
     connection (closed before the storage opens its own). PostgreSQL: a transaction-scoped
     advisory lock, and DDL inside the same transaction, which PgBouncer's transaction
     pooling keeps on one server connection. MySQL: a named lock (no pooler in between)."""
-    from tuner.storage import _asha as asha
     from tuner.storage import _budget as budget
     from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
+    from tuner.storage import _ledger as ledger
     from tuner.storage._trials import create_schema
 
     backend = url.get_backend_name()
@@ -185,7 +185,7 @@ def _create_schema(url: URL) -> None:
                 create_schema(conn)
                 budget.create_table(conn)
                 lease.create_table(conn)
-                asha.create_table(conn)
+                ledger.create_table(conn)
                 controls.create_table(conn)
             finally:
                 if backend not in ("sqlite", "postgresql"):
@@ -251,7 +251,7 @@ def _tables(parsed: URL) -> set[str]:
     if parsed.get_backend_name() == "sqlite":
         path = Path(str(parsed.database)).expanduser()
         if not path.is_file():
-            raise StorageError(f"no study database at {path}; check --storage, or create one "
+            raise NoDatabase(f"no study database at {path}; check --storage, or create one "
                                "with `tuner run FILE`")
         # through SQLite only: opening and closing the file ourselves would drop every
         # SQLite lock this process holds on it (POSIX locks are per process and file)

@@ -22,9 +22,10 @@ from optuna.storages._rdb import models
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage._asha import PAUSED_ATTR, PROMOTION_OF_ATTR, RETIRED, promotions
+from tuner.schedules import PAUSED_ATTR, PROMOTION_OF_ATTR, RETIRED
 from tuner.storage._budget import BudgetState, budgets
 from tuner.storage._controls import Controls, WorkerRow, controls, trial_stops, workers
+from tuner.storage._ledger import promotions
 from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR, lineage
 
 _T = models.TrialModel.__table__

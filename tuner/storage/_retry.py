@@ -11,17 +11,13 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.schedules import PBT_ATTR
 from tuner.storage._budget import Budget
+from tuner.trial_schema import LINEAGE_ATTR, lineage
 
-LINEAGE_ATTR = "lineage"  # number of the first trial of a retry chain: names its checkpoint
 RETRY_OF_ATTR = "retry_of"
 MAX_RETRIES = 3  # retries of a trial whose worker died
-PBT_ATTR = "pbt"  # a PBT continuation's exploit and schedule (tuner.storage._pbt): a retry keeps it
 CRASHES_ATTR = "tuner_crashes"  # system attr: attempts of the lineage that lost their worker
-
-
-def lineage(trial: FrozenTrial | optuna.Trial) -> int:
-    return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
 
 
 def is_retry(trial: FrozenTrial | optuna.Trial) -> bool:

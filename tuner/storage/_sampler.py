@@ -38,7 +38,7 @@ from optuna.study import StudyDirection
 from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage._asha import PAUSED_ATTR
+from tuner.schedules import PAUSED_ATTR
 
 
 def trial_seed(seed: int, number: int, what: str) -> int:

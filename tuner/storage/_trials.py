@@ -387,11 +387,11 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
 
 
 def decide(study: optuna.Study, table: sqlalchemy.Table, rows: list[dict[str, Any]],
-           continuations: list[FrozenTrial], promoted: Sequence[FrozenTrial] = ()) -> bool:
+           continuations: list[FrozenTrial], promoted: Sequence[int] = ()) -> bool:
     """Insert a scheduler's decision ``rows`` into ``table`` (whose primary key lets one
     worker win them) and enqueue its ``continuations`` (WAITING trials), in one transaction;
     False if another worker had inserted one of the rows (nothing is written then). The
-    paused trials that go on (``promoted``) say so in their ``tuner_state``, in the same
+    paused trials that go on (``promoted``, by number) say so in their ``tuner_state``, in the same
     transaction (for optuna-dashboard's trial table).
 
     One transaction, because a decider killed (or cut off from the database) between the rows
@@ -414,7 +414,11 @@ def decide(study: optuna.Study, table: sqlalchemy.Table, rows: list[dict[str, An
             for template in continuations:
                 rdb._get_prepared_new_trial(study._study_id, template, session)
             if promoted and _can_upsert(rdb.engine.name):
-                session.execute(_state_rows(rdb, [(t._trial_id, "promoted") for t in promoted]))
+                ids = session.execute(
+                    sqlalchemy.select(models.TrialModel.trial_id)
+                    .where(models.TrialModel.study_id == study._study_id)
+                    .where(models.TrialModel.number.in_(list(promoted)))).scalars().all()
+                session.execute(_state_rows(rdb, [(i, "promoted") for i in ids]))
     except sqlalchemy.exc.IntegrityError:
         return False
     return True
