@@ -229,7 +229,8 @@ def test_a_binary_study_file_is_one_line_and_exit_2(tmp_path: Path, env: str) ->
     ("postgresql://nobody@127.0.0.1:1/db", "cannot open storage"),
 ])
 def test_bad_storage_url(url: str, message: str, study_file: Path, mnist_dir: Path) -> None:
-    r = runner.invoke(app, ["run", str(study_file), "--storage", url, "--device", "cpu"])
+    r = runner.invoke(app, ["run", str(study_file), "--storage", url, "--device", "cpu",
+                            "--data-dir", str(mnist_dir)])
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
 

@@ -178,3 +178,35 @@ def test_time_left_agrees_with_the_study_state():
     stopped = BudgetState(target=3, taken=1, deadline=None, stopped=USER_STOP)
     assert _eta(60, stopped, [], [60.0]) is None
     assert _eta(60, stopped, [running], [60.0]) == pytest.approx(22, abs=1.5)
+
+
+def test_a_database_made_before_the_control_tables(sqlite_url, tmp_path):
+    """Readers (status, the console) read a database without tuner's control tables and
+    create nothing; the first control creates them."""
+    import sqlite3
+
+    from tuner import api
+    from tuner.console import Console
+
+    api.run(write_study(tmp_path, trials=1, epochs=1, sleep=0), storage=sqlite_url,
+            device="cpu", checkpoint_dir=str(tmp_path / "ck"), data_dir=str(tmp_path))
+    path = sqlite_url.removeprefix("sqlite:///")
+    tables = ("tuner_controls", "tuner_trial_stops", "tuner_workers")
+
+    def present() -> set[str]:
+        with sqlite3.connect(path) as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master")} & set(tables)
+
+    with sqlite3.connect(path) as db:
+        for t in tables:
+            db.execute(f"DROP TABLE {t}")
+    cli("status", "toy", "--storage", sqlite_url)
+    console = Console(connect(sqlite_url, access="existing"), lambda e, s: [], token=None)
+    [row] = console.studies()
+    assert row["state"] == "finished" and row["counts"]["complete"] == 1
+    page = console.study("toy")
+    assert page is not None and page["workers"] == [] and not page["paused"]
+    assert present() == set()
+    cli("pause", "toy", "--storage", sqlite_url)
+    assert present() == set(tables)
+    assert read_controls(connect(sqlite_url).engine, "toy").paused

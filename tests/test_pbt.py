@@ -298,6 +298,18 @@ def test_a_digits_population_exploits_explores_records_lineage_and_retrains(
         assert max(x.intermediate_values) > g  # it went on from there
         assert rec["schedule"][:-1] == schedule(donor)
         assert rec["schedule"][-1] == {"from_epoch": g + 1, "params": x.params}
+    # optuna-dashboard's trial table says what PBT did with each segment (tuner_state): the
+    # last generation's exploiting member "exploited", the others "complete"; a segment that
+    # paused at a generation and went on "promoted" (read afresh, as the dashboard does)
+    fresh = {t.number: t for t in connect(f"sqlite:///{tmp_path / 'tuner.db'}", access="read")
+             .get_all_trials(study._study_id)}
+    for t in conts:
+        if t.user_attrs[PBT_ATTR]["epoch"] == 2:
+            exploited = t.user_attrs[PBT_ATTR]["donor"] is not None
+            assert fresh[t.number].user_attrs["tuner_state"] == ("exploited" if exploited
+                                                                 else "complete")
+        promoted = fresh[t.user_attrs[PROMOTION_OF_ATTR]]
+        assert promoted.user_attrs["tuner_state"] == "promoted"
         # the donor's weights as of the generation were kept for it
         snap = tmp_path / "ck" / "pbt" / f"trial-{rec['donor']}-gen{g}.pt"
         assert torch.load(snap, weights_only=True)["epoch"] == g

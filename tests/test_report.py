@@ -185,3 +185,100 @@ def test_no_completed_trial_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no completed trial" in result.output and "tuner resume empty" in result.output
     assert not (tmp_path / "r" / "report.html").exists()
+
+
+def figure_data(page: str, sid: str) -> tuple[list[dict], dict]:
+    """The traces and layout of the plotly figure ``plot-<sid>`` in report.html."""
+    import json
+
+    start = page.index(f'"plot-{sid}",') + len(f'"plot-{sid}",')
+    decoder = json.JSONDecoder()
+    rest = page[start:].lstrip()
+    traces, end = decoder.raw_decode(rest)
+    layout, _ = decoder.raw_decode(rest[end:].lstrip(", \n"))
+    return traces, layout
+
+
+def run_report(folder: Path, url: str, name: str) -> str:
+    out = folder / f"report_{name}"
+    result = runner.invoke(app, ["report", name, "--out", str(out), "--storage", url])
+    assert result.exit_code == 0, result.output
+    return (out / "report.html").read_text()
+
+
+ASHA = """
+name: asha_legend
+data: digits
+model: mlp
+epochs: 3
+trials: 6
+validation: 0.2
+sampler: random
+pruner: {name: asha, min_epochs: 1, reduction_factor: 3}
+space:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  optimizer: {type: categorical, choices: [adamw, rmsprop, sgd]}
+  batch_size: 64
+"""
+
+
+def test_asha_legends_name_each_configuration_once_and_slice_labels_slant(
+        tmp_path: Path) -> None:
+    from tuner import study as st
+    from tuner.storage import connect, lineage
+
+    (tmp_path / "asha.yaml").write_text(ASHA)
+    url = f"sqlite:///{tmp_path / 'asha.db'}"
+    r = runner.invoke(app, ["run", str(tmp_path / "asha.yaml"), "--storage", url,
+                            "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    trials = st.load(connect(url, access="read"), "asha_legend").study.get_trials()
+    lineages = {lineage(t) for t in trials}
+    assert len(trials) > len(lineages)  # rung segments: more lines than configurations
+    page = run_report(tmp_path, url, "asha_legend")
+    for sid in ("curves", "train_loss"):
+        traces, _ = figure_data(page, sid)
+        named = [t["name"] for t in traces if t.get("showlegend", True)]
+        assert sorted(named) == sorted(f"trial {n}" for n in lineages), (sid, named)
+    traces, layout = figure_data(page, "slice")
+    category = [v for k, v in layout.items() if k.startswith("xaxis") and
+                v.get("type") == "category"]
+    assert category and all(a.get("tickangle") == -30 for a in category)
+    # every parameter's panel is drawn, none wider than the page
+    assert len([k for k in layout if k.startswith("xaxis")]) == 2
+    assert layout.get("width") is None
+
+
+TWO = """
+name: two
+data: digits
+model: mlp
+objectives: [accuracy, params]
+epochs: 1
+trials: 6
+sampler: random
+pruner: none
+space:
+  lr: {type: float, low: 1.0e-3, high: 3.0e-2, log: true}
+  width: [8, 16, 32, 64]
+  batch_size: 64
+"""
+
+
+def test_two_objectives_keep_importance_and_parallel_per_objective(tmp_path: Path) -> None:
+    (tmp_path / "two.yaml").write_text(TWO)
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    r = runner.invoke(app, ["run", str(tmp_path / "two.yaml"), "--storage", url,
+                            "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    page = run_report(tmp_path, url, "two")
+    for i, name in enumerate(("accuracy", "params")):
+        for kind in ("parallel", "importance"):
+            assert f'id="plot-{kind}_{i}"' in page, (kind, name)
+            assert (tmp_path / "report_two" / f"{kind}_{i}.png").read_bytes()[:8] == PNG_MAGIC
+        traces, _ = figure_data(page, f"parallel_{i}")
+        # each line's first axis is its own objective, the one it is coloured by
+        assert {t["customdata"][0][0] for t in traces if "customdata" in t} == {name}
+        assert f"Parameter importances: {name}" in page
+        bars, _ = figure_data(page, f"importance_{i}")
+        assert sorted(bars[0]["y"]) == ["lr", "width"]

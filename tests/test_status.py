@@ -31,6 +31,8 @@ from typer.testing import CliRunner
 
 from tuner import study as st
 from tuner.cli import app
+from tuner.console import Console
+from tuner.console._view import COUNTED
 from tuner.status import snapshot, studies, trial_rows
 from tuner.storage import connect
 
@@ -100,6 +102,16 @@ def test_every_view_counts_the_same_trials(make, tmp_path: Path) -> None:
     if name == "pbt":  # pruner none: nothing was pruned
         assert snap.counts.get("PRUNED", 0) == 0
         assert snap.counts.get("COMPLETE", 0) == 3
+    # the console counts the same trials, though it reads them lean, in a few queries
+    console = Console(connect(url, access="read"), lambda e, s: [], token=None)
+    shown = next(s for s in console.studies() if s["name"] == name)
+    page = console.study(name)
+    assert page is not None
+    kinds = {kind.value: label for kind, label in COUNTED}
+    for counts in (shown["counts"], page["counts"]):
+        assert {kinds[k]: n for k, n in snap.counts.items()} == {k: n for k, n in counts.items()
+                                                                  if n}
+    assert shown["finished"] == page["finished"] == snap.finished
 
 
 def test_a_multi_objective_study_shows_its_pareto_front(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules
@@ -166,6 +167,31 @@ def _mo_plots(spec: Any) -> list[tuple[str, str, str, Draw]]:
          "stop early.", _curves),
         ("train_loss", "Training loss", "Mean training loss per epoch, one line per trial.",
          _train_loss),
+        *[plot for i, name in enumerate(names) for plot in _per_objective(i, name)],
+    ]
+
+
+def _per_objective(i: int, name: str) -> list[tuple[str, str, str, Draw]]:
+    """Parallel coordinates and importances of objective ``i`` of a multi-objective study."""
+
+    def value(t: FrozenTrial) -> float:
+        return t.values[i]
+
+    def parallel(study: optuna.Study, trials: list[FrozenTrial], metric: str
+                 ) -> tuple[Any, Any]:
+        return _parallel(study, trials, name, target=value)
+
+    def importance(study: optuna.Study, trials: list[FrozenTrial], metric: str
+                   ) -> tuple[Any, Any]:
+        return _importance(study, trials, name, target=value)
+
+    return [
+        (f"parallel_{i}", f"Parallel coordinates: {name}",
+         f"Each line is a completed trial through its parameters, coloured by {name}.",
+         parallel),
+        (f"importance_{i}", f"Parameter importances: {name}",
+         f"How much of the variation in {name} each parameter explains (optuna.importance).",
+         importance),
     ]
 
 
@@ -182,40 +208,74 @@ def _curves(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tupl
     if not any(t.intermediate_values for t in trials):
         raise _Skip("no trial reported a value per epoch")
     figure, mpl = _both(study, "plot_intermediate_values")
-    figure.update_layout(showlegend=len(trials) <= 20, xaxis_title="epoch", yaxis_title=metric)
+    by_number = {t.number: lineage(t) for t in trials}
+    def of(name: str) -> int | None:
+        number = name.removeprefix("Trial")
+        return by_number.get(int(number)) if number.isdigit() else None
+
+    shown = _one_entry_per_lineage(figure, mpl.axes[0], of)
+    figure.update_layout(showlegend=shown, xaxis_title="epoch", yaxis_title=metric)
     mpl.axes[0].set(xlabel="epoch", ylabel=metric, title="Learning curves")
     return figure, mpl
+
+
+def _one_entry_per_lineage(figure: Any, ax: Any, lineage_of: Callable[[str], int | None],
+                           most: int = 20) -> bool:
+    """Name each line by its configuration (an ASHA rung's or a PBT generation's segments
+    share their first trial's lineage), with one legend entry per configuration, in both
+    figures; no legend past ``most`` configurations (it would hide the lines). Returns
+    whether a legend is shown."""
+    seen: set[int] = set()
+    for trace in figure.data:
+        lin = lineage_of(trace.name or "")
+        if lin is None:
+            continue
+        trace.update(name=f"trial {lin}", legendgroup=str(lin), showlegend=lin not in seen)
+        seen.add(lin)
+    drawn: set[int] = set()
+    for line in ax.get_lines():
+        lin = lineage_of(line.get_label())
+        if lin is None:
+            continue
+        line.set_label(f"trial {lin}" if lin not in drawn else "_nolegend_")
+        drawn.add(lin)
+    legend = ax.get_legend()
+    if len(seen | drawn) <= most and drawn:
+        ax.legend(fontsize="small", ncol=2 if len(drawn) > 10 else 1)
+    elif legend is not None:
+        legend.remove()
+    return len(seen) <= most
 
 
 def _train_loss(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
     import plotly.graph_objects as go
 
-    curves = [(t.number, losses) for t in trials
+    curves = [(lineage(t), losses) for t in trials
               if t.state.is_finished() and (losses := train_losses(t))]
     if not curves:
         raise _Skip("no trial recorded its training loss (ctx.report(..., train_loss=...))")
     plt = _pyplot()
     mpl, ax = plt.subplots(figsize=(9, 5))
     figure = go.Figure()
-    for number, losses in curves:
+    for lin, losses in curves:
         epochs = list(range(1, len(losses) + 1))
         figure.add_trace(go.Scatter(x=epochs, y=losses, mode="lines+markers",
-                                    name=f"trial {number}"))
-        ax.plot(epochs, losses, marker=".", alpha=0.7, label=f"trial {number}")
-    figure.update_layout(xaxis_title="epoch", yaxis_title="training loss",
-                         showlegend=len(curves) <= 20)
+                                    name=str(lin)))
+        ax.plot(epochs, losses, marker=".", alpha=0.7, label=str(lin))
+    shown = _one_entry_per_lineage(figure, ax, int)
+    figure.update_layout(xaxis_title="epoch", yaxis_title="training loss", showlegend=shown)
     ax.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-    if len(curves) <= 20:  # beyond that a legend hides the lines it names
-        ax.legend(fontsize="small", ncol=2 if len(curves) > 10 else 1)
     if all(v is not None and v > 0 for _, losses in curves for v in losses):
         figure.update_yaxes(type="log")
         ax.set_yscale("log")
     return figure, mpl
 
 
-def _parallel(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple[Any, Any]:
+def _parallel(study: optuna.Study, trials: list[FrozenTrial], metric: str,
+              target: Callable[[FrozenTrial], float] | None = None) -> tuple[Any, Any]:
     n = len(_need_params(trials))
-    figure, mpl = _both(study, "plot_parallel_coordinate", target_name=metric)
+    figure, mpl = _both(study, "plot_parallel_coordinate", target_name=metric,
+                        **({} if target is None else {"target": target}))
     mpl.set_size_inches(max(9.0, 2.2 * (n + 1)), 5.5)  # each axis has its own tick labels
     return figure, mpl
 
@@ -226,11 +286,20 @@ def _slice(study: optuna.Study, trials: list[FrozenTrial], metric: str) -> tuple
     # optuna makes each panel 300 px wide; narrower ones fit the page up to ~6 parameters
     figure.update_layout(width=None if n <= SLICES_PER_ROW else 190 * n)
     mpl.set_size_inches(max(6.0, 3.6 * n + 1), 4.5)  # room for each log axis's ticks
+    # a categorical parameter's labels slant, so that long choices do not run together
+    for key in figure.layout:
+        if key.startswith("xaxis") and figure.layout[key].type == "category":
+            figure.layout[key].tickangle = -30
+    categorical = {k for t in trials for k, d in t.distributions.items()
+                   if isinstance(d, CategoricalDistribution)}
+    for ax in mpl.axes:
+        if ax.get_xlabel() in categorical:
+            ax.tick_params(axis="x", labelrotation=30)
     return figure, mpl
 
 
-def _importance(study: optuna.Study, trials: list[FrozenTrial], metric: str
-                ) -> tuple[Any, Any]:
+def _importance(study: optuna.Study, trials: list[FrozenTrial], metric: str,
+                target: Callable[[FrozenTrial], float] | None = None) -> tuple[Any, Any]:
     import plotly.graph_objects as go
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -242,7 +311,7 @@ def _importance(study: optuna.Study, trials: list[FrozenTrial], metric: str
         raise _Skip(f"{len(complete)} completed trials; importances need at least "
                     f"{MIN_IMPORTANCE_TRIALS} to mean anything")
     try:
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, target=target)
     except (ValueError, RuntimeError) as e:
         raise _Skip(f"optuna could not compute importances: {e}") from None
     pairs = sorted(importances.items(), key=lambda kv: kv[1])  # least important at the bottom
@@ -255,7 +324,7 @@ def _importance(study: optuna.Study, trials: list[FrozenTrial], metric: str
     ax.barh(labels, values)
     for y, v in enumerate(values):
         ax.text(v, y, f" {v:.2f}", va="center")
-    ax.set(xlabel="importance (sums to 1)", title="Parameter importances")
+    ax.set(xlabel="importance (sums to 1)", title=f"Parameter importances: {metric}")
     return figure, mpl
 
 

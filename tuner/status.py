@@ -21,10 +21,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules
-from tuner.objective import REPEAT_ATTR
+from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.settings import Heartbeat
 from tuner.spec import StudySpec
 from tuner.storage import (
+    PAUSED_ATTR,
     PROMOTION_OF_ATTR,
     BudgetState,
     all_studies,
@@ -42,8 +43,8 @@ from tuner.study import (
     primary_value,
 )
 
-__all__ = ["FINISHED", "Facts", "Kind", "count", "facts", "pareto_front", "primary_value",
-           "snapshot", "studies", "trial_rows", "trial_state"]
+__all__ = ["FINISHED", "STATE_ATTRS", "Facts", "Kind", "count", "count_lean", "facts",
+           "pareto_front", "primary_value", "snapshot", "studies", "trial_rows", "trial_state"]
 
 
 
@@ -81,6 +82,10 @@ class Kind(StrEnum):
 
 FINISHED = (Kind.COMPLETE, Kind.PRUNED, Kind.INFEASIBLE, Kind.REPEAT)
 
+# the user attrs :func:`trial_state` reads (with the trial's state, number and constraints):
+# a view that reads trials lean, as the console does, reads these
+STATE_ATTRS = (REPEAT_ATTR, INFEASIBLE_ATTR, PAUSED_ATTR, PROMOTION_OF_ATTR)
+
 
 @dataclass(frozen=True)
 class Facts:
@@ -107,6 +112,19 @@ def facts(study: optuna.Study, trials: Sequence[FrozenTrial], *, heartbeats: boo
         heartbeat_ages=heartbeat_ages(study) if heartbeats and running else {},
         grace_period=Heartbeat.grace_period if grace_period is None else grace_period,
     )
+
+
+def count_lean(trials: Sequence[FrozenTrial], retired: frozenset[int],
+               heartbeat_ages: Mapping[int, float], grace_period: float | None = None
+               ) -> dict[str, int]:
+    """:func:`count` for trials read lean (their :data:`STATE_ATTRS` only), given the paused
+    ones retired and the running ones' heartbeat ages: the console's counts, which thus
+    agree with every other view's."""
+    known = Facts(promoted=frozenset(t.user_attrs[PROMOTION_OF_ATTR] for t in trials
+                                     if PROMOTION_OF_ATTR in t.user_attrs),
+                  retired=retired, heartbeat_ages=heartbeat_ages,
+                  grace_period=Heartbeat.grace_period if grace_period is None else grace_period)
+    return count(trials, known)
 
 
 def trial_state(t: FrozenTrial, known: Facts) -> Kind:

@@ -29,8 +29,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
-from tuner.console._view import detail, summary
+from tuner.console._view import classify, detail, summary
 from tuner.errors import TunerError
+from tuner.status import STATE_ATTRS
 
 __all__ = ["Console", "COOKIE"]
 
@@ -161,12 +162,13 @@ class Console:
         from tuner.storage import studies_overview
 
         now = time.time()
-        return [summary(r, now) for r in studies_overview(self.storage.engine)]
+        return [summary(r, now) for r in studies_overview(self.storage.engine, classify,
+                                                          STATE_ATTRS)]
 
     def study(self, name: str) -> dict[str, Any] | None:
         from tuner.storage import study_overview
 
-        d = study_overview(self.storage.engine, name)
+        d = study_overview(self.storage.engine, name, classify=classify, attrs=STATE_ATTRS)
         return None if d is None else detail(d)
 
     def _html(self, start_response: StartResponse, title: str, state: dict[str, Any]

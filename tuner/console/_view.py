@@ -10,16 +10,33 @@ import datetime as dt
 import time
 from typing import Any
 
+from optuna.trial import FrozenTrial
+
 from tuner.settings import Heartbeat
+from tuner.status import FINISHED, Kind, count_lean
 from tuner.storage import StudyDetail, StudyRow, WorkerRow
 
 # a worker silent for longer than this is lost (tuner's default grace period)
 LOST_AFTER_S = Heartbeat().grace_period
 
-# a trial count's name on the page, in the order shown; PAUSED: an ASHA rung or a PBT
-# generation that waits to go on (Optuna stores it PRUNED)
-COUNTED = (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("PAUSED", "paused"),
-           ("RUNNING", "running"), ("WAITING", "waiting"), ("FAIL", "failed"))
+# a trial count's name on the page, in the order shown: every kind of tuner.status.trial_state,
+# counted by it (classify), so the page agrees with `tuner studies` and `tuner status`
+COUNTED = ((Kind.COMPLETE, "complete"), (Kind.PRUNED, "pruned"), (Kind.PAUSED, "paused"),
+           (Kind.PROMOTED, "promoted"), (Kind.INFEASIBLE, "infeasible"),
+           (Kind.REPEAT, "repeated"), (Kind.RUNNING, "running"), (Kind.LOST, "lost"),
+           (Kind.WAITING, "waiting"), (Kind.FAIL, "failed"))
+
+
+def classify(trials: list[FrozenTrial], retired: frozenset[int], ages: dict[int, float]
+             ) -> dict[str, int]:
+    """The overview's trials by :func:`tuner.status.trial_state`, a worker silent for
+    :data:`LOST_AFTER_S` lost."""
+    return count_lean(trials, retired, ages, LOST_AFTER_S)
+
+
+def _running(row: StudyRow) -> int:
+    """Trials in RUNNING state, their workers alive or lost."""
+    return row.counts.get(Kind.RUNNING, 0) + row.counts.get(Kind.LOST, 0)
 
 
 def live(workers: list[WorkerRow], now: float) -> list[WorkerRow]:
@@ -32,7 +49,7 @@ def study_state(row: StudyRow, now: float | None = None) -> tuple[str, str]:
     now = time.time() if now is None else now
     c, b, n = row.controls, row.budget, row.counts
     alive = live(row.workers, now)
-    running = n.get("RUNNING", 0)
+    running = _running(row)
     busy = running > 0 and bool(alive)
     if c.stop is not None:
         return ("stopping" if busy else "stopped"), c.stop
@@ -54,7 +71,7 @@ def study_state(row: StudyRow, now: float | None = None) -> tuple[str, str]:
 
 def _trials_left(row: StudyRow, now: float) -> bool:
     b = row.budget
-    if row.counts.get("WAITING", 0):
+    if row.counts.get(Kind.WAITING, 0):
         return b is None or not b.expired(now)
     if b is None:
         return False
@@ -64,7 +81,7 @@ def _trials_left(row: StudyRow, now: float) -> bool:
 
 
 def _left_words(row: StudyRow) -> str:
-    b, waiting = row.budget, row.counts.get("WAITING", 0)
+    b, waiting = row.budget, row.counts.get(Kind.WAITING, 0)
     parts = []
     if b is not None and b.remaining:
         parts.append(f"{b.remaining} trial(s)")
@@ -111,7 +128,7 @@ def time_left(row: StudyRow, state: str, now: float) -> float | None:
     estimate = None
     if b is not None and b.remaining is not None and row.mean_duration_s:
         workers = max(1, len(live(row.workers, now)))
-        todo = b.remaining + row.counts.get("WAITING", 0) + row.counts.get("RUNNING", 0) / 2
+        todo = b.remaining + row.counts.get(Kind.WAITING, 0) + _running(row) / 2
         estimate = todo * row.mean_duration_s / workers
     if state == "stopping":
         estimate = row.mean_duration_s and min(row.mean_duration_s, 60.0)
@@ -125,11 +142,11 @@ def summary(row: StudyRow, now: float | None = None) -> dict[str, Any]:
     state, why = study_state(row, now)
     b = row.budget
     n = row.counts
-    finished = n.get("COMPLETE", 0) + n.get("PRUNED", 0)
+    finished = sum(n.get(k, 0) for k in FINISHED)
     return {
         "name": row.name, "study_id": row.study_id, "tuner": row.spec is not None,
         "state": state, "why": why,
-        "counts": {label: n.get(key, 0) for key, label in COUNTED},
+        "counts": {label: n.get(kind, 0) for kind, label in COUNTED},
         "finished": finished, "target": None if b is None else b.target,
         "taken": None if b is None else b.taken,
         "objectives": _objectives(row), "directions": row.directions,

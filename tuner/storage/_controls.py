@@ -64,6 +64,26 @@ def create_table(engine: sa.Engine | sa.Connection) -> None:
     _metadata.create_all(engine, checkfirst=True)
 
 
+def has_tables(conn: sa.Connection) -> bool:
+    """The control tables exist: a database made before them (opened by a reader, which
+    creates nothing) has none, and no control set."""
+    return sa.inspect(conn).has_table(controls.name)
+
+
+def _ensure(engine: sa.Engine) -> None:
+    """A control's write into a database made before the control tables creates them."""
+    with engine.connect() as conn:
+        if has_tables(conn):
+            return
+    try:
+        with engine.begin() as conn:
+            create_table(conn)
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+        with engine.connect() as conn:  # another client created them a moment ago
+            if not has_tables(conn):
+                raise
+
+
 @dataclass(frozen=True)
 class Controls:
     """A study's controls as read now."""
@@ -86,7 +106,7 @@ class WorkerRow:
 def read_controls(engine: sa.Engine, study_name: str) -> Controls:
     """The study's controls (two small reads by primary key)."""
     with engine.connect() as conn:
-        return _read(conn, study_name)
+        return _read(conn, study_name) if has_tables(conn) else Controls()
 
 
 def check_in(engine: sa.Engine, study_name: str, me: WorkerRow) -> Controls:
@@ -111,6 +131,8 @@ def study_workers(engine: sa.Engine, study_name: str, since: float) -> list[Work
     """The workers of the study seen since ``since`` (unix time), the latest first."""
     c = workers.c
     with engine.connect() as conn:
+        if not has_tables(conn):
+            return []
         rows = conn.execute(sa.select(c.worker, c.host, c.pid, c.device, c.trial, c.seen)
                             .where(c.study_name == study_name).where(c.seen >= since)
                             .order_by(c.seen.desc())).all()
@@ -129,6 +151,7 @@ def _read(conn: sa.Connection, study_name: str) -> Controls:
 
 def _set(engine: sa.Engine, study_name: str, **values: object) -> None:
     """Update the study's row, or insert it (a first control)."""
+    _ensure(engine)
     now = time.time()
     where = controls.c.study_name == study_name
     with engine.begin() as conn:
@@ -154,6 +177,7 @@ def set_stop(engine: sa.Engine, study_name: str, why: str | None) -> None:
 
 def stop_trial(engine: sa.Engine, study_name: str, number: int) -> None:
     """Ask trial ``number`` to stop at its next epoch (again: no change)."""
+    _ensure(engine)
     try:
         with engine.begin() as conn:
             conn.execute(trial_stops.insert().values(study_name=study_name, trial=number,
@@ -171,6 +195,8 @@ def forget_trial_stop(engine: sa.Engine, study_name: str, number: int) -> None:
 
 def delete_controls(engine: sa.Engine, study_name: str) -> None:
     with engine.begin() as conn:
+        if not has_tables(conn):
+            return
         conn.execute(controls.delete().where(controls.c.study_name == study_name))
         conn.execute(trial_stops.delete().where(trial_stops.c.study_name == study_name))
         conn.execute(workers.delete().where(workers.c.study_name == study_name))

@@ -30,7 +30,7 @@ from tuner.schedules import (
     Decision,
     is_paused,
 )
-from tuner.storage._trials import decide, engine_of, mark_state, trial_by_number
+from tuner.storage._trials import decide, engine_of
 from tuner.trial_schema import LINEAGE_ATTR, lineage
 
 _metadata = sa.MetaData()
@@ -70,12 +70,9 @@ def record(study: optuna.Study, decision: Decision) -> bool:
     another worker had decided one of the rows (nothing is written then)."""
     rows = [{"study_name": study.study_name, "lineage": lin, "rung": rung, "trial": trial}
             for lin, rung, trial in decision.rows]
-    if not decide(study, promotions, rows, [_trial(c) for c in decision.continuations]):
-        return False
-    for c in decision.continuations:  # optuna-dashboard shows which paused trials went on
-        if c.record is None and (t := trial_by_number(study, c.of)) is not None:
-            mark_state(study, t, "promoted")
-    return True
+    # optuna-dashboard shows which paused trials went on (an ASHA rung's or a PBT generation's)
+    return decide(study, promotions, rows, [_trial(c) for c in decision.continuations],
+                  promoted=[c.of for c in decision.continuations])
 
 
 def record_first(study: optuna.Study, decisions: Iterable[Decision]) -> Decision | None:

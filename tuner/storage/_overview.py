@@ -13,18 +13,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from optuna.storages._rdb import models
-from optuna.trial import TrialState
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.schedules import PAUSED_ATTR, PROMOTION_OF_ATTR, RETIRED
 from tuner.storage._budget import BudgetState, budgets
 from tuner.storage._controls import Controls, WorkerRow, controls, trial_stops, workers
 from tuner.storage._ledger import promotions
-from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR
+from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR, lineage
 
 _T = models.TrialModel.__table__
 _V = models.TrialValueModel.__table__
@@ -45,7 +47,7 @@ class StudyRow:
     study_id: int
     name: str
     directions: list[str]
-    counts: dict[str, int]  # Optuna's states, plus PAUSED (ASHA/PBT segments) taken out of PRUNED
+    counts: dict[str, int]  # the trials by kind, as the overview's classifier counts them
     best: float | None  # the first objective's best complete value
     best_trial: int | None
     front: int | None  # multi-objective: the Pareto front's size
@@ -80,25 +82,124 @@ class StudyDetail:
     fused_trials: int
 
 
-def _counts(conn: sa.Connection, study_id: int | None = None) -> dict[int, dict[str, int]]:
-    q = sa.select(_T.c.study_id, _T.c.state, sa.func.count()).group_by(_T.c.study_id, _T.c.state)
-    if study_id is not None:
-        q = q.where(_T.c.study_id == study_id)
+# what a classifier of trials is given: a study's trials (lean: state, number, and only the
+# user attrs asked for and the constraints), the paused trials retired at their rung, and the
+# running trials' heartbeat ages (s); it returns the trials' counts by kind
+Classify = Callable[[list[FrozenTrial], frozenset[int], dict[int, float]], dict[str, int]]
+
+
+def optuna_states(trials: list[FrozenTrial], retired: frozenset[int],
+                  ages: dict[int, float]) -> dict[str, int]:
+    """Optuna's own states (the default :data:`Classify`; tuner's views count through
+    ``tuner.status.trial_state``)."""
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _counts(conn: sa.Connection, classify: Classify, attrs: tuple[str, ...],
+            study_id: int | None = None) -> dict[int, dict[str, int]]:
+    """Each study's trials counted by ``classify``. Only the trials it may tell apart from
+    their Optuna state are read, lean: those with a user attr named in ``attrs`` (or paused),
+    with constraints, or running; the others (most of a big study) are counted by state in
+    SQL and classified as one bare trial of that state is (not Optuna's ``get_all_trials``,
+    which reads every attr and intermediate value: seconds at 10,000 trials)."""
+
+    def where(q: sa.Select[Any]) -> sa.Select[Any]:
+        return q if study_id is None else q.where(_T.c.study_id == study_id)
+
+    by_state: dict[int, dict[TrialState, int]] = {}
+    for sid, state, n in conn.execute(where(
+            sa.select(_T.c.study_id, _T.c.state, sa.func.count())
+            .group_by(_T.c.study_id, _T.c.state))):
+        by_state.setdefault(sid, {})[_state(state)] = n
+    user: dict[int, dict[str, Any]] = {}
+    for tid, key, value in conn.execute(where(
+            sa.select(_UA.c.trial_id, _UA.c.key, _UA.c.value_json)
+            .join(_T, _T.c.trial_id == _UA.c.trial_id)
+            .where(_UA.c.key.in_({*attrs, PAUSED_ATTR})))):
+        user.setdefault(tid, {})[key] = json.loads(value)
+    # a paused segment's lineage (to match the segments retired at their rung)
+    paused = sa.select(_UA.c.trial_id).where(_UA.c.key == PAUSED_ATTR)
+    for tid, value in conn.execute(where(
+            sa.select(_UA.c.trial_id, _UA.c.value_json).join(_T, _T.c.trial_id == _UA.c.trial_id)
+            .where(_UA.c.key == LINEAGE_ATTR).where(_UA.c.trial_id.in_(paused)))):
+        user.setdefault(tid, {})[LINEAGE_ATTR] = json.loads(value)
+    tsa = models.TrialSystemAttributeModel.__table__
+    system: dict[int, dict[str, Any]] = {}
+    for tid, key, value in conn.execute(where(
+            sa.select(tsa.c.trial_id, tsa.c.key, tsa.c.value_json)
+            .join(_T, _T.c.trial_id == tsa.c.trial_id)
+            .where(sa.or_(tsa.c.key == _CONSTRAINTS_KEY,
+                          tsa.c.key.like(f"{_CONSTRAINTS_KEY}:%"))))):
+        system.setdefault(tid, {})[key] = json.loads(value)
+    rows = conn.execute(where(sa.select(_T.c.trial_id, _T.c.study_id, _T.c.number, _T.c.state)
+                              .where(_T.c.state == TrialState.RUNNING))).all()
+    ids = sorted({*user, *system} - {r[0] for r in rows})
+    for i in range(0, len(ids), 500):
+        rows += conn.execute(sa.select(_T.c.trial_id, _T.c.study_id, _T.c.number, _T.c.state)
+                             .where(_T.c.trial_id.in_(ids[i:i + 500]))).all()
+    ages = _heartbeat_ages(conn, [r[0] for r in rows if _state(r[3]) == TrialState.RUNNING])
+    read: dict[int, list[FrozenTrial]] = {}
+    age_by: dict[int, dict[int, float]] = {}
+    for tid, sid, number, state in rows:
+        read.setdefault(sid, []).append(_lean(number, _state(state), user.get(tid, {}),
+                                              system.get(tid, {})))
+        if tid in ages:
+            age_by.setdefault(sid, {})[number] = ages[tid]
+    gone = _retired_pairs(conn, study_id)
     out: dict[int, dict[str, int]] = {}
-    for sid, state, n in conn.execute(q):
-        name = state.name if isinstance(state, TrialState) else str(state)
-        out.setdefault(sid, {})[name] = n
-    # ASHA rung segments and PBT generations are PRUNED with a paused_at attr: not pruned
-    paused = (sa.select(_T.c.study_id, sa.func.count())
-              .join(_UA, _UA.c.trial_id == _T.c.trial_id)
-              .where(_UA.c.key == PAUSED_ATTR).where(_T.c.state == TrialState.PRUNED)
-              .group_by(_T.c.study_id))
+    for sid, states in by_state.items():
+        trials = read.get(sid, [])
+        retired = frozenset(t.number for t in trials if t.state == TrialState.PRUNED
+                            and PAUSED_ATTR in t.user_attrs
+                            and (sid, lineage(t), int(t.user_attrs[PAUSED_ATTR])) in gone)
+        counts = classify(trials, retired, age_by.get(sid, {}))
+        for t in trials:
+            states[t.state] -= 1
+        for state, n in states.items():  # the bare trials: as one of them is classified
+            for kind in classify([_lean(-1, state, {}, {})], frozenset(), {}) if n else ():
+                counts[kind] = counts.get(kind, 0) + n
+        out[sid] = counts
+    return out
+
+
+def _lean(number: int, state: TrialState, user_attrs: dict[str, Any],
+          system_attrs: dict[str, Any]) -> FrozenTrial:
+    return FrozenTrial(number=number, state=state, value=None, datetime_start=None,
+                       datetime_complete=None, params={}, distributions={},
+                       user_attrs=user_attrs, system_attrs=system_attrs,
+                       intermediate_values={}, trial_id=-1)
+
+
+def _state(state: Any) -> TrialState:
+    return state if isinstance(state, TrialState) else TrialState[str(state)]
+
+
+def _retired_pairs(conn: sa.Connection, study_id: int | None) -> set[tuple[int, int, int]]:
+    """(study id, lineage, rung) of every segment retired at its rung."""
+    if not _has(conn, promotions):
+        return set()
+    p = promotions.c
+    q = (sa.select(_S.c.study_id, p.lineage, p.rung).join(_S, _S.c.study_name == p.study_name)
+         .where(p.trial == RETIRED))
     if study_id is not None:
-        paused = paused.where(_T.c.study_id == study_id)
-    for sid, n in conn.execute(paused):
-        c = out.setdefault(sid, {})
-        c["PRUNED"] = c.get("PRUNED", 0) - n
-        c["PAUSED"] = n
+        q = q.where(_S.c.study_id == study_id)
+    return {(int(s), int(a), int(b)) for s, a, b in conn.execute(q)}
+
+
+def _heartbeat_ages(conn: sa.Connection, ids: list[int]) -> dict[int, float]:
+    """Seconds since each of these trials' last heartbeat, by trial id, by the database's
+    clock (the one that wrote them)."""
+    if not ids:
+        return {}
+    db_now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
+    out = {}
+    for i in range(0, len(ids), 500):
+        for tid, hb in conn.execute(sa.select(_HB.c.trial_id, _HB.c.heartbeat)
+                                    .where(_HB.c.trial_id.in_(ids[i:i + 500]))):
+            out[tid] = max(0.0, (db_now - hb.replace(tzinfo=None)).total_seconds())
     return out
 
 
@@ -149,7 +250,18 @@ def _best(conn: sa.Connection, study_id: int, directions: list[str]
     return None, None, len(front)
 
 
+def _has(conn: sa.Connection, table: sa.Table) -> bool:
+    """``table`` (one of tuner's) exists: a database made by plain Optuna or an older tuner,
+    opened by a reader that creates nothing, lacks some (read once per connection)."""
+    present = conn.info.get("tuner_tables")
+    if present is None:
+        present = conn.info["tuner_tables"] = set(sa.inspect(conn).get_table_names())
+    return table.name in present
+
+
 def _budget_row(conn: sa.Connection, name: str) -> BudgetState | None:
+    if not _has(conn, budgets):
+        return None
     c = budgets.c
     row = conn.execute(sa.select(c.target, c.taken, c.deadline, c.seconds_target,
                                  c.seconds_spent, c.stopped).where(c.study_name == name)).first()
@@ -158,6 +270,8 @@ def _budget_row(conn: sa.Connection, name: str) -> BudgetState | None:
 
 
 def _controls_row(conn: sa.Connection, name: str) -> Controls:
+    if not _has(conn, controls):
+        return Controls()
     row = conn.execute(sa.select(controls.c.paused, controls.c.stop)
                        .where(controls.c.study_name == name)).first()
     asked = conn.execute(sa.select(trial_stops.c.trial)
@@ -166,6 +280,8 @@ def _controls_row(conn: sa.Connection, name: str) -> Controls:
 
 
 def _workers(conn: sa.Connection, name: str, now: float) -> list[WorkerRow]:
+    if not _has(conn, workers):
+        return []
     c = workers.c
     rows = conn.execute(sa.select(c.worker, c.host, c.pid, c.device, c.trial, c.seen)
                         .where(c.study_name == name).where(c.seen >= now - RECENT_WORKERS_S)
@@ -194,25 +310,32 @@ def _row(conn: sa.Connection, study_id: int, name: str, counts: dict[str, int],
                     _controls_row(conn, name), _workers(conn, name, now), spec, now)
 
 
-def studies_overview(engine: sa.Engine) -> list[StudyRow]:
-    """Every study, in name order."""
+def studies_overview(engine: sa.Engine, classify: Classify = optuna_states,
+                     attrs: tuple[str, ...] = ()) -> list[StudyRow]:
+    """Every study, in name order; its trials counted by ``classify``, which reads the
+    user attrs named in ``attrs``."""
     now = time.time()
     with engine.connect() as conn:
+        conn.info.pop("tuner_tables", None)  # read afresh: a pooled connection keeps its info
         studies = conn.execute(sa.select(_S.c.study_id, _S.c.study_name)
                                .order_by(_S.c.study_name)).all()
-        counts, times = _counts(conn), _times(conn)
+        counts, times = _counts(conn, classify, attrs), _times(conn)
         return [_row(conn, sid, name, counts.get(sid, {}), times.get(sid, (None, None, None)),
                      now) for sid, name in studies]
 
 
-def study_overview(engine: sa.Engine, name: str, failures: int = 10) -> StudyDetail | None:
-    """One study in detail (None: no study of that name)."""
+def study_overview(engine: sa.Engine, name: str, failures: int = 10,
+                   classify: Classify = optuna_states, attrs: tuple[str, ...] = ()
+                   ) -> StudyDetail | None:
+    """One study in detail (None: no study of that name); counted as in
+    :func:`studies_overview`."""
     now = time.time()
     with engine.connect() as conn:
+        conn.info.pop("tuner_tables", None)  # read afresh: a pooled connection keeps its info
         sid = conn.execute(sa.select(_S.c.study_id).where(_S.c.study_name == name)).scalar()
         if sid is None:
             return None
-        row = _row(conn, sid, name, _counts(conn, sid).get(sid, {}),
+        row = _row(conn, sid, name, _counts(conn, classify, attrs, sid).get(sid, {}),
                    _times(conn, sid).get(sid, (None, None, None)), now)
         return StudyDetail(row, _running(conn, sid, row.controls), _rungs(conn, sid, name),
                            _pbt(conn, sid), _failures(conn, sid, failures), _fused(conn, sid))
@@ -237,10 +360,7 @@ def _running(conn: sa.Connection, study_id: int, ctl: Controls) -> list[RunningT
     ids = [r[0] for r in rows]
     if not ids:
         return []
-    db_now = conn.execute(sa.select(sa.func.now())).scalar_one().replace(tzinfo=None)
-    beats = {tid: (db_now - hb.replace(tzinfo=None)).total_seconds() for tid, hb in
-             conn.execute(sa.select(_HB.c.trial_id, _HB.c.heartbeat)
-                          .where(_HB.c.trial_id.in_(ids)))}
+    beats = _heartbeat_ages(conn, ids)
     curves: dict[int, list[tuple[int, float]]] = {}
     for tid, step, value in conn.execute(
             sa.select(_IV.c.trial_id, _IV.c.step, _IV.c.intermediate_value)
@@ -249,7 +369,7 @@ def _running(conn: sa.Connection, study_id: int, ctl: Controls) -> list[RunningT
             curves.setdefault(tid, []).append((int(step), float(value)))
     attrs = _attrs(conn, ids, ("worker", "fused"))
     return [RunningTrial(n, start, attrs.get(tid, {}).get("worker") or {},
-                         max(0.0, beats[tid]) if tid in beats else None, curves.get(tid, []),
+                         beats.get(tid), curves.get(tid, []),
                          attrs.get(tid, {}).get("fused"), n in ctl.stop_trials)
             for tid, n, start in rows]
 
@@ -265,8 +385,10 @@ def _rungs(conn: sa.Connection, study_id: int, name: str) -> list[dict[str, Any]
         return []
     p = promotions.c
     decided: dict[int, list[int]] = {}
-    for rung, trial in conn.execute(sa.select(p.rung, p.trial).where(p.study_name == name)):
-        decided.setdefault(int(rung), []).append(trial)
+    if _has(conn, promotions):
+        for rung, trial in conn.execute(sa.select(p.rung, p.trial)
+                                        .where(p.study_name == name)):
+            decided.setdefault(int(rung), []).append(trial)
     promoted_rows = conn.execute(
         sa.select(sa.func.count()).select_from(_UA).join(_T, _T.c.trial_id == _UA.c.trial_id)
         .where(_T.c.study_id == study_id).where(_UA.c.key == PROMOTION_OF_ATTR)).scalar_one()

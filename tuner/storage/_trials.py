@@ -387,10 +387,12 @@ def _fail_and_requeue(study: optuna.Study, trial_id: int, budget: Any, *,
 
 
 def decide(study: optuna.Study, table: sqlalchemy.Table, rows: list[dict[str, Any]],
-           continuations: list[FrozenTrial]) -> bool:
+           continuations: list[FrozenTrial], promoted: Sequence[int] = ()) -> bool:
     """Insert a scheduler's decision ``rows`` into ``table`` (whose primary key lets one
     worker win them) and enqueue its ``continuations`` (WAITING trials), in one transaction;
-    False if another worker had inserted one of the rows (nothing is written then).
+    False if another worker had inserted one of the rows (nothing is written then). The
+    paused trials that go on (``promoted``, by number) say so in their ``tuner_state``, in the same
+    transaction (for optuna-dashboard's trial table).
 
     One transaction, because a decider killed (or cut off from the database) between the rows
     and the continuations left that lineage decided and never continued: paused for ever,
@@ -411,6 +413,12 @@ def decide(study: optuna.Study, table: sqlalchemy.Table, rows: list[dict[str, An
             session.execute(table.insert(), rows)  # IntegrityError: another worker decided
             for template in continuations:
                 rdb._get_prepared_new_trial(study._study_id, template, session)
+            if promoted and _can_upsert(rdb.engine.name):
+                ids = session.execute(
+                    sqlalchemy.select(models.TrialModel.trial_id)
+                    .where(models.TrialModel.study_id == study._study_id)
+                    .where(models.TrialModel.number.in_(list(promoted)))).scalars().all()
+                session.execute(_state_rows(rdb, [(i, "promoted") for i in ids]))
     except sqlalchemy.exc.IntegrityError:
         return False
     return True
@@ -629,16 +637,6 @@ def train_losses(t: FrozenTrial) -> list[float | None] | None:
     if curve is None and isinstance(old := t.user_attrs.get("train_loss"), list):
         return old
     return curve
-
-
-def mark_state(study: optuna.Study, trial: FrozenTrial, state: str) -> None:
-    """Set a trial's ``tuner_state`` user attr, finished or not (a paused trial promoted
-    later): Optuna's own ``set_user_attr`` refuses finished trials."""
-    rdb = _rdb(study._storage)
-    if rdb is None or not _can_upsert(rdb.engine.name):
-        return
-    with rdb.engine.begin() as conn:
-        conn.execute(_state_rows(rdb, [(trial._trial_id, state)]))
 
 
 def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:
