@@ -4,6 +4,8 @@ heartbeat, and every bad input is refused in one line before anything is written
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from optuna.trial import TrialState
 from tuner_procs import finished, start_worker, trials, wait_for, write_study
@@ -28,6 +30,14 @@ def refused(*args: str) -> str:
     return r.output
 
 
+def held(tmp_path) -> str:
+    """A file whose existence keeps each trial's first attempt running after its first
+    epoch (tests/tuner_procs.py): the test decides when trials go on, not the CPU's load."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    return str(hold)
+
+
 def running(url: str) -> list:
     return [t for t in trials(url, "toy") if t.state == TrialState.RUNNING]
 
@@ -41,10 +51,13 @@ def epochs_in(url: str) -> bool:
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
 def test_stop_checkpoints_running_trials_and_workers_exit_0(any_url, tmp_path):
     study = write_study(tmp_path, trials=20, epochs=40, sleep=0.2)
-    workers = [start_worker(str(study), any_url, tmp_path, f"w{i}") for i in range(2)]
+    hold = held(tmp_path)
+    workers = [start_worker(str(study), any_url, tmp_path, f"w{i}", env={"FIT_HOLD": hold})
+               for i in range(2)]
     wait_for("two trials past an epoch", lambda: epochs_in(any_url), 120, every=0.3)
     before = {t.number for t in trials(any_url, "toy")}
     cli("stop", "toy", "--storage", any_url)
+    os.unlink(hold)  # the trials go on, to see the stop at their next epoch
     for w in workers:  # a heartbeat (1 s) and an epoch (0.2 s), with room for a busy CPU
         assert w.wait(30) == 0, w.output()
         assert "Traceback" not in w.output()
@@ -72,10 +85,13 @@ def test_stop_checkpoints_running_trials_and_workers_exit_0(any_url, tmp_path):
 @pytest.mark.slow
 def test_pause_holds_new_trials_and_extend_lets_workers_go_on(sqlite_url, tmp_path):
     study = write_study(tmp_path, trials=4, epochs=12, sleep=0.25)
-    workers = [start_worker(str(study), sqlite_url, tmp_path, f"w{i}") for i in range(2)]
+    hold = held(tmp_path)
+    workers = [start_worker(str(study), sqlite_url, tmp_path, f"w{i}", env={"FIT_HOLD": hold})
+               for i in range(2)]
     wait_for("two trials past an epoch", lambda: epochs_in(sqlite_url), 120, every=0.3)
     cli("pause", "toy", "--storage", sqlite_url)
     first = {t.number for t in running(sqlite_url)}
+    os.unlink(hold)  # the running trials go on while the study is paused
     wait_for("the running trials to finish", lambda: len(finished(trials(sqlite_url, "toy")))
              >= 2, 60)
     import time
@@ -93,10 +109,12 @@ def test_pause_holds_new_trials_and_extend_lets_workers_go_on(sqlite_url, tmp_pa
 @pytest.mark.slow
 def test_stop_trial_then_retry_resumes_it(sqlite_url, tmp_path):
     study = write_study(tmp_path, trials=3, epochs=30, sleep=0.2)
-    w = start_worker(str(study), sqlite_url, tmp_path, "w")
+    hold = held(tmp_path)
+    w = start_worker(str(study), sqlite_url, tmp_path, "w", env={"FIT_HOLD": hold})
     t = wait_for("a trial past an epoch", lambda: next(
-        (t for t in running(sqlite_url) if len(t.intermediate_values) >= 2), None), 120)
+        (t for t in running(sqlite_url) if t.intermediate_values), None), 120)
     cli("stop-trial", "toy", str(t.number), "--storage", sqlite_url)
+    os.unlink(hold)  # the trial goes on, to see the request at its next epoch
     done = wait_for("the trial stopped", lambda: next(
         (s for s in trials(sqlite_url, "toy") if s.number == t.number
          and s.state == TrialState.FAIL), None), 30)

@@ -91,8 +91,10 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint(any_url, tmp_path
     own: B's heartbeat thread fails A's trial within the grace period (3 s) and queues a
     retry, which B runs after its trial, continuing from A's last checkpoint."""
     study = write_study(tmp_path, trials=2, epochs=4, sleep=0.1)
+    hold = tmp_path / "hold"  # B's trial stays running until the test removes it
+    hold.touch()
     slow = start_worker(str(study), any_url, tmp_path, "B", "--worker-index", "1",
-                        env={"FIT_SLEEP": "5"})  # its own trial: 4 epochs of 5 s
+                        env={"FIT_HOLD": str(hold)})
     b_trial = wait_for("B's trial", lambda: next(
         (t for t in trials(any_url, "toy") if worker_pid(t) == slow.pid), None), 60)
     doomed = start_worker("toy", any_url, tmp_path, "A", env={"FIT_SLEEP": "0.5"})
@@ -116,6 +118,7 @@ def test_a_killed_workers_trial_is_retried_from_its_checkpoint(any_url, tmp_path
     assert retry.params == a_trial.params
     assert retry.user_attrs["lineage"] == a_trial.number
 
+    hold.unlink()  # B finishes its trial, then runs the retry
     assert slow.wait(60) == 0, slow.output()
     ts = {t.number: t for t in trials(any_url, "toy")}
     retry = ts[retry.number]
@@ -202,4 +205,5 @@ def test_a_finished_worker_exits_promptly(tmp_path):
             done_at = time.monotonic()
     assert proc.wait(60) == 0 and done_at is not None
     took = time.monotonic() - done_at
-    assert took < 1.5, f"{took:.2f} s from 'worker done' to exit"
+    # room for 4 test processes on 2 busy cores; the garbage collection took 3.3 s unloaded
+    assert took < 2.5, f"{took:.2f} s from 'worker done' to exit"

@@ -156,7 +156,9 @@ def test_a_killed_workers_trial_is_lost_in_status_then_reaped_with_its_reason(tm
                                                                               ) -> None:
     url = f"sqlite:///{tmp_path / 'tuner.db'}"
     path = write_study(tmp_path, trials=1, epochs=6, sleep=0.5)
-    doomed = start_worker(str(path), url, tmp_path, "A")
+    hold = tmp_path / "hold"  # A's trial stays running after its first epoch until killed
+    hold.touch()
+    doomed = start_worker(str(path), url, tmp_path, "A", env={"FIT_HOLD": str(hold)})
     trial = wait_for("a reported epoch", lambda: next(
         (t for t in trials(url, "toy") if worker_pid(t) == doomed.pid
          and t.intermediate_values), None), 60)

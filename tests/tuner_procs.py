@@ -3,7 +3,9 @@
 The study's trainer (``fit.py``) does no real training: it sleeps a little each epoch, saves
 a checkpoint, reports, and resumes from its checkpoint when retried, keeping the epoch it
 started from in ``ctx.info["start_epoch"]`` (a user attr of the trial) so a test can tell a
-continued trial from a restarted one.
+continued trial from a restarted one. A test that needs a first attempt to stay running
+until it says so sets ``FIT_HOLD`` to a file: the attempt waits after its first report
+while that file exists (a retry never waits).
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ FIT = textwrap.dedent('''
         # FIT_SLEEP (s per epoch) slows down one worker's first attempts; a retry runs fast
         sleep = params["sleep"] if state is not None else float(
             os.environ.get("FIT_SLEEP", params["sleep"]))
+        hold = os.environ.get("FIT_HOLD") if state is None else None
         value = 0.0
         for epoch in range(start, ctx.max_epochs + 1):
             time.sleep(sleep)
             value = params["x"] + epoch / 100
             ctx.save_checkpoint({"epoch": epoch})
             ctx.report(epoch, value)
+            while hold and os.path.exists(hold):
+                time.sleep(0.05)
         return value
 ''')
 
