@@ -27,10 +27,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tuner import space, vocab  # noqa: E402
+from tuner.config import StudySpec, load_spec, parse_spec  # noqa: E402
 from tuner.device import resolve  # noqa: E402
 from tuner.kinds import InputKind, Inputs  # noqa: E402
 from tuner.models import build  # noqa: E402
-from tuner.spec import StudySpec, load_spec, parse_spec  # noqa: E402
 
 DEFAULT_DATA_DIR = os.environ.get("TUNER_DATA_DIR", "../shared/data")
 # the hand-written objective's input normalisation: the usual MNIST constants

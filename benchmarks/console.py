@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tuner import study as st  # noqa: E402
+from tuner.config import parse_spec  # noqa: E402
 from tuner.dashboard import open_server  # noqa: E402
-from tuner.spec import parse_spec  # noqa: E402
 from tuner.storage import Heartbeat, connect  # noqa: E402
 
 TOKEN = "benchmark-token-0123456789"

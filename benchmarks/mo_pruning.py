@@ -20,9 +20,9 @@ import _common as c
 from optuna.trial import TrialState
 
 from tuner import study as st
+from tuner.config import parse_spec
 from tuner.objective import TrialRunner
 from tuner.settings import Settings
-from tuner.spec import parse_spec
 from tuner.storage import Heartbeat, connect
 from tuner.worker import Worker
 

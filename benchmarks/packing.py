@@ -42,7 +42,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from tuner.spec import StudySpec
+from tuner.config import StudySpec
 from tuner.storage import connect
 
 CPU_NOTE = ("NOTE: --device cpu is a smoke test of this script: K workers share the CPU's "

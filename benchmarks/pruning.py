@@ -38,8 +38,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
 from tuner.assets import StudyAssets
+from tuner.config import StudySpec
 from tuner.objective import TrialRunner
-from tuner.spec import StudySpec
 from tuner.study import build_pruner
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import api, stopping
-from tuner.spec import StopSpec, StudySpec
+from tuner.config import StopSpec, StudySpec
 
 
 def _best(spec: StudySpec, values: list[float]) -> float | None:

@@ -161,7 +161,7 @@ def run_optuna(url: str, trials: int, workers: int, tuner_storage: bool) -> floa
 
 def run_tuner(url: str, trials: int, workers: int, folder: Path) -> float:
     from tuner import study as st
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
     from tuner.storage import connect
 
     spec = load_spec(study_file(folder, "bench", trials))
@@ -295,7 +295,7 @@ def run_light(url: str, trials: int, workers: int, folder: Path, epochs: int,
               sleep: float) -> list[int]:
     """``workers`` light worker processes sharing a budget of ``trials``; their peak RSS (KB)."""
     from tuner import study as st
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
     from tuner.storage import connect
 
     name = f"scale{secrets.token_hex(3)}"
@@ -443,7 +443,7 @@ def kill_to_retry(url: str, folder: Path, heartbeat: int, grace: int) -> tuple[f
     import optuna
 
     from tuner import study as st
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
     from tuner.storage import connect
 
     spec = load_spec(study_file(folder, "kill", trials=2, epochs=4, sleep=1.0, checkpoint=True))
@@ -526,9 +526,9 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
     import optuna
 
     from tuner import study as st
+    from tuner.config import load_spec
     from tuner.objective import TrialRunner
     from tuner.settings import Settings
-    from tuner.spec import load_spec
     from tuner.storage import Heartbeat, connect, engine_of
     from tuner.worker import Worker
 
@@ -580,9 +580,9 @@ def trips_table(backends: dict[str, str | None], trials: int) -> None:
 def profile(url: str, trials: int, folder: Path) -> None:
     """One tuner worker in this process under cProfile: where the time per trial goes."""
     from tuner import study as st
+    from tuner.config import load_spec
     from tuner.objective import TrialRunner
     from tuner.settings import Settings
-    from tuner.spec import load_spec
     from tuner.storage import Heartbeat, connect
     from tuner.worker import Worker
 

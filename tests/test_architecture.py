@@ -62,7 +62,7 @@ def test_each_family_and_dataset_is_registered_once_by_its_own_module() -> None:
 
 
 def test_registries_import_no_torch() -> None:
-    code = ("import sys; import tuner.spec, tuner.models, tuner.data\n"
+    code = ("import sys; import tuner.config, tuner.models, tuner.data\n"
             "print('TORCH', 'torch' in sys.modules)\n"
             "print('HF', [m for m in ('transformers', 'tokenizers') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -22,8 +22,8 @@ from tuner_procs import (
 from typer.testing import CliRunner
 
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.schedules.asha import rungs
-from tuner.spec import parse_spec
 from tuner.storage import PAUSED_ATTR, PROMOTION_OF_ATTR, Budget, connect, engine_of, lineage
 from tuner.study import Handle
 

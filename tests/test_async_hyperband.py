@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from tuner_procs import assert_clean, assert_refused, start_worker, trials, write_study
 
 from tuner import schedules
-from tuner.spec import parse_spec
+from tuner.config import parse_spec
 from tuner.storage import PAUSED_ATTR, PROMOTION_OF_ATTR, lineage
 
 

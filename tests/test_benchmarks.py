@@ -109,7 +109,7 @@ def test_stopping_replay_stops_where_patience_would() -> None:
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
-    from tuner.spec import parse_spec
+    from tuner.config import parse_spec
 
     bench = _script("stopping")
     spec = parse_spec({"name": "p", "data": "digits"})  # accuracy: maximize

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from tuner import study as st
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.objective import TrialRunner
 from tuner.settings import Settings
-from tuner.spec import parse_spec
 from tuner.storage import Heartbeat, connect
 from tuner.worker import Worker
 

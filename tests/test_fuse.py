@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from tuner import api
 from tuner.cli import app
+from tuner.config import fuse_key, parse_spec
 from tuner.context import CheckpointStore, Context, TrialPruned
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
 from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
-from tuner.spec import fuse_key, parse_spec
 from tuner.storage import normalize_url, train_losses
 from tuner.train import fit
 

@@ -149,7 +149,7 @@ def test_a_path_derived_from_a_name_stays_inside_its_folder(tmp_path: Path) -> N
 
 
 def test_a_stored_spec_with_a_bad_name_is_one_line() -> None:
-    from tuner.spec import parse_spec, spec_from_json
+    from tuner.config import parse_spec, spec_from_json
 
     text = parse_spec({"name": "ok", "data": "digits"}).to_json().replace('"ok"', '".."')
     with pytest.raises(SpecError, match="stored spec: name: '..' is not a study name"):

@@ -16,6 +16,7 @@ from torch import nn
 
 from tuner import study as st
 from tuner import train, vocab
+from tuner.config import load_spec
 from tuner.context import CheckpointStore, Context
 from tuner.data import DataBundle, load_builtin
 from tuner.data import _bundle as bundle_mod
@@ -24,7 +25,6 @@ from tuner.errors import DeviceBroken, TunerError
 from tuner.models import build
 from tuner.objective import INFEASIBLE_ATTR, TrialRunner, fail_reason
 from tuner.settings import Settings
-from tuner.spec import load_spec
 from tuner.storage import Heartbeat, connect
 from tuner.worker import Worker
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from tests.test_text import reviews, write_csv
 from tuner import models, transfer
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.errors import SpecError
 from tuner.kinds import InputKind, Inputs
-from tuner.spec import parse_spec
 
 
 def tiny_bert(folder: Path) -> Path:

@@ -1,9 +1,9 @@
 """Every combination of features either works end to end or is refused up front.
 
 The factors are read from where the study file defines them (the sampler and pruner
-choices of :class:`~tuner.spec.SamplerSpec`, the schedules registered in
+choices of :class:`~tuner.config.SamplerSpec`, the schedules registered in
 :mod:`tuner.schedules` (both blocks, ``pruner:`` and ``scheduler:``), the fields of
-:class:`~tuner.spec.StopSpec`, ...), so a sampler, schedule or stopping rule added later
+:class:`~tuner.config.StopSpec`, ...), so a sampler, schedule or stopping rule added later
 joins the matrix without touching this file. An all-pairs set over them (allpairspy) covers
 every pair of values at least once in a few dozen studies instead of thousands.
 
@@ -33,8 +33,8 @@ from typer.testing import CliRunner
 
 from tuner import schedules
 from tuner.cli import app
+from tuner.config import SamplerSpec, StopSpec, StudySpec, parse_spec
 from tuner.errors import SpecError
-from tuner.spec import SamplerSpec, StopSpec, StudySpec, parse_spec
 
 TRIALS = 3  # a first run past the model-based samplers' 2 start-up trials; PBT's population
 MORE = 2  # resume --trials MORE (on one worker: the first worker's seed again)

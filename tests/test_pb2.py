@@ -15,8 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner_procs import assert_clean, start_worker, trials, write_study
 
 from tuner import schedules
+from tuner.config import parse_spec
 from tuner.schedules.pb2 import PB2
-from tuner.spec import parse_spec
 from tuner.storage import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, Budget, connect, lineage
 from tuner.trial_schema import LINEAGE_ATTR
 

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from tuner import api
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.schedules.pbt import explore, generations, schedule
-from tuner.spec import parse_spec
 from tuner.storage import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, Budget, connect, engine_of, lineage
 from tuner.study import Handle
 
@@ -166,7 +166,7 @@ def test_bad_pbt_is_one_line_exit_2_nothing_written(tmp_path: Path, change: str,
 
 def _digits(tmp: Path) -> Any:
     from tuner.assets import StudyAssets
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
 
     spec = load_spec(pbt_yaml(tmp))
     return StudyAssets(spec, device="cpu", data_dir=str(tmp / "data")).data()
@@ -377,7 +377,7 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
         history = [{"epoch": 1, "value": 0.1 + lin}, {"epoch": 2, "value": 0.2 + lin}]
         CheckpointStore(folder / f"trial-{lin}.pt").save({**states[lin], "_history": history})
     from tuner.assets import StudyAssets
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
 
     assets = StudyAssets(load_spec(pbt_yaml(tmp_path)), device="cpu",
                          data_dir=str(tmp_path / "data"))
@@ -411,9 +411,9 @@ def test_the_end_of_a_population_deletes_snapshots_and_half_written_checkpoints(
     never came); once no member runs or waits, nobody is writing, and it goes with the
     snapshots. The members' own checkpoints are their lineages' business."""
     from tuner.assets import StudyAssets
+    from tuner.config import load_spec
     from tuner.context import CheckpointStore
     from tuner.objective import TrialRunner
-    from tuner.spec import load_spec
 
     folder = tmp_path / "ck" / "pbt"
     CheckpointStore(folder / "trial-0.pt").save({"epoch": 3})

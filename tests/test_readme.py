@@ -7,7 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from tuner.spec import load_spec
+from tuner.config import load_spec
 
 ROOT = Path(__file__).parent.parent
 

@@ -191,7 +191,7 @@ def test_unknown_study_is_one_line(study: str, tmp_path: Path) -> None:
 
 def test_no_completed_trial_is_one_line(tmp_path: Path) -> None:
     from tuner import study as st
-    from tuner.spec import parse_spec
+    from tuner.config import parse_spec
     from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"

@@ -169,7 +169,7 @@ def test_bad_choices_are_one_line(study: str, tmp_path: Path, args: list[str],
 
 def test_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> None:
     from tuner import study as st
-    from tuner.spec import parse_spec
+    from tuner.config import parse_spec
     from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -187,7 +187,7 @@ def test_a_trial_that_did_not_complete_is_refused(tmp_path: Path) -> None:
 
 def test_a_study_without_data_needs_its_data(tmp_path: Path) -> None:
     from tuner import study as st
-    from tuner.spec import parse_spec
+    from tuner.config import parse_spec
     from tuner.storage import connect
 
     url = f"sqlite:///{tmp_path / 's.db'}"

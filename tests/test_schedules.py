@@ -13,9 +13,9 @@ import optuna
 import pytest
 
 from tuner import schedules
+from tuner.config import parse_spec
 from tuner.errors import SpecError
 from tuner.schedules import Schedule, Verdict
-from tuner.spec import parse_spec
 
 BASE = {"name": "s", "data": "digits", "epochs": 9, "metric": "loss",
         "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}
@@ -95,7 +95,7 @@ def test_a_new_schedule_is_one_registered_class(halt: None) -> None:
 
 
 def test_importing_the_schedules_and_spec_imports_neither_optuna_nor_torch() -> None:
-    code = ("import sys, tuner.spec, tuner.schedules; "
+    code = ("import sys, tuner.config, tuner.schedules; "
             "bad = [m for m in ('optuna', 'torch', 'sklearn') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

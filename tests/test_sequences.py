@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from tuner import data, vocab
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.context import Context
 from tuner.data import DataBundle
 from tuner.data._bundle import Split, carve, make_bundle
@@ -19,7 +20,6 @@ from tuner.errors import SpecError
 from tuner.kinds import InputKind, Inputs
 from tuner.models import build
 from tuner.models._recurrent import lengths_of, pool
-from tuner.spec import parse_spec
 from tuner.train import fit
 
 CPU = torch.device("cpu")
@@ -164,7 +164,7 @@ def test_bad_sequence_studies_are_one_line(raw: dict, message: str) -> None:
     ("gunpoint_cnn1d.yaml", "cnn1d"),
 ])
 def test_sequence_study_files_validate(name: str, family: str) -> None:
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
 
     spec = load_spec(ROOT / "search_spaces" / name)
     assert spec.model == family and spec.data_kind == InputKind.sequence

@@ -6,8 +6,8 @@ import optuna
 import pytest
 
 from tuner import space
+from tuner.config import parse_spec
 from tuner.errors import SpecError
-from tuner.spec import parse_spec
 
 SPEC = parse_spec({
     "space": {

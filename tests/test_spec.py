@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tuner.config import CategoricalParam, Fixed, FloatParam, load_spec, parse_spec
 from tuner.errors import SpecError
-from tuner.spec import CategoricalParam, Fixed, FloatParam, load_spec, parse_spec
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from tuner import stopping
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.errors import SpecError
-from tuner.spec import parse_spec
 from tuner.storage import Budget, connect, normalize_url
 
 pytest_plugins = ["servers"]

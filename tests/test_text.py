@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from tuner import data, models
 from tuner.cli import app
+from tuner.config import parse_spec
 from tuner.data._text import TextCorpus, for_params
 from tuner.data.text import TextOptions
 from tuner.errors import DataError, SpecError
 from tuner.kinds import InputKind, Inputs
 from tuner.models._attention import TransformerNet
-from tuner.spec import parse_spec
 
 GOOD = ["great", "wonderful", "superb", "lovely", "brilliant", "moving"]
 BAD = ["awful", "boring", "dull", "terrible", "clumsy", "tedious"]

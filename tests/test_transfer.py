@@ -46,7 +46,7 @@ def _no_study(tmp_path: Path) -> bool:
 
 def _ctx(data: DataBundle, epochs: int, base: Path, family: str = "mlp") -> Context:
     from tuner.assets import StudyAssets
-    from tuner.spec import parse_spec
+    from tuner.config import parse_spec
 
     spec = parse_spec({"name": "t", "model": family}, base_dir=str(base))
     assets = StudyAssets(spec, device="cpu", data_dir=str(base))

@@ -13,11 +13,11 @@ from tuner_procs import write_study
 
 from tuner import storage
 from tuner import study as st
+from tuner.config import load_spec
 from tuner.errors import TunerError
 from tuner.local import _visible_device, assign_devices
 from tuner.objective import TrialRunner
 from tuner.settings import Settings
-from tuner.spec import load_spec
 from tuner.storage import Heartbeat, connect, record_heartbeat
 from tuner.worker import Worker
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     import optuna
 
     from tuner.assets import StudyAssets
+    from tuner.config import StudySpec
     from tuner.retrain import Retrained
-    from tuner.spec import StudySpec
     from tuner.study import Handle
     from tuner.worker import Event
 
@@ -106,7 +106,7 @@ def as_spec(spec: str | os.PathLike[str] | Mapping[str, Any] | StudySpec, *,
     """A study file's path, a dict shaped like one, or a spec -> a validated spec, renamed to
     ``study`` and reseeded with ``seed`` when given. Relative code paths in a dict resolve
     against its ``base_dir``, else the current folder."""
-    from tuner.spec import StudySpec, load_spec, parse_spec
+    from tuner.config import StudySpec, load_spec, parse_spec
 
     if isinstance(spec, StudySpec):
         out = spec

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner import space, transfer, usercode
+from tuner.config import StudySpec
 from tuner.errors import TunerError, UserCodeError
-from tuner.spec import StudySpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -179,7 +179,7 @@ def _family_of(model: str) -> str | None:
 
 def _most(spec: StudySpec, name: str) -> int:
     """The largest value the space can give the int knob ``name`` (0 when absent)."""
-    from tuner.spec import CategoricalParam, Fixed, IntParam
+    from tuner.config import CategoricalParam, Fixed, IntParam
 
     p = spec.space.get(name)
     if isinstance(p, Fixed):

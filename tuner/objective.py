@@ -26,14 +26,14 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner import config as sp
 from tuner import measure, schedules, space, storage, vocab
-from tuner import spec as sp
 from tuner.assets import StudyAssets
+from tuner.config import StudySpec
 from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable, TunerError
 from tuner.gate import inside_folder
 from tuner.settings import Settings
-from tuner.spec import StudySpec
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules, storage
+from tuner.config import Fixed, StudySpec
 from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.gate import inside_folder, writable_folder
 from tuner.settings import Settings
-from tuner.spec import Fixed, StudySpec
 from tuner.study import Handle, pareto_front, primary_value
 
 if TYPE_CHECKING:

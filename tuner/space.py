@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuner.spec import CategoricalParam, Fixed, FloatParam, IntParam, Param, StudySpec, grid
+from tuner.config import CategoricalParam, Fixed, FloatParam, IntParam, Param, StudySpec, grid
 
 if TYPE_CHECKING:
     import optuna

@@ -21,9 +21,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules
+from tuner.config import StudySpec
 from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.settings import Heartbeat
-from tuner.spec import StudySpec
 from tuner.storage import (
     PAUSED_ATTR,
     PROMOTION_OF_ATTR,

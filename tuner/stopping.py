@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.spec import StudySpec
+from tuner.config import StudySpec
 from tuner.storage import is_paused
 from tuner.study import PATIENCE_FROM_ATTR, feasible, grid_points, grid_size, primary_value
 

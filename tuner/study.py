@@ -14,9 +14,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules, space
+from tuner.config import StudySpec, spec_from_json
 from tuner.errors import SpecMismatch, StudyNotFound, TunerError
 from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
-from tuner.spec import StudySpec, spec_from_json
 from tuner.storage import (
     Budget,
     BudgetState,

@@ -36,9 +36,9 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import space
+from tuner.config import CategoricalParam, Fixed, StudySpec
 from tuner.errors import SpecError, StorageError, StudyNotFound
 from tuner.objective import INFEASIBLE_ATTR
-from tuner.spec import CategoricalParam, Fixed, StudySpec
 from tuner.storage import connect, display_url, engine_of, same_database, study_exists
 from tuner.study import WARM_START_ATTR, Handle, feasible, load, primary_value
 

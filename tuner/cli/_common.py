@@ -96,7 +96,7 @@ class _EarlyError(click.ClickException):
 def study_file(value: Path) -> Path:
     """An argument's callback: the study file read and checked while the options are parsed,
     before torch or a database is touched (an alias bomb is refused in a fraction of a second)."""
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
 
     try:
         load_spec(value)

@@ -19,8 +19,8 @@ from tuner.errors import LaunchError
 from tuner.settings import DEFAULT_URL as DEFAULT_STORAGE
 
 if TYPE_CHECKING:
+    from tuner.config import StudySpec
     from tuner.launch import SlurmSettings
-    from tuner.spec import StudySpec
 
 launch_app = typer.Typer(
     help="Launch a study's workers on a cluster: a Slurm job array, or Kubernetes manifests.",

@@ -265,8 +265,8 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     """Validate a study file and print its search space."""
     from rich.table import Table
 
+    from tuner.config import load_spec
     from tuner.space import describe
-    from tuner.spec import load_spec
 
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name

@@ -25,8 +25,8 @@ from tuner.settings import DEFAULT_DATA_DIR
 if TYPE_CHECKING:
     from tuner.data._bundle import DataBundle, Split
 
-__all__ = ["DataBundle", "Request", "Source", "Split", "from_user", "get", "load",
-           "load_builtin", "names", "register", "SOURCES"]
+__all__ = ["DataBundle", "Request", "Source", "Split", "claim_prefix", "from_user", "get", "load",
+           "load_builtin", "names", "register", "unknown_prefixed", "SOURCES"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,26 @@ def get(name: str) -> Source:
 
 def names() -> tuple[str, ...]:
     return SOURCES.names()
+
+
+# name prefixes that a source module registers its names under (``uea:``) -> why a name
+# under the prefix is not a dataset here (the set is not shipped, its package is missing)
+_PREFIXES: dict[str, Callable[[str], str]] = {}
+
+
+def claim_prefix(prefix: str, unknown: Callable[[str], str]) -> None:
+    """Say that the names under ``prefix`` are this source module's, and how to explain one
+    that it did not register."""
+    _PREFIXES[prefix] = unknown
+
+
+def unknown_prefixed(name: str) -> str | None:
+    """Why ``name``, under a prefix a source module claimed, is not a dataset here (None: not
+    under a claimed prefix, or registered)."""
+    if name in SOURCES:
+        return None
+    return next((why(name) for prefix, why in _PREFIXES.items() if name.startswith(prefix)),
+                None)
 
 
 def load(name: str, request: Request) -> DataBundle:

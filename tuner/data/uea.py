@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.data import Request, Source, register
+from tuner.data import Request, Source, claim_prefix, register
 from tuner.errors import DataError
 from tuner.kinds import InputKind
 from tuner.registry import did_you_mean
@@ -157,3 +157,4 @@ def _summary(set_name: str) -> str:
 for _set in offline_sets():
     register(Source(PREFIX + _set, "classification", InputKind.sequence, _summary(_set),
                     _loader(_set)))
+claim_prefix(PREFIX, unknown)

@@ -388,7 +388,7 @@ def study_file(path: str | Path) -> tuple[str, str]:
     """A study file for the ConfigMap: its study's name and its text, once it validates. Its
     own code must come with the image: the ConfigMap carries only the file."""
     from tuner import usercode
-    from tuner.spec import load_spec
+    from tuner.config import load_spec
 
     spec = load_spec(path)
     for role in usercode.ROLES:

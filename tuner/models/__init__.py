@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.kinds import InputKind, Inputs
@@ -22,8 +23,9 @@ from tuner.registry import Knob, Registry, discover
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "family_of", "get",
-           "names", "register", "FAMILIES", "HF_PREFIX"]
+__all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "default_name",
+           "family_of", "fusable", "get", "names", "pretrained_folder", "pretrained_path",
+           "register", "FAMILIES", "HF_PREFIX"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,10 @@ class Family:
     # rules between knobs: knob -> every value the space can draw (None: a range too wide to
     # list; absent: the knob's default) -> why the space is invalid, or None
     check_space: Callable[[Mapping[str, Sequence[Any] | None]], str | None] | None = None
+    # the family a study uses when it names none (one family says so)
+    default: bool = False
+    # K same-shape members may train as one stacked model (``fuse:``, tuner.fuse)
+    fusable: bool = False
 
 
 FAMILIES: Registry[Family] = Registry("model")
@@ -55,6 +61,16 @@ def names() -> tuple[str, ...]:
     return FAMILIES.names()
 
 
+def default_name() -> str:
+    """The family a study uses when it names none."""
+    return next(f.name for f in FAMILIES if f.default)
+
+
+def fusable() -> tuple[str, ...]:
+    """The families whose members ``fuse:`` may stack into one model."""
+    return tuple(f.name for f in FAMILIES if f.fusable)
+
+
 # ``model: hf:PATH``: the hf family, with the pretrained model's folder (tuner.models.hf)
 HF_PREFIX = "hf:"
 
@@ -67,6 +83,20 @@ def family_of(model: str | None) -> str | None:
     if model.startswith(HF_PREFIX):
         return "hf"
     return model if model in FAMILIES else None
+
+
+def pretrained_path(model: str | None) -> str | None:
+    """The folder a pretrained ``model: hf:PATH`` names, as written (None: a family built
+    from scratch, or a user's builder)."""
+    return model.removeprefix(HF_PREFIX) if family_of(model) == "hf" and model else None
+
+
+def pretrained_folder(path: str, base_dir: str | None) -> Path:
+    """The pretrained model's folder, ``path`` relative to ``base_dir``; ValueError names
+    what it lacks (the folder, its config, weights or tokenizer)."""
+    from tuner.models import hf
+
+    return hf.resolve(path, base_dir)
 
 
 def build(family: str, params: Mapping[str, Any], inputs: Inputs,

@@ -46,4 +46,6 @@ register(Family(
     knobs=LAYER_KNOBS,
     build=build,
     per_layer=("width",),
+    default=True,
+    fusable=True,
 ))

@@ -37,7 +37,7 @@ from tuner.schedules._base import (
 )
 
 if TYPE_CHECKING:
-    from tuner.spec import StudySpec
+    from tuner.config import StudySpec
 
 __all__ = ["PAUSED_ATTR", "PBT_ATTR", "PROMOTION_OF_ATTR", "RETIRED", "SCHEDULES",
            "Continuation", "Decision", "PrunerSpec", "Schedule", "Verdict", "View", "defaults",

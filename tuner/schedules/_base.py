@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from tuner.spec import StudySpec
+    from tuner.config import StudySpec
 
 PAUSED_ATTR = "paused_at"  # user attr of a segment that paused: its rung's (generation's) epoch
 PROMOTION_OF_ATTR = "promotion_of"  # user attr of a continuation: the paused trial's number
