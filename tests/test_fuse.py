@@ -20,7 +20,8 @@ from tuner.config import fuse_key, parse_spec
 from tuner.context import CheckpointStore, Context, TrialPruned
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
-from tuner.fuse import StackedMLP, StackedOptimizer, choose_k, fit_fused
+from tuner.fuse import choose_k, fit_fused
+from tuner.stacked import StackedMLP, StackedOptimizer
 from tuner.storage import normalize_url, train_losses
 from tuner.train import fit
 
@@ -557,12 +558,12 @@ def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path:
     import io
     import zipfile
 
-    from tuner import train
+    from tuner import checkpoints, train
 
     p = _params("adamw", *MEMBERS[1])
     run = train._setup(p, _ctx(digits, 3, 2), digits)
     train.train_epoch(run, digits)
-    state = {**train._state(run, 1), "report": {"epoch": 1, "value": 0.5}, "_history": []}
+    state = {**checkpoints.state(run, 1), "report": {"epoch": 1, "value": 0.5}, "_history": []}
     store = CheckpointStore(tmp_path / "trial-0.pt")
     store.save(state, packed=True)
     back = store.load()

@@ -14,8 +14,8 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
+from tuner import checkpoints, train, vocab
 from tuner import study as st
-from tuner import train, vocab
 from tuner.config import load_spec
 from tuner.context import CheckpointStore, Context
 from tuner.data import DataBundle, load_builtin
@@ -133,14 +133,14 @@ def test_load_optimizer_state_keeps_fused_and_lays_state_out_like_params():
 
     plain = nn.Conv2d(3, 4, 3)  # a CPU retry: no channels_last, no fused
     opt = torch.optim.AdamW(plain.parameters(), lr=0.1)
-    train.load_optimizer_state(opt, saved)
+    checkpoints.load_optimizer_state(opt, saved)
     assert not opt.param_groups[0].get("fused")
     st_w = opt.state[plain.weight]
     assert st_w["exp_avg"].is_contiguous() and st_w["step"].device.type == "cpu"
     assert torch.equal(st_w["exp_avg"], saved["state"][0]["exp_avg"])
 
     back = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)  # and the other way
-    train.load_optimizer_state(back, opt.state_dict())
+    checkpoints.load_optimizer_state(back, opt.state_dict())
     assert back.param_groups[0]["fused"] is True
 
 

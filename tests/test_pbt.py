@@ -175,7 +175,7 @@ def _digits(tmp: Path) -> Any:
 def test_new_hyperparameters_take_effect_after_loading_a_checkpoint(tmp_path: Path) -> None:
     """torch's load_state_dict puts the saved lr, weight_decay and momentum back into the
     param groups, and schedules keep their base_lrs: the loop sets the new ones after."""
-    from tuner import train
+    from tuner import checkpoints, train
     from tuner.context import Context
 
     data = _digits(tmp_path)
@@ -184,11 +184,11 @@ def test_new_hyperparameters_take_effect_after_loading_a_checkpoint(tmp_path: Pa
     ctx = Context(device=torch.device("cpu"), seed=0, max_epochs=4, data=data)
     old = train._setup(base, ctx, data)
     train.train_epoch(old, data)
-    state = train._state(old, 1)
+    state = checkpoints.state(old, 1)
     scheduled = old.opt.param_groups[0]["lr"]  # cosine, one epoch in
     new_params = {**base, "lr": 0.2, "weight_decay": 1e-3, "momentum": 0.9, "dropout": 0.4}
     new = train._setup(new_params, ctx, data)
-    assert train._restore(new, state) == 2
+    assert checkpoints.restore(new, state) == 2
     g = new.opt.param_groups[0]
     assert g["weight_decay"] == 1e-3 and g["momentum"] == 0.9
     assert g["lr"] == pytest.approx(scheduled * 2)  # the schedule's place, the new base
@@ -207,9 +207,9 @@ def test_new_hyperparameters_take_effect_after_loading_a_checkpoint(tmp_path: Pa
     scaled = {**base, "schedule": "constant", "backbone_lr_scale": 0.1}
     run = train._setup(scaled, ctx, data)
     if len(run.opt.param_groups) > 1:
-        s = train._state(run, 1)
+        s = checkpoints.state(run, 1)
         run2 = train._setup({**scaled, "lr": 0.3}, ctx, data)
-        train._restore(run2, s)
+        checkpoints.restore(run2, s)
         assert [g["lr"] for g in run2.opt.param_groups] == pytest.approx([0.3, 0.03])
 
 
@@ -360,7 +360,7 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     """The copy itself: the recipient's checkpoint becomes the donor's as of the generation
     (weights and optimizer state, compared tensor by tensor), with its own curve; a retry
     that trained past the generation keeps its own file."""
-    from tuner import train
+    from tuner import checkpoints, train
     from tuner.context import CheckpointStore, Context
     from tuner.objective import TrialRunner
 
@@ -373,7 +373,7 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
         run = train._setup(params, ctx, data)
         for _ in range(2):
             train.train_epoch(run, data)
-        states[lin] = train._state(run, 2)
+        states[lin] = checkpoints.state(run, 2)
         history = [{"epoch": 1, "value": 0.1 + lin}, {"epoch": 2, "value": 0.2 + lin}]
         CheckpointStore(folder / f"trial-{lin}.pt").save({**states[lin], "_history": history})
     from tuner.assets import StudyAssets

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tuner import recipes, transfer, vocab
+from tuner import checkpoints, recipes, transfer, vocab
 from tuner.context import Context
 from tuner.data._bundle import DataBundle, Split
 from tuner.data._text import for_params
 from tuner.device import canonical
 from tuner.errors import DataError
-from tuner.models import build, count_parameters
+from tuner.models import build, count_parameters, default_name
 
 # samples per evaluation batch: nothing is kept for backward, so big batches are cheap; a
 # model too big for it on its GPU halves it until it fits (evaluate)
@@ -58,7 +58,7 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
     data = _data(ctx, params)
     _check_metric(ctx.metric, data.task)
     run = _setup(params, ctx, data)
-    start = _resume(run, ctx)
+    start = checkpoints.resume(run, ctx)
     stopper = recipes.EarlyStopping(run.recipe.patience, vocab.METRICS[ctx.metric][1])
     stopper.replay(ctx.history)
     metrics: dict[str, float] = {}
@@ -78,7 +78,7 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
         if ctx.checkpoints is not None:
             # the history saved with a checkpoint ends before this epoch's report: keep it too
             report = {"epoch": epoch, "value": value, **extras}
-            ctx.save_checkpoint({**_state(run, epoch), "report": report})
+            ctx.save_checkpoint({**checkpoints.state(run, epoch), "report": report})
         ctx.report(epoch, value, **extras)
         stopper.update(epoch, value)
     if stopper.patience and stopper.best is not None:  # the trial keeps its best epoch
@@ -106,9 +106,9 @@ def fit_final(params: Mapping[str, Any], ctx: Context,
     train_loss = math.nan
     for epoch in range(1, run.epochs + 1):
         if epoch in switch:  # as a PBT continuation resumes: new run, the state carried over
-            state = _state(run, epoch - 1)
+            state = checkpoints.state(run, epoch - 1)
             run = _setup(switch[epoch], ctx, data)
-            _restore(run, state)
+            checkpoints.restore(run, state)
         train_loss = train_epoch(run, data)
         ctx.info["epochs_run"] = epoch
     metrics = evaluate(run.forward, data, "val", amp=run.amp)
@@ -321,7 +321,8 @@ def _data(ctx: Context, params: Mapping[str, Any] | None = None) -> DataBundle:
 def _builder(ctx: Context, data: DataBundle) -> Callable[[Mapping[str, Any]], nn.Module]:
     if ctx.build_model is not None:
         return ctx.build_model
-    return lambda params: build("mlp", params, data.inputs, data.num_outputs)
+    family = default_name()  # a fit called without a builder trains the default family
+    return lambda params: build(family, params, data.inputs, data.num_outputs)
 
 
 def _check_metric(metric: str, task: str) -> None:
@@ -359,109 +360,3 @@ def probe(model: nn.Module, data: DataBundle, *, amp: bool) -> Tensor:
     if out.requires_grad:
         out.float().sum().backward()
     return out.detach()
-
-
-# ---- checkpoints -------------------------------------------------------------------------
-def _state(run: _Run, epoch: int) -> dict[str, Any]:
-    """All a retry needs to continue bit for bit: weights, optimizer, schedule, RNGs."""
-    cuda = run.device.type == "cuda"
-    return {
-        "epoch": epoch,
-        "model": run.model.state_dict(),
-        "optimizer": run.opt.state_dict(),
-        "scheduler": run.sched.state_dict() if run.sched is not None else None,
-        "generator": run.gen.get_state(),
-        "generator_device": run.gen.device.type,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(run.device) if cuda else None,
-    }
-
-
-# optimizer settings that say how to run on a device, not what was learned: a checkpoint
-# saved with fused Adam on a GPU must not bring fused=True to a CPU retry, nor a CPU
-# checkpoint take fused away on a GPU
-DEVICE_SETTINGS = ("fused", "foreach", "capturable", "differentiable")
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, saved: Mapping[str, Any]) -> None:
-    """``opt.load_state_dict(saved)``, keeping this optimizer's device settings and laying
-    each state tensor out like its parameter (dtype, device, memory format); ``step`` goes
-    where this optimizer's kernels want it (on the device for fused/capturable, else CPU)."""
-    own = [{k: g[k] for k in DEVICE_SETTINGS if k in g} for g in opt.param_groups]
-    opt.load_state_dict(saved)
-    for group, settings in zip(opt.param_groups, own, strict=True):
-        for k in DEVICE_SETTINGS:
-            if k in settings:
-                group[k] = settings[k]
-            else:
-                group.pop(k, None)
-        on_device = bool(group.get("fused") or group.get("capturable"))
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if not st:
-                continue
-            for k, v in st.items():
-                if not isinstance(v, Tensor):
-                    continue
-                if k == "step":
-                    st[k] = v.to(device=p.device if on_device else "cpu", dtype=torch.float32)
-                elif v.shape == p.shape:
-                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
-
-
-def _resume(run: _Run, ctx: Context) -> int:
-    """Restore the trial's last checkpoint, if any; returns the first epoch to train."""
-    state = ctx.load_checkpoint()
-    if state is None:
-        return 1
-    report = state.get("report")
-    if report is not None and all(h["epoch"] < report["epoch"] for h in ctx.history):
-        ctx.history.append(dict(report))
-    return _restore(run, state)
-
-
-def _restore(run: _Run, state: Mapping[str, Any]) -> int:
-    """Load a saved state into ``run`` (built from this segment's params); returns the first
-    epoch to train. The optimizer's and schedule's hyperparameters stay this run's: a PBT
-    member that changed them goes on with the new ones (dropout lives in the new modules)."""
-    fresh = [{k: g[k] for k in HYPERPARAMETERS if k in g} for g in run.opt.param_groups]
-    run.model.load_state_dict(state["model"])
-    load_optimizer_state(run.opt, state["optimizer"])
-    if run.sched is not None and state.get("scheduler") is not None:
-        run.sched.load_state_dict(state["scheduler"])
-    apply_hyperparameters(run, fresh)
-    torch.set_rng_state(state["torch_rng"])
-    # a retry on another kind of device reshuffles differently but still continues
-    if state.get("generator_device") == run.gen.device.type:
-        run.gen.set_state(state["generator"])
-    if state.get("cuda_rng") is not None and run.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda_rng"], run.device)
-    return int(state["epoch"]) + 1
-
-
-# what a param group learns nothing about: set from the params, whatever a checkpoint says
-HYPERPARAMETERS = ("lr", "initial_lr", "weight_decay", "momentum")
-
-
-def apply_hyperparameters(run: _Run, fresh: list[dict[str, Any]]) -> None:
-    """Put the param groups' hyperparameters of a freshly built optimizer (``fresh``, one
-    dict per group, the backbone's scaled lr included) back after ``load_state_dict``
-    restored the saved ones. With a schedule, the scheduled rate keeps its place: it scales
-    by new base / old base, and the schedules' ``base_lrs`` become the new bases."""
-    for group, f in zip(run.opt.param_groups, fresh, strict=True):
-        new_base = f.get("initial_lr", f["lr"])
-        old_base = group.get("initial_lr", group["lr"])
-        if run.sched is None:
-            group["lr"] = f["lr"]
-        elif new_base != old_base:
-            group["lr"] = group["lr"] * new_base / old_base
-        if "initial_lr" in f:
-            group["initial_lr"] = new_base
-        for k in ("weight_decay", "momentum"):
-            if k in f:
-                group[k] = f[k]
-    if run.sched is not None:
-        bases = [g.get("initial_lr", g["lr"]) for g in run.opt.param_groups]
-        for s in [run.sched, *getattr(run.sched, "_schedulers", [])]:
-            s.base_lrs = list(bases)
-            s._last_lr = [g["lr"] for g in run.opt.param_groups]
