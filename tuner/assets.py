@@ -69,10 +69,10 @@ class StudyAssets:
 
     def hf_folder(self) -> Path:
         """The folder of ``model: hf:PATH``, or UserCodeError naming what it lacks."""
-        from tuner.models import hf
+        from tuner import models
 
         try:
-            return hf.resolve(self.spec.hf_path or "", self.spec.base_dir)
+            return models.pretrained_folder(self.spec.hf_path or "", self.spec.base_dir)
         except ValueError as e:
             raise UserCodeError(str(e)) from None
 

@@ -243,15 +243,10 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[nn.Module, dict
         model = build(dict(params), shape, outputs)
     else:
         kind = InputKind(card.get("input_kind") or _legacy_kind(shape))
-        name = card["model"]
-        if family == "hf":
-            from tuner.models import hf
-
-            try:
-                folder_of = hf.resolve(name.removeprefix(models.HF_PREFIX), card.get("base_dir"))
-            except ValueError as e:
-                raise TunerError(str(e)) from None
-            name = models.HF_PREFIX + str(folder_of)
+        try:  # a pretrained family's folder, found again from the card's base_dir
+            name = models.resolved(card["model"], card.get("base_dir"))
+        except ValueError as e:
+            raise TunerError(str(e)) from None
         text = card.get("text") or {}
         if "vocab_size" in text and "vocab_size" in models.get(family).knobs:
             params = {"vocab_size": text["vocab_size"], **params}

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Family", "Inputs", "InputKind", "build", "count_parameters", "default_name",
            "family_of", "fusable", "get", "names", "pretrained_folder", "pretrained_path",
-           "register", "FAMILIES", "HF_PREFIX"]
+           "register", "resolved", "FAMILIES", "HF_PREFIX"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,14 @@ def pretrained_folder(path: str, base_dir: str | None) -> Path:
     from tuner.models import hf
 
     return hf.resolve(path, base_dir)
+
+
+def resolved(model: str, base_dir: str | None) -> str:
+    """``model:`` as :func:`build` takes it: a pretrained family's folder resolved against
+    ``base_dir`` (``hf:PATH`` -> ``hf:/abs/folder``), any other model unchanged. ValueError
+    names what the folder lacks."""
+    path = pretrained_path(model)
+    return model if path is None else HF_PREFIX + str(pretrained_folder(path, base_dir))
 
 
 def build(family: str, params: Mapping[str, Any], inputs: Inputs,
