@@ -21,7 +21,6 @@ from tuner.context import CheckpointStore, Context, TrialPruned
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
 from tuner.fuse import choose_k, fit_fused
-from tuner.stacked import StackedMLP, StackedOptimizer
 from tuner.storage import normalize_url, train_losses
 from tuner.train import fit
 
@@ -128,40 +127,11 @@ def test_a_member_checkpoint_resumes_alone_with_fit(digits: DataBundle, tmp_path
         [h["value"] for h in reference.history], abs=1e-6)
 
 
-def test_stacked_optimizer_leaves_members_alone() -> None:
-    """Each slice steps with its own lr: a zero-lr member does not move."""
-    w = torch.randn(3, 4, 5, requires_grad=True)
-    opt = StackedOptimizer("adam", [w], lr=torch.tensor([0.1, 0.0, 0.01]),
-                           weight_decay=torch.zeros(3), momentum=torch.zeros(3))
-    before = w.detach().clone()
-    (w ** 2).sum().backward()
-    opt.step()
-    assert torch.equal(w[1], before[1]) and not torch.equal(w[0], before[0])
-    assert (w[0] - before[0]).abs().max() > (w[2] - before[2]).abs().max()
-
-
 def test_choose_k_times_every_candidate(digits: DataBundle) -> None:
     k, rates = choose_k(_params("sgd", 0.05, 0.0, 0.0), _ctx(digits, 0, 1), candidates=(1, 2, 4),
                         steps=3)
     assert set(rates) == {1, 2, 4} and k in rates and all(r > 0 for r in rates.values())
     assert rates[k] == max(rates.values())
-
-
-def test_shapes_that_differ_are_refused() -> None:
-    from tuner.models import build
-
-    a = build("mlp", {"depth": 1, "width": 8, "activation": "relu", "dropout": 0.0,
-                      "batch_norm": False, "init": "default"}, _inputs(), 3)
-    b = build("mlp", {"depth": 1, "width": 9, "activation": "relu", "dropout": 0.0,
-                      "batch_norm": False, "init": "default"}, _inputs(), 3)
-    with pytest.raises(ValueError, match="one shape"):
-        StackedMLP([a, b])
-
-
-def _inputs() -> Any:
-    from tuner.kinds import InputKind, Inputs
-
-    return Inputs(InputKind.tabular, (4,))
 
 
 # ---- the study file -------------------------------------------------------------------
