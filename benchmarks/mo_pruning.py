@@ -20,10 +20,10 @@ import _common as c
 from optuna.trial import TrialState
 
 from tuner import study as st
-from tuner.objective import TrialRunner
 from tuner.settings import Settings
 from tuner.spec import parse_spec
 from tuner.storage import Heartbeat, connect
+from tuner.trials import TrialRunner
 from tuner.worker import Worker
 
 HB = Heartbeat(interval=5, grace_period=30)

@@ -32,8 +32,8 @@ from typing import Any
 import _common as c
 
 from tuner import api
-from tuner.objective import TrialRunner
 from tuner.spec import load_spec
+from tuner.trials import TrialRunner
 from tuner.worker import Event, Worker
 
 # one small MLP space each, that can reach the default target in a few epochs

@@ -248,7 +248,7 @@ class LightRunner:
         from optuna.trial import TrialState
 
         from tuner import storage
-        from tuner.objective import Outcome
+        from tuner.trials import Outcome
 
         x = trial.suggest_float("x", 0.0, 1.0)
         storage.set_user_attrs(trial, {"worker": {"host": platform.node(), "pid": os.getpid()},
@@ -526,10 +526,10 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
     import optuna
 
     from tuner import study as st
-    from tuner.objective import TrialRunner
     from tuner.settings import Settings
     from tuner.spec import load_spec
     from tuner.storage import Heartbeat, connect, engine_of
+    from tuner.trials import TrialRunner
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
@@ -580,10 +580,10 @@ def trips_table(backends: dict[str, str | None], trials: int) -> None:
 def profile(url: str, trials: int, folder: Path) -> None:
     """One tuner worker in this process under cProfile: where the time per trial goes."""
     from tuner import study as st
-    from tuner.objective import TrialRunner
     from tuner.settings import Settings
     from tuner.spec import load_spec
     from tuner.storage import Heartbeat, connect
+    from tuner.trials import TrialRunner
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")

@@ -33,11 +33,11 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.objective import TrialRunner
 from tuner.settings import Settings
 from tuner.spec import StudySpec
 from tuner.storage import Heartbeat, connect
 from tuner.study import build_pruner, build_sampler, create_or_resume
+from tuner.trials import TrialRunner
 from tuner.worker import Event, Worker
 
 PIPELINES = ("tuner", "hand-written")
