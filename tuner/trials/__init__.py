@@ -5,7 +5,7 @@ conclude; each concern it meets has a module of its own:
 
 - ``outcome``: what a trial came to (:class:`Outcome`), and the signals that end it early;
 - ``dedup``: a configuration that already finished is reused, not trained;
-- ``values``: every objective's value, constraints and secondary metrics;
+- ``objectives``: every objective's value, constraints and secondary metrics;
 - ``kfold``: a trial scored as the mean over its folds;
 - ``fused``: same-shape trials trained as one stacked model, their reports written together;
 - ``failures``: why a trial failed and what kind of failure it was;

@@ -12,8 +12,8 @@ import optuna
 
 from tuner import storage
 from tuner.context import Context, StopRequested, TrialPruned
+from tuner.trials.objectives import primary
 from tuner.trials.reporter import TrialReporter
-from tuner.trials.values import primary
 
 if TYPE_CHECKING:
     from tuner.trials.runner import TrialRunner

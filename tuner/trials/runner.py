@@ -4,7 +4,7 @@ before training) -> fit (tuner's :func:`tuner.train.fit` or the study's ``traine
 :class:`~tuner.context.Context` whose reports go to the trial) -> conclude (what it returned
 or raised becomes its :class:`~tuner.trials.outcome.Outcome` and its recorded attrs).
 
-Each concern along the way has its module: ``dedup``, ``kfold``, ``values`` (objectives,
+Each concern along the way has its module: ``dedup``, ``kfold``, ``objectives`` (their values,
 constraints, secondary metrics), ``failures``, ``attrs``, ``reporter``, ``pausing`` (the
 schedule's verdict on a pruned trial), ``snapshots`` (only when the schedule asks),
 ``checkpoints``, ``fused`` (same-shape trials trained as one). The study's code and data
@@ -38,8 +38,7 @@ from tuner.trial_schema import (
     STATE_ATTR,
     TRAIN_LOSS_CURVE_ATTR,
 )
-from tuner.trials import attrs, contexts, dedup, failures, fused, kfold, pausing, snapshots
-from tuner.trials import values as objectives
+from tuner.trials import attrs, contexts, dedup, failures, fused, kfold, objectives, pausing, snapshots
 from tuner.trials.checkpoints import Checkpoints
 from tuner.trials.outcome import Infeasible, Outcome, Repeat
 from tuner.trials.reporter import TrialReporter
