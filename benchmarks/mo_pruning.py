@@ -21,9 +21,9 @@ from optuna.trial import TrialState
 
 from tuner import study as st
 from tuner.config import parse_spec
-from tuner.objective import TrialRunner
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
+from tuner.trials import TrialRunner
 from tuner.worker import Worker
 
 HB = Heartbeat(interval=5, grace_period=30)

@@ -2,7 +2,7 @@
 
 ``--configs`` configurations are drawn once from the study file's space with Optuna's
 RandomSampler (``--seeds``); each pruner then trains that same list, in the same order, through
-tuner's own trial path (``objective.TrialRunner.run``: the same data, kept on the device and
+tuner's own trial path (``tuner.trials.TrialRunner.run``: the same data, kept on the device and
 loaded once, the same model, the same initial weights per trial number). A configuration that
 survives a pruner therefore ends with the same accuracy it has without pruning (the "same"
 column checks it), and the best accuracy can only drop when a pruner stops the configuration
@@ -39,8 +39,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import space
 from tuner.assets import StudyAssets
 from tuner.config import StudySpec
-from tuner.objective import TrialRunner
 from tuner.study import build_pruner
+from tuner.trials import TrialRunner
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 SPECS = {"mnist": "mnist_mlp.yaml", "digits": "digits_mlp.yaml",

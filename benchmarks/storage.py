@@ -248,7 +248,7 @@ class LightRunner:
         from optuna.trial import TrialState
 
         from tuner import storage
-        from tuner.objective import Outcome
+        from tuner.trials import Outcome
 
         x = trial.suggest_float("x", 0.0, 1.0)
         storage.set_user_attrs(trial, {"worker": {"host": platform.node(), "pid": os.getpid()},
@@ -527,9 +527,9 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
 
     from tuner import study as st
     from tuner.config import load_spec
-    from tuner.objective import TrialRunner
     from tuner.settings import Settings
     from tuner.storage import Heartbeat, connect, engine_of
+    from tuner.trials import TrialRunner
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
@@ -581,9 +581,9 @@ def profile(url: str, trials: int, folder: Path) -> None:
     """One tuner worker in this process under cProfile: where the time per trial goes."""
     from tuner import study as st
     from tuner.config import load_spec
-    from tuner.objective import TrialRunner
     from tuner.settings import Settings
     from tuner.storage import Heartbeat, connect
+    from tuner.trials import TrialRunner
     from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")

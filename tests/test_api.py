@@ -149,8 +149,8 @@ def test_a_kfold_retry_trains_only_the_folds_its_curve_lacks(tmp_path: Path) -> 
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from tuner.objective import TrialRunner
     from tuner.settings import Settings
+    from tuner.trials import TrialRunner
 
     spec = api.as_spec({"name": "r", "trainer": fold_fit, "task": "regression",
                         "validation": {"kfold": 4},

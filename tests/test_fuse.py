@@ -379,13 +379,14 @@ class _WorstAtStep2(optuna.pruners.BasePruner):
 def _group(study: optuna.Study, k: int, patience: Any = None) -> list[Any]:
     """K running trials of ``study`` with the reporters a fused group's members get."""
     from tuner import storage
-    from tuner.objective import _GroupReports, _TrialReporter
+    from tuner.trials.fused import GroupReports
+    from tuner.trials.reporter import TrialReporter
 
     patience = patience or storage.Patience(5, 0)
-    together = _GroupReports(patience)
+    together = GroupReports(patience)
     reporters = []
     for _ in range(k):
-        r = _TrialReporter(study.ask(), threading.Event(), None, patience=patience)
+        r = TrialReporter(study.ask(), threading.Event(), None, patience=patience)
         r.together = together
         reporters.append(r)
     return reporters

@@ -23,9 +23,10 @@ from tuner.data import _bundle as bundle_mod
 from tuner.device import resolve
 from tuner.errors import DeviceBroken, TunerError
 from tuner.models import build
-from tuner.objective import INFEASIBLE_ATTR, TrialRunner, fail_reason
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
+from tuner.trial_schema import INFEASIBLE_ATTR
+from tuner.trials import TrialRunner, fail_reason
 from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),

@@ -18,11 +18,11 @@ from tuner import study as st
 from tuner.cli import app
 from tuner.config import parse_spec
 from tuner.errors import SpecError
-from tuner.objective import TrialRunner
 from tuner.retrain import pick_trial
 from tuner.settings import Settings
 from tuner.status import pareto_front, trial_rows
 from tuner.storage import Heartbeat, connect
+from tuner.trials import TrialRunner
 from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),

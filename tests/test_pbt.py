@@ -362,7 +362,7 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     that trained past the generation keeps its own file."""
     from tuner import checkpoints, train
     from tuner.context import CheckpointStore, Context
-    from tuner.objective import TrialRunner
+    from tuner.trials import TrialRunner, snapshots
 
     data = _digits(tmp_path)
     params = {"width": 16, "depth": 1, "lr": 0.01}
@@ -382,11 +382,11 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     assets = StudyAssets(load_spec(pbt_yaml(tmp_path)), device="cpu",
                          data_dir=str(tmp_path / "data"))
     r = TrialRunner(assets, checkpoint_dir=str(tmp_path / "ck"), stop=threading.Event())
-    r._snapshot(1, 2)  # member 1 paused at generation 2
+    snapshots.keep(r.files, 1, 2)  # member 1 paused at generation 2
     CheckpointStore(folder / "trial-1.pt").save({**states[1], "epoch": 3})  # and went on
     trial = optuna.trial.create_trial(state=TrialState.WAITING, params={}, distributions={},
                                       user_attrs={PBT_ATTR: {"epoch": 2, "donor": 1}})
-    r._exploit(trial, 0)
+    snapshots.take(r.files, trial, 0, r.schedule.weights_from(trial))
     got = CheckpointStore(folder / "trial-0.pt").load()
     assert got["epoch"] == 2  # the donor's state as of generation 2, not its epoch 3
     for k, v in states[1]["model"].items():
@@ -399,7 +399,7 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     assert [h["value"] for h in got["_history"]] == [0.1, 0.2]  # its own curve
     # a retry that trained on past the generation keeps what it has
     CheckpointStore(folder / "trial-0.pt").save({**states[0], "epoch": 3, "_history": []})
-    r._exploit(trial, 0)
+    snapshots.take(r.files, trial, 0, r.schedule.weights_from(trial))
     kept = CheckpointStore(folder / "trial-0.pt").load()
     assert kept["epoch"] == 3
     assert all(torch.equal(kept["model"][k], v) for k, v in states[0]["model"].items())
@@ -413,7 +413,7 @@ def test_the_end_of_a_population_deletes_snapshots_and_half_written_checkpoints(
     from tuner.assets import StudyAssets
     from tuner.config import load_spec
     from tuner.context import CheckpointStore
-    from tuner.objective import TrialRunner
+    from tuner.trials import TrialRunner
 
     folder = tmp_path / "ck" / "pbt"
     CheckpointStore(folder / "trial-0.pt").save({"epoch": 3})

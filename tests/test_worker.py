@@ -16,9 +16,9 @@ from tuner import study as st
 from tuner.config import load_spec
 from tuner.errors import TunerError
 from tuner.local import _visible_device, assign_devices
-from tuner.objective import TrialRunner
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect, record_heartbeat
+from tuner.trials import TrialRunner
 from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
@@ -172,7 +172,7 @@ def test_a_trial_finished_elsewhere_is_not_counted(handle, tmp_path):
     handle.budget.acquire()
     trial = handle.study.ask()
     handle.study.tell(trial, state=TrialState.FAIL)  # as the stale-trial check does
-    from tuner.objective import Outcome
+    from tuner.trials import Outcome
 
     assert not worker._tell(trial, Outcome(TrialState.COMPLETE, 1.0))
     assert handle.study.trials[0].state == TrialState.FAIL

@@ -22,6 +22,7 @@ from tuner import storage
 from tuner.errors import TunerError
 from tuner.storage import BudgetState
 from tuner.study import Handle
+from tuner.trial_schema import RETRY_OF_ATTR
 
 __all__ = ["Extension", "extend", "go_on", "pause", "retry", "stop", "stop_trial"]
 
@@ -114,7 +115,7 @@ def retry(handle: Handle, number: int) -> None:
                          "failed; only a failed or stopped trial can be retried")
     study = handle.study
     again = [o.number for o in study.get_trials(deepcopy=False)
-             if o.user_attrs.get(storage.RETRY_OF_ATTR) == number]
+             if o.user_attrs.get(RETRY_OF_ATTR) == number]
     if again:
         raise TunerError(f"trial {number} of {handle.name!r} was retried already (trial "
                          f"{again[-1]}); retry that one if it failed")

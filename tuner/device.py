@@ -1,4 +1,5 @@
-"""Which torch device trials train on: one place that reads a ``--device`` value."""
+"""Which torch device trials train on: one place that reads a ``--device`` value; and the
+CUDA memory of a trial on it (its peak, and the cache handed back between trials)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,29 @@ def canonical(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda") and torch.cuda.is_available()
+
+
+def reset_peak_memory(device: str) -> None:
+    if is_cuda(device):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> int | None:
+    """The most bytes allocated on ``device`` since :func:`reset_peak_memory` (None: no GPU)."""
+    if not is_cuda(device):
+        return None
+    return int(torch.cuda.max_memory_allocated())
+
+
+def free_device_cache(device: str) -> None:
+    """Between trials, hand the allocator's cached blocks back: with several workers on one
+    GPU, each would otherwise keep its largest trial's peak reserved."""
+    if is_cuda(device):
+        import gc
+
+        gc.collect()  # the trial's model and optimizer, if a cycle still holds them
+        torch.cuda.empty_cache()

@@ -34,6 +34,7 @@ from tuner.errors import DataError, SpecError, TunerError, UserCodeError
 from tuner.gate import inside_folder, writable_folder
 from tuner.settings import Settings
 from tuner.study import Handle, pareto_front, primary_value
+from tuner.trial_schema import EPOCHS_ATTR, SEED_ATTR, VERSIONS_ATTR
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,7 +116,7 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     import torch
 
     from tuner.assets import StudyAssets
-    from tuner.context import Context
+    from tuner.trials import contexts
 
     spec = handle.spec
     t = pick_trial(handle, trial)
@@ -128,8 +129,8 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     assets = StudyAssets(spec, device=settings.device, data_dir=settings.data_dir,
                          download=settings.download)
     final = assets.data().final()  # train+val to train on, the test split as "val"
-    epochs = int(t.user_attrs.get("epochs_run") or 0) or spec.epochs
-    seed = int(t.user_attrs.get("seed", spec.seed + storage.lineage(t)))
+    epochs = int(t.user_attrs.get(EPOCHS_ATTR) or 0) or spec.epochs
+    seed = int(t.user_attrs.get(SEED_ATTR, spec.seed + storage.lineage(t)))
     params = trial_params(spec, t)
     segments: list[tuple[int, dict[str, Any]]] = []
     # PBT: replay the schedule of the member's weights
@@ -153,11 +154,7 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TunerError(f"cannot create {out}: {e.strerror}; pick another --out") from None
-    ctx = Context(
-        device=torch.device(settings.device), seed=seed, max_epochs=epochs, task=final.task,
-        metric=spec.metric_name, data=final, build_model=assets.model_builder(final),
-        trial_number=t.number, amp=spec.amp, compile=spec.compile,
-    )
+    ctx = contexts.build(assets, final, seed=seed, max_epochs=epochs, trial_number=t.number)
     start = time.perf_counter()
     metrics, state = _fit(assets, params, ctx, out, t.number, segments)
     wall = time.perf_counter() - start
@@ -290,7 +287,7 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
           wall: float) -> dict[str, Any]:
     import torch
 
-    from tuner.objective import versions
+    from tuner.trials import versions
 
     spec = handle.spec
     images = final.train.dtype == torch.uint8
@@ -329,7 +326,7 @@ def _card(handle: Handle, t: FrozenTrial, params: dict[str, Any], metrics: dict[
                else {}),
         },
         "versions": versions(),
-        "trial_versions": t.user_attrs.get("versions"),
+        "trial_versions": t.user_attrs.get(VERSIONS_ATTR),
         "files": {"weights": weights.name if weights else None, "card": CARD},
         "created": _now(),
     }

@@ -22,11 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules
 from tuner.config import StudySpec
-from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.settings import Heartbeat
 from tuner.storage import (
-    PAUSED_ATTR,
-    PROMOTION_OF_ATTR,
     BudgetState,
     all_studies,
     heartbeat_ages,
@@ -41,6 +38,16 @@ from tuner.study import (
     nondominated,
     pareto_front,
     primary_value,
+)
+from tuner.trial_schema import (
+    EPOCHS_ATTR,
+    FAIL_REASON_ATTR,
+    INFEASIBLE_ATTR,
+    PAUSED_ATTR,
+    PROMOTION_OF_ATTR,
+    REPEAT_ATTR,
+    RETRY_OF_ATTR,
+    WORKER_ATTR,
 )
 
 __all__ = ["FINISHED", "STATE_ATTRS", "Facts", "Kind", "count", "count_lean", "facts",
@@ -229,7 +236,7 @@ def snapshot(handle: Handle, with_heartbeats: bool = True,
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        worker = t.user_attrs.get("worker") or {}
+        worker = t.user_attrs.get(WORKER_ATTR) or {}
         steps = sorted(t.intermediate_values)
         running.append(Running(
             t.number, steps[-1] if steps else 0,
@@ -333,13 +340,13 @@ def trial_rows(study: optuna.Study, spec: StudySpec | None = None, *,
             "state": trial_state(t, known).value,
             **values,
             **{f"params_{k}": v for k, v in t.params.items()},
-            "epochs": t.user_attrs.get("epochs_run", len(t.intermediate_values)),
+            "epochs": t.user_attrs.get(EPOCHS_ATTR, len(t.intermediate_values)),
             "duration_s": round(d, 3) if (d := _duration(t)) is not None else None,
             "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-            "retry_of": t.user_attrs.get("retry_of"),
-            "repeat_of": t.user_attrs.get("repeat_of"),
-            "promotion_of": t.user_attrs.get(PROMOTION_OF_ATTR),
-            "fail_reason": t.user_attrs.get("fail_reason"),
+            RETRY_OF_ATTR: t.user_attrs.get(RETRY_OF_ATTR),
+            REPEAT_ATTR: t.user_attrs.get(REPEAT_ATTR),
+            PROMOTION_OF_ATTR: t.user_attrs.get(PROMOTION_OF_ATTR),
+            FAIL_REASON_ATTR: t.user_attrs.get(FAIL_REASON_ATTR),
             **({"constraints": t.constraints} if t.constraints else {}),
             **(sched.columns(t) if sched is not None else {}),
         })

@@ -16,7 +16,6 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import schedules, space
 from tuner.config import StudySpec, spec_from_json
 from tuner.errors import SpecMismatch, StudyNotFound, TunerError
-from tuner.objective import INFEASIBLE_ATTR, REPEAT_ATTR
 from tuner.storage import (
     Budget,
     BudgetState,
@@ -27,6 +26,7 @@ from tuner.storage import (
     record,
     record_first,
 )
+from tuner.trial_schema import INFEASIBLE_ATTR, REPEAT_ATTR
 
 SPEC_ATTR = "tuner.spec"
 # where a warm-started study's first trials came from (:mod:`tuner.warmstart`)

@@ -15,9 +15,10 @@ from optuna.trial import TrialState
 
 from tuner import storage
 from tuner.study import Handle
+from tuner.trial_schema import RETRY_OF_ATTR
 
 if TYPE_CHECKING:
-    from tuner.objective import Outcome
+    from tuner.trials import Outcome
 
 log = logging.getLogger("tuner")
 
@@ -51,7 +52,7 @@ def _after_elsewhere(handle: Handle, patience: storage.Patience, trial: optuna.T
     study, call = handle.study, patience.call
     if outcome.state != TrialState.FAIL:
         return
-    if not any(t.user_attrs.get(storage.RETRY_OF_ATTR) == trial.number
+    if not any(t.user_attrs.get(RETRY_OF_ATTR) == trial.number
                for t in call(lambda: study.get_trials(deepcopy=False))):
         call(handle.budget.release)
 

@@ -38,13 +38,12 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import space
 from tuner.config import CategoricalParam, Fixed, StudySpec
 from tuner.errors import SpecError, StorageError, StudyNotFound
-from tuner.objective import INFEASIBLE_ATTR
 from tuner.storage import connect, display_url, engine_of, same_database, study_exists
 from tuner.study import WARM_START_ATTR, Handle, feasible, load, primary_value
+from tuner.trial_schema import EPOCHS_ATTR, INFEASIBLE_ATTR, METRICS_ATTR, WARM_START_FROM_ATTR
 
 __all__ = ["Plan", "apply", "plan", "refuse_existing", "source"]
 
-FROM_ATTR = "warm_start_from"
 # what must match for an old trial's result to stand for a trial of the new study
 _SAME = ("data", "data_as", "model", "trainer", "task", "validation", "epochs", "amp")
 
@@ -144,7 +143,7 @@ def _judged(new: StudySpec, t: FrozenTrial, objectives: list[str]) -> dict[str, 
     """The new study's constraint values of the old trial ``t`` (<= 0: feasible), from what
     it measured and its ``objectives``' values; None when it did not measure a constrained
     metric (its feasibility under the new bounds is unknown)."""
-    measured = {**(t.user_attrs.get("metrics") or {}),
+    measured = {**(t.user_attrs.get(METRICS_ATTR) or {}),
                 **dict(zip(objectives, t.values or (), strict=False))}
     if any(m not in measured for m in new.constraints):
         return None
@@ -166,12 +165,12 @@ def plan(old: Handle, new: StudySpec, *, storage: str, enqueue_top: int | None) 
                 continue  # a constrained metric it never measured: feasibility unknown
             if (dists := _fit(new, t.params)) is None:
                 continue
-            keep = ("metrics", "epochs_run", INFEASIBLE_ATTR)
+            keep = (METRICS_ATTR, EPOCHS_ATTR, INFEASIBLE_ATTR)
             carried = optuna.trial.create_trial(
                 params={k: t.params[k] for k in dists}, distributions=dists,
                 values=list(t.values), intermediate_values=dict(t.intermediate_values),
                 user_attrs={**{k: v for k, v in t.user_attrs.items() if k in keep},
-                            FROM_ATTR: f"{old.name}#{t.number}"},
+                            WARM_START_FROM_ATTR: f"{old.name}#{t.number}"},
             )
             # infeasible stays infeasible: the old verdict (rejected before training, out of
             # memory) and the new study's bounds on what it measured
@@ -226,7 +225,7 @@ def apply(handle: Handle, p: Plan) -> dict[str, Any]:
     if p.add:
         study.add_trials(p.add)
     for params in p.enqueue:
-        study.enqueue_trial(params, user_attrs={FROM_ATTR: p.source}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={WARM_START_FROM_ATTR: p.source}, skip_if_exists=True)
     lineage = {"from": p.source, "storage": p.storage, "added": len(p.add),
                "enqueued": len(p.enqueue), "differs": p.differs}
     study.set_user_attr(WARM_START_ATTR, lineage)

@@ -1,7 +1,7 @@
 """A worker: the loop that takes trials of one study until its study-wide budget is spent.
 
 A worker takes a budget slot (:class:`tuner.storage.Budget`), asks Optuna for a trial, trains
-it (:class:`tuner.objective.TrialRunner`) and tells the result, while a heartbeat thread
+it (:class:`tuner.trials.TrialRunner`) and tells the result, while a heartbeat thread
 keeps its running trial alive in the database and fails the trials of dead workers, so they
 are retried from their checkpoint within the grace period, even if no new trial starts
 anywhere. A worker whose budget is spent stays while other workers' trials run, to retry
@@ -41,8 +41,8 @@ from optuna.trial import TrialState
 
 from tuner import acquire, stopping, storage, tell
 from tuner.errors import DeviceBroken, TooManyFailures, TrialStalled
-from tuner.objective import Outcome, TrialRunner
 from tuner.study import Handle
+from tuner.trials import Outcome, TrialRunner
 
 log = logging.getLogger("tuner")
 

@@ -96,7 +96,7 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
             raise
         return Result(handle, "done")
     from tuner import worker as w
-    from tuner.objective import TrialRunner
+    from tuner.trials import TrialRunner
 
     assets = prepared.assets
     if assets is None:

@@ -25,6 +25,7 @@ from tuner.cli._common import (
     val_test_table,
 )
 from tuner.errors import TunerError
+from tuner.trial_schema import EPOCHS_ATTR, FAIL_REASON_ATTR, PROMOTION_OF_ATTR, RETRY_OF_ATTR
 
 GracePeriod = Annotated[int | None, typer.Option(
     envvar="TUNER_GRACE_PERIOD", min=1,
@@ -83,7 +84,7 @@ def trials(
     rows = trial_rows(handle.study, handle.spec, grace_period=grace_period)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     if format == Fmt.table:  # the essentials first; every column is in csv and json
-        skip = {"started", "fail_reason", "retry_of", "promotion_of", "constraints"}
+        skip = {"started", FAIL_REASON_ATTR, RETRY_OF_ATTR, PROMOTION_OF_ATTR, "constraints"}
         columns = [c for c in columns if c not in skip]
     if format == Fmt.json:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
@@ -146,7 +147,7 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
     t = handle.study.trials[snap.best_trial]
     result: dict[str, Any] = {"study": name, "trial": t.number, "metric": handle.spec.metric_name,
                               "value": t.value, "params": t.params,
-                              "epochs": t.user_attrs.get("epochs_run")}
+                              "epochs": t.user_attrs.get(EPOCHS_ATTR)}
     retrained = retrained_of(handle, t.number)
     if retrained:
         result["test"] = retrained
@@ -179,7 +180,7 @@ def _front(handle: Any, as_json: bool) -> None:
     names = spec.objective_names
     if as_json:
         rows = [{"trial": t.number, **dict(zip(names, t.values, strict=True)), "params": t.params,
-                 "epochs": t.user_attrs.get("epochs_run")} for t in front]
+                 "epochs": t.user_attrs.get(EPOCHS_ATTR)} for t in front]
         sys.stdout.write(json.dumps({"study": name, "objectives": names,
                                      "directions": spec.directions, "front": rows},
                                     indent=2, default=str) + "\n")
@@ -190,7 +191,7 @@ def _front(handle: Any, as_json: bool) -> None:
     table = Table("#", *names, *params, "epochs", box=None, header_style="bold")
     for t in front:
         table.add_row(str(t.number), *[_cell(v) for v in t.values],
-                      *[_cell(t.params.get(p)) for p in params], _cell(t.user_attrs.get("epochs_run")))
+                      *[_cell(t.params.get(p)) for p in params], _cell(t.user_attrs.get(EPOCHS_ATTR)))
     out().print(table)
 
 

@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuner.gate import MAX_COUNT
 from tuner.registry import did_you_mean
-from tuner.trial_schema import lineage
+from tuner.trial_schema import PAUSED_ATTR, PROMOTION_OF_ATTR, lineage
+from tuner.trial_schema import PBT_ATTR as PBT_ATTR  # re-exported with the others
 
 if TYPE_CHECKING:
     import optuna
@@ -34,11 +35,6 @@ if TYPE_CHECKING:
 
     from tuner.config import StudySpec
 
-PAUSED_ATTR = "paused_at"  # user attr of a segment that paused: its rung's (generation's) epoch
-PROMOTION_OF_ATTR = "promotion_of"  # user attr of a continuation: the paused trial's number
-# user attr of a PBT continuation: what its schedule decided (epoch, donor, changes) and the
-# hyperparameter schedule of its weights; a retry keeps it
-PBT_ATTR = "pbt"
 RETIRED = -1  # ``trial`` of a ledger row that retires its lineage at that rung
 
 
