@@ -12,8 +12,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import storage
-from tuner.context import StopRequested
 from tuner.config import StudySpec
+from tuner.context import StopRequested
 from tuner.trial_schema import INFEASIBLE_ATTR, METRICS_ATTR, REPEAT_ATTR
 from tuner.trials.outcome import Outcome, Repeat
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
-from tuner import space, storage
 from tuner import config as sp
+from tuner import space, storage
 from tuner.context import Context
 from tuner.errors import DatabaseUnreachable
 from tuner.trial_schema import FUSED_ATTR

@@ -12,8 +12,8 @@ import optuna
 
 from tuner import measure, vocab
 from tuner.assets import StudyAssets
-from tuner.context import Context
 from tuner.config import StudySpec
+from tuner.context import Context
 from tuner.trials.outcome import Infeasible
 
 

@@ -26,10 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules, space, storage
 from tuner.assets import StudyAssets
+from tuner.config import StudySpec
 from tuner.context import Context, StopRequested, TrialPruned
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable
 from tuner.settings import Settings
-from tuner.config import StudySpec
 from tuner.trial_schema import (
     ELSEWHERE_ATTR,
     FAIL_REASON_ATTR,
