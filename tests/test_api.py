@@ -66,10 +66,14 @@ MODEL_SPEC = {
 
 
 def test_importing_tuner_imports_neither_torch_nor_optuna() -> None:
-    code = ("import sys, tuner; assert tuner.run is tuner.api.run and tuner.trials; "
+    code = ("import sys, tuner; assert tuner.run is tuner.api.run and tuner.api.trials; "
             "assert 'torch' not in sys.modules and 'optuna' not in sys.modules, 'heavy'")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert tuner.best_params is api.best_params and tuner.Result is api.Result
+    # the package that runs trials, not a shortcut it would shadow once imported
+    import tuner.trials
+
+    assert tuner.trials.TrialRunner is not None and callable(tuner.api.trials)
 
 
 def test_run_a_dict_with_functions_then_inspect_it(store: dict[str, Any]) -> None:
