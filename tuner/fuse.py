@@ -38,6 +38,7 @@ from tuner.context import Context, report_together
 from tuner.data._bundle import DataBundle
 from tuner.kinds import InputKind
 from tuner.stacked import StackedMLP, StackedOptimizer
+from tuner.trial_schema import EPOCHS_ATTR
 
 
 def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
@@ -162,7 +163,7 @@ def fit_fused(params_list: Sequence[Mapping[str, Any]],
         reporting: list[tuple[int, int, tuple[float, dict[str, float]]]] = []
         for row, i in enumerate(live):
             ctx, loss = ctxs[i], losses[row]
-            ctx.info["epochs_run"] = epoch
+            ctx.info[EPOCHS_ATTR] = epoch
             if not math.isfinite(loss):  # diverged: a non-finite report ends it
                 reporting.append((row, i, (loss, {"train_loss": loss})))
                 continue

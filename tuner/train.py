@@ -26,6 +26,7 @@ from tuner.data._text import for_params
 from tuner.device import canonical
 from tuner.errors import DataError
 from tuner.models import build, count_parameters, default_name
+from tuner.trial_schema import EPOCHS_ATTR, PARAM_COUNT_ATTR
 
 # samples per evaluation batch: nothing is kept for backward, so big batches are cheap; a
 # model too big for it on its GPU halves it until it fits (evaluate)
@@ -67,7 +68,7 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
             break
         lr = run.opt.param_groups[0]["lr"]
         train_loss = train_epoch(run, data)
-        ctx.info["epochs_run"] = epoch
+        ctx.info[EPOCHS_ATTR] = epoch
         if not math.isfinite(train_loss):  # diverged; a non-finite report ends the trial
             ctx.report(epoch, train_loss, train_loss=train_loss)
             return train_loss
@@ -88,7 +89,7 @@ def fit(params: Mapping[str, Any], ctx: Context) -> float:
         return stopper.best
     if start > run.epochs:  # killed after the last epoch's checkpoint: nothing left to train
         metrics = evaluate(run.forward, data, "val", amp=run.amp)
-        ctx.info["epochs_run"] = run.epochs
+        ctx.info[EPOCHS_ATTR] = run.epochs
     return metrics[ctx.metric]
 
 
@@ -110,7 +111,7 @@ def fit_final(params: Mapping[str, Any], ctx: Context,
             run = _setup(switch[epoch], ctx, data)
             checkpoints.restore(run, state)
         train_loss = train_epoch(run, data)
-        ctx.info["epochs_run"] = epoch
+        ctx.info[EPOCHS_ATTR] = epoch
     metrics = evaluate(run.forward, data, "val", amp=run.amp)
     return run.model, {**metrics, "train_loss": train_loss}
 
@@ -234,7 +235,7 @@ def _setup(params: Mapping[str, Any], ctx: Context, data: DataBundle) -> _Run:
     model = _builder(ctx, data)(params).to(device)
     if _channels_last(model, device):
         model = model.to(memory_format=torch.channels_last)  # NHWC: tensor-core convs
-    ctx.info["param_count"] = count_parameters(model)
+    ctx.info[PARAM_COUNT_ATTR] = count_parameters(model)
     if getattr(model, "tuner_weights", None):  # what a ``weights:`` file gave it, in one line
         ctx.info["weights"] = model.tuner_weights
     transfer.freeze(model, int(p["freeze"]))

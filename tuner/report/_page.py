@@ -16,6 +16,7 @@ from tuner import schedules
 from tuner.retrain import retrained_of
 from tuner.storage import PROMOTION_OF_ATTR, lineage
 from tuner.study import Handle, pareto_front, primary_value
+from tuner.trial_schema import DEVICE_ATTR, EPOCHS_ATTR, PARAM_COUNT_ATTR, SEED_ATTR, WALL_TIME_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -127,10 +128,10 @@ def _top_table(handle: Handle, complete: list[FrozenTrial], top: int) -> str:
     rows = []
     for rank, t in enumerate(best, 1):
         cells = [str(rank), str(t.number), *(_num(v) for v in t.values),
-                 str(t.user_attrs.get("epochs_run", "")),
+                 str(t.user_attrs.get(EPOCHS_ATTR, "")),
                  _num(_duration(t)), *(_num(t.params.get(p, "")) for p in params),
-                 str(t.user_attrs.get("param_count", "")), str(t.user_attrs.get("device", "")),
-                 str(t.user_attrs.get("seed", ""))]
+                 str(t.user_attrs.get(PARAM_COUNT_ATTR, "")), str(t.user_attrs.get(DEVICE_ATTR, "")),
+                 str(t.user_attrs.get(SEED_ATTR, ""))]
         rows.append("<tr>" + "".join(f"<td>{e(c) if c else ''}</td>" for c in cells) + "</tr>")
     what = "trials of the Pareto front" if spec.multi_objective else "best"
     return (f'<section id="top-trials"><h2>Top trials</h2><p class="caption">The {len(best)} '
@@ -184,7 +185,7 @@ def _failed_table(trials: list[FrozenTrial]) -> str:
 def _duration(t: FrozenTrial) -> float | None:
     if t.datetime_start and t.datetime_complete:
         return (t.datetime_complete - t.datetime_start).total_seconds()
-    return t.user_attrs.get("wall_time_s")
+    return t.user_attrs.get(WALL_TIME_ATTR)
 
 
 def _num(v: Any) -> str:

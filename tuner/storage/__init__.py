@@ -14,7 +14,6 @@ from tuner.schedules import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, is_paused,
 from tuner.settings import DEFAULT_URL, Heartbeat
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._controls import (
-    STATE_ATTR,
     USER_STOP,
     Controls,
     WorkerRow,
@@ -95,7 +94,7 @@ __all__ = [
     "start_trials", "state", "tell_many", "trial_by_number",
     "TRAIN_LOSS_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "PBT_ATTR", "is_paused", "is_promotion", "decided",
-    "record", "record_first", "retired", "STATE_ATTR", "USER_STOP", "Controls",
+    "record", "record_first", "retired", "USER_STOP", "Controls",
     "delete_controls", "forget_trial_stop", "read_controls", "set_paused", "set_stop",
     "stop_trial", "WorkerRow", "check_in", "check_out", "study_workers", "RunningTrial",
     "StudyDetail", "StudyRow", "studies_overview", "study_overview",

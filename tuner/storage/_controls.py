@@ -55,9 +55,6 @@ workers = sa.Table(
 )
 
 USER_STOP = "stopped by the user"
-# user attr of a trial: what tuner did with it, in a word (stopped, paused, promoted, ...),
-# for optuna-dashboard's trial table
-STATE_ATTR = "tuner_state"
 
 
 def create_table(engine: sa.Engine | sa.Connection) -> None:

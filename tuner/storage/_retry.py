@@ -13,11 +13,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.schedules import PBT_ATTR
 from tuner.storage._budget import Budget
-from tuner.trial_schema import LINEAGE_ATTR, lineage
+from tuner.trial_schema import (
+    CRASHES_ATTR,
+    FAILED_TRIAL_ATTR,
+    LINEAGE_ATTR,
+    RETRY_HISTORY_ATTR,
+    RETRY_OF_ATTR,
+    lineage,
+)
 
-RETRY_OF_ATTR = "retry_of"
 MAX_RETRIES = 3  # retries of a trial whose worker died
-CRASHES_ATTR = "tuner_crashes"  # system attr: attempts of the lineage that lost their worker
 
 
 def is_retry(trial: FrozenTrial | optuna.Trial) -> bool:
@@ -43,7 +48,7 @@ def retry(study: optuna.Study, trial: FrozenTrial, budget: Budget, *,
 def retry_template(trial: FrozenTrial, *, crashed: bool = True) -> FrozenTrial | None:
     """The WAITING trial that retries the failed ``trial`` (same params, lineage and learning
     curve), or None once its lineage lost its worker ``MAX_RETRIES`` times."""
-    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, []), trial.number]
     crashes = int(trial.system_attrs.get(CRASHES_ATTR, 0)) + int(crashed)
     if crashes > MAX_RETRIES:
         return None
@@ -54,7 +59,7 @@ def retry_template(trial: FrozenTrial, *, crashed: bool = True) -> FrozenTrial |
         user_attrs={LINEAGE_ATTR: lineage(trial), RETRY_OF_ATTR: trial.number,
                     **({PBT_ATTR: trial.user_attrs[PBT_ATTR]}
                        if PBT_ATTR in trial.user_attrs else {})},
-        system_attrs={"failed_trial": history[0], "retry_history": history,
+        system_attrs={FAILED_TRIAL_ATTR: history[0], RETRY_HISTORY_ATTR: history,
                       CRASHES_ATTR: crashes},
         # the learning curve continues where the checkpoint left it
         intermediate_values=trial.intermediate_values,

@@ -603,7 +603,7 @@ def should_prune_many(trials: Sequence[optuna.Trial]) -> list[bool]:
 def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str]]) -> Any:
     from optuna.storages._rdb import models
 
-    from tuner.storage._controls import STATE_ATTR
+    from tuner.trial_schema import STATE_ATTR
 
     return _upsert(rdb.engine.name, models.TrialUserAttributeModel.__table__, [
         {"trial_id": tid, "key": STATE_ATTR, "value_json": json.dumps(state)}
