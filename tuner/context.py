@@ -216,6 +216,14 @@ class Context:
     # free-form facts a loop wants kept on the trial (shown in the dashboard and reports)
     info: dict[str, Any] = field(default_factory=dict)
 
+    def silent_copy(self, *, seed: int, data: DataBundle | None) -> Context:
+        """This context for a stand-in run (timing ``fuse: auto``'s candidates): the same
+        device, epochs, task, metric, builder, amp and compile, another seed and data, and
+        nothing reported, checkpointed or kept."""
+        return Context(device=self.device, seed=seed, max_epochs=self.max_epochs,
+                       task=self.task, metric=self.metric, data=data,
+                       build_model=self.build_model, amp=self.amp, compile=self.compile)
+
     def report(self, epoch: int, value: float, **extras: float) -> None:
         """Record the validation metric after ``epoch`` (1-based). Raises :class:`TrialPruned`
         when the pruner stops the trial, :class:`StopRequested` when the worker must stop."""

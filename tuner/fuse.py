@@ -210,9 +210,7 @@ def choose_k(params: Mapping[str, Any], ctx: Context, candidates: Sequence[int] 
     data = train._data(ctx)
     rates: dict[int, float] = {}
     for k in candidates:
-        ctxs = [Context(device=ctx.device, seed=ctx.seed + j, max_epochs=ctx.max_epochs,
-                        task=ctx.task, metric=ctx.metric, data=data, build_model=ctx.build_model)
-                for j in range(k)]
+        ctxs = [ctx.silent_copy(seed=ctx.seed + j, data=data) for j in range(k)]
         runs = [train._setup(params, c, data) for c in ctxs]
         stack = StackedMLP([r.model for r in runs])
         opt = StackedOptimizer(str({**vocab.defaults(vocab.TRAINING_KNOBS), **params}["optimizer"]),
