@@ -26,8 +26,13 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from tuner import space, vocab  # noqa: E402
-from tuner.config import StudySpec, load_spec, parse_spec  # noqa: E402
+from tuner import vocab  # noqa: E402
+from tuner.config import (  # noqa: E402
+    StudySpec,
+    load_spec,
+    parse_spec,
+    space,  # noqa: E402
+)
 from tuner.device import resolve  # noqa: E402
 from tuner.kinds import InputKind, Inputs  # noqa: E402
 from tuner.models import build  # noqa: E402

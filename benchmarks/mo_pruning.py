@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 
 from tuner import study as st
 from tuner.config import parse_spec
+from tuner.runtime.worker import Worker
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
 from tuner.trials import TrialRunner
-from tuner.worker import Worker
 
 HB = Heartbeat(interval=5, grace_period=30)
 

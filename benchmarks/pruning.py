@@ -36,10 +36,9 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import space
-from tuner.assets import StudyAssets
-from tuner.config import StudySpec
+from tuner.config import StudySpec, space
 from tuner.study import build_pruner
+from tuner.training.assets import StudyAssets
 from tuner.trials import TrialRunner
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")

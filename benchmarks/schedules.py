@@ -35,8 +35,8 @@ import _common as c
 
 from tuner import api
 from tuner.config import load_spec
+from tuner.runtime.worker import Event, Worker
 from tuner.trials import TrialRunner
-from tuner.worker import Event, Worker
 
 # one small MLP space each, that can reach the default target in a few epochs
 SPACES: dict[str, dict[str, Any]] = {

@@ -26,11 +26,11 @@ from _common import DEFAULT_DATA_DIR, REPO, LoadMonitor, machine, quiet_librarie
 from torch import nn
 
 from tuner import data
-from tuner.context import Context
 from tuner.data._bundle import make_bundle
 from tuner.kinds import InputKind
 from tuner.models import build
-from tuner.train import fit, fit_final
+from tuner.training.context import Context
+from tuner.training.train import fit, fit_final
 
 LSTM = {"cell": "lstm", "width": 128, "pool": "last", "init": "default", "clip_norm": 0}
 TRAIN = {"lr": 3e-3, "batch_size": 256, "optimizer": "adam"}

@@ -5,7 +5,7 @@ Each seed runs the study file's full budget once through tuner (``api.run``, one
 the rule sees exactly the trials it would have seen live (one worker's sampler proposes the
 same sequence whether or not a rule is watching), so "run" is where it would have stopped
 the study, "saved" the trials it would not have trained, and "lost" the best value it would
-have missed. The rules are tuner's own (``tuner.stopping``): patience on the reported metric,
+have missed. The rules are tuner's own (``tuner.runtime.stopping``): patience on the reported metric,
 and Optuna's Terminator (the median error evaluator without k-fold, as in tuner). Run from
 the repository root:
 
@@ -25,8 +25,9 @@ import _common as c
 import optuna
 from optuna.trial import TrialState
 
-from tuner import api, stopping
+from tuner import api
 from tuner.config import StopSpec, StudySpec
+from tuner.runtime import stopping
 
 
 def _best(spec: StudySpec, values: list[float]) -> float | None:

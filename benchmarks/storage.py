@@ -233,7 +233,7 @@ def _postgres_cpu_s() -> float:
 class LightRunner:
     """What a trial costs tuner's worker loop in the database, without the training: the
     worker attrs at the start, a report and a pruning check each epoch (after a sleep), the
-    metrics at the end. Real :class:`tuner.worker.Worker` around it (budget slots, the
+    metrics at the end. Real :class:`tuner.runtime.worker.Worker` around it (budget slots, the
     heartbeat thread, the reaper lease, tell), but no torch: a worker is ~65 MB, not ~700 MB,
     so 64 of them fit beside the other users of a 24 GiB machine."""
 
@@ -277,8 +277,8 @@ def light_worker(url: str, name: str, index: int, ready: str, n: int, epochs: in
     import resource
 
     from tuner import study as st
+    from tuner.runtime.worker import Worker
     from tuner.storage import Heartbeat, connect
-    from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
     hb = Heartbeat()
@@ -527,10 +527,10 @@ def round_trips(url: str, trials: int, folder: Path) -> dict[str, tuple[float, f
 
     from tuner import study as st
     from tuner.config import load_spec
+    from tuner.runtime.worker import Worker
     from tuner.settings import Settings
     from tuner.storage import Heartbeat, connect, engine_of
     from tuner.trials import TrialRunner
-    from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
     import torch  # noqa: F401  (imported by the first trial otherwise)
@@ -581,10 +581,10 @@ def profile(url: str, trials: int, folder: Path) -> None:
     """One tuner worker in this process under cProfile: where the time per trial goes."""
     from tuner import study as st
     from tuner.config import load_spec
+    from tuner.runtime.worker import Worker
     from tuner.settings import Settings
     from tuner.storage import Heartbeat, connect
     from tuner.trials import TrialRunner
-    from tuner.worker import Worker
 
     warnings.filterwarnings("ignore")
     hb = Heartbeat()

@@ -34,11 +34,11 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import StudySpec
+from tuner.runtime.worker import Event, Worker
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
 from tuner.study import build_pruner, build_sampler, create_or_resume
 from tuner.trials import TrialRunner
-from tuner.worker import Event, Worker
 
 PIPELINES = ("tuner", "hand-written")
 

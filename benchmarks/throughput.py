@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader, random_split
 from torchvision import datasets, transforms  # imported here: neither load time counts it
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a clone, not installed
-from tuner.context import Context  # noqa: E402
 from tuner.data import load_builtin  # noqa: E402
 from tuner.models import build  # noqa: E402
-from tuner.train import fit  # noqa: E402
+from tuner.training.context import Context  # noqa: E402
+from tuner.training.train import fit  # noqa: E402
 
 VALIDATION = 0.1
 

@@ -144,7 +144,7 @@ def test_racing_workers_promote_a_paused_trial_once_and_retire_the_rest(any_url:
 
     import optuna
 
-    from tuner.status import trial_rows
+    from tuner.results.status import trial_rows
     from tuner.storage import claim
 
     url = any_url

@@ -196,7 +196,7 @@ def test_progress_names_the_metric_and_the_best_trial() -> None:
     from rich.console import Console
 
     from tuner.cli.progress import ProgressView
-    from tuner.worker import Event
+    from tuner.runtime.worker import Event
 
     console = Console(record=True, width=120)
     view = ProgressView(console, "s", "accuracy", "maximize", 3, 0, 5)

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from tuner import study as st
 from tuner.cli import app
 from tuner.config import parse_spec
+from tuner.runtime.worker import Worker
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
 from tuner.trials import TrialRunner
-from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

@@ -23,7 +23,7 @@ from tuner_procs import finished, start_worker, trials, wait_for, write_study
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.dashboard import open_server
+from tuner.results.dashboard import open_server
 from tuner.storage import Heartbeat, connect, read_controls, study_workers
 
 pytest_plugins = ["servers"]

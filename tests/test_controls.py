@@ -1,4 +1,4 @@
-"""Steering a running study (tuner.controls, `tuner stop / pause / continue / extend /
+"""Steering a running study (tuner.results.controls, `tuner stop / pause / continue / extend /
 stop-trial / retry`): real worker processes on a real database obey each control within a
 heartbeat, and every bad input is refused in one line before anything is written."""
 
@@ -161,7 +161,7 @@ def test_time_left_agrees_with_the_study_state():
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from tuner.status import _eta
+    from tuner.results.status import _eta
     from tuner.storage import BudgetState
 
     now = dt.datetime.now()
@@ -186,7 +186,7 @@ def test_a_database_made_before_the_control_tables(sqlite_url, tmp_path):
     import sqlite3
 
     from tuner import api
-    from tuner.console import Console
+    from tuner.results.console import Console
 
     api.run(write_study(tmp_path, trials=1, epochs=1, sleep=0), storage=sqlite_url,
             device="cpu", checkpoint_dir=str(tmp_path / "ck"), data_dir=str(tmp_path))

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 import tuner
 from tuner.cli import app
-from tuner.dashboard import DashboardServer, is_loopback, open_server
 from tuner.errors import TunerError
+from tuner.results.dashboard import DashboardServer, is_loopback, open_server
 from tuner.storage import connect
 
 # one worker runs the module (pytest-xdist): its module-scoped study is made once

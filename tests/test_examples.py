@@ -22,8 +22,8 @@ import yaml
 from typer.testing import CliRunner
 
 from tuner import api, storage, usercode
-from tuner.assets import StudyAssets
 from tuner.cli import app
+from tuner.training.assets import StudyAssets
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
@@ -157,7 +157,7 @@ def test_gan_example_tunes_a_loop_that_is_not_classification(store: str, tmp_pat
     # a retried trial continues from its checkpoint rather than starting over
     fit = usercode.resolve(str(EXAMPLES / "gan_digits" / "train.py") + ":fit", "trainer")
     params = {**result.best_params}
-    from tuner.context import CheckpointStore, Context
+    from tuner.training.context import CheckpointStore, Context
 
     ckpt = CheckpointStore(tmp_path / "gan.pt")
     first = Context(device=torch.device("cpu"), seed=0, max_epochs=2, checkpoints=ckpt)

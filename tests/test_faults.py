@@ -444,7 +444,7 @@ def _decisions(url: str) -> list[tuple[int, int, int]]:
 def _check_continued_once(url: str, ts) -> list:
     """Every promotion row (a paused trial's number, not -1) has exactly one continuation and
     every continuation its row; no trial is left RUNNING or WAITING, none PAUSED for ever."""
-    from tuner.status import trial_rows
+    from tuner.results.status import trial_rows
     from tuner.storage import PROMOTION_OF_ATTR
 
     assert not [(t.number, t.state.name) for t in ts

@@ -15,7 +15,7 @@ from tuner_procs import load, start_worker, trials, wait_for, worker_pid, write_
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.dashboard import open_server
+from tuner.results.dashboard import open_server
 from tuner.storage import connect
 
 

@@ -1,4 +1,4 @@
-"""Same-shape trials trained as one (tuner.fuse): a fused member follows the curve its own
+"""Same-shape trials trained as one (tuner.training.fuse): a fused member follows the curve its own
 ``fit`` would, is pruned alone, checkpoints in fit's format (so plain ``fit`` resumes it),
 and a real study with ``fuse: 4`` spends its exact trial budget."""
 
@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from tuner import api
 from tuner.cli import app
 from tuner.config import fuse_key, parse_spec
-from tuner.context import CheckpointStore, Context, TrialPruned
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import SpecError, TunerError
-from tuner.fuse import choose_k, fit_fused
 from tuner.storage import normalize_url, train_losses
-from tuner.train import fit
+from tuner.training.context import CheckpointStore, Context, TrialPruned
+from tuner.training.fuse import choose_k, fit_fused
+from tuner.training.train import fit
 
 pytest_plugins = ["servers"]
 
@@ -489,7 +489,7 @@ def test_a_fused_groups_repeats_are_found_from_one_read_of_the_study(tmp_path: P
                      checkpoint_dir=str(tmp_path / "ckpt"))
     trials = result.study.trials
     # a one-point space: the first group trains it (4 members), the second group's members
-    # are genuine repeats, which the views count as REPEAT (tuner.status.trial_state)
+    # are genuine repeats, which the views count as REPEAT (tuner.results.status.trial_state)
     assert result.counts == {"COMPLETE": 4, "REPEAT": 4}
     assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
     first, second = trials[:4], trials[4:]
@@ -529,7 +529,7 @@ def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path:
     import io
     import zipfile
 
-    from tuner import checkpoints, train
+    from tuner.training import checkpoints, train
 
     p = _params("adamw", *MEMBERS[1])
     run = train._setup(p, _ctx(digits, 3, 2), digits)

@@ -341,7 +341,7 @@ def test_a_study_is_taken_back_when_sbatch_refuses(here: Path) -> None:
 # ---- workers and user code ---------------------------------------------------------------
 def test_a_failed_spawn_leaves_no_worker_and_no_study(here: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuner import local
+    from tuner.runtime import local
 
     started: list[subprocess.Popen[bytes]] = []
     real = local._spawn_one

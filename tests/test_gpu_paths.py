@@ -14,20 +14,21 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from tuner import checkpoints, train, vocab
 from tuner import study as st
+from tuner import vocab
 from tuner.config import load_spec
-from tuner.context import CheckpointStore, Context
 from tuner.data import DataBundle, load_builtin
 from tuner.data import _bundle as bundle_mod
 from tuner.device import resolve
 from tuner.errors import DeviceBroken, TunerError
 from tuner.models import build
+from tuner.runtime.worker import Worker
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect
+from tuner.training import checkpoints, train
+from tuner.training.context import CheckpointStore, Context
 from tuner.trial_schema import INFEASIBLE_ATTR
 from tuner.trials import TrialRunner, fail_reason
-from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -341,8 +342,9 @@ def test_gpu_a_view_cnn_and_the_builtin_cnn_train_with_amp(mnist):
 
 # ---- 3. the parent of several local workers checks on the CPU and keeps nothing -----------
 def test_the_parent_of_local_workers_preflights_on_the_cpu(mnist_dir, monkeypatch):
-    from tuner import api, assets
+    from tuner import api
     from tuner.api._prepare import check
+    from tuner.training import assets
 
     made: list[assets.StudyAssets] = []
     real = assets.StudyAssets.__init__

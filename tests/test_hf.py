@@ -12,11 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from tests.test_text import reviews, write_csv
-from tuner import models, transfer
+from tuner import models
 from tuner.cli import app
 from tuner.config import parse_spec
 from tuner.errors import SpecError
 from tuner.kinds import InputKind, Inputs
+from tuner.training import transfer
 
 
 def tiny_bert(folder: Path) -> Path:
@@ -112,6 +113,6 @@ def test_fine_tuning_runs_offline_and_retrains_with_its_tokenizer(tmp_path: Path
     card = json.loads((out / "model.json").read_text())
     assert card["test_metrics"]["accuracy"] > 0.8, card
     assert card["text"]["special_tokens"] is True
-    from tuner.retrain import classify_text
+    from tuner.results.retrain import classify_text
 
     assert classify_text(out, ["superb and lovely", "dull, tedious"]) == ["positive", "negative"]

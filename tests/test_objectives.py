@@ -18,12 +18,12 @@ from tuner import study as st
 from tuner.cli import app
 from tuner.config import parse_spec
 from tuner.errors import SpecError
-from tuner.retrain import pick_trial
+from tuner.results.retrain import pick_trial
+from tuner.results.status import pareto_front, trial_rows
+from tuner.runtime.worker import Worker
 from tuner.settings import Settings
-from tuner.status import pareto_front, trial_rows
 from tuner.storage import Heartbeat, connect
 from tuner.trials import TrialRunner
-from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -192,7 +192,7 @@ def test_a_constraint_known_before_training_rejects_without_an_epoch(tmp_path):
                {f.number for f in fresh} for t in wide if t not in fresh)
     assert {t.number for t in pareto_front(handle)} <= {t.number for t in narrow}
     # the report draws the Pareto front and lists the front's trials with both objectives
-    from tuner import report
+    from tuner.results import report
 
     result = report.build(handle, tmp_path / "report")
     assert (tmp_path / "report" / "pareto.png").stat().st_size > 0

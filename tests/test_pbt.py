@@ -165,8 +165,8 @@ def test_bad_pbt_is_one_line_exit_2_nothing_written(tmp_path: Path, change: str,
 
 
 def _digits(tmp: Path) -> Any:
-    from tuner.assets import StudyAssets
     from tuner.config import load_spec
+    from tuner.training.assets import StudyAssets
 
     spec = load_spec(pbt_yaml(tmp))
     return StudyAssets(spec, device="cpu", data_dir=str(tmp / "data")).data()
@@ -175,8 +175,8 @@ def _digits(tmp: Path) -> Any:
 def test_new_hyperparameters_take_effect_after_loading_a_checkpoint(tmp_path: Path) -> None:
     """torch's load_state_dict puts the saved lr, weight_decay and momentum back into the
     param groups, and schedules keep their base_lrs: the loop sets the new ones after."""
-    from tuner import checkpoints, train
-    from tuner.context import Context
+    from tuner.training import checkpoints, train
+    from tuner.training.context import Context
 
     data = _digits(tmp_path)
     base = {"width": 16, "depth": 1, "optimizer": "sgd_momentum", "momentum": 0.5,
@@ -324,7 +324,7 @@ def test_a_digits_population_exploits_explores_records_lineage_and_retrains(
             assert f"weights of member {rec['donor']}" in rows[x.number]["pbt"]
             assert rows[x.number]["member"] == lineage(x)
     # the report shows the lineage and the best member's schedule
-    from tuner import report
+    from tuner.results import report
 
     rep = report.build(result.handle, tmp_path / "report")
     page = rep.html.read_text()
@@ -334,7 +334,7 @@ def test_a_digits_population_exploits_explores_records_lineage_and_retrains(
     plan = schedule(best)
     assert plan[0]["from_epoch"] == 1
     seen: list[tuple[int, float]] = []
-    from tuner import train
+    from tuner.training import train
 
     real_setup = train._setup
 
@@ -360,8 +360,8 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
     """The copy itself: the recipient's checkpoint becomes the donor's as of the generation
     (weights and optimizer state, compared tensor by tensor), with its own curve; a retry
     that trained past the generation keeps its own file."""
-    from tuner import checkpoints, train
-    from tuner.context import CheckpointStore, Context
+    from tuner.training import checkpoints, train
+    from tuner.training.context import CheckpointStore, Context
     from tuner.trials import TrialRunner, snapshots
 
     data = _digits(tmp_path)
@@ -376,8 +376,8 @@ def test_an_exploiting_member_takes_the_donors_snapshot_weights_and_optimizer(
         states[lin] = checkpoints.state(run, 2)
         history = [{"epoch": 1, "value": 0.1 + lin}, {"epoch": 2, "value": 0.2 + lin}]
         CheckpointStore(folder / f"trial-{lin}.pt").save({**states[lin], "_history": history})
-    from tuner.assets import StudyAssets
     from tuner.config import load_spec
+    from tuner.training.assets import StudyAssets
 
     assets = StudyAssets(load_spec(pbt_yaml(tmp_path)), device="cpu",
                          data_dir=str(tmp_path / "data"))
@@ -410,9 +410,9 @@ def test_the_end_of_a_population_deletes_snapshots_and_half_written_checkpoints(
     """A worker killed -9 inside CheckpointStore.save leaves its temporary file (the rename
     never came); once no member runs or waits, nobody is writing, and it goes with the
     snapshots. The members' own checkpoints are their lineages' business."""
-    from tuner.assets import StudyAssets
     from tuner.config import load_spec
-    from tuner.context import CheckpointStore
+    from tuner.training.assets import StudyAssets
+    from tuner.training.context import CheckpointStore
     from tuner.trials import TrialRunner
 
     folder = tmp_path / "ck" / "pbt"

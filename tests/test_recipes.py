@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tuner.context import Context
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import DataError
 from tuner.kinds import InputKind
 from tuner.models import build
-from tuner.recipes import EarlyStopping, Recipe, cutout, random_crop, random_flip
-from tuner.train import _setup, fit
+from tuner.training.context import Context
+from tuner.training.recipes import EarlyStopping, Recipe, cutout, random_crop, random_flip
+from tuner.training.train import _setup, fit
 
 CPU = torch.device("cpu")
 

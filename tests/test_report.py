@@ -168,8 +168,8 @@ def test_too_few_trials_and_one_param_skip_with_a_note(tmp_path: Path) -> None:
 def test_few_trials_skip_importances(study: str, tmp_path: Path) -> None:
     import optuna
 
-    from tuner import report
     from tuner import study as st
+    from tuner.results import report
     from tuner.storage import connect
 
     handle = st.load(connect(study), "digits_small")

@@ -118,11 +118,11 @@ def test_retrain_best_saves_weights_card_and_study_attr(study: str, tmp_path: Pa
 
 def test_weights_reload_into_a_fresh_model_and_give_the_test_score(study: str,
                                                                    tmp_path: Path) -> None:
-    from tuner import retrain as rt
     from tuner import study as st
-    from tuner import train
-    from tuner.assets import StudyAssets
+    from tuner.results import retrain as rt
     from tuner.storage import connect
+    from tuner.training import train
+    from tuner.training.assets import StudyAssets
 
     retrain(study, "digits_rt", "--out", str(tmp_path / "m"))
     card = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -204,9 +204,9 @@ def test_a_study_without_data_needs_its_data(tmp_path: Path) -> None:
 
 
 def test_a_user_trainer_is_retrained_with_its_checkpointed_weights(tmp_path: Path) -> None:
-    from tuner import retrain as rt
-    from tuner import train
     from tuner.data import load_builtin
+    from tuner.results import retrain as rt
+    from tuner.training import train
 
     (tmp_path / "mine.py").write_text(TRAINER)
     url = make_study(tmp_path, "own_loop", trials=2, extra="trainer: mine.py:fit\n")

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 from tuner import data, vocab
 from tuner.cli import app
 from tuner.config import parse_spec
-from tuner.context import Context
 from tuner.data import DataBundle
 from tuner.data._bundle import Split, carve, make_bundle
 from tuner.errors import SpecError
 from tuner.kinds import InputKind, Inputs
 from tuner.models import build
 from tuner.models._recurrent import lengths_of, pool
-from tuner.train import fit
+from tuner.training.context import Context
+from tuner.training.train import fit
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).parent.parent

@@ -5,8 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tuner import space
-from tuner.config import parse_spec
+from tuner.config import parse_spec, space
 from tuner.errors import SpecError
 
 SPEC = parse_spec({

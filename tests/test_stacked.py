@@ -1,4 +1,4 @@
-"""tuner.stacked: K members' layers as one stacked model, and the optimizer that steps each
+"""tuner.training.stacked: K members' layers as one stacked model, and the optimizer that steps each
 member's slice with its own hyperparameters."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from tuner.kinds import InputKind, Inputs
 from tuner.models import build
-from tuner.stacked import StackedMLP, StackedOptimizer
+from tuner.training.stacked import StackedMLP, StackedOptimizer
 
 
 def test_stacked_optimizer_leaves_members_alone() -> None:

@@ -1,4 +1,4 @@
-"""What a trial is, decided once (``tuner.status.trial_state``), and every view counting
+"""What a trial is, decided once (``tuner.results.status.trial_state``), and every view counting
 through it: ``studies``, ``status``, ``trials``, ``best`` and the report agree on ASHA and
 PBT studies; a multi-objective study shows its Pareto front; a trial whose worker was
 killed shows as lost before any worker reaps it (and ``status`` writes nothing), then its
@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from tuner import study as st
 from tuner.cli import app
-from tuner.console import Console
-from tuner.console._view import COUNTED
-from tuner.status import snapshot, studies, trial_rows
+from tuner.results.console import Console
+from tuner.results.console._view import COUNTED
+from tuner.results.status import snapshot, studies, trial_rows
 from tuner.storage import connect
 
 runner = CliRunner()
@@ -192,7 +192,7 @@ def test_a_killed_workers_trial_is_lost_in_status_then_reaped_with_its_reason(tm
     snap = snapshot(handle, with_heartbeats=False)
     assert snap.counts.get("FAIL", 0) == 1 and snap.finished == 1
 
-    from tuner.report import build
+    from tuner.results.report import build
 
     page = build(handle, tmp_path / "report").html.read_text()
     assert "worker lost: no heartbeat since" in page

@@ -17,10 +17,10 @@ from optuna.trial import TrialState, create_trial
 from tuner_procs import finished, start_worker, trials, write_study
 from typer.testing import CliRunner
 
-from tuner import stopping
 from tuner.cli import app
 from tuner.config import parse_spec
 from tuner.errors import SpecError
+from tuner.runtime import stopping
 from tuner.storage import Budget, connect, normalize_url
 
 pytest_plugins = ["servers"]

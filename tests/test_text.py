@@ -99,9 +99,9 @@ def test_heads_must_divide_d_model_at_check_or_be_drawn_as_one_choice(tmp_path: 
 
 
 def test_warmup_and_cosine_apply_to_the_transformer() -> None:
-    from tuner.context import Context
     from tuner.data._bundle import Split, carve, make_bundle
-    from tuner.train import fit
+    from tuner.training.context import Context
+    from tuner.training.train import fit
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(1, 12, (200, 8), generator=g)
@@ -226,7 +226,7 @@ def test_transformer_tunes_and_retrains_on_text_and_the_card_classifies(tmp_path
     assert card["test_metrics"]["accuracy"] > 0.9, card["test_metrics"]
     assert card["files"]["tokenizer"] == "tokenizer.json" and (out / "tokenizer.json").is_file()
     assert card["text"]["classes"] == ["negative", "positive"]
-    from tuner.retrain import classify_text
+    from tuner.results.retrain import classify_text
 
     labels = classify_text(out, ["the plot was superb and lovely", "a dull and tedious film"])
     assert labels == ["positive", "negative"]

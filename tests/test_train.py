@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from tuner import vocab
-from tuner.context import CheckpointStore, Context, StopRequested, TrialPruned
 from tuner.data import DataBundle, load_builtin
 from tuner.models import build
-from tuner.train import evaluate, fit, fit_final
+from tuner.training.context import CheckpointStore, Context, StopRequested, TrialPruned
+from tuner.training.train import evaluate, fit, fit_final
 
 CPU = torch.device("cpu")
 

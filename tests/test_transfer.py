@@ -10,13 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 from tuner.cli import app
-from tuner.context import Context
 from tuner.data import DataBundle, load_builtin
 from tuner.errors import UserCodeError
 from tuner.kinds import InputKind, Inputs
 from tuner.models import build
-from tuner.train import fit, make_optimizer
-from tuner.transfer import blocks, load_weights
+from tuner.training.context import Context
+from tuner.training.train import fit, make_optimizer
+from tuner.training.transfer import blocks, load_weights
 
 MNIST = Inputs(InputKind.image, (1, 28, 28))
 SMALL = {"depth": 1, "width": 16}
@@ -45,8 +45,8 @@ def _no_study(tmp_path: Path) -> bool:
 
 
 def _ctx(data: DataBundle, epochs: int, base: Path, family: str = "mlp") -> Context:
-    from tuner.assets import StudyAssets
     from tuner.config import parse_spec
+    from tuner.training.assets import StudyAssets
 
     spec = parse_spec({"name": "t", "model": family}, base_dir=str(base))
     assets = StudyAssets(spec, device="cpu", data_dir=str(base))
@@ -178,7 +178,7 @@ def test_a_torchvision_study_fine_tunes_from_a_state_dict(tmp_path: Path, mnist_
              "backbone_lr_scale: 0.1, batch_size: 32}\n")
     assert r.exit_code == 0, r.output
     # retrain starts from the weights too, and its model loads back as a torchvision resnet
-    from tuner.retrain import load_model
+    from tuner.results.retrain import load_model
 
     r = CliRunner().invoke(app, ["retrain", "t", "--device", "cpu", "--out", str(tmp_path / "m"),
                                  "--storage", f"sqlite:///{tmp_path / 't.db'}",

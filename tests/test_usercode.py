@@ -161,9 +161,9 @@ def test_loaders_get_seed_and_data_dir_only_if_they_ask() -> None:
 
 
 def test_import_path_of_functions() -> None:
-    from tuner import train
+    from tuner.training import train
 
-    assert usercode.import_path(train.fit, "trainer") == "tuner.train:fit"
+    assert usercode.import_path(train.fit, "trainer") == "tuner.training.train:fit"
     with pytest.raises(UserCodeError, match="expected fit"):
         usercode.import_path(usercode.one_line, "trainer")
     with pytest.raises(UserCodeError, match="top level of a module"):

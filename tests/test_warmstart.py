@@ -89,7 +89,7 @@ def test_with_constraints_old_trials_keep_their_feasibility(tmp_path: Path) -> N
     carried = [t for t in ts if "warm_start_from" in t.user_attrs]
     assert len(carried) == len(olds)
     from tuner import study as st
-    from tuner.status import Kind, facts, trial_state
+    from tuner.results.status import Kind, facts, trial_state
 
     handle = st.load(connect(url), "new")
     known = facts(handle.study, ts, heartbeats=False)

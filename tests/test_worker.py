@@ -15,11 +15,11 @@ from tuner import storage
 from tuner import study as st
 from tuner.config import load_spec
 from tuner.errors import TunerError
-from tuner.local import _visible_device, assign_devices
+from tuner.runtime.local import _visible_device, assign_devices
+from tuner.runtime.worker import Worker
 from tuner.settings import Settings
 from tuner.storage import Heartbeat, connect, record_heartbeat
 from tuner.trials import TrialRunner
-from tuner.worker import Worker
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]

@@ -129,7 +129,7 @@ def start_together(argvs: list[list[str]], tmp: Path) -> list[Proc]:
     launcher = (
         "import os, sys, time\n"
         "import optuna, sqlalchemy, torch\n"
-        "import tuner.cli, tuner.trials, tuner.storage, tuner.study, tuner.worker\n"
+        "import tuner.cli, tuner.trials, tuner.storage, tuner.study, tuner.runtime.worker\n"
         "ready, n = sys.argv[1], int(sys.argv[2])\n"
         "open(os.path.join(ready, str(os.getpid())), 'w').close()\n"
         "while len(os.listdir(ready)) < n:\n"

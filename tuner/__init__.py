@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from tuner.context import Context, StopRequested, TrialPruned  # noqa: E402  (torch-free)
+from tuner.training.context import Context, StopRequested, TrialPruned  # noqa: E402  (torch-free)
 
 # the Python API (:mod:`tuner.api`), imported on first use; ``retrain`` and ``trials`` are
-# ``tuner.api.retrain`` and ``tuner.api.trials`` (``tuner.retrain`` and ``tuner.trials`` are
+# ``tuner.api.retrain`` and ``tuner.api.trials`` (``tuner.results.retrain`` and ``tuner.trials`` are
 # the packages that implement them: a shortcut of the same name would be replaced by the
 # package as soon as a worker imports it)
 _API = ("run", "resume", "load", "best_params", "Result")

@@ -1,5 +1,5 @@
 """Entry point of a local worker process started by ``tuner run --workers K``
-(:mod:`tuner.local`): its study and settings arrive as JSON in the environment. Like the
+(:mod:`tuner.runtime.local`): its study and settings arrive as JSON in the environment. Like the
 CLI, it turns a :class:`~tuner.errors.TunerError` into one line on stderr and an exit code,
 and exits at once when one of its trials hangs (``--stall-timeout``)."""
 
@@ -15,7 +15,7 @@ from tuner.errors import TunerError
 
 def main() -> None:
     from tuner import api
-    from tuner.local import CHILD_ENV
+    from tuner.runtime.local import CHILD_ENV
     from tuner.settings import Settings
 
     job = json.loads(os.environ.pop(CHILD_ENV))

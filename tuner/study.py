@@ -13,8 +13,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import schedules, space
-from tuner.config import StudySpec, spec_from_json
+from tuner import schedules
+from tuner.config import StudySpec, space, spec_from_json
 from tuner.errors import SpecMismatch, StudyNotFound, TunerError
 from tuner.storage import (
     Budget,
@@ -29,7 +29,7 @@ from tuner.storage import (
 from tuner.trial_schema import INFEASIBLE_ATTR, REPEAT_ATTR
 
 SPEC_ATTR = "tuner.spec"
-# where a warm-started study's first trials came from (:mod:`tuner.warmstart`)
+# where a warm-started study's first trials came from (:mod:`tuner.results.warmstart`)
 WARM_START_ATTR = "tuner.warm_start"
 # the first trial number that ``stop: {patience: N}`` counts (set when a study that stopped
 # early is given more budget: the trials asked for are run)

@@ -28,7 +28,7 @@ FAIL_REASON_ATTR = "fail_reason"  # why it failed (or was pruned, stopped, finis
 METRICS_ATTR = "metrics"  # every measured objective and constraint metric, by name
 STATE_ATTR = "tuner_state"  # what tuner did with it, in a word (tuner.trials.attrs.tuner_state)
 PARAM_COUNT_ATTR = "param_count"  # the model's parameters (put in ctx.info by the loop)
-FUSED_ATTR = "fused"  # how many trials trained as one stacked model with it (tuner.fuse)
+FUSED_ATTR = "fused"  # how many trials trained as one stacked model with it (tuner.training.fuse)
 PEAK_MEMORY_ATTR = "peak_memory_mib"  # the GPU's peak when it ran out of memory
 
 # ---- what happened to it ------------------------------------------------------------------

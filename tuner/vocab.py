@@ -1,6 +1,6 @@
 """Names a study file may use for tuner's own training loop: tasks, metrics, optimizers,
 schedules and the loop's hyperparameters. Plain data, no torch: the spec validates against
-these and :mod:`tuner.train` maps them to PyTorch. Model families and datasets keep their
+these and :mod:`tuner.training.train` maps them to PyTorch. Model families and datasets keep their
 own names in their registries (:mod:`tuner.models`, :mod:`tuner.data`)."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ TRAINING_KNOBS: dict[str, Knob] = {
     "schedule": Knob("constant", "learning-rate schedule, stepped per epoch", choices=SCHEDULES),
     "step_size": Knob(3, "epochs between decays of the step schedule", low=1),
     "gamma": Knob(0.5, "decay factor of the step and exponential schedules", low=0, low_open=True),
-    # training recipes (tuner/recipes.py)
+    # training recipes (tuner/training/recipes.py)
     "clip_norm": Knob(None, "clip the gradients' global L2 norm to this (0: off) [default: off, "
                       "1.0 for the rnn family]", low=0),
     "label_smoothing": Knob(0.0, "label smoothing of the classification loss", low=0, high=1,
@@ -65,7 +65,7 @@ TRAINING_KNOBS: dict[str, Knob] = {
                          low=0),
     "augment_flip": Knob(False, "random horizontal flip (images)"),
     "augment_cutout": Knob(0, "zero a random square of this side in pixels (images)", low=0),
-    # transfer learning (tuner/transfer.py)
+    # transfer learning (tuner/training/transfer.py)
     "weights": Knob(None, "state_dict to start the model from, relative to the study file "
                     "[default: the study's weights:]"),
     "freeze": Knob(0, "leading blocks of the model that stay frozen (never the head)", low=0),

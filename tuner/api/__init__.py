@@ -51,8 +51,8 @@ from tuner.errors import TunerError, UserCodeError
 
 if TYPE_CHECKING:
     from tuner.config import StudySpec
+    from tuner.runtime.worker import Event
     from tuner.settings import Settings
-    from tuner.worker import Event
 
 __all__ = ["DEFAULT_STORAGE", "QUIET_WARNINGS", "Options", "Prepared", "Result", "as_spec",
            "best_params", "go", "load", "prepare", "prepare_existing", "prepare_work",
@@ -74,7 +74,7 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
     if workers == 0:
         return Result(handle)
     if workers > 1:
-        from tuner.local import run_local
+        from tuner.runtime.local import run_local
 
         for role in usercode.ROLES:
             if usercode.in_main(getattr(handle.spec, role)):
@@ -95,7 +95,7 @@ def go(prepared: Prepared, *, workers: int = 1, workers_per_gpu: int | None = No
                 st.delete(connect(settings.storage), handle.name)
             raise
         return Result(handle, "done")
-    from tuner import worker as w
+    from tuner.runtime import worker as w
     from tuner.trials import TrialRunner
 
     assets = prepared.assets

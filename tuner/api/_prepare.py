@@ -20,9 +20,9 @@ from tuner.errors import SpecError
 from tuner.settings import DEFAULT_URL, Heartbeat, Settings
 
 if TYPE_CHECKING:
-    from tuner.assets import StudyAssets
     from tuner.config import StudySpec
     from tuner.study import Handle
+    from tuner.training.assets import StudyAssets
 
 DEFAULT_STORAGE = DEFAULT_URL
 # warnings that say nothing a user can act on: tuner drives Optuna's heartbeats itself and
@@ -118,7 +118,7 @@ def check(spec: StudySpec, settings: Settings, local_workers: int) -> tuple[Stud
     problem raises one clear error here, before any storage write. A parent of several local
     workers checks on the CPU and keeps nothing: its children load their own data on their
     own devices."""
-    from tuner.assets import StudyAssets
+    from tuner.training.assets import StudyAssets
 
     try:  # --fuse K where the study's trials cannot share one stacked model
         spec.check_fuse(settings.fuse_mode(spec.fuse))
@@ -158,7 +158,7 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
     """Open the storage, check the study's code and data, then create the study or resume
     it, and add ``trials`` / ``timeout`` / ``budget_hours`` to its budget. ``warm_from``
     names an earlier study (in ``from_url``, default the same storage) that a new study
-    starts from (:mod:`tuner.warmstart`; ``enqueue_top`` K: its K best configurations when
+    starts from (:mod:`tuner.results.warmstart`; ``enqueue_top`` K: its K best configurations when
     its results cannot carry over). A failed check leaves every study in the storage as it
     was."""
     from tuner import study as st
@@ -172,7 +172,7 @@ def prepare(spec: StudySpec, settings: Settings, *, force: bool = False,
     local_file = normalize_url(settings.storage).drivername.startswith("sqlite")
     old = None
     if warm_from is not None:
-        from tuner import warmstart
+        from tuner.results import warmstart
 
         with quiet():  # read-only, before the new study's storage is even opened
             old = warmstart.source(warm_from, from_url or settings.storage)

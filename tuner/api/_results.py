@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import optuna
 
     from tuner.config import StudySpec
-    from tuner.retrain import Retrained
+    from tuner.results.retrain import Retrained
     from tuner.study import Handle
 
 
@@ -47,28 +47,28 @@ class Result:
     @property
     def counts(self) -> dict[str, int]:
         """Trials by state: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
-        from tuner.status import snapshot
+        from tuner.results.status import snapshot
 
         return snapshot(self.handle, with_heartbeats=False).counts
 
     @property
     def best_trial(self) -> int | None:
         """Number of the best completed trial, None before the first."""
-        from tuner.status import snapshot
+        from tuner.results.status import snapshot
 
         return snapshot(self.handle, with_heartbeats=False).best_trial
 
     @property
     def best_value(self) -> float | None:
         """The best trial's value (of the reported metric, in a multi-objective study)."""
-        from tuner.status import snapshot
+        from tuner.results.status import snapshot
 
         return snapshot(self.handle, with_heartbeats=False).best_value
 
     @property
     def best_params(self) -> dict[str, Any]:
         """What the best trial's code received: its sampled params and the constants."""
-        from tuner.retrain import trial_params
+        from tuner.results.retrain import trial_params
 
         n = self.best_trial
         if n is None:
@@ -77,7 +77,7 @@ class Result:
 
     def trials(self) -> list[dict[str, Any]]:
         """One row per trial, as ``tuner trials NAME --format json`` prints them."""
-        from tuner.status import trial_rows
+        from tuner.results.status import trial_rows
 
         return trial_rows(self.handle.study, self.handle.spec)
 
@@ -117,9 +117,9 @@ def retrain(name: str, *, trial: int | None = None, out: str | os.PathLike[str] 
             **options: Unpack[Options]) -> Retrained:
     """``tuner retrain``: retrain ``trial`` (default: the best) on train+val, test it once
     on the held-out test split, and save its weights and model card in ``out`` (default
-    ``runs/NAME/trial-N``). ``tuner.retrain.load_model(out)`` loads the model back."""
-    from tuner import retrain as rt
+    ``runs/NAME/trial-N``). ``tuner.results.retrain.load_model(out)`` loads the model back."""
     from tuner import study as st
+    from tuner.results import retrain as rt
     from tuner.storage import connect
 
     s = settings(**options)

@@ -1,7 +1,7 @@
 """CLI commands for after the search: dashboard, report, retrain.
 
-Thin like the rest of the CLI: the work is in :mod:`tuner.dashboard`, :mod:`tuner.report` and
-:mod:`tuner.retrain`, imported inside each command so ``tuner --help`` stays fast.
+Thin like the rest of the CLI: the work is in :mod:`tuner.results.dashboard`, :mod:`tuner.results.report` and
+:mod:`tuner.results.retrain`, imported inside each command so ``tuner --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def dashboard(
 ) -> None:
     """Serve tuner's console and optuna-dashboard on one port: each study's state, workers,
     budget and controls (/console), live curves and plots (/dashboard)."""
-    from tuner.dashboard import is_loopback, new_token, open_server
     from tuner.errors import TunerError
+    from tuner.results.dashboard import is_loopback, new_token, open_server
     from tuner.storage import display_url
 
     if token is not None and no_token:
@@ -91,7 +91,7 @@ def report(
 ) -> None:
     """Write a study's report: an offline HTML page, a PNG per plot, and trials.csv."""
     from tuner import study as st
-    from tuner.report import build
+    from tuner.results.report import build
 
     _setup_logging()
     handle = st.load(_open(storage), name)
@@ -127,8 +127,8 @@ def retrain(
     evaluated once on the held-out test set; `tuner best NAME` shows the test score."""
     from tuner import api
     from tuner import study as st
-    from tuner.retrain import pick_trial
-    from tuner.retrain import retrain as run_retrain
+    from tuner.results.retrain import pick_trial
+    from tuner.results.retrain import retrain as run_retrain
 
     _setup_logging()
     settings = api.settings(storage=storage, device=device, data_dir=data_dir, download=download)

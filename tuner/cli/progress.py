@@ -16,8 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from tuner.status import Snapshot
-from tuner.worker import Event
+from tuner.results.status import Snapshot
+from tuner.runtime.worker import Event
 
 
 @dataclass

@@ -37,7 +37,7 @@ GracePeriod = Annotated[int | None, typer.Option(
 def studies(storage: Storage = DEFAULT_STORAGE, grace_period: GracePeriod = None) -> None:
     """Every study in the storage: trials by state, best value (a multi-objective study: its
     Pareto front's size), last activity."""
-    from tuner.status import studies as rows
+    from tuner.results.status import studies as rows
 
     found = rows(_open(storage), grace_period)
     c = [r.counts for r in found]
@@ -78,7 +78,7 @@ def trials(
     """The trials of a study, as a table, CSV or JSON."""
 
     from tuner import study as st
-    from tuner.status import trial_rows
+    from tuner.results.status import trial_rows
 
     handle = st.load(_open(storage), name)
     rows = trial_rows(handle.study, handle.spec, grace_period=grace_period)
@@ -134,8 +134,8 @@ def best(name: Annotated[str, typer.Argument(help="Study name.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The best trial: its value, params, and the test score of its retrain if there is one."""
     from tuner import study as st
-    from tuner.retrain import retrained_of
-    from tuner.status import snapshot
+    from tuner.results.retrain import retrained_of
+    from tuner.results.status import snapshot
 
     handle = st.load(_open(storage), name)
     if handle.spec.multi_objective:
@@ -170,7 +170,7 @@ def _front(handle: Any, as_json: bool) -> None:
     """A multi-objective study's Pareto front, one row per trial."""
     from rich.table import Table
 
-    from tuner.status import pareto_front
+    from tuner.results.status import pareto_front
 
     spec, name = handle.spec, handle.name
     front = sorted(pareto_front(handle), key=lambda t: t.number)
@@ -202,7 +202,7 @@ def status(name: Annotated[str, typer.Argument(help="Study name.")],
     from rich.table import Table
 
     from tuner import study as st
-    from tuner.status import snapshot
+    from tuner.results.status import snapshot
     from tuner.storage import engine_of, read_controls
 
     handle = st.load(_open(storage), name)
@@ -267,7 +267,7 @@ def check(file: Annotated[Path, typer.Argument(help="Study file (YAML).")]) -> N
     from rich.table import Table
 
     from tuner.config import load_spec
-    from tuner.space import describe
+    from tuner.config.space import describe
 
     spec = load_spec(file)
     goal = (f"{spec.direction_name} {spec.metric_name}" if spec.metric or spec.task_name

@@ -41,7 +41,7 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
     showing progress, then say how it ended."""
     from tuner import api
     from tuner.cli.progress import ProgressView
-    from tuner.status import snapshot
+    from tuner.results.status import snapshot
 
     handle = prepared.handle
     snap = snapshot(handle, with_heartbeats=False)
@@ -54,7 +54,7 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
     if (b.stopped or b.hours_spent_out) and not snap.counts.get("WAITING") and not snap.running:
         why = (f"stopped early ({b.stopped})" if b.stopped
                else f"device-time budget spent ({b.hours_spent:.3g} h)")
-        from tuner.stopping import GRID_EXHAUSTED
+        from tuner.runtime.stopping import GRID_EXHAUSTED
 
         go_on = ("Search another grid as a new study (--study NEW_NAME)"
                  if (b.stopped or "").startswith(GRID_EXHAUSTED)
@@ -94,7 +94,7 @@ def _each(workers: int) -> str:
 
 
 def _print_result(prepared: Prepared, why: str) -> None:
-    from tuner.status import snapshot
+    from tuner.results.status import snapshot
     from tuner.storage import USER_STOP
 
     handle = prepared.handle

@@ -1,5 +1,5 @@
 """Steering a running study from a script: stop, pause, continue, extend, stop-trial, retry.
-The console's buttons call the same functions (:mod:`tuner.controls`); every worker obeys
+The console's buttons call the same functions (:mod:`tuner.results.controls`); every worker obeys
 within one heartbeat."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _load(name: str, storage: str):  # noqa: ANN202 - a Handle, imported late
 def stop(name: Name, storage: Storage = DEFAULT_STORAGE) -> None:
     """Stop a study: no new trials; running trials checkpoint at their next epoch and wait to
     resume; workers exit 0."""
-    from tuner import controls
+    from tuner.results import controls
 
     controls.stop(_load(name, storage))
     out().print(f"study {name}: stopping (workers checkpoint and exit within a heartbeat); "
@@ -43,7 +43,7 @@ def stop(name: Name, storage: Storage = DEFAULT_STORAGE) -> None:
 @command
 def pause(name: Name, storage: Storage = DEFAULT_STORAGE) -> None:
     """Pause a study: workers stay, running trials go on, no new trial starts."""
-    from tuner import controls
+    from tuner.results import controls
 
     controls.pause(_load(name, storage))
     out().print(f"study {name}: paused (running trials go on); `tuner continue {name}` "
@@ -54,7 +54,7 @@ def pause(name: Name, storage: Storage = DEFAULT_STORAGE) -> None:
 @_one_line_errors
 def continue_(name: Name, storage: Storage = DEFAULT_STORAGE) -> None:
     """Undo `tuner pause` or `tuner stop`: workers take new trials again."""
-    from tuner import controls
+    from tuner.results import controls
 
     controls.go_on(_load(name, storage))
     out().print(f"study {name}: going on (after a stop, start workers with `tuner resume "
@@ -71,7 +71,7 @@ def extend(
     storage: Storage = DEFAULT_STORAGE,
 ) -> None:
     """Give a running study more trials, time or device-hours; its workers go on."""
-    from tuner import controls
+    from tuner.results import controls
 
     ext = controls.Extension(trials, None if minutes is None else minutes * 60, hours)
     b = controls.extend(_load(name, storage), ext)
@@ -85,7 +85,7 @@ def extend(
 def stop_trial(name: Name, number: Number, storage: Storage = DEFAULT_STORAGE) -> None:
     """Stop one running trial at its next epoch; it keeps its checkpoint (`tuner retry`
     resumes it)."""
-    from tuner import controls
+    from tuner.results import controls
 
     controls.stop_trial(_load(name, storage), number)
     out().print(f"trial {number} of {name}: stops at its next epoch", highlight=False)
@@ -94,7 +94,7 @@ def stop_trial(name: Name, number: Number, storage: Storage = DEFAULT_STORAGE) -
 @command
 def retry(name: Name, number: Number, storage: Storage = DEFAULT_STORAGE) -> None:
     """Run a failed or stopped trial again from its checkpoint (one trial more)."""
-    from tuner import controls
+    from tuner.results import controls
 
     controls.retry(_load(name, storage), number)
     out().print(f"trial {number} of {name}: queued again; a worker takes it next",

@@ -13,6 +13,7 @@
 - :mod:`~tuner.config.fusion`: ``fuse:`` and which trials share a stacked model;
 - :mod:`~tuner.config.weights`: the ``weights`` state_dict paths;
 - :mod:`~tuner.config.stop`: the ``stop:`` block.
+- :mod:`~tuner.config.space`: the search space as data (suggest, defaults, the grid).
 
 A schedule's ``pruner:`` / ``scheduler:`` block is its own (:mod:`tuner.schedules`). Importing
 this package imports neither torch nor Optuna.

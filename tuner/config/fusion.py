@@ -1,5 +1,5 @@
 """The study file's ``fuse:`` (off, auto or K): when same-shape trials may train as one
-stacked model (:mod:`tuner.fuse`), and the key that says which trials share a shape. The
+stacked model (:mod:`tuner.training.fuse`), and the key that says which trials share a shape. The
 model families that can be stacked say so in their registration (``Family(fusable=True)``)."""
 
 from __future__ import annotations

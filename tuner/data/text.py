@@ -13,7 +13,7 @@ Sequences are cut at ``max_len`` tokens and padded at the end with id 0. ``vocab
 ``max_len`` are defaults here and knobs of the search space too: a trial that draws other
 values gets its own tokenization (the tokenizer trained on its training split, cached per
 worker). ``tuner retrain`` saves the tokenizer beside the model (``tokenizer.json``), so
-:func:`tuner.retrain.classify_text` can label new text.
+:func:`tuner.results.retrain.classify_text` can label new text.
 
 Bad input is one line before anything is written: a missing file or column, an empty text
 or label, labels that are not classes (fractions, or a single class).

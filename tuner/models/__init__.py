@@ -42,7 +42,7 @@ class Family:
     check_space: Callable[[Mapping[str, Sequence[Any] | None]], str | None] | None = None
     # the family a study uses when it names none (one family says so)
     default: bool = False
-    # K same-shape members may train as one stacked model (``fuse:``, tuner.fuse)
+    # K same-shape members may train as one stacked model (``fuse:``, tuner.training.fuse)
     fusable: bool = False
 
 

@@ -2,7 +2,7 @@
 
 Built with ``weights=None``, always: tuner never downloads. To start from pretrained weights,
 save them once where the study can read them and give ``weights: path/to/state_dict.pt``
-(:mod:`tuner.transfer` adapts the first conv to the data's channels and leaves a head of
+(:mod:`tuner.training.transfer` adapts the first conv to the data's channels and leaves a head of
 another shape fresh). The classifier head is replaced to fit the dataset's classes (or one
 output for regression) and the first convolution takes the data's channels. The model names
 its blocks (the stem, then each stage) for ``freeze`` and ``backbone_lr_scale``.

@@ -43,7 +43,7 @@ class HeartbeatThread(threading.Thread):
         self.patience = patience or Patience(float("inf"), 0)
         self.lease = lease
         self.trial: optuna.Trial | None = None
-        # the other members of a fused group (tuner.fuse), kept alive with ``trial``
+        # the other members of a fused group (tuner.training.fuse), kept alive with ``trial``
         self.others: tuple[optuna.Trial, ...] = ()
         self.halt = threading.Event()
         self.stall_timeout, self.on_stall = stall_timeout, on_stall

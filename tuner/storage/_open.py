@@ -6,7 +6,7 @@
   bounded pools with pre-ping. The schema is created under a server-side lock, so many
   workers starting at once on an empty database all succeed.
 - Heartbeats on every running trial: a trial whose worker died is failed after
-  ``grace_period`` seconds and retried (see ``tuner.worker``).
+  ``grace_period`` seconds and retried (see ``tuner.runtime.worker``).
 """
 
 from __future__ import annotations

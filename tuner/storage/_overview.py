@@ -91,7 +91,7 @@ Classify = Callable[[list[FrozenTrial], frozenset[int], dict[int, float]], dict[
 def optuna_states(trials: list[FrozenTrial], retired: frozenset[int],
                   ages: dict[int, float]) -> dict[str, int]:
     """Optuna's own states (the default :data:`Classify`; tuner's views count through
-    ``tuner.status.trial_state``)."""
+    ``tuner.results.status.trial_state``)."""
     out: dict[str, int] = {}
     for t in trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1

@@ -18,7 +18,7 @@ and the trial's number, and the study shown to the sampler the way tuner records
   results and stay out.
 - **Optuna's grid sampler** calls ``study.stop()`` once the grid is covered, which raises
   outside ``study.optimize``; tuner's own stop rule ends a covered grid
-  (:func:`tuner.stopping.why_stop`), so the call is a no-op here.
+  (:func:`tuner.runtime.stopping.why_stop`), so the call is a no-op here.
 
 The stored trials are never changed: only the sampler's view of them.
 """

@@ -13,7 +13,7 @@ conclude; each concern it meets has a module of its own:
 - ``reporter``: epoch reports to the trial, held through database outages;
 - ``pausing``, ``snapshots``, ``checkpoints``: the schedule's verdict on a pruned trial,
   the snapshots it asks for, and the checkpoint files;
-- ``contexts``: the one place a :class:`~tuner.context.Context` is built.
+- ``contexts``: the one place a :class:`~tuner.training.context.Context` is built.
 """
 
 from tuner.trials.attrs import versions

@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import storage
-from tuner.context import Context
+from tuner.training.context import Context
 from tuner.trial_schema import (
     DEVICE_ATTR,
     EPOCHS_ATTR,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuner.context import CheckpointStore
 from tuner.gate import inside_folder
+from tuner.training.context import CheckpointStore
 
 
 class Checkpoints:

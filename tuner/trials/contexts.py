@@ -1,12 +1,12 @@
-"""The one place a :class:`~tuner.context.Context` is built from a study's assets: for a
+"""The one place a :class:`~tuner.training.context.Context` is built from a study's assets: for a
 trial (and each of its folds), for timing ``fuse: auto``, and for ``tuner retrain``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tuner.assets import StudyAssets
-from tuner.context import CheckpointStore, Context, NullReporter, Reporter
+from tuner.training.assets import StudyAssets
+from tuner.training.context import CheckpointStore, Context, NullReporter, Reporter
 
 if TYPE_CHECKING:
     from tuner.data import DataBundle

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import storage
 from tuner.config import StudySpec
-from tuner.context import StopRequested
+from tuner.training.context import StopRequested
 from tuner.trial_schema import INFEASIBLE_ATTR, METRICS_ATTR, REPEAT_ATTR
 from tuner.trials.outcome import Outcome, Repeat
 

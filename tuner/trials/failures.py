@@ -12,7 +12,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from tuner import storage
-from tuner.context import Context
+from tuner.training.context import Context
 from tuner.trial_schema import INFEASIBLE_ATTR, PEAK_MEMORY_ATTR
 from tuner.trials.outcome import Outcome
 

@@ -1,4 +1,4 @@
-"""Same-shape trials trained as one stacked model (``fuse:``, :mod:`tuner.fuse`): how many a
+"""Same-shape trials trained as one stacked model (``fuse:``, :mod:`tuner.training.fuse`): how many a
 worker takes at once (:func:`fuse_size`), which may join (:func:`fusable`), running the
 group (:func:`run_group`: each member drawn, vetted and concluded by the runner's
 lifecycle, the fit shared), and their epoch reports written together
@@ -15,9 +15,10 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
 from tuner import config as sp
-from tuner import space, storage
-from tuner.context import Context
+from tuner import storage
+from tuner.config import space
 from tuner.errors import DatabaseUnreachable
+from tuner.training.context import Context
 from tuner.trial_schema import FUSED_ATTR
 from tuner.trials import contexts
 from tuner.trials.failures import finished_elsewhere
@@ -74,7 +75,7 @@ def fuse_size(runner: TrialRunner) -> int:
     if isinstance(runner.fuse, int):
         return runner.fuse
     if runner.fuse_k is None:
-        from tuner import fuse
+        from tuner.training import fuse
 
         params = space.defaults(spec)
         if sp.fuse_key(params) is None:
@@ -93,7 +94,7 @@ def fusable(trial: optuna.Trial) -> bool:
 
 def run_group(runner: TrialRunner, trials: list[optuna.Trial]) -> list[Outcome]:
     """Train ``trials`` (fresh trials of this study): those that share a shape as one
-    stacked model (:func:`tuner.fuse.fit_fused`), the others alone. One outcome each, in
+    stacked model (:func:`tuner.training.fuse.fit_fused`), the others alone. One outcome each, in
     order."""
     if len(trials) == 1:
         return [runner.run(trials[0])]
@@ -142,7 +143,7 @@ def _fit_together(runner: TrialRunner,
                   outcomes: dict[int, Outcome]) -> None:
     """Train ``members`` as one stacked model and conclude each; their closing attrs are
     written in one statement."""
-    from tuner import fuse
+    from tuner.training import fuse
 
     ctxs = [runner.context(t) for t, _, _, _ in members]
     together = GroupReports(runner.patience)

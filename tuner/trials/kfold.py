@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from tuner import storage
-from tuner.context import Context, StopRequested, TrialPruned
+from tuner.training.context import Context, StopRequested, TrialPruned
 from tuner.trials.objectives import primary
 from tuner.trials.reporter import TrialReporter
 

@@ -10,10 +10,11 @@ from typing import Any
 
 import optuna
 
-from tuner import measure, vocab
-from tuner.assets import StudyAssets
+from tuner import vocab
 from tuner.config import StudySpec
-from tuner.context import Context
+from tuner.training import measure
+from tuner.training.assets import StudyAssets
+from tuner.training.context import Context
 from tuner.trials.outcome import Infeasible
 
 

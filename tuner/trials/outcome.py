@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from tuner.context import CheckpointStore
 from tuner.errors import TunerError
+from tuner.training.context import CheckpointStore
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import schedules, storage
-from tuner.context import Context, TrialPruned
 from tuner.errors import CheckpointUnwritable
+from tuner.training.context import Context, TrialPruned
 from tuner.trial_schema import PAUSED_ATTR
 from tuner.trials import snapshots
 from tuner.trials.checkpoints import Checkpoints

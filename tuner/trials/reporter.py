@@ -1,5 +1,5 @@
 """A trial's epoch reports -> its Optuna trial, held through database outages
-(:class:`TrialReporter`): the ``reporter`` of every :class:`~tuner.context.Context` the runner
+(:class:`TrialReporter`): the ``reporter`` of every :class:`~tuner.training.context.Context` the runner
 builds."""
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """A trial's lifecycle, the only bridge between Optuna trials and training code:
 start (lineage and worker) -> draw (``space.suggest``) -> vet (dedup, constraints known
-before training) -> fit (tuner's :func:`tuner.train.fit` or the study's ``trainer:``, on a
-:class:`~tuner.context.Context` whose reports go to the trial) -> conclude (what it returned
+before training) -> fit (tuner's :func:`tuner.training.train.fit` or the study's ``trainer:``, on a
+:class:`~tuner.training.context.Context` whose reports go to the trial) -> conclude (what it returned
 or raised becomes its :class:`~tuner.trials.outcome.Outcome` and its recorded attrs).
 
 Each concern along the way has its module: ``dedup``, ``kfold``, ``objectives`` (their values,
 constraints, secondary metrics), ``failures``, ``attrs``, ``reporter``, ``pausing`` (the
 schedule's verdict on a pruned trial), ``snapshots`` (only when the schedule asks),
 ``checkpoints``, ``fused`` (same-shape trials trained as one). The study's code and data
-come prepared (:class:`~tuner.assets.StudyAssets`); this module only runs trials.
+come prepared (:class:`~tuner.training.assets.StudyAssets`); this module only runs trials.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import schedules, space, storage
-from tuner.assets import StudyAssets
-from tuner.config import StudySpec
-from tuner.context import Context, StopRequested, TrialPruned
+from tuner import schedules, storage
+from tuner.config import StudySpec, space
 from tuner.errors import CheckpointUnwritable, DatabaseUnreachable
 from tuner.settings import Settings
+from tuner.training.assets import StudyAssets
+from tuner.training.context import Context, StopRequested, TrialPruned
 from tuner.trial_schema import (
     ELSEWHERE_ATTR,
     FAIL_REASON_ATTR,
@@ -57,7 +57,7 @@ class TrialRunner:
                  keep_checkpoints: bool = False, patience: storage.Patience | None = None,
                  fuse: str | int = "off"):
         self.assets, self.spec = assets, assets.spec
-        # same-shape trials trained as one (tuner.fuse): "off", "auto" or K members
+        # same-shape trials trained as one (tuner.training.fuse): "off", "auto" or K members
         self.fuse = fuse
         self.fuse_k: int | None = None  # fuse: auto's K, timed once (fused.fuse_size)
         self.fuse_rates: dict[int, float] = {}  # trials per second at each K it timed
@@ -144,7 +144,7 @@ class TrialRunner:
     def fit(self, trial: optuna.Trial, params: dict[str, Any], measured: dict[str, float],
             ctxs: list[Context]) -> Attempt:
         """Train the vetted trial (each fold under k-fold); ``ctxs`` gets its contexts."""
-        from tuner import train
+        from tuner.training import train
 
         fit = self.assets.trainer or train.fit
         fit_start = time.perf_counter()

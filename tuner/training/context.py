@@ -1,7 +1,7 @@
 """The trial context: the small, stable object every training loop receives.
 
 A training loop is a function ``fit(params, ctx) -> float``. tuner's own loop
-(:func:`tuner.train.fit`) and a user's loop (``trainer: mypkg.train:fit`` in a study file)
+(:func:`tuner.training.train.fit`) and a user's loop (``trainer: mypkg.train:fit`` in a study file)
 get the same ``ctx``; it knows nothing of Optuna from the loop's side::
 
     def fit(params, ctx):

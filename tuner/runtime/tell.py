@@ -2,7 +2,7 @@
 a stopped trial's retry queued, or a failed trial's budget slot given back; a trial finished
 from outside while it ran (optuna-dashboard's "Fail trial") left to the study.
 
-:class:`tuner.worker.Worker` calls :func:`tell_group` with its own patience, through outages.
+:class:`tuner.runtime.worker.Worker` calls :func:`tell_group` with its own patience, through outages.
 """
 
 from __future__ import annotations

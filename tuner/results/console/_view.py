@@ -12,14 +12,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from tuner.results.status import FINISHED, Kind, count_lean
 from tuner.settings import Heartbeat
-from tuner.status import FINISHED, Kind, count_lean
 from tuner.storage import StudyDetail, StudyRow, WorkerRow
 
 # a worker silent for longer than this is lost (tuner's default grace period)
 LOST_AFTER_S = Heartbeat().grace_period
 
-# a trial count's name on the page, in the order shown: every kind of tuner.status.trial_state,
+# a trial count's name on the page, in the order shown: every kind of tuner.results.status.trial_state,
 # counted by it (classify), so the page agrees with `tuner studies` and `tuner status`
 COUNTED = ((Kind.COMPLETE, "complete"), (Kind.PRUNED, "pruned"), (Kind.PAUSED, "paused"),
            (Kind.PROMOTED, "promoted"), (Kind.INFEASIBLE, "infeasible"),
@@ -29,7 +29,7 @@ COUNTED = ((Kind.COMPLETE, "complete"), (Kind.PRUNED, "pruned"), (Kind.PAUSED, "
 
 def classify(trials: list[FrozenTrial], retired: frozenset[int], ages: dict[int, float]
              ) -> dict[str, int]:
-    """The overview's trials by :func:`tuner.status.trial_state`, a worker silent for
+    """The overview's trials by :func:`tuner.results.status.trial_state`, a worker silent for
     :data:`LOST_AFTER_S` lost."""
     return count_lean(trials, retired, ages, LOST_AFTER_S)
 

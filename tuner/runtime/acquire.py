@@ -4,7 +4,7 @@ stop or must wait for other workers' trials.
 
 Each trial comes RUNNING with its slot and its first heartbeat in one transaction, so a worker
 killed at any moment leaves neither a slot without a trial nor a trial the reaper cannot see.
-:class:`tuner.worker.Worker` calls these with its own patience, through outages.
+:class:`tuner.runtime.worker.Worker` calls these with its own patience, through outages.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """tuner's own training loop, shaped like any user's trainer: ``fit(params, ctx) -> metric``.
 
-Pure PyTorch; the trial context (:mod:`tuner.context`) is its only link to the study. The
+Pure PyTorch; the trial context (:mod:`tuner.training.context`) is its only link to the study. The
 data already lives on the device (:mod:`tuner.data`), so an epoch is a loop of gathers and
 optimizer steps with one host sync at its end: the loss is summed on the device.
 
@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tuner import checkpoints, recipes, transfer, vocab
-from tuner.context import Context
+from tuner import vocab
 from tuner.data._bundle import DataBundle, Split
 from tuner.data._text import for_params
 from tuner.device import canonical
 from tuner.errors import DataError
 from tuner.models import build, count_parameters, default_name
+from tuner.training import checkpoints, recipes, transfer
+from tuner.training.context import Context
 from tuner.trial_schema import EPOCHS_ATTR, PARAM_COUNT_ATTR
 
 # samples per evaluation batch: nothing is kept for backward, so big batches are cheap; a

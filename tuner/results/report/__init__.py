@@ -10,8 +10,8 @@ parallel coordinates, parameter importances, slice plots; then the top trials an
 ones with their reasons. A plot that cannot say anything yet (no parameters searched, too
 few trials for importances) is skipped with a note rather than drawn empty.
 
-The plots are drawn in :mod:`tuner.report._plots`, the page around them and the CSV written in
-:mod:`tuner.report._page`; this module puts them together.
+The plots are drawn in :mod:`tuner.results.report._plots`, the page around them and the CSV written in
+:mod:`tuner.results.report._page`; this module puts them together.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 
 from tuner.errors import TunerError
 from tuner.gate import writable_folder
-from tuner.report._page import FAILED_SHOWN, write_csv
-from tuner.report._page import page as render
-from tuner.report._plots import MIN_IMPORTANCE_TRIALS, SLICES_PER_ROW, Section, Skip, plots, pyplot
+from tuner.results.report._page import FAILED_SHOWN, write_csv
+from tuner.results.report._page import page as render
+from tuner.results.report._plots import MIN_IMPORTANCE_TRIALS, SLICES_PER_ROW, Section, Skip, plots, pyplot
 from tuner.study import Handle
 
 __all__ = ["FAILED_SHOWN", "MIN_IMPORTANCE_TRIALS", "PNG_DPI", "SLICES_PER_ROW", "TOP_TRIALS",

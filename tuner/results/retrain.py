@@ -39,8 +39,8 @@ from tuner.trial_schema import EPOCHS_ATTR, SEED_ATTR, VERSIONS_ATTR
 if TYPE_CHECKING:
     from torch import nn
 
-    from tuner.assets import StudyAssets
-    from tuner.context import Context
+    from tuner.training.assets import StudyAssets
+    from tuner.training.context import Context
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
@@ -115,7 +115,7 @@ def retrain(handle: Handle, settings: Settings, *, trial: int | None = None,
     study. Deterministic for a given trial on a CPU."""
     import torch
 
-    from tuner.assets import StudyAssets
+    from tuner.training.assets import StudyAssets
     from tuner.trials import contexts
 
     spec = handle.spec
@@ -190,10 +190,10 @@ def _fit(assets: StudyAssets, params: dict[str, Any], ctx: Context, out: Path, n
          segments: list[tuple[int, dict[str, Any]]] | None = None
          ) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
     """Train with tuner's loop or the study's trainer: (test metrics, model state_dict)."""
-    from tuner.context import CheckpointStore, TrialPruned
+    from tuner.training.context import CheckpointStore, TrialPruned
 
     if assets.trainer is None:
-        from tuner import train
+        from tuner.training import train
 
         model, metrics = train.fit_final(params, ctx, segments or ())
         return metrics, model.state_dict()

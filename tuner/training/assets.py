@@ -10,9 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner import space, transfer, usercode
-from tuner.config import StudySpec
+from tuner import usercode
+from tuner.config import StudySpec, space
 from tuner.errors import TunerError, UserCodeError
+from tuner.training import transfer
 
 if TYPE_CHECKING:
     from torch import nn
@@ -134,7 +135,7 @@ class StudyAssets:
         self._checked = True
 
     def _try_model(self, bundle: DataBundle) -> None:
-        from tuner import train
+        from tuner.training import train
 
         spec = self.spec
         params = space.defaults(spec)

@@ -2,7 +2,7 @@
 and RNG states, so that a killed trial, a PBT continuation or a fused member goes on bit for
 bit; loading keeps this run's device settings and hyperparameters. Pure PyTorch.
 
-    ctx.save_checkpoint(state(run, epoch))    after an epoch (tuner.train, tuner.fuse)
+    ctx.save_checkpoint(state(run, epoch))    after an epoch (tuner.training.train, tuner.training.fuse)
     first = resume(run, ctx)                  the trial's last checkpoint, if any
     restore(run, saved)                       a state saved by another run (PBT: new params)
 """
@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from tuner.context import Context
-    from tuner.train import _Run
+    from tuner.training.context import Context
+    from tuner.training.train import _Run
 
 
 def state(run: _Run, epoch: int) -> dict[str, Any]:

@@ -35,8 +35,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import space
-from tuner.config import CategoricalParam, Fixed, StudySpec
+from tuner.config import CategoricalParam, Fixed, StudySpec, space
 from tuner.errors import SpecError, StorageError, StudyNotFound
 from tuner.storage import connect, display_url, engine_of, same_database, study_exists
 from tuner.study import WARM_START_ATTR, Handle, feasible, load, primary_value
@@ -53,7 +52,7 @@ class _Misfit(Exception):
 
 
 class _Fit:
-    """Stands in for a trial in :func:`tuner.space.suggest`: answers each suggestion with
+    """Stands in for a trial in :func:`tuner.config.space.suggest`: answers each suggestion with
     the old trial's value, and records the new space's distribution for it."""
 
     def __init__(self, params: dict[str, Any]):

@@ -13,14 +13,14 @@ worker returns "stopped", since nothing is lost and a supervisor (Docker, system
 not restart it. A second signal stops at once (``KeyboardInterrupt``; the CLI exits 130),
 still queueing the retry from the last checkpoint.
 
-Controls (:mod:`tuner.controls`: ``tuner stop``, ``pause``, ``stop-trial``, or the console)
+Controls (:mod:`tuner.results.controls`: ``tuner stop``, ``pause``, ``stop-trial``, or the console)
 come through the database: the heartbeat thread reads them each beat, and the loop before
 each trial. A stop acts as SIGTERM does (and the worker returns "stopped", exit code 0); a
 pause keeps the worker, taking nothing new; a trial asked to stop ends at its next epoch.
 
-Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner.local`);
+Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner.runtime.local`);
 which trial a worker takes next, and whether one with nothing to take may stop, is
-:mod:`tuner.acquire`; how it tells their outcomes, :mod:`tuner.tell`.
+:mod:`tuner.runtime.acquire`; how it tells their outcomes, :mod:`tuner.runtime.tell`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from functools import partial
 import optuna
 from optuna.trial import TrialState
 
-from tuner import acquire, stopping, storage, tell
+from tuner import storage
 from tuner.errors import DeviceBroken, TooManyFailures, TrialStalled
+from tuner.runtime import acquire, stopping, tell
 from tuner.study import Handle
 from tuner.trials import Outcome, TrialRunner
 
@@ -257,7 +258,7 @@ class Worker:
         return next(iter(self._next_trials(1)), None)
 
     def _next_trials(self, n: int) -> list[optuna.Trial]:
-        """Up to ``n`` trials to run (:func:`tuner.acquire.next_trials`)."""
+        """Up to ``n`` trials to run (:func:`tuner.runtime.acquire.next_trials`)."""
         return acquire.next_trials(self.handle, self.patience, n)
 
     def _maybe_stop(self) -> None:
@@ -269,7 +270,7 @@ class Worker:
                 log.info("study %s stops early: %s", self.handle.name, why)
 
     def _why_idle(self) -> str | None:
-        """Why this worker may stop now (:func:`tuner.acquire.why_idle`); None: wait."""
+        """Why this worker may stop now (:func:`tuner.runtime.acquire.why_idle`); None: wait."""
         return acquire.why_idle(self.handle, self.patience)
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
@@ -278,7 +279,7 @@ class Worker:
         return self._tell_group([trial], [outcome])[0]
 
     def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
-        """:meth:`_tell` for each trial, a fused group's together (:func:`tuner.tell.tell_group`)."""
+        """:meth:`_tell` for each trial, a fused group's together (:func:`tuner.runtime.tell.tell_group`)."""
         return tell.tell_group(self.handle, self.patience, trials, outcomes)
 
 

@@ -29,9 +29,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
-from tuner.console._view import classify, detail, summary
 from tuner.errors import TunerError
-from tuner.status import STATE_ATTRS
+from tuner.results.console._view import classify, detail, summary
+from tuner.results.status import STATE_ATTRS
 
 __all__ = ["Console", "COOKIE"]
 
@@ -185,8 +185,8 @@ class Console:
 
     def _control(self, environ: Environ, start_response: StartResponse, name: str,
                  action: str) -> Iterable[bytes]:
-        from tuner import controls
         from tuner import study as st
+        from tuner.results import controls
 
         if action not in ACTIONS:
             raise _Refused("404 Not Found", f"no control {action!r}; one of {', '.join(ACTIONS)}")

@@ -1,6 +1,6 @@
 """Training recipes as hyperparameters, for every family: gradient clipping, label smoothing,
 learning-rate warm-up, early stopping inside a trial, and image augmentation computed on the
-device batch (no DataLoader, no per-sample Python). Pure PyTorch; :mod:`tuner.train` calls
+device batch (no DataLoader, no per-sample Python). Pure PyTorch; :mod:`tuner.training.train` calls
 these hooks and :data:`tuner.vocab.TRAINING_KNOBS` names their knobs.
 
     clip_norm        clip the global L2 norm of the gradients (rnn family: 1.0 by default)

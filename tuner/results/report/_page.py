@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import schedules
-from tuner.retrain import retrained_of
+from tuner.results.retrain import retrained_of
 from tuner.storage import PROMOTION_OF_ATTR, lineage
 from tuner.study import Handle, pareto_front, primary_value
 from tuner.trial_schema import DEVICE_ATTR, EPOCHS_ATTR, PARAM_COUNT_ATTR, SEED_ATTR, WALL_TIME_ATTR
@@ -21,7 +21,7 @@ from tuner.trial_schema import DEVICE_ATTR, EPOCHS_ATTR, PARAM_COUNT_ATTR, SEED_
 if TYPE_CHECKING:
     import optuna
 
-    from tuner.report._plots import Section
+    from tuner.results.report._plots import Section
 
 FAILED_SHOWN = 20
 
@@ -48,7 +48,7 @@ def page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial],
 
     spec, name = handle.spec, handle.name
     e = html.escape
-    from tuner.status import count, facts
+    from tuner.results.status import count, facts
 
     counts = count(trials, facts(handle.study, trials, heartbeats=False))
     front = pareto_front(handle)
@@ -198,7 +198,7 @@ def _num(v: Any) -> str:
 
 def write_csv(study: optuna.Study, path: Path) -> None:
     """trials.csv: every trial, as ``tuner trials`` lists them."""
-    from tuner.status import trial_rows
+    from tuner.results.status import trial_rows
 
     rows = trial_rows(study)
     columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -1,4 +1,4 @@
-"""optuna-dashboard and tuner's console (:mod:`tuner.console`) on one port: live curves,
+"""optuna-dashboard and tuner's console (:mod:`tuner.results.console`) on one port: live curves,
 trials and their user attrs, and each running study's state and controls, in a browser.
 
 optuna-dashboard has no authentication and can delete studies, so the server binds to the
@@ -87,7 +87,7 @@ def open_server(storage: optuna.storages.BaseStorage, host: str = DEFAULT_HOST,
     ``read_only``: no controls, and none of optuna-dashboard's writes."""
     import optuna_dashboard
 
-    from tuner.console import Console
+    from tuner.results.console import Console
 
     if token is None and not is_loopback(host):
         raise TunerError(f"serving on {host} needs a token (anyone who reaches the port could "

@@ -1,18 +1,19 @@
 """Same-shape trials trained as one: K members of one shape stacked into one model
-(:mod:`tuner.stacked`), the loop that trains them and the choice of K.
+(:mod:`tuner.training.stacked`), the loop that trains them and the choice of K.
 
-Pure PyTorch, like :mod:`tuner.train`. Each member is first set up exactly as
-:func:`tuner.train.fit` sets up a trial (its own seed, initial weights, torch optimizer,
+Pure PyTorch, like :mod:`tuner.training.train`. Each member is first set up exactly as
+:func:`tuner.training.train.fit` sets up a trial (its own seed, initial weights, torch optimizer,
 schedule and shuffling generator); then its weights are stacked along a leading axis K and
 one step trains all members with batched matrix products (``torch.baddbmm`` over weights of
 shape (K, out, in)). The members' hyperparameters (lr, weight decay, momentum, dropout) are
-tensors of shape (K,), and :class:`~tuner.stacked.StackedOptimizer` follows torch's update rules for sgd,
+tensors of shape (K,), and :class:`~tuner.training.stacked.StackedOptimizer` follows torch's update rules for
+sgd,
 sgd with momentum, adam and adamw, so a member with dropout 0 follows the curve its own
 ``fit`` would, within float rounding.
 
 Each member reports to its own context, is pruned on its own (its slice leaves the stack,
 so the rest step faster) and checkpoints on its own, in ``fit``'s format (every member saves
-first, then the epoch's reports go out together, :func:`tuner.context.report_together`, which
+first, then the epoch's reports go out together, :func:`tuner.training.context.report_together`, which
 a worker turns into one database write): the state_dict of
 its unfused module, a torch optimizer state_dict, its schedule and generator. A crashed
 member therefore resumes alone, with the ordinary ``fit``.
@@ -33,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tuner import checkpoints, train, vocab
-from tuner.context import Context, report_together
+from tuner import vocab
 from tuner.data._bundle import DataBundle
 from tuner.kinds import InputKind
-from tuner.stacked import StackedMLP, StackedOptimizer
+from tuner.training import checkpoints, train
+from tuner.training.context import Context, report_together
+from tuner.training.stacked import StackedMLP, StackedOptimizer
 from tuner.trial_schema import EPOCHS_ATTR
 
 
@@ -93,7 +95,7 @@ def _train_epoch(stack: StackedMLP, opt: StackedOptimizer, runs: Sequence[train.
 
 @torch.inference_mode()
 def _evaluate(stack: StackedMLP, data: DataBundle, amp: bool) -> list[dict[str, float]]:
-    """Every member's validation metrics, as :func:`tuner.train.evaluate` computes them."""
+    """Every member's validation metrics, as :func:`tuner.training.train.evaluate` computes them."""
     n = len(data.split("val"))
     sums: list[Tensor | int] = [0] * stack.k
     for x, y in data.batches("val", train.EVAL_BATCH_SIZE, shuffle=False):

@@ -2,7 +2,7 @@
 fusable family stacked along a leading axis (weights (K, out, in), biases (K, out), dropout
 (K,)), and :class:`StackedOptimizer`, torch's sgd, sgd with momentum, adam and adamw over
 those stacks with per-member hyperparameters. Both write each member back into its own
-module and torch optimizer state for its checkpoint. Pure PyTorch; :mod:`tuner.fuse` trains
+module and torch optimizer state for its checkpoint. Pure PyTorch; :mod:`tuner.training.fuse` trains
 them.
 """
 
