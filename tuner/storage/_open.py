@@ -166,7 +166,7 @@ def _create_schema(url: URL) -> None:
     from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
     from tuner.storage import _ledger as ledger
-    from tuner.storage._trials import create_schema
+    from tuner.storage._rdb import create_schema
 
     backend = url.get_backend_name()
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
@@ -298,8 +298,8 @@ def connect(url: str, heartbeat: Heartbeat | None = None,
     check that the database holds Optuna's tables, creating or changing nothing (a missing
     or foreign SQLite file is a StorageError and is left as it was); ``"read"`` also opens a
     SQLite file read-only."""
+    from tuner.storage._rdb import check_schema_version
     from tuner.storage._retry import StaleTrialHandler
-    from tuner.storage._trials import check_schema_version
 
     parsed = normalize_url(url)
     _check_pool_mode(url, parsed)  # before anything is written
