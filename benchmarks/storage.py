@@ -657,6 +657,23 @@ def _select1_ms(engine, n: int = 200) -> float:
     return 1000 * statistics.median(took)
 
 
+def _write_ms(engine, name: str, n: int = 100) -> float:
+    """Median milliseconds of one transaction that writes one row (the study's budget row,
+    to the value it holds) and commits: a round trip that waits for the server's commit."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    took = []
+    for _ in range(n):
+        begun = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tuner_budgets SET taken = taken WHERE study_name = :n"),
+                         {"n": name})
+        took.append(time.perf_counter() - begun)
+    return 1000 * statistics.median(took)
+
+
 def floor_once(url: str, folder: Path, epochs: int, k: int, trials: int) -> dict[str, float]:
     """Statements, ms per trial and the floor on one fresh database, for ``trials`` trials
     run as unfused trials (``k`` = 1) or as fused groups of ``k``."""
@@ -681,14 +698,15 @@ def floor_once(url: str, folder: Path, epochs: int, k: int, trials: int) -> dict
             begun = time.perf_counter()
             made += _scripted_trials(study, budget, epochs, k)
             took += time.perf_counter() - begun
-    rt = _select1_ms(engine)
+    rt, wt = _select1_ms(engine), _write_ms(engine, name)
     # what a trial's database work costs at least: one round trip to create it with its
     # params and start attrs, one per epoch report (its heartbeat and pruning read with it),
     # one to finish it (closing attrs and state); a fused group shares each among k trials
     trips = (2 + epochs) / k
     engine.dispose()
     return {"statements": c["statements"] / made, "commits": c["commits"] / made,
-            "ms": 1000 * took / made, "rt": rt, "floor": trips * rt}
+            "ms": 1000 * took / made, "rt": rt, "floor": trips * rt, "wt": wt,
+            "wfloor": trips * wt}
 
 
 def floor_rows(paths: list[tuple[str, str, str | None, str | None]], epochs: int, k: int,
@@ -726,23 +744,29 @@ def floor_table(paths: list[tuple[str, str, str | None, str | None]], epochs: in
                 [sys.executable, __file__, "--floor-json", json.dumps(paths), str(epochs),
                  str(k), str(trials)], env=env, check=True, capture_output=True, text=True)
             runs[version].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"\nper trial: {epochs} epochs (report, pruning check, heartbeat each), "
+    print("\nfloor: the round trips a trial's database work needs at least (one to create it "
+          "with its params, one per epoch report, one to finish it; a fused group shares them) "
+          "times the median SELECT 1 transaction, and times a one-row write transaction "
+          "(which waits for the commit to reach the disk); ms")
+    print(f"per trial: {epochs} epochs (report, pruning check, heartbeat each), "
           f"unfused and in fused groups of {k}; {trials} trials a run, {repeats} runs: medians, "
           f"ms spread in brackets; load average {min(loads):.1f}-{max(loads):.1f} during the "
           "runs (a shared machine)\n")
     head = (f"{'storage':<11}{'trial':<9}{'version':<8}{'statements':>11}{'commits':>9}"
-            f"{'ms/trial':>20}{'SELECT 1 ms':>13}{'floor ms':>10}{'ratio':>7}")
+            f"{'ms/trial':>20}{'SELECT 1':>9}{'floor':>7}{'ratio':>7}{'write':>7}{'floor':>7}"
+            f"{'ratio':>7}")
     print(head)
     print("-" * len(head))
     for i, row in enumerate(runs[versions[-1][0]][0]):
         for version, _ in versions:
             rs = [run[i] for run in runs[version]]
             med = {key: statistics.median(float(r[key]) for r in rs)
-                   for key in ("statements", "commits", "ms", "rt", "floor")}
+                   for key in ("statements", "commits", "ms", "rt", "floor", "wt", "wfloor")}
             spread = f"({min(float(r['ms']) for r in rs):.1f}-{max(float(r['ms']) for r in rs):.1f})"
             print(f"{row['storage']:<11}{row['shape']:<9}{version:<8}{med['statements']:>11.1f}"
-                  f"{med['commits']:>9.1f}{med['ms']:>8.1f} {spread:>11}{med['rt']:>13.2f}"
-                  f"{med['floor']:>10.1f}{med['ms'] / med['floor']:>7.1f}", flush=True)
+                  f"{med['commits']:>9.1f}{med['ms']:>8.1f} {spread:>11}{med['rt']:>9.2f}"
+                  f"{med['floor']:>7.1f}{med['ms'] / med['floor']:>7.1f}{med['wt']:>7.2f}"
+                  f"{med['wfloor']:>7.1f}{med['ms'] / med['wfloor']:>7.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,8 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial
 
+from tuner.storage._lean import can_upsert as _can_upsert
+from tuner.storage._lean import upsert as _upsert
 from tuner.storage._rdb import _rdb
 
 
@@ -101,26 +103,3 @@ def train_losses(t: FrozenTrial) -> list[float | None] | None:
     if curve is None and isinstance(old := t.user_attrs.get("train_loss"), list):
         return old
     return curve
-
-
-def _upsert(dialect: str, table: sqlalchemy.Table, rows: list[dict[str, Any]]) -> Any:
-    """One multi-row INSERT that updates the rows already there."""
-    if dialect == "mysql":
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        stmt = mysql_insert(table).values(rows)
-        return stmt.on_duplicate_key_update(value_json=stmt.inserted.value_json)
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table).values(rows)
-    return stmt.on_conflict_do_update(index_elements=[table.c.trial_id, table.c.key],
-                                      set_={"value_json": stmt.excluded.value_json})
-
-
-def _can_upsert(dialect: str | None) -> bool:
-    import sqlite3
-
-    return dialect in ("postgresql", "mysql") or (
-        dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0))

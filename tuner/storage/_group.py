@@ -14,7 +14,8 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage._rdb import _beat, _cache, _rdb, _trial_of
+from tuner.storage._lean import beat, note_beats
+from tuner.storage._rdb import _beat, _cache, _cache_new, _new_trial, _rdb, _trial_of
 from tuner.storage._trials import start_trial
 
 
@@ -51,6 +52,7 @@ def start_trials(study: optuna.Study, budget: Any, n: int) -> list[optuna.Trial]
     from optuna.storages._rdb.storage import _create_scoped_session
 
     ids: list[int] = []
+    frozen: list[FrozenTrial] = []
     with _create_scoped_session(rdb.scoped_session) as session:
         # the numbering lock first, then the budget row, as in start_trial
         models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
@@ -58,8 +60,10 @@ def start_trials(study: optuna.Study, budget: Any, n: int) -> list[optuna.Trial]
             model = rdb._get_prepared_new_trial(study._study_id, None, session)
             session.flush()
             ids.append(model.trial_id)
+            frozen.append(_new_trial(model))
             session.execute(_beat(model.trial_id))
-    return _cache_many(study, ids)
+    made = _cache_new(study, frozen) if frozen else []  # built from the rows written
+    return made if made is not None else _cache_many(study, ids)
 
 
 class _DeferredWrites:
@@ -95,13 +99,16 @@ def tell_many(study: optuna.Study,
     from optuna.study._tell import _tell_with_warning
 
     rdb = _rdb(study._storage)
-    if rdb is None or len(items) <= 1:
+    if rdb is None or not items:
         return [_tell_one(study, trial, state, values) for trial, state, values in items]
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     ids = {trial._trial_id for trial, _, _ in items}
-    read = rdb._get_trials(study._study_id, None, set(), min(ids) - 1)
+    if len(items) == 1:  # the trial as this worker kept it (params, attrs, reports): no read
+        read = [copy.deepcopy(items[0][0]._cached_frozen_trial)]
+    else:
+        read = rdb._get_trials(study._study_id, None, set(), min(ids) - 1)
     deferred = _DeferredWrites(study._storage, {t._trial_id: t for t in read if t._trial_id in ids})
     view = copy.copy(study)  # the same study, its one write per trial deferred
     view._storage = deferred  # type: ignore[assignment]
@@ -175,6 +182,12 @@ def report_many(reports: Sequence[tuple[optuna.Trial, Sequence[tuple[int, float]
             written.append((trial, new))
         if rows:
             session.execute(value_model.__table__.insert(), rows)
+        # the members' heartbeats with their reports (the heartbeat thread then skips them)
+        beaten = ([t._trial_id for t, _ in written]
+                  if written and rdb.heartbeat_interval is not None else [])
+        if beaten and beat(session, beaten) != len(beaten):
+            beaten = []
+    note_beats(rdb, beaten)
     for trial, new in written:  # what Trial.report keeps in its cache too
         trial._cached_frozen_trial.intermediate_values.update(new)
     done = {trial._trial_id for trial, _ in written}

@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import NoDatabase, StorageError
 from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
+from tuner.storage._lean import LeanWrites
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
 _SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
@@ -216,9 +217,11 @@ OPTUNA_TABLES = ("studies", "trials", "version_info")
 Access = Literal["write", "existing", "read"]
 
 
-class TunerStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage as tuner opens it. It pickles: Optuna drops the engine and makes a
-    new one when it is unpickled; this puts tuner's SQLite hooks back on the new engine."""
+class TunerStorage(LeanWrites):
+    """Optuna's RDB storage as tuner opens it, a report one transaction with its heartbeat
+    (:class:`~tuner.storage._lean.LeanWrites`). It pickles: Optuna drops the engine and
+    makes a new one when it is unpickled; this puts tuner's SQLite hooks back on the new
+    engine."""
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)

@@ -6,6 +6,10 @@ the ones to change."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+from typing import Any
+
 import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
@@ -64,10 +68,17 @@ def check_schema_version(storage: optuna.storages.RDBStorage) -> None:
 
 def record_heartbeat(trial: optuna.Trial) -> None:
     """Say that ``trial``'s worker is alive: one UPDATE (Optuna's own beat costs two reads,
-    a ``now()`` and the update), and Optuna's path for a trial's first beat, which inserts."""
+    a ``now()`` and the update), and Optuna's path for a trial's first beat, which inserts;
+    nothing when a report of this process beat for it a moment ago
+    (:func:`tuner.storage._lean.beaten_recently`)."""
     rdb = _rdb(trial.study._storage)
     if rdb is not None:
         from optuna.storages._rdb import models
+
+        from tuner.storage._lean import beaten_recently
+
+        if beaten_recently(rdb, trial._trial_id):
+            return
 
         table = models.TrialHeartbeatModel.__table__
         with rdb.engine.begin() as conn:
@@ -118,6 +129,32 @@ def _cache(study: optuna.Study, trial_id: int) -> optuna.Trial:
             storage._add_trials_to_cache(study._study_id, [frozen])
     study._thread_local.cached_all_trials = None  # as Study.ask: sync once every trial
     return optuna.Trial(study, trial_id)
+
+
+def _new_trial(model: Any) -> FrozenTrial:
+    """A trial just created by ``_get_prepared_new_trial`` (and flushed), as reading it back
+    would give it: RUNNING, numbered, started, nothing else yet. Call inside the session:
+    the row's attributes expire at its commit."""
+    return FrozenTrial(number=model.number, state=TrialState.RUNNING, value=None,
+                       datetime_start=model.datetime_start, datetime_complete=None, params={},
+                       distributions={}, user_attrs={}, system_attrs={},
+                       intermediate_values={}, trial_id=model.trial_id, values=None)
+
+
+def _cache_new(study: optuna.Study, frozen: Sequence[FrozenTrial]) -> list[optuna.Trial] | None:
+    """:func:`_cache` for trials tuner has just created (:func:`_new_trial`), without reading
+    them back; None where they must be read: a storage without Optuna's cache, or MySQL,
+    whose DATETIME keeps no microseconds of the start the row in memory has."""
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    storage = study._storage
+    if not isinstance(storage, _CachedStorage) or storage._backend.engine.name == "mysql":
+        return None
+    with storage._lock:
+        storage._studies.setdefault(study._study_id, _StudyInfo())
+        storage._add_trials_to_cache(study._study_id, [copy.deepcopy(f) for f in frozen])
+    study._thread_local.cached_all_trials = None  # as Study.ask: sync once every trial
+    return [_trial_of(study, f) for f in frozen]
 
 
 def _trial_of(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:

@@ -17,7 +17,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage._attrs import _can_upsert, _state_rows, set_user_attrs
-from tuner.storage._rdb import _beat, _cache, _rdb
+from tuner.storage._rdb import _beat, _cache, _cache_new, _new_trial, _rdb
 
 
 def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
@@ -45,9 +45,10 @@ def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
             return None
         model = rdb._get_prepared_new_trial(study._study_id, None, session)
         session.flush()
-        trial_id = model.trial_id
+        trial_id, frozen = model.trial_id, _new_trial(model)
         session.execute(_beat(trial_id))
-    return _cache(study, trial_id)
+    made = _cache_new(study, [frozen])  # built from the row written, not read back
+    return made[0] if made is not None else _cache(study, trial_id)
 
 
 def claim(study: optuna.Study, waiting: FrozenTrial, budget: Any = None) -> optuna.Trial | None:
