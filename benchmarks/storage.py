@@ -13,6 +13,13 @@ start to last finish), so process start-up (importing torch) is left out.
     .venv/bin/python benchmarks/storage.py --trips              # statements per trial only
     .venv/bin/python benchmarks/storage.py --profile sqlite     # where one worker's time goes
     .venv/bin/python benchmarks/storage.py --scale --workers 1 8 32 64  # scaling out, +PgBouncer
+    .venv/bin/python benchmarks/storage.py --floor --compare /path/to/old/checkout
+        # statements and ms per trial against the round-trip floor, this code and the old
+
+``--floor`` runs one trial's storage calls in one process (start, params, attrs, per epoch a
+report, a pruning check and a heartbeat, closing attrs, tell), unfused and as fused groups,
+on SQLite, PostgreSQL and PgBouncer; statements are counted with a ``before_cursor_execute``
+listener (exact), milliseconds are wall time of the storage calls (3 runs: medians, spread).
 
 Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
 ``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
@@ -737,13 +744,15 @@ def floor_table(paths: list[tuple[str, str, str | None, str | None]], epochs: in
     for _ in range(repeats):
         for version, root in versions:
             loads.append(os.getloadavg()[0])
-            env = dict(os.environ)
-            if root is not None:
-                env["PYTHONPATH"] = root
+            # the tuner of ``root``, or of the checkout this file is in
+            env = {**os.environ, "PYTHONPATH": root or str(Path(__file__).resolve().parents[1])}
             out = subprocess.run(
                 [sys.executable, __file__, "--floor-json", json.dumps(paths), str(epochs),
                  str(k), str(trials)], env=env, check=True, capture_output=True, text=True)
-            runs[version].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            if not runs[version]:
+                print(f"{version}: tuner from {got['tuner']}", flush=True)
+            runs[version].append(got["rows"])
     print("\nfloor: the round trips a trial's database work needs at least (one to create it "
           "with its params, one per epoch report, one to finish it; a fused group shares them) "
           "times the median SELECT 1 transaction, and times a one-row write transaction "
@@ -811,7 +820,10 @@ def main(argv: list[str] | None = None) -> None:
         import json
 
         paths, epochs, k, trials = a.floor_json
-        print(json.dumps(floor_rows(json.loads(paths), int(epochs), int(k), int(trials))))
+        import tuner
+
+        print(json.dumps({"tuner": str(Path(tuner.__file__).parent),
+                          "rows": floor_rows(json.loads(paths), int(epochs), int(k), int(trials))}))
         return
     if a.optuna_worker:
         url, name, n, seed, tuner_storage = a.optuna_worker
