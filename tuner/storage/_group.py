@@ -14,8 +14,8 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.storage._lean import beat, note_beats
-from tuner.storage._rdb import _beat, _cache, _cache_new, _new_trial, _rdb, _trial_of
+from tuner.storage._lean import beat, can_upsert, note_beats, upsert
+from tuner.storage._rdb import _beat, _cache, _cache_new, _insert_running, _rdb, _trial_of
 from tuner.storage._trials import start_trial
 
 
@@ -53,17 +53,24 @@ def start_trials(study: optuna.Study, budget: Any, n: int) -> list[optuna.Trial]
 
     ids: list[int] = []
     frozen: list[FrozenTrial] = []
+    mysql = rdb.engine.name == "mysql"  # one by one, and read back (_cache_new)
     with _create_scoped_session(rdb.scoped_session) as session:
         # the numbering lock first, then the budget row, as in start_trial
         models.StudyModel.find_or_raise_by_id(study._study_id, session, for_update=True)
-        while len(ids) < n and session.execute(budget.acquire_statement()).rowcount == 1:
-            model = rdb._get_prepared_new_trial(study._study_id, None, session)
-            session.flush()
-            ids.append(model.trial_id)
-            frozen.append(_new_trial(model))
-            session.execute(_beat(model.trial_id))
+        slots = 0
+        while slots < n and session.execute(budget.acquire_statement()).rowcount == 1:
+            slots += 1
+            if mysql:
+                model = rdb._get_prepared_new_trial(study._study_id, None, session)
+                session.flush()
+                ids.append(model.trial_id)
+                session.execute(_beat(model.trial_id))
+        if slots and not mysql:  # the trials and their heartbeats in a few statements
+            frozen = _insert_running(session, study._study_id, slots)
+    if mysql:
+        return _cache_many(study, ids)
     made = _cache_new(study, frozen) if frozen else []  # built from the rows written
-    return made if made is not None else _cache_many(study, ids)
+    return made if made is not None else _cache_many(study, [f._trial_id for f in frozen])
 
 
 class _DeferredWrites:
@@ -99,9 +106,8 @@ def tell_many(study: optuna.Study,
     from optuna.study._tell import _tell_with_warning
 
     rdb = _rdb(study._storage)
-    if rdb is None or not items:
+    if rdb is None or not items or not can_upsert(rdb.engine.name):
         return [_tell_one(study, trial, state, values) for trial, state, values in items]
-    from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     ids = {trial._trial_id for trial, _, _ in items}
@@ -122,17 +128,44 @@ def tell_many(study: optuna.Study,
                 continue  # "Cannot tell a FAIL trial": finished by another worker already
             failure = failure or e
     with _create_scoped_session(rdb.scoped_session) as session:
-        for trial_id, state, values in deferred.writes:
-            row = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-            if row.state.is_finished():
-                continue
-            for objective, v in enumerate(values or ()):
-                rdb._set_trial_value_without_commit(session, row, objective, v)
-            row.state, row.datetime_complete = state, datetime.now()
-            told[trial_id] = True
+        _write_results(rdb, session, deferred.writes, told)
     if failure is not None:
         raise failure
     return [told[trial._trial_id] for trial, _, _ in items]
+
+
+def _write_results(rdb: optuna.storages.RDBStorage, session: Any,
+                   writes: Sequence[tuple[int, TrialState, Sequence[float] | None]],
+                   told: dict[int, bool]) -> None:
+    """The states and values of several trials in the caller's transaction, as Optuna's
+    ``set_trial_state_values`` writes each: the trials locked and read in one statement,
+    their values in one upsert, their states in one UPDATE per state; a trial finished
+    meanwhile (the reaper's, another process's) is left as it is. Marks ``told``."""
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    ids = [trial_id for trial_id, _, _ in writes]
+    live = {trial_id for trial_id, state in session.execute(
+        sqlalchemy.select(table.c.trial_id, table.c.state).where(table.c.trial_id.in_(ids))
+        .with_for_update()).all() if not state.is_finished()}
+    values_rows, by_state = [], {}
+    for trial_id, state, values in writes:
+        if trial_id not in live:
+            continue
+        live.discard(trial_id)
+        for objective, v in enumerate(values or ()):
+            stored, kind = models.TrialValueModel.value_to_stored_repr(v)
+            values_rows.append({"trial_id": trial_id, "objective": objective, "value": stored,
+                                "value_type": kind})
+        by_state.setdefault(state, []).append(trial_id)
+        told[trial_id] = True
+    if values_rows:
+        session.execute(upsert(rdb.engine.name, models.TrialValueModel.__table__, values_rows,
+                               ("trial_id", "objective"), ("value", "value_type")))
+    now = datetime.now()
+    for state, trial_ids in by_state.items():
+        session.execute(table.update().where(table.c.trial_id.in_(trial_ids))
+                        .values(state=state, datetime_complete=now))
 
 
 def _tell_one(study: optuna.Study, trial: optuna.Trial, state: TrialState | None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -131,14 +132,35 @@ def _cache(study: optuna.Study, trial_id: int) -> optuna.Trial:
     return optuna.Trial(study, trial_id)
 
 
-def _new_trial(model: Any) -> FrozenTrial:
-    """A trial just created by ``_get_prepared_new_trial`` (and flushed), as reading it back
-    would give it: RUNNING, numbered, started, nothing else yet. Call inside the session:
-    the row's attributes expire at its commit."""
-    return FrozenTrial(number=model.number, state=TrialState.RUNNING, value=None,
-                       datetime_start=model.datetime_start, datetime_complete=None, params={},
+def _new_trial(trial_id: int, number: int, start: datetime) -> FrozenTrial:
+    """A trial just created, RUNNING and nothing else yet, as Optuna's ``_create_new_trial``
+    returns it (and as reading it back would give it)."""
+    return FrozenTrial(number=number, state=TrialState.RUNNING, value=None,
+                       datetime_start=start, datetime_complete=None, params={},
                        distributions={}, user_attrs={}, system_attrs={},
-                       intermediate_values={}, trial_id=model.trial_id, values=None)
+                       intermediate_values={}, trial_id=trial_id, values=None)
+
+
+def _insert_running(session: Any, study_id: int, n: int) -> list[FrozenTrial]:
+    """``n`` new RUNNING trials of the study, each with its first heartbeat, in four
+    statements whatever ``n`` (``_get_prepared_new_trial`` takes four per trial), numbered
+    as Optuna numbers them: by the count of the study's trials before each. Call holding
+    Optuna's numbering lock (the study row, FOR UPDATE), as every creator of trials does."""
+    from optuna.storages._rdb import models
+
+    table, hb = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    first = session.execute(sqlalchemy.select(sqlalchemy.func.count(table.c.trial_id))
+                            .where(table.c.study_id == study_id)).scalar_one()
+    start = datetime.now()
+    session.execute(table.insert(), [
+        {"study_id": study_id, "number": first + i, "state": TrialState.RUNNING,
+         "datetime_start": start, "datetime_complete": None} for i in range(n)])
+    ids = dict(session.execute(sqlalchemy.select(table.c.number, table.c.trial_id)
+                               .where(table.c.study_id == study_id)
+                               .where(table.c.number >= first)).all())
+    session.execute(hb.insert().values(heartbeat=sqlalchemy.func.now()),
+                    [{"trial_id": ids[first + i]} for i in range(n)])
+    return [_new_trial(ids[first + i], first + i, start) for i in range(n)]
 
 
 def _cache_new(study: optuna.Study, frozen: Sequence[FrozenTrial]) -> list[optuna.Trial] | None:

@@ -45,7 +45,8 @@ def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
             return None
         model = rdb._get_prepared_new_trial(study._study_id, None, session)
         session.flush()
-        trial_id, frozen = model.trial_id, _new_trial(model)
+        trial_id, frozen = model.trial_id, _new_trial(model.trial_id, model.number,
+                                                      model.datetime_start)
         session.execute(_beat(trial_id))
     made = _cache_new(study, [frozen])  # built from the row written, not read back
     return made[0] if made is not None else _cache(study, trial_id)
