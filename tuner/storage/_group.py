@@ -102,7 +102,8 @@ def tell_many(study: optuna.Study,
     transaction instead of two reads and a transaction each. Optuna's own tell checks each
     one and calls the sampler's ``after_trial``; only its write is gathered. Returns, per
     trial, whether it was told: False for a trial that was finished already (failed and
-    retried by another worker), as ``study.tell`` refuses it."""
+    retried by another worker), as ``study.tell`` refuses it. A lone trial is told from the
+    copy this worker kept of it (its params, attrs and reports), with no read at all."""
     from optuna.study._tell import _tell_with_warning
 
     rdb = _rdb(study._storage)
@@ -143,6 +144,8 @@ def _write_results(rdb: optuna.storages.RDBStorage, session: Any,
     meanwhile (the reaper's, another process's) is left as it is. Marks ``told``."""
     from optuna.storages._rdb import models
 
+    if not writes:
+        return
     table = models.TrialModel.__table__
     ids = [trial_id for trial_id, _, _ in writes]
     live = {trial_id for trial_id, state in session.execute(
