@@ -7,7 +7,9 @@ seed, so trial i draws the same configuration under every schedule; same trial b
 epochs; PBT's and PB2's population is the trial budget) through tuner's own worker, one
 worker in this process, SQLite in a temporary folder. The clock starts when the first trial
 starts (data loading is not counted) and stops at the first epoch report, of any trial,
-that reaches each ``--target``: with one worker, device time is wall time. A run stops once it
+that reaches each ``--target``: with one worker, device time is wall time. "epochs to" counts
+the epochs trained, all trials together, until then: the same on a busy machine as on a quiet
+one (a CPU run is deterministic for a seed), where seconds are not. A run stops once it
 reached them all (the rest of its budget is not needed to answer the question), or at
 ``--cap`` seconds, or when its budget is spent ("not reached"); "s run" is where it stopped.
 Run from the repository root:
@@ -107,6 +109,7 @@ def one(raw: dict[str, Any], name: str, keys: dict[str, Any], seed: int,
     stop = threading.Event()
     t0: list[float] = []
     hit: dict[float, float] = {}
+    hit_epochs: dict[float, int] = {}  # epochs trained, all trials together, until then
     epochs_run = [0]
     best = [0.0]
 
@@ -121,6 +124,7 @@ def one(raw: dict[str, Any], name: str, keys: dict[str, Any], seed: int,
         for target in targets:
             if e.value >= target and target not in hit:
                 hit[target] = now - t0[0]
+                hit_epochs[target] = epochs_run[0]
         if len(hit) == len(targets):
             stop.set()  # the epoch is checkpointed; the rest of the budget is not needed
         if t0 and now - t0[0] > cap:
@@ -130,7 +134,8 @@ def one(raw: dict[str, Any], name: str, keys: dict[str, Any], seed: int,
     runner = TrialRunner(prepared.assets, checkpoint_dir=settings.checkpoint_dir, stop=stop)
     Worker(prepared.handle, runner, heartbeat=settings.heartbeat, on_event=on_event).run()
     total = time.perf_counter() - t0[0] if t0 else 0.0
-    return {"to": hit, "total": total, "best": best[0], "epochs": epochs_run[0]}
+    return {"to": hit, "epochs_to": hit_epochs, "total": total, "best": best[0],
+            "epochs": epochs_run[0]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,14 +177,17 @@ def main(argv: list[str] | None = None) -> None:
             row: list[Any] = [name]
             for target in args.target:
                 hit = [r["to"][target] for r in runs if target in r["to"]]
+                ep = [r["epochs_to"][target] for r in runs if target in r["epochs_to"]]
                 row += [f"{len(hit)}/{len(runs)}",
                         c.fmt_s(statistics.median(hit)) if hit else "-",
-                        f"{c.fmt_s(min(hit))}..{c.fmt_s(max(hit))}" if hit else "-"]
+                        f"{c.fmt_s(min(hit))}..{c.fmt_s(max(hit))}" if hit else "-",
+                        f"{statistics.median(ep):g} ({min(ep)}..{max(ep)})" if ep else "-"]
             rows.append([*row, statistics.median(r["epochs"] for r in runs),
                          c.fmt_s(statistics.median(r["total"] for r in runs)),
                          f"{statistics.median(r['best'] for r in runs):.4f}"])
             print(f"# {name} done; load: {c.load_average()}", flush=True)
-    heads = [h for t in args.target for h in (f"reached {t}", f"s to {t} (median)", "spread")]
+    heads = [h for t in args.target
+             for h in (f"reached {t}", f"s to {t} (median)", "spread", f"epochs to {t}")]
     print(c.table(["schedule", *heads, "epochs run", "s run", "best acc"], rows))
     print(f"# load after: {c.load_average()}")
 

@@ -10,8 +10,9 @@ Studies choose on a validation split of ``train.csv`` only; ``test.csv`` is scor
 The studies are the files of ``search_spaces/`` (``rt_polarity_lstm``,
 ``rt_polarity_transformer``, ``rt_polarity_minilm``) shrunk to ``--trials`` x ``--epochs``
 (``--ft-*`` for the fine-tuning) so that the whole run fits a small CPU budget; the
-fine-tuning study and its retrain see a seeded subsample of ``--ft-train`` sentences of
-``train.csv`` (0: all of it), and are tested on the whole ``test.csv``. Each study runs
+fine-tuning study sees a seeded subsample of ``--ft-train`` sentences of ``train.csv`` (0: all
+of it); its best trial is retrained on the whole ``train.csv`` (``--no-ft-retrain-full``: on
+the subsample) and tested on the whole ``test.csv``. Each study runs
 through ``tuner.api`` on a fresh SQLite file, then ``api.retrain`` retrains its best trial on
 train+validation and tests it once. Printed: per seed, then medians and ranges; the
 fine-tuning's seconds per epoch (its trials' wall time over their epochs, validation pass
@@ -93,6 +94,7 @@ def subsample(folder: Path, n: int, into: Path) -> Path:
     with (folder / "train.csv").open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     rows = random.Random(0).sample(rows, n)
+    into.mkdir(parents=True, exist_ok=True)
     path = into / f"train-{n}.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, ["text", "label"])
@@ -125,6 +127,10 @@ def tuned(model: str, seed: int, args: argparse.Namespace, tmp: Path,
     result = api.run(spec, seed=seed, **opts)
     study_s = time.perf_counter() - t
     trials = api.trials(result.name, storage=opts["storage"])
+    if train is not None and args.ft_retrain_full:
+        # tuned on a subsample, retrained on all of train.csv: the study's data file (read
+        # again by retrain, which re-tokenizes it) becomes the whole training file
+        train.write_bytes((folder / "train.csv").read_bytes())
     done = api.retrain(result.name, out=where / "model", **opts)
     card = json.loads((where / "model" / "model.json").read_text())
     epochs = sum(int(tr["epochs"] or 0) for tr in trials)
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ft-trials", type=int, default=2)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--ft-max-len", type=int, default=FT_MAX_LEN)
+    ap.add_argument("--ft-retrain-full", action=argparse.BooleanOptionalAction, default=True,
+                    help="retrain the fine-tuning's best trial on the whole train.csv "
+                         "(the study itself sees the --ft-train subsample)")
     ap.add_argument("--json", default=None, help="also write every result to this file")
     args = ap.parse_args(argv)
     quiet_libraries()
@@ -156,7 +165,6 @@ def main(argv: list[str] | None = None) -> None:
     per_seed = []
     with LoadMonitor() as load, tempfile.TemporaryDirectory(prefix="tuner-text-") as tmp_s:
         tmp = Path(tmp_s)
-        ft_train = subsample(folder, args.ft_train, tmp) if args.ft_train else None
         for seed in args.seeds:  # every model once before the next seed: partial runs compare
             for model in args.models:
                 if model == "classic":
@@ -165,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
                         per_seed.append([name, seed, acc, f"{s:.0f}", f"C={c}"])
                         print(per_seed[-1], flush=True)
                     continue
-                r = tuned(model, seed, args, tmp, ft_train if model == "minilm" else None)
+                ft_train = (subsample(folder, args.ft_train, tmp / f"sub-{seed}")
+                            if model == "minilm" and args.ft_train else None)
+                r = tuned(model, seed, args, tmp, ft_train)
                 name = f"tuner {model} ({Path(STUDIES[model]).stem})"
                 results.setdefault(name, []).append(r)
                 best = {k: round(v, 5) if isinstance(v, float) else v
@@ -188,10 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table(["model", "test accuracy", "range", "seconds"], summary))
     ft = results.get(f"tuner minilm ({Path(STUDIES['minilm']).stem})")
     if ft:
-        epochs = [float(r["per_epoch"]) for r in ft if r["per_epoch"]]  # type: ignore[arg-type]
-        if epochs:
-            print(f"fine-tuning all-MiniLM-L6-v2 on CPU: {statistics.median(epochs):.0f} s per "
-                  f"epoch of {ft[0]['train_n']} sentences (trials, validation included)")
+        per = [float(r["retrain_s"]) / int(r["retrain_epochs"]) for r in ft  # type: ignore[arg-type]
+               if r.get("retrain_epochs")]
+        if per:
+            print(f"fine-tuning all-MiniLM-L6-v2 on CPU: {statistics.median(per):.0f} s per "
+                  f"epoch of {ft[0]['train_n']} sentences (retrain, median over seeds; "
+                  f"range {min(per):.0f}-{max(per):.0f})")
     print(load.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

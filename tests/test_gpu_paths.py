@@ -341,6 +341,7 @@ def test_gpu_a_view_cnn_and_the_builtin_cnn_train_with_amp(mnist):
 # ---- 3. the parent of several local workers checks on the CPU and keeps nothing -----------
 def test_the_parent_of_local_workers_preflights_on_the_cpu(mnist_dir, monkeypatch):
     from tuner import api, assets
+    from tuner.api._prepare import check
 
     made: list[assets.StudyAssets] = []
     real = assets.StudyAssets.__init__
@@ -352,7 +353,7 @@ def test_the_parent_of_local_workers_preflights_on_the_cpu(mnist_dir, monkeypatc
     monkeypatch.setattr(assets.StudyAssets, "__init__", record)
     spec = api.as_spec({"name": "p", "data": "mnist", "model": "cnn", "epochs": 1})
     settings = Settings(device="cuda", data_dir=str(mnist_dir), download=False)
-    _, kept = api._check(spec, settings, local_workers=2)
+    _, kept = check(spec, settings, local_workers=2)
     assert kept is None
     (a,) = made
     assert a.device == "cpu" and a._bundle is None and a._folds is None  # nothing left

@@ -178,6 +178,27 @@ def test_a_trial_finished_elsewhere_is_not_counted(handle, tmp_path):
     assert handle.study.trials[0].state == TrialState.FAIL
 
 
+def test_a_stalled_trial_is_failed_retried_and_handed_to_on_stall(handle, tmp_path):
+    """The worker fails a hung trial and queues its retry, then hands the error to the entry
+    point's ``on_stall`` (the CLI's exits the process); the worker itself never exits, and
+    the heartbeat thread stops watching the trial (it would fail it again each beat)."""
+    from tuner.errors import TrialStalled
+
+    stalls: list[TrialStalled] = []
+    worker = make_worker(handle, tmp_path, stall_timeout=3, on_stall=stalls.append)
+    hung = _other_workers_trial(handle)
+    worker.beat = storage.HeartbeatThread(handle.study, HB.interval, worker.patience)
+    worker.beat.trial = hung
+    worker._stalled(hung, 4.0)
+    assert [type(e) for e in stalls] == [TrialStalled] and "trial 0 finished no epoch" in str(
+        stalls[0])
+    assert worker.beat.trial is None
+    trials = handle.study.trials
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"].startswith("stalled:")
+    assert [t.user_attrs.get("retry_of") for t in trials[1:]] == [0]
+
+
 @pytest.mark.parametrize(("workers", "device", "gpus", "per_gpu", "expected"), [
     (4, "cpu", 2, None, [None] * 4),
     (3, "auto", 0, None, [None] * 3),

@@ -18,7 +18,9 @@ come through the database: the heartbeat thread reads them each beat, and the lo
 each trial. A stop acts as SIGTERM does (and the worker returns "stopped", exit code 0); a
 pause keeps the worker, taking nothing new; a trial asked to stop ends at its next epoch.
 
-Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner.local`).
+Launching workers (local processes, Slurm, Kubernetes) is elsewhere (:mod:`tuner.local`);
+which trial a worker takes next, and whether one with nothing to take may stop, is
+:mod:`tuner.acquire`; how it tells their outcomes, :mod:`tuner.tell`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import os
 import platform
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from functools import partial
 import optuna
 from optuna.trial import TrialState
 
-from tuner import stopping, storage
+from tuner import acquire, stopping, storage, tell
 from tuner.errors import DeviceBroken, TooManyFailures, TrialStalled
 from tuner.objective import Outcome, TrialRunner
 from tuner.study import Handle
@@ -73,8 +74,10 @@ class Worker:
     def __init__(self, handle: Handle, runner: TrialRunner, *, heartbeat: storage.Heartbeat,
                  max_failures: int = 3, on_event: Callable[[Event], None] | None = None,
                  db_patience: float = 300, stall_timeout: float | None = None,
-                 between_epochs: Callable[[], None] | None = None):
+                 between_epochs: Callable[[], None] | None = None,
+                 on_stall: Callable[[TrialStalled], None] | None = None):
         self.handle, self.runner = handle, runner
+        self.on_stall = on_stall  # the entry point's: a hung trial's process exits
         # one per worker: the trial loop, its reports and the heartbeat thread ride out the
         # same outages (backoff capped at the heartbeat interval, so beats resume promptly)
         self.patience = storage.Patience(db_patience, heartbeat.grace_period,
@@ -226,7 +229,8 @@ class Worker:
     def _stalled(self, trial: optuna.Trial, quiet_s: float) -> None:
         """The heartbeat thread found ``trial`` hung: fail it and queue its retry (if the
         database answers; else the reaper does, the beats having stopped), say so in one
-        line, and exit, since this process's main thread is stuck in the training loop."""
+        line, and hand the error to ``on_stall``: the CLI's exits, since this process's main
+        thread is stuck in the training loop. Without one, the trial is no longer watched."""
         e = TrialStalled(
             f"trial {trial.number} finished no epoch for {quiet_s:.0f} s (--stall-timeout "
             f"{self.stall_timeout}); it was failed and queued to be retried elsewhere, and this "
@@ -234,8 +238,10 @@ class Worker:
         self.patience.attempt(lambda: storage.fail_and_retry(
             self.handle.study, trial, self.handle.budget, f"stalled: {e}"))
         log.error("%s", e)
-        sys.stderr.flush()
-        os._exit(e.exit_code)
+        if self.beat is not None:
+            self.beat.trial, self.beat.others = None, ()
+        if self.on_stall is not None:
+            self.on_stall(e)
 
     def _group(self, first: optuna.Trial) -> list[optuna.Trial]:
         """``first`` and, when the study fuses (``fuse:``), up to K-1 more trials taken the
@@ -251,32 +257,8 @@ class Worker:
         return next(iter(self._next_trials(1)), None)
 
     def _next_trials(self, n: int) -> list[optuna.Trial]:
-        """Up to ``n`` trials: waiting trials first (a retry runs in its failed trial's slot;
-        a trial enqueued by hand needs a slot); then new trials while budget slots are free.
-        Each comes RUNNING with its slot and its first heartbeat in one transaction
-        (:func:`tuner.storage.start_trial`, :func:`tuner.storage.claim`), so a worker killed
-        at any moment leaves neither a slot without a trial nor a trial the reaper cannot see;
-        and so each step may be retried whole through an outage. The new trials of a fused
-        group start in one transaction (:func:`tuner.storage.start_trials`) after one look
-        at the waiting ones, not K of each."""
-        study, budget, call = self.handle.study, self.handle.budget, self.patience.call
-        call(self.handle.promote)  # ASHA: a paused trial's continuation, queued to claim below
-        waiting = call(lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        if waiting and call(budget.state).expired():
-            return []
-        trials: list[optuna.Trial] = []
-        for t in waiting:
-            if len(trials) == n:
-                return trials
-            own_slot = storage.is_retry(t) or storage.is_promotion(t)
-            # a trial enqueued by hand takes a slot; with the budget spent it waits for
-            # `tuner run --trials`
-            if (claimed := call(lambda t=t, b=None if own_slot else budget:
-                                storage.claim(study, t, b))) is not None:
-                trials.append(claimed)
-        if len(trials) == n:
-            return trials
-        return [*trials, *call(lambda: storage.start_trials(study, budget, n - len(trials)))]
+        """Up to ``n`` trials to run (:func:`tuner.acquire.next_trials`)."""
+        return acquire.next_trials(self.handle, self.patience, n)
 
     def _maybe_stop(self) -> None:
         """After a finished trial: stop the whole study if its ``stop:`` rule says so (the
@@ -287,26 +269,8 @@ class Worker:
                 log.info("study %s stops early: %s", self.handle.name, why)
 
     def _why_idle(self) -> str | None:
-        """Why this worker may stop now that it found no trial to run; None: wait, other
-        workers' trials are still running (and would be retried here if their worker died),
-        or a retry or continuation was queued meanwhile (the next loop takes it)."""
-        call, study = self.patience.call, self.handle.study
-        state = call(self.handle.budget.state)
-        if state.expired():
-            return "timeout"
-        if call(lambda: storage.heartbeat_ages(study)):
-            return None
-        # read after the running trials: a reaper (this worker's heartbeat thread among them)
-        # may have failed one and queued its retry since _next_trial found nothing waiting,
-        # and then neither read would see it (once a study ended with a retry left WAITING)
-        if any(storage.is_retry(t) or storage.is_promotion(t) for t in call(
-                lambda: study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))):
-            return None
-        if state.stopped is not None:
-            return f"stopped early ({state.stopped})"
-        if state.hours_spent_out:
-            return f"device-time budget spent ({state.hours_spent:.3g} h)"
-        return "budget spent"
+        """Why this worker may stop now (:func:`tuner.acquire.why_idle`); None: wait."""
+        return acquire.why_idle(self.handle, self.patience)
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> bool:
         """Record the outcome; False if the trial had been finished by another worker (its
@@ -314,46 +278,8 @@ class Worker:
         return self._tell_group([trial], [outcome])[0]
 
     def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
-        """:meth:`_tell` for each trial; a fused group's members are told together (one read
-        and one transaction, :func:`tuner.storage.tell_many`)."""
-        told = self.patience.call(lambda: storage.tell_many(self.handle.study, [
-            (t, None, o.values or o.value) if o.state == TrialState.COMPLETE
-            else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)]))
-        for t, outcome, ok in zip(trials, outcomes, told, strict=True):
-            if ok:
-                self._after_tell(t, outcome)
-            elif outcome.elsewhere:
-                self._after_elsewhere(t, outcome)
-            else:
-                log.warning("trial %d was failed and retried by another worker meanwhile",
-                            t.number)
-        return told
-
-    def _after_elsewhere(self, trial: optuna.Trial, outcome: Outcome) -> None:
-        """A trial finished from outside while it ran (optuna-dashboard's "Fail trial",
-        another process's tell): stopped here, the study goes on. Failed there and not
-        retried by a reaper, its budget slot goes back, as any failed trial's does."""
-        log.info("%s", outcome.fail_reason)
-        study, call = self.handle.study, self.patience.call
-        if outcome.state != TrialState.FAIL:
-            return
-        if not any(t.user_attrs.get(storage.RETRY_OF_ATTR) == trial.number
-                   for t in call(lambda: study.get_trials(deepcopy=False))):
-            call(self.handle.budget.release)
-
-    def _after_tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
-        """A failed trial: its retry queued (stopped, so nothing is lost), or its slot given
-        back."""
-        study, call = self.handle.study, self.patience.call
-        if outcome.state == TrialState.FAIL:
-            if outcome.interrupted:
-                call(lambda: storage.retry(study, storage.refreshed(trial), self.handle.budget,
-                                           crashed=False))
-            else:
-                call(self.handle.budget.release)
-            if outcome.stopped_by_user:  # done as asked; `tuner retry` resumes it
-                call(lambda: storage.forget_trial_stop(storage.engine_of(study),
-                                                       self.handle.name, trial.number))
+        """:meth:`_tell` for each trial, a fused group's together (:func:`tuner.tell.tell_group`)."""
+        return tell.tell_group(self.handle, self.patience, trials, outcomes)
 
 
 @contextmanager

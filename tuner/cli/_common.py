@@ -13,11 +13,13 @@ import contextlib
 import functools
 import inspect
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -317,6 +319,14 @@ def _open(url: str, access: str = "read") -> optuna.storages.RDBStorage:
     from tuner.storage import connect
 
     return connect(url, access=access)  # type: ignore[arg-type]
+
+
+def exit_stalled(e: TunerError) -> NoReturn:
+    """A trial of this process hung (``--stall-timeout``): the worker failed it, queued its
+    retry and said so in one line; exit with the error's code now, from the heartbeat thread,
+    since the main thread is stuck in the training loop and would never return."""
+    sys.stderr.flush()
+    os._exit(e.exit_code)
 
 
 def _setup_logging() -> None:

@@ -24,6 +24,7 @@ from tuner.cli._common import (
     _study_name,
     command,
     display_url,
+    exit_stalled,
     out,
     study_file,
     with_settings,
@@ -74,7 +75,8 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
                     f"best {_fmt(snap.best_value)}. Pass --trials N to run more.")
         return
     if quiet:
-        result = api.go(prepared, workers=workers, workers_per_gpu=per_gpu)
+        result = api.go(prepared, workers=workers, workers_per_gpu=per_gpu,
+                        on_stall=exit_stalled)
     else:
         view = ProgressView(out(), handle.name, handle.spec.metric_name,
                             handle.spec.direction_name, handle.spec.epochs, snap.finished,
@@ -82,7 +84,8 @@ def _work(prepared: Prepared, workers: int, per_gpu: int | None, quiet: bool) ->
         with view:
             result = api.go(prepared, workers=workers, workers_per_gpu=per_gpu,
                             on_event=view.event,
-                            on_poll=lambda: view.snapshot(snapshot(handle)))
+                            on_poll=lambda: view.snapshot(snapshot(handle)),
+                            on_stall=exit_stalled)
     _print_result(prepared, result.stopped_because or "done")
 
 
@@ -215,7 +218,7 @@ def worker(
     prepared = api.prepare_work(study, settings, worker_index=worker_index)
     if not quiet:
         out().print(f"worker on {settings.device}, {prepared.threads}", highlight=False)
-    result = api.go(prepared, on_event=on_event)
+    result = api.go(prepared, on_event=on_event, on_stall=exit_stalled)
     if not quiet:
         out().print(f"worker done: {result.trials_run} trials ({result.stopped_because})",
                     highlight=False, soft_wrap=True)
