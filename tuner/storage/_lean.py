@@ -76,10 +76,11 @@ def beaten_recently(storage: optuna.storages.RDBStorage, trial_id: int) -> bool:
     limit) before the next beat."""
     beats = getattr(storage, "_tuner_beats", None)
     interval, grace = storage.heartbeat_interval, storage.grace_period
-    if not beats or trial_id not in beats or interval is None:
+    last = beats.get(trial_id) if beats else None  # one lookup: the training thread writes
+    if last is None or interval is None:
         return False
     slack = ((grace or 2 * interval) - interval) / 2
-    return time.monotonic() - beats[trial_id] < slack
+    return time.monotonic() - last < slack
 
 
 class LeanWrites(optuna.storages.RDBStorage):
