@@ -13,6 +13,13 @@ start to last finish), so process start-up (importing torch) is left out.
     .venv/bin/python benchmarks/storage.py --trips              # statements per trial only
     .venv/bin/python benchmarks/storage.py --profile sqlite     # where one worker's time goes
     .venv/bin/python benchmarks/storage.py --scale --workers 1 8 32 64  # scaling out, +PgBouncer
+    .venv/bin/python benchmarks/storage.py --floor --compare /path/to/old/checkout
+        # statements and ms per trial against the round-trip floor, this code and the old
+
+``--floor`` runs one trial's storage calls in one process (start, params, attrs, per epoch a
+report, a pruning check and a heartbeat, closing attrs, tell), unfused and as fused groups,
+on SQLite, PostgreSQL and PgBouncer; statements are counted with a ``before_cursor_execute``
+listener (exact), milliseconds are wall time of the storage calls (3 runs: medians, spread).
 
 Columns: ``optuna`` is ``study.optimize(n_trials=N/K)`` in K processes on a plain
 ``RDBStorage(url)``; ``optuna+tuner storage`` the same on the storage tuner opens
@@ -602,6 +609,175 @@ def profile(url: str, trials: int, folder: Path) -> None:
     stats.sort_stats("cumulative").print_stats(r"tuner/|optuna/(study|trial|storages)", 30)
 
 
+# ---- storage at its floor ------------------------------------------------------------------
+def _scripted_trials(study, budget, epochs: int, k: int) -> int:
+    """One unfused trial (``k`` = 1) or one fused group of ``k``, through the storage calls
+    tuner's worker and runner make for a lightweight trial: start (budget slot, first
+    heartbeat), params, the start attrs, per epoch a report, a pruning check and a heartbeat,
+    the closing attrs (with the train-loss curve), the tell. Returns the trials made."""
+    from optuna.trial import TrialState
+
+    from tuner import storage
+
+    ts = ([storage.start_trial(study, budget)] if k == 1
+          else storage.start_trials(study, budget, k))
+    xs = [t.suggest_float("x", 0.0, 1.0) for t in ts]
+    start = [(t, {"lineage": t.number, "worker": {"host": platform.node(), "pid": os.getpid(),
+                                                 "device": "cpu"}}) for t in ts]
+    if k == 1:
+        storage.set_user_attrs(*start[0])
+    else:
+        storage.set_user_attrs_many(start)
+    for epoch in range(1, epochs + 1):
+        if k == 1:
+            ts[0].report(xs[0], epoch)
+            ts[0].should_prune()
+        else:
+            storage.report_many([(t, [(epoch, x)]) for t, x in zip(ts, xs, strict=True)])
+            storage.should_prune_many(ts)
+        for t in ts:  # what the heartbeat thread does (every few seconds, not every epoch)
+            storage.record_heartbeat(t)
+    closing = [(t, {"wall_time_s": 0.1, "device": "cpu", "seed": t.number, "epochs_run": epochs,
+                    "versions": {"torch": "2", "tuner": "1"}, "train_loss": 0.5,
+                    storage.STATE_ATTR: "complete"}) for t in ts]
+    for t in ts:
+        storage.set_system_attrs(t, {storage.TRAIN_LOSS_ATTR: [0.5] * epochs})
+    storage.set_user_attrs_many(closing, finished=k > 1)
+    storage.tell_many(study, [(t, TrialState.COMPLETE, [x]) for t, x in zip(ts, xs, strict=True)])
+    return len(ts)
+
+
+def _select1_ms(engine, n: int = 200) -> float:
+    """Median milliseconds of one ``SELECT 1`` transaction through ``engine``'s pool (what
+    the smallest database call of a trial costs: the round trip at the server's latency)."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    took = []
+    for _ in range(n):
+        begun = time.perf_counter()
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1")).scalar_one()
+            conn.commit()
+        took.append(time.perf_counter() - begun)
+    return 1000 * statistics.median(took)
+
+
+def _write_ms(engine, name: str, n: int = 100) -> float:
+    """Median milliseconds of one transaction that writes one row (the study's budget row,
+    to the value it holds) and commits: a round trip that waits for the server's commit."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    took = []
+    for _ in range(n):
+        begun = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE tuner_budgets SET taken = taken WHERE study_name = :n"),
+                         {"n": name})
+        took.append(time.perf_counter() - begun)
+    return 1000 * statistics.median(took)
+
+
+def floor_once(url: str, folder: Path, epochs: int, k: int, trials: int) -> dict[str, float]:
+    """Statements, ms per trial and the floor on one fresh database, for ``trials`` trials
+    run as unfused trials (``k`` = 1) or as fused groups of ``k``."""
+    import optuna
+
+    from tuner import study as st
+    from tuner.spec import load_spec
+    from tuner.storage import Budget, Heartbeat, connect, engine_of
+
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = f"floor{secrets.token_hex(3)}"
+    hb = Heartbeat()
+    handle = st.create_or_resume(connect(url, hb), load_spec(
+        study_file(folder, name, trials + 2 * k, epochs)))
+    study, engine = handle.study, engine_of(handle.study)
+    budget = Budget(engine, name)
+    _scripted_trials(study, budget, epochs, k)  # warm: the pool, Optuna's caches
+    made, took = 0, 0.0
+    with counting(engine) as c:
+        while made < trials:
+            begun = time.perf_counter()
+            made += _scripted_trials(study, budget, epochs, k)
+            took += time.perf_counter() - begun
+    rt, wt = _select1_ms(engine), _write_ms(engine, name)
+    # what a trial's database work costs at least: one round trip to create it with its
+    # params and start attrs, one per epoch report (its heartbeat and pruning read with it),
+    # one to finish it (closing attrs and state); a fused group shares each among k trials
+    trips = (2 + epochs) / k
+    engine.dispose()
+    return {"statements": c["statements"] / made, "commits": c["commits"] / made,
+            "ms": 1000 * took / made, "rt": rt, "floor": trips * rt, "wt": wt,
+            "wfloor": trips * wt}
+
+
+def floor_rows(paths: list[tuple[str, str, str | None, str | None]], epochs: int, k: int,
+               trials: int) -> list[dict[str, float | str]]:
+    """One repeat of :func:`floor_once` per storage path and shape (unfused, fused ``k``)."""
+    rows: list[dict[str, float | str]] = []
+    for label, backend, base, front in paths:
+        for shape in (1, k):
+            with tempfile.TemporaryDirectory() as tmp, \
+                    database(backend, base, Path(tmp)) as url:
+                m = floor_once(_front(url, front), Path(tmp), epochs, shape, trials)
+            rows.append({"storage": label, "shape": "unfused" if shape == 1 else f"fused {k}",
+                         **m})
+    return rows
+
+
+def floor_table(paths: list[tuple[str, str, str | None, str | None]], epochs: int, k: int,
+                trials: int, repeats: int, before: str | None) -> None:
+    """Statements and ms per trial against the floor, ``repeats`` times (medians, the spread
+    of ms in brackets); with ``before`` (a checkout of tuner), the same script on that code
+    too, each repeat running both versions one after the other so both see the same load."""
+    import json
+    import statistics
+
+    versions = ([("before", before)] if before else []) + [("after", None)]
+    runs: dict[str, list[list[dict[str, float | str]]]] = {v: [] for v, _ in versions}
+    loads = []
+    for _ in range(repeats):
+        for version, root in versions:
+            loads.append(os.getloadavg()[0])
+            # the tuner of ``root``, or of the checkout this file is in
+            env = {**os.environ, "PYTHONPATH": root or str(Path(__file__).resolve().parents[1])}
+            out = subprocess.run(
+                [sys.executable, __file__, "--floor-json", json.dumps(paths), str(epochs),
+                 str(k), str(trials)], env=env, check=True, capture_output=True, text=True)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            if not runs[version]:
+                print(f"{version}: tuner from {got['tuner']}", flush=True)
+            runs[version].append(got["rows"])
+    print("\nfloor: the round trips a trial's database work needs at least (one to create it "
+          "with its params, one per epoch report, one to finish it; a fused group shares them) "
+          "times the median SELECT 1 transaction, and times a one-row write transaction "
+          "(which waits for the commit to reach the disk); ms")
+    print(f"per trial: {epochs} epochs (report, pruning check, heartbeat each), "
+          f"unfused and in fused groups of {k}; {trials} trials a run, {repeats} runs: medians, "
+          f"ms spread in brackets; load average {min(loads):.1f}-{max(loads):.1f} during the "
+          "runs (a shared machine)\n")
+    head = (f"{'storage':<11}{'trial':<9}{'version':<8}{'statements':>11}{'commits':>9}"
+            f"{'ms/trial':>20}{'SELECT 1':>9}{'floor':>7}{'ratio':>7}{'write':>7}{'floor':>7}"
+            f"{'ratio':>7}")
+    print(head)
+    print("-" * len(head))
+    for i, row in enumerate(runs[versions[-1][0]][0]):
+        for version, _ in versions:
+            rs = [run[i] for run in runs[version]]
+            med = {key: statistics.median(float(r[key]) for r in rs)
+                   for key in ("statements", "commits", "ms", "rt", "floor", "wt", "wfloor")}
+            spread = f"({min(float(r['ms']) for r in rs):.1f}-{max(float(r['ms']) for r in rs):.1f})"
+            print(f"{row['storage']:<11}{row['shape']:<9}{version:<8}{med['statements']:>11.1f}"
+                  f"{med['commits']:>9.1f}{med['ms']:>8.1f} {spread:>11}{med['rt']:>9.2f}"
+                  f"{med['floor']:>7.1f}{med['ms'] / med['floor']:>7.1f}{med['wt']:>7.2f}"
+                  f"{med['wfloor']:>7.1f}{med['ms'] / med['wfloor']:>7.1f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     import optuna
 
@@ -624,12 +800,30 @@ def main(argv: list[str] | None = None) -> None:
                    help="--scale: trials of the study that measures trial 100 against the end")
     p.add_argument("--keep-free-gib", type=float, default=6.0,
                    help="--scale: run only as many workers as leave this much memory free")
+    p.add_argument("--floor", action="store_true",
+                   help="only statements and ms per trial against the floor (SQLite, "
+                        "--postgres, --pgbouncer)")
+    p.add_argument("--epochs", type=int, default=8, help="--floor: epochs per trial")
+    p.add_argument("--group", type=int, default=8, help="--floor: trials per fused group")
+    p.add_argument("--repeats", type=int, default=3, help="--floor: runs per figure")
+    p.add_argument("--compare", metavar="DIR",
+                   help="--floor: run the same on the tuner checked out in DIR too (before)")
     p.add_argument("--optuna-worker", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--floor-json", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--light-worker", nargs=7, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.light_worker:
         url, name, index, ready, n, epochs, sleep = a.light_worker
         light_worker(url, name, int(index), ready, int(n), int(epochs), float(sleep))
+        return
+    if a.floor_json:
+        import json
+
+        paths, epochs, k, trials = a.floor_json
+        import tuner
+
+        print(json.dumps({"tuner": str(Path(tuner.__file__).parent),
+                          "rows": floor_rows(json.loads(paths), int(epochs), int(k), int(trials))}))
         return
     if a.optuna_worker:
         url, name, n, seed, tuner_storage = a.optuna_worker
@@ -648,6 +842,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f} at the start")
     if a.trips:
         trips_table(backends, a.trials)
+        return
+    if a.floor:
+        paths = [("sqlite", "sqlite", None, None)]
+        if a.postgres:
+            paths.append(("postgresql", "postgresql", a.postgres, None))
+            if a.pgbouncer:
+                paths.append(("pgbouncer", "postgresql", a.postgres, a.pgbouncer))
+        floor_table(paths, a.epochs, a.group, min(a.trials, 64), a.repeats, a.compare)
         return
     if a.scale:
         if not a.postgres:

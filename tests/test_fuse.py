@@ -570,9 +570,9 @@ def test_a_packed_checkpoint_loads_as_it_was_saved(digits: DataBundle, tmp_path:
 def test_a_trial_built_from_its_read_is_the_trial_optuna_builds(tmp_path: Path) -> None:
     """start_trials builds each new optuna.Trial from the one read of the group instead of
     reading it again; it must hold what Optuna's own Trial(study, id) holds (if Optuna's
-    Trial.__init__ changes, this names tuner/storage/_trials.py:_trial_of to change)."""
+    Trial.__init__ changes, this names tuner/storage/_rdb.py:_trial_of to change)."""
     from tuner import storage
-    from tuner.storage._trials import _cache_many
+    from tuner.storage._group import _cache_many
 
     opened = storage.connect(f"sqlite:///{tmp_path / 'c.db'}")
     study = optuna.create_study(storage=opened, study_name="built")

@@ -122,3 +122,59 @@ def test_heartbeat_ages_of_running_trials(sqlite_url):
     ages = heartbeat_ages(study)
     assert set(ages) == {beating.number} and silent.number not in ages
     assert 0 <= ages[beating.number] < 5
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_report_is_one_transaction_with_its_heartbeat(any_url):
+    """Trial.report writes the value (the storage updates a step written again, as Optuna's
+    does) and refreshes the heartbeat; the heartbeat thread's next beat is then left out, and a
+    finished trial's report is refused as Optuna refuses it."""
+    from tuner.storage import Budget, engine_of, start_trial
+
+    storage = connect(any_url, Heartbeat(5, 20))
+    study = optuna.create_study(storage=storage)
+    engine = engine_of(study)
+    budget = Budget(engine, study.study_name)
+    budget.add(1, None)
+    trial = start_trial(study, budget)
+    hb = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat"))
+    with engine.begin() as conn:
+        conn.execute(hb.update().values(heartbeat=sa.text("'2000-01-01 00:00:00'")))
+    assert heartbeat_ages(study)[trial.number] > 1000
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *a: statements.append(statement))
+    trial.report(0.5, 1)
+    assert len([s for s in statements if not s.startswith("BEGIN")]) == 3
+    assert heartbeat_ages(study)[trial.number] < 60
+    statements.clear()
+    record_heartbeat(trial)  # the report beat a moment ago
+    assert statements == []
+    study._storage.set_trial_intermediate_value(trial._trial_id, 1, 0.25)  # as Optuna: updated
+    assert study.trials[0].intermediate_values == {1: 0.25}
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        trial.report(0.1, 2)
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_started_trials_are_what_reading_them_back_gives(any_url):
+    from tuner.storage import Budget, engine_of, start_trial, start_trials, tell_many
+
+    study = optuna.create_study(storage=connect(any_url))
+    budget = Budget(engine_of(study), study.study_name)
+    budget.add(4, None)
+    trials = [start_trial(study, budget), *start_trials(study, budget, 3)]
+    for t in trials:
+        read = study._storage._backend.get_trial(t._trial_id)
+        assert t._cached_frozen_trial == read
+        assert study._storage.get_trial(t._trial_id) == read
+    x = trials[0].suggest_float("x", 0.0, 1.0)
+    set_user_attrs(trials[0], {"a": 1})
+    assert tell_many(study, [(trials[0], TrialState.COMPLETE, [x])]) == [True]
+    done = study.trials[trials[0].number]
+    assert (done.state, done.value, done.params, done.user_attrs) == (
+        TrialState.COMPLETE, x, {"x": x}, {"a": 1})
+    study._storage.set_trial_state_values(trials[1]._trial_id, TrialState.FAIL)  # elsewhere
+    assert tell_many(study, [(trials[1], TrialState.COMPLETE, [1.0])]) == [False]
+    assert study.trials[trials[1].number].state == TrialState.FAIL

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.storage import Heartbeat, connect, normalize_url
-from tuner.storage._trials import record_heartbeat
+from tuner.storage._rdb import record_heartbeat
 
 pytest_plugins = ["servers"]
 

@@ -1,8 +1,8 @@
 """Everything that touches the study database: opening URLs and pools, heartbeats and the
 reaper of dead workers' trials, study-wide budgets, retries, and the trial-state operations
 workers, status and retrain need. The only package of tuner that uses Optuna's private API
-(in :mod:`tuner.storage._trials`); database errors become :class:`~tuner.errors.StorageError`
-with their cause kept.
+(in :mod:`tuner.storage._rdb` and the modules built on it); database errors become
+:class:`~tuner.errors.StorageError` with their cause kept.
 
     storage = connect("postgresql://user@db/tuner", Heartbeat(interval=5))
     budget = Budget(storage.engine, "mnist_mlp"); budget.acquire()
@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from tuner.schedules import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, is_paused, is_promotion
 from tuner.settings import DEFAULT_URL, Heartbeat
+from tuner.storage._attrs import (
+    TRAIN_LOSS_ATTR,
+    set_system_attrs,
+    set_user_attrs,
+    set_user_attrs_many,
+    train_losses,
+)
 from tuner.storage._budget import Budget, BudgetState
 from tuner.storage._controls import (
     USER_STOP,
@@ -27,6 +34,8 @@ from tuner.storage._controls import (
     stop_trial,
     study_workers,
 )
+from tuner.storage._detail import RunningTrial, StudyDetail, study_overview
+from tuner.storage._group import report_many, should_prune_many, start_trials, tell_many
 from tuner.storage._heartbeat import HeartbeatThread, reap
 from tuner.storage._lease import Lease
 from tuner.storage._ledger import decided, record, record_first, retired
@@ -40,14 +49,9 @@ from tuner.storage._open import (
     study_exists,
 )
 from tuner.storage._outage import Patience, is_outage
-from tuner.storage._overview import (
-    RunningTrial,
-    StudyDetail,
-    StudyRow,
-    studies_overview,
-    study_overview,
-)
+from tuner.storage._overview import StudyRow, studies_overview
 from tuner.storage._primary import report_primary, should_prune_primary
+from tuner.storage._rdb import engine_of, record_heartbeat, refreshed, state, trial_by_number
 from tuner.storage._retry import (
     CRASHES_ATTR,
     LINEAGE_ATTR,
@@ -60,26 +64,12 @@ from tuner.storage._retry import (
 )
 from tuner.storage._sampler import Informed, trial_seed
 from tuner.storage._trials import (
-    TRAIN_LOSS_ATTR,
     all_studies,
     claim,
-    engine_of,
     fail_and_retry,
     fail_stale_trials,
     heartbeat_ages,
-    record_heartbeat,
-    refreshed,
-    report_many,
-    set_system_attrs,
-    set_user_attrs,
-    set_user_attrs_many,
-    should_prune_many,
     start_trial,
-    start_trials,
-    state,
-    tell_many,
-    train_losses,
-    trial_by_number,
 )
 
 __all__ = [

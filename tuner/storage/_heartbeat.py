@@ -27,7 +27,8 @@ from tuner.storage._budget import Budget
 from tuner.storage._controls import Controls, WorkerRow, check_in
 from tuner.storage._lease import Lease
 from tuner.storage._outage import Patience
-from tuner.storage._trials import engine_of, fail_stale_trials, record_heartbeat
+from tuner.storage._rdb import engine_of, record_heartbeat
+from tuner.storage._trials import fail_stale_trials
 
 log = logging.getLogger("tuner")
 

@@ -30,7 +30,8 @@ from tuner.schedules import (
     Decision,
     is_paused,
 )
-from tuner.storage._trials import decide, engine_of
+from tuner.storage._rdb import engine_of
+from tuner.storage._trials import decide
 from tuner.trial_schema import LINEAGE_ATTR, lineage
 
 _metadata = sa.MetaData()

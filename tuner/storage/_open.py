@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL, make_url
 
 from tuner.errors import NoDatabase, StorageError
 from tuner.settings import CHECKPOINT_FOLDER, Heartbeat
+from tuner.storage._lean import LeanWrites
 
 EXAMPLES = "e.g. sqlite:///tuner.db or postgresql://user@host:5432/db"
 _SCHEMA_LOCK = 0x7475_6E65  # "tune": the advisory-lock key for schema creation
@@ -166,7 +167,7 @@ def _create_schema(url: URL) -> None:
     from tuner.storage import _controls as controls
     from tuner.storage import _lease as lease
     from tuner.storage import _ledger as ledger
-    from tuner.storage._trials import create_schema
+    from tuner.storage._rdb import create_schema
 
     backend = url.get_backend_name()
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
@@ -216,9 +217,11 @@ OPTUNA_TABLES = ("studies", "trials", "version_info")
 Access = Literal["write", "existing", "read"]
 
 
-class TunerStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage as tuner opens it. It pickles: Optuna drops the engine and makes a
-    new one when it is unpickled; this puts tuner's SQLite hooks back on the new engine."""
+class TunerStorage(LeanWrites):
+    """Optuna's RDB storage as tuner opens it, a report one transaction with its heartbeat
+    (:class:`~tuner.storage._lean.LeanWrites`). It pickles: Optuna drops the engine and
+    makes a new one when it is unpickled; this puts tuner's SQLite hooks back on the new
+    engine."""
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
@@ -298,8 +301,8 @@ def connect(url: str, heartbeat: Heartbeat | None = None,
     check that the database holds Optuna's tables, creating or changing nothing (a missing
     or foreign SQLite file is a StorageError and is left as it was); ``"read"`` also opens a
     SQLite file read-only."""
+    from tuner.storage._rdb import check_schema_version
     from tuner.storage._retry import StaleTrialHandler
-    from tuner.storage._trials import check_schema_version
 
     parsed = normalize_url(url)
     _check_pool_mode(url, parsed)  # before anything is written

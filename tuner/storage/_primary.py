@@ -52,6 +52,7 @@ def report_primary(trial: optuna.Trial, step: int, value: float) -> None:
     """Record ``value`` at ``step`` of the trial's primary curve (any study, even one with
     several objectives)."""
     trial.study._storage.set_trial_intermediate_value(trial._trial_id, step, value)
+    trial._cached_frozen_trial.intermediate_values[step] = value  # as Trial.report keeps it
 
 
 def should_prune_primary(trial: optuna.Trial, index: int, direction: str,

@@ -73,7 +73,7 @@ class StaleTrialHandler:
     holds it pickles (multiprocessing with spawn, joblib, Dask, Ray)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from tuner.storage._trials import engine_of
+        from tuner.storage._rdb import engine_of
 
         log = optuna.logging.get_logger("tuner")
         if retry(study, trial, Budget(engine_of(study), study.study_name)):
