@@ -687,7 +687,7 @@ def floor_once(url: str, folder: Path, epochs: int, k: int, trials: int) -> dict
     import optuna
 
     from tuner import study as st
-    from tuner.spec import load_spec
+    from tuner.config.spec import load_spec
     from tuner.storage import Budget, Heartbeat, connect, engine_of
 
     warnings.filterwarnings("ignore")

@@ -1,5 +1,5 @@
 """A fused group's batched writes: its K members started, reported, judged and told with
-one transaction (or one read) each, not K (``tuner.fuse``; :class:`tuner.objective.TrialRunner`
+one transaction (or one read) each, not K (``tuner.training.fuse``; :class:`tuner.trials.runner.TrialRunner`
 drives them)."""
 
 from __future__ import annotations
