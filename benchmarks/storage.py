@@ -641,7 +641,7 @@ def _scripted_trials(study, budget, epochs: int, k: int) -> int:
                     "versions": {"torch": "2", "tuner": "1"}, "train_loss": 0.5,
                     storage.STATE_ATTR: "complete"}) for t in ts]
     for t in ts:
-        storage.set_system_attrs(t, {storage.TRAIN_LOSS_ATTR: [0.5] * epochs})
+        storage.set_system_attrs(t, {storage.TRAIN_LOSS_CURVE_ATTR: [0.5] * epochs})
     storage.set_user_attrs_many(closing, finished=k > 1)
     storage.tell_many(study, [(t, TrialState.COMPLETE, [x]) for t, x in zip(ts, xs, strict=True)])
     return len(ts)

@@ -4,6 +4,7 @@ dataset exactly once."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -68,3 +69,69 @@ def test_registries_import_no_torch() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "TORCH False" in r.stdout, r.stdout + r.stderr
     assert "HF []" in r.stdout, r.stdout + r.stderr
+
+
+def _attr_literals(tree: ast.AST, names: set[str]) -> list[tuple[int, str]]:
+    """String literals naming a trial attribute where one is read or written: the key of
+    ``set_user_attr`` / ``set_system_attr`` (and the dicts of tuner's batched setters), a
+    subscript, ``.get`` / ``.pop`` or ``in`` on something called ``*attrs`` or ``info``."""
+
+    def attrsy(node: ast.AST) -> bool:
+        return bool(re.search(r"attrs|\binfo\b", ast.unparse(node)))
+
+    found = []
+    for n in ast.walk(tree):
+        keys: list[ast.AST] = []
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+            if n.func.attr in ("get", "pop", "setdefault") and attrsy(n.func.value) and n.args:
+                keys.append(n.args[0])
+            if n.func.attr in ("set_user_attr", "set_system_attr") and n.args:
+                keys.append(n.args[0])
+            if n.func.attr in ("set_user_attrs", "set_user_attrs_many", "set_system_attrs"):
+                keys += [k for a in n.args if isinstance(a, ast.Dict) for k in a.keys if k]
+        if isinstance(n, ast.Subscript) and attrsy(n.value):
+            keys.append(n.slice)
+        if (isinstance(n, ast.Compare) and any(isinstance(o, ast.In | ast.NotIn) for o in n.ops)
+                and any(attrsy(c) for c in n.comparators)):
+            keys.append(n.left)
+        found += [(n.lineno, k.value) for k in keys
+                  if isinstance(k, ast.Constant) and k.value in names]
+    return found
+
+
+def test_trial_attribute_names_are_spelled_in_the_trial_schema_only() -> None:
+    """Every writer and reader of a trial's attributes names them through
+    tuner.trial_schema; and no other module defines a constant with one of those names."""
+    from tuner import trial_schema
+
+    names = {v for k, v in vars(trial_schema).items() if k.endswith("_ATTR")}
+    spelled = []
+    for p in (ROOT / "tuner").rglob("*.py"):
+        if p.name == "trial_schema.py":
+            continue
+        tree = ast.parse(p.read_text())
+        spelled += [f"{p.relative_to(ROOT)}:{line}: {name!r}"
+                    for line, name in _attr_literals(tree, names)]
+        spelled += [f"{p.relative_to(ROOT)}:{n.lineno}: {n.value.value!r} defined again"
+                    for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                    and isinstance(n.value, ast.Constant) and n.value.value in names
+                    and any(isinstance(t, ast.Name) and t.id.endswith("_ATTR") for t in n.targets)]
+    assert spelled == []
+
+
+def test_each_module_is_short_and_each_class_too() -> None:
+    """No module of tuner/ over 400 lines, no class over 250, and each module says what it
+    owns in its docstring."""
+    too_long = []
+    for p in (ROOT / "tuner").rglob("*.py"):
+        text = p.read_text()
+        tree = ast.parse(text)
+        name = str(p.relative_to(ROOT))
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        if p.name != "__main__.py" and not ast.get_docstring(tree):
+            too_long.append(f"{name}: no docstring")
+        too_long += [f"{name}: class {n.name} {n.end_lineno - n.lineno + 1} lines"
+                     for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                     and n.end_lineno - n.lineno + 1 > 250]
+    assert too_long == []

@@ -13,7 +13,7 @@ from __future__ import annotations
 from tuner.schedules import PAUSED_ATTR, PBT_ATTR, PROMOTION_OF_ATTR, is_paused, is_promotion
 from tuner.settings import DEFAULT_URL, Heartbeat
 from tuner.storage._attrs import (
-    TRAIN_LOSS_ATTR,
+    TRAIN_LOSS_CURVE_ATTR,
     set_system_attrs,
     set_user_attrs,
     set_user_attrs_many,
@@ -82,7 +82,7 @@ __all__ = [
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",
     "set_user_attrs_many", "should_prune_many", "should_prune_primary", "start_trial",
     "start_trials", "state", "tell_many", "trial_by_number",
-    "TRAIN_LOSS_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
+    "TRAIN_LOSS_CURVE_ATTR", "set_system_attrs", "train_losses", "Lease", "Patience", "is_outage", "reap",
     "PAUSED_ATTR", "PROMOTION_OF_ATTR", "PBT_ATTR", "is_paused", "is_promotion", "decided",
     "record", "record_first", "retired", "USER_STOP", "Controls",
     "delete_controls", "forget_trial_stop", "read_controls", "set_paused", "set_stop",

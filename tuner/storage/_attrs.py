@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial
 from tuner.storage._lean import can_upsert as _can_upsert
 from tuner.storage._lean import upsert as _upsert
 from tuner.storage._rdb import _rdb
+from tuner.trial_schema import TRAIN_LOSS_ATTR, TRAIN_LOSS_CURVE_ATTR
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
@@ -76,7 +77,6 @@ def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str
         for tid, state in states])
 
 
-TRAIN_LOSS_ATTR = "tuner.train_loss"  # system attr: a trial's mean train loss per epoch
 
 
 def set_system_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
@@ -99,7 +99,7 @@ def set_system_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 def train_losses(t: FrozenTrial) -> list[float | None] | None:
     """A trial's mean train loss per epoch, if its loop reported one (studies of an older
     tuner kept the list in the ``train_loss`` user attr)."""
-    curve = t.system_attrs.get(TRAIN_LOSS_ATTR)
-    if curve is None and isinstance(old := t.user_attrs.get("train_loss"), list):
+    curve = t.system_attrs.get(TRAIN_LOSS_CURVE_ATTR)
+    if curve is None and isinstance(old := t.user_attrs.get(TRAIN_LOSS_ATTR), list):
         return old
     return curve

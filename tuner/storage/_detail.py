@@ -35,6 +35,7 @@ from tuner.storage._overview import (
     optuna_states,
 )
 from tuner.storage._retry import LINEAGE_ATTR, PBT_ATTR
+from tuner.trial_schema import FAIL_REASON_ATTR, FUSED_ATTR, STATE_ATTR, WORKER_ATTR
 
 
 @dataclass
@@ -101,10 +102,10 @@ def _running(conn: sa.Connection, study_id: int, ctl: Controls) -> list[RunningT
             .where(_IV.c.trial_id.in_(ids)).order_by(_IV.c.trial_id, _IV.c.step)):
         if value is not None:
             curves.setdefault(tid, []).append((int(step), float(value)))
-    attrs = _attrs(conn, ids, ("worker", "fused"))
-    return [RunningTrial(n, start, attrs.get(tid, {}).get("worker") or {},
+    attrs = _attrs(conn, ids, (WORKER_ATTR, FUSED_ATTR))
+    return [RunningTrial(n, start, attrs.get(tid, {}).get(WORKER_ATTR) or {},
                          beats.get(tid), curves.get(tid, []),
-                         attrs.get(tid, {}).get("fused"), n in ctl.stop_trials)
+                         attrs.get(tid, {}).get(FUSED_ATTR), n in ctl.stop_trials)
             for tid, n, start in rows]
 
 
@@ -156,9 +157,9 @@ def _failures(conn: sa.Connection, study_id: int, limit: int) -> list[dict[str, 
     rows = conn.execute(sa.select(_T.c.trial_id, _T.c.number, _T.c.datetime_complete)
                         .where(_T.c.study_id == study_id).where(_T.c.state == TrialState.FAIL)
                         .order_by(_T.c.number.desc()).limit(limit)).all()
-    attrs = _attrs(conn, [r[0] for r in rows], ("fail_reason", "tuner_state"))
-    return [{"trial": n, "at": at, "reason": attrs.get(tid, {}).get("fail_reason"),
-             "state": attrs.get(tid, {}).get("tuner_state")} for tid, n, at in rows]
+    attrs = _attrs(conn, [r[0] for r in rows], (FAIL_REASON_ATTR, STATE_ATTR))
+    return [{"trial": n, "at": at, "reason": attrs.get(tid, {}).get(FAIL_REASON_ATTR),
+             "state": attrs.get(tid, {}).get(STATE_ATTR)} for tid, n, at in rows]
 
 
 def _fused(conn: sa.Connection, study_id: int) -> int:

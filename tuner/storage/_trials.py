@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.storage._attrs import _can_upsert, _state_rows, set_user_attrs
 from tuner.storage._rdb import _beat, _cache, _cache_new, _new_trial, _rdb
+from tuner.trial_schema import WORKER_ATTR
 
 
 def start_trial(study: optuna.Study, budget: Any) -> optuna.Trial | None:
@@ -216,7 +217,7 @@ def _lost_reason(rdb: optuna.storages.RDBStorage, trial: FrozenTrial) -> str:
     with rdb.engine.connect() as conn:
         last = conn.execute(sqlalchemy.select(table.c.heartbeat)
                             .where(table.c.trial_id == trial._trial_id)).scalar()
-    worker = trial.user_attrs.get("worker") or {}
+    worker = trial.user_attrs.get(WORKER_ATTR) or {}
     who = ", ".join(f"{k} {worker[k]}" for k in ("host", "pid", "device") if worker.get(k))
     when = f"{last:%Y-%m-%d %H:%M:%S}" if last is not None else "its start"
     grace = rdb.grace_period or 2 * (rdb.heartbeat_interval or 0)

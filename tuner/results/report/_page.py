@@ -16,7 +16,14 @@ from tuner import schedules
 from tuner.results.retrain import retrained_of
 from tuner.storage import PROMOTION_OF_ATTR, lineage
 from tuner.study import Handle, pareto_front, primary_value
-from tuner.trial_schema import DEVICE_ATTR, EPOCHS_ATTR, PARAM_COUNT_ATTR, SEED_ATTR, WALL_TIME_ATTR
+from tuner.trial_schema import (
+    DEVICE_ATTR,
+    EPOCHS_ATTR,
+    FAIL_REASON_ATTR,
+    PARAM_COUNT_ATTR,
+    SEED_ATTR,
+    WALL_TIME_ATTR,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -72,7 +79,7 @@ def page(handle: Handle, trials: list[FrozenTrial], complete: list[FrozenTrial],
          f"<b>{_num(primary_value(spec, best))}</b>" if spec.multi_objective else
          f'<p id="best">best trial <b>{best.number}</b>: {e(spec.metric_name)} '
          f"<b>{_num(best.value)}</b>")
-        + f" after {best.user_attrs.get('epochs_run', '?')} epochs"
+        + f" after {best.user_attrs.get(EPOCHS_ATTR, '?')} epochs"
         + (f"; retrained on train+val, test set: <b>{e(test)}</b>" if test else "") + "</p>",
         _best_block(handle, best, retrained),
         f'<nav>{nav} <a href="#top-trials">Top trials</a>'
@@ -175,7 +182,7 @@ def _failed_table(trials: list[FrozenTrial]) -> str:
         return ""
     e = html.escape
     rows = "".join(f'<tr><td>{t.number}</td><td class="text">'
-                   f"{e(str(t.user_attrs.get('fail_reason', '?')))}</td></tr>"
+                   f"{e(str(t.user_attrs.get(FAIL_REASON_ATTR, '?')))}</td></tr>"
                    for t in failed[-FAILED_SHOWN:])
     return (f'<section id="failed"><h2>Failed trials</h2><p class="caption">{len(failed)} '
             f"failed; the last {min(len(failed), FAILED_SHOWN)} and why.</p><table><thead><tr>"
