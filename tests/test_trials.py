@@ -3,7 +3,6 @@ Context, each module stays small, and the trial schema spells each attribute onc
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,16 +21,6 @@ def test_one_function_builds_a_context() -> None:
              if re.search(r"\bContext\(", p.read_text()) and p.name != "context.py"}
     # (and context.py's own Context.silent_copy, for fuse: auto's timing runs)
     assert built == {"tuner/trials/contexts.py"}
-
-
-def test_each_module_is_short_and_each_class_too() -> None:
-    for p in (ROOT / "tuner" / "trials").glob("*.py"):
-        text = p.read_text()
-        assert len(text.splitlines()) <= 400, p.name
-        assert ast.get_docstring(ast.parse(text)), f"{p.name} says what it owns"
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.ClassDef):
-                assert node.end_lineno - node.lineno + 1 <= 250, (p.name, node.name)
 
 
 def test_the_trial_schema_spells_each_name_once() -> None:
