@@ -135,3 +135,34 @@ def test_each_module_is_short_and_each_class_too() -> None:
                      for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
                      and n.end_lineno - n.lineno + 1 > 250]
     assert too_long == []
+
+
+def _names(cell: str) -> set[str]:
+    """`cli/` (`_common`, `run`), `child.py` -> {"cli", "child"}; `(acquire) | tell` -> both."""
+    cell = re.sub(r"\(`[^)]*\)", "", cell)
+    ticks = re.findall(r"`([^`]+)`", cell) or cell.split("|")
+    return {t.strip().strip("()").rstrip("/").removesuffix(".py").rpartition(".")[2] for t in ticks}
+
+
+def test_architecture_tables_match_the_layer_contracts() -> None:
+    """ARCHITECTURE.md's layout table is the first contract, row for row; its table of the
+    packages' insides is each package's contract, layer for layer."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layered = {(c.get("containers") or ["tuner"])[0]: [_names(x) for x in c["layers"]]
+               for c in contracts if c["type"] == "layers"}
+    tables: dict[str, list[set[str]]] = {}
+    section, package = "", ""
+    for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines():
+        if line.startswith("#"):
+            section = "top" if line.startswith("## Layout") else "in" if "Inside the packages" in line else ""
+        elif section and line.startswith("| ") and not line.startswith(("| layer |", "| package |")):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            if section == "top":
+                tables.setdefault("tuner", []).append(_names(cells[0]))
+            else:
+                package = f"tuner.{cells[0].strip('`/')}" if cells[0] else package
+                tables.setdefault(package, []).append(_names(cells[1]))
+    assert tables == {k: v for k, v in layered.items() if k in tables}
+    assert "tuner" in tables
