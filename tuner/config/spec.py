@@ -41,8 +41,7 @@ from tuner.gate import (
 )
 from tuner.kinds import InputKind
 from tuner.registry import Knob, did_you_mean
-from tuner.schedules import PrunerSpec
-from tuner.schedules.pbt import SchedulerSpec
+from tuner.schedules import PrunerSpec, SchedulerSpec
 
 
 class KFold(Frozen):

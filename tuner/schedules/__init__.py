@@ -84,3 +84,8 @@ def defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 discover(__name__, __path__)
+
+# the ``scheduler:`` block, which the population schedules (pbt and those built on it) share
+from tuner.schedules.pbt import SchedulerSpec  # noqa: E402
+
+__all__ += ["SchedulerSpec"]

@@ -54,7 +54,8 @@ class StudyDetail:
     row: StudyRow
     running: list[RunningTrial]
     rungs: list[dict[str, Any]]  # ASHA: epoch, paused, promoted, retired
-    pbt: list[dict[str, Any]]  # PBT: trial, member, epoch, donor, donor_trial, changes
+    # a population's exploits: trial, member, epoch, donor, donor_trial, changes
+    lineage: list[dict[str, Any]]
     failures: list[dict[str, Any]]  # the latest failed trials and why
     fused_trials: int
 
@@ -73,7 +74,7 @@ def study_overview(engine: sa.Engine, name: str, failures: int = 10,
         row = _row(conn, sid, name, _counts(conn, classify, attrs, sid).get(sid, {}),
                    _times(conn, sid).get(sid, (None, None, None)), now)
         return StudyDetail(row, _running(conn, sid, row.controls), _rungs(conn, sid, name),
-                           _pbt(conn, sid), _failures(conn, sid, failures), _fused(conn, sid))
+                           _lineage(conn, sid), _failures(conn, sid, failures), _fused(conn, sid))
 
 
 def _attrs(conn: sa.Connection, trial_ids: list[int], keys: tuple[str, ...]
@@ -138,7 +139,7 @@ def _rungs(conn: sa.Connection, study_id: int, name: str) -> list[dict[str, Any]
     return out
 
 
-def _pbt(conn: sa.Connection, study_id: int, limit: int = 300) -> list[dict[str, Any]]:
+def _lineage(conn: sa.Connection, study_id: int, limit: int = 300) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.select(_T.c.trial_id, _T.c.number, _UA.c.value_json)
         .join(_UA, _UA.c.trial_id == _T.c.trial_id).where(_T.c.study_id == study_id)

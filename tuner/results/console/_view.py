@@ -210,6 +210,6 @@ def detail(d: StudyDetail, now: float | None = None) -> dict[str, Any]:
                            for (h, p), ns in groups.items() if len(ns) > 1]
     out["fused_trials"] = d.fused_trials
     out["rungs"] = d.rungs
-    out["pbt"] = d.pbt
+    out["lineage"] = d.lineage
     out["failures"] = [{**f, "at": _iso(f["at"])} for f in d.failures]
     return out

@@ -123,14 +123,14 @@ function buildStudy(s) {
   const dash = `/dashboard/studies/${s.study_id}`;
   skeleton = {
     title: h("h1", {}), cards: h("div", { class: "cards" }), budget: h("div", {}),
-    workers: h("div", {}), running: h("div", {}), rungs: h("div", {}), pbt: h("div", {}),
+    workers: h("div", {}), running: h("div", {}), rungs: h("div", {}), lineage: h("div", {}),
     fused: h("div", {}), failures: h("div", {}),
   };
   main.replaceChildren(skeleton.title, skeleton.cards, controls,
     h("h2", {}, "Budget"), skeleton.budget,
     h("h2", {}, "Workers"), skeleton.workers,
     h("h2", {}, "Running trials"), skeleton.running,
-    skeleton.rungs, skeleton.pbt, skeleton.fused,
+    skeleton.rungs, skeleton.lineage, skeleton.fused,
     h("h2", {}, "Recent failures"), skeleton.failures,
     h("h2", {}, "Plots in optuna-dashboard"),
     h("p", {}, h("a", { href: dash }, "history and trials"), " · ",
@@ -209,9 +209,9 @@ function renderStudy(s) {
     table("rungs", ["epoch", "paused", "promoted", "retired"], s.rungs.map((r) => h("tr", {},
       h("td", { class: "num" }, r.epoch), h("td", { class: "num" }, r.paused),
       h("td", { class: "num" }, r.promoted), h("td", { class: "num" }, r.retired))))] : []));
-  skeleton.pbt.replaceChildren(...(s.pbt.length ? [h("h2", {}, "PBT lineage"),
-    table("pbt", ["trial", "member", "at epoch", "took weights of", "changed"],
-      s.pbt.slice(-60).reverse().map((p) => h("tr", {},
+  skeleton.lineage.replaceChildren(...(s.lineage.length ? [h("h2", {}, "PBT lineage"),
+    table("lineage", ["trial", "member", "at epoch", "took weights of", "changed"],
+      s.lineage.slice(-60).reverse().map((p) => h("tr", {},
         h("td", { class: "num" }, `#${p.trial}`), h("td", { class: "num" }, p.member),
         h("td", { class: "num" }, p.epoch),
         h("td", {}, p.donor === null ? "its own" : `member ${p.donor} (#${p.donor_trial})`),
