@@ -50,10 +50,12 @@ def epochs_in(url: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
 def test_stop_checkpoints_running_trials_and_workers_exit_0(any_url, tmp_path):
-    study = write_study(tmp_path, trials=20, epochs=40, sleep=0.2)
+    # first attempts take 0.2 s an epoch (room to see the stop before their 40th); a retry,
+    # and any trial of the workers started later, 0.05 s
+    study = write_study(tmp_path, trials=20, epochs=40, sleep=0.05)
     hold = held(tmp_path)
-    workers = [start_worker(str(study), any_url, tmp_path, f"w{i}", env={"FIT_HOLD": hold})
-               for i in range(2)]
+    workers = [start_worker(str(study), any_url, tmp_path, f"w{i}",
+                            env={"FIT_HOLD": hold, "FIT_SLEEP": "0.2"}) for i in range(2)]
     wait_for("two trials past an epoch", lambda: epochs_in(any_url), 120, every=0.3)
     before = {t.number for t in trials(any_url, "toy")}
     cli("stop", "toy", "--storage", any_url)

@@ -7,6 +7,7 @@ the ones to change."""
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -54,12 +55,25 @@ def create_schema(conn: sqlalchemy.Connection) -> None:
         context.stamp(scripts, "head" if current else scripts.get_base())
 
 
+@functools.cache
+def _head_revision() -> str:
+    """Optuna's newest schema revision, from the alembic scripts it ships (where its
+    ``_VersionManager`` reads them): read once a process, for reading them executes every
+    script again and maps its models anew, 50 ms of each ``connect()``."""
+    import os
+
+    from alembic import script
+    from optuna.storages._rdb import models
+
+    folder = os.path.join(os.path.dirname(models.__file__), "alembic")
+    return str(script.ScriptDirectory(folder).get_current_head())
+
+
 def check_schema_version(storage: optuna.storages.RDBStorage) -> None:
     """Optuna's own schema check (``RDBStorage(skip_compatibility_check=False)``), done with
     one connection at a time: Optuna's opens a second one inside a session, which a pool of
     one connection would wait on for ever."""
-    vm = storage._version_manager
-    current, head = vm.get_current_version(), vm.get_head_version()
+    current, head = storage._version_manager.get_current_version(), _head_revision()
     if current != head:
         raise RuntimeError(
             f"the runtime optuna version {optuna.__version__} is not compatible with the table "
