@@ -115,6 +115,8 @@ def tuned(model: str, seed: int, args: argparse.Namespace, tmp: Path,
     if ft:
         options["max_len"] = args.ft_max_len
     space = {**raw["space"], **NARROW.get(model, {})}
+    if ft and args.ft_freeze:
+        space["freeze"] = {"type": "categorical", "choices": args.ft_freeze}
     spec = bench_spec(path, data={"name": "text", **{k: v for k, v in options.items()
                                                       if k != "name"}},
                       data_options=None, space=space,
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ft-trials", type=int, default=2)
     ap.add_argument("--ft-epochs", type=int, default=2)
     ap.add_argument("--ft-max-len", type=int, default=FT_MAX_LEN)
+    ap.add_argument("--ft-freeze", type=int, nargs="+", default=None,
+                    help="the fine-tuning's freeze choices (default: 1 3)")
     ap.add_argument("--ft-retrain-full", action=argparse.BooleanOptionalAction, default=True,
                     help="retrain the fine-tuning's best trial on the whole train.csv "
                          "(the study itself sees the --ft-train subsample)")
