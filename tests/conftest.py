@@ -53,7 +53,11 @@ def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests skip without a CUDA device (torch is imported only if one is marked)."""
+    """``slow`` tests first, so that the parallel workers start on the long ones and the
+    short ones fill in around them, rather than one long test running alone at the end
+    (the same order on every xdist worker: a stable sort); ``gpu`` tests skip without a
+    CUDA device (torch is imported only if one is marked)."""
+    items.sort(key=lambda item: "slow" not in item.keywords)
     marked = [item for item in items if "gpu" in item.keywords]
     if not marked:
         return
