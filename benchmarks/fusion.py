@@ -17,13 +17,18 @@ over the seeds; "wall s" is the whole ``api.run``. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import _common as c
+import optuna
 
 from tuner import api
 
@@ -45,19 +50,36 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 
 
 def one(workload: str, k: int, seed: int, folder: Path, data_dir: str,
-        trials: int | None, device: str = "cpu") -> dict[str, float]:
+        trials: int | None, device: str = "cpu", epochs: int | None = None,
+        cli: bool = False, threads: int | None = None) -> dict[str, float]:
     path, overrides, fixed = WORKLOADS[workload]
     raw = c.load_spec(Path("search_spaces") / path).model_dump(mode="json")
     raw.update(overrides, name=f"{workload}_k{k}_s{seed}", seed=seed, pruner={"name": "none"},
                fuse=k if k > 1 else "off", space={**SEARCHED, **fixed})
     if trials is not None:
         raw["trials"] = trials
+    if epochs is not None:
+        raw["epochs"] = epochs
     spec = c.parse_spec(raw, source=path)
+    url = f"sqlite:///{folder / f'{spec.name}.db'}"
     start = time.perf_counter()
-    result = api.run(spec, storage=f"sqlite:///{folder / f'{spec.name}.db'}", device=device,
-                     checkpoint_dir=str(folder / "ckpt"), data_dir=data_dir, download=False)
+    if cli:  # the real command in a fresh process, with the environment a user has
+        file = folder / f"{spec.name}.yaml"
+        file.write_text(json.dumps(raw))
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                            "KMP_BLOCKTIME", "TUNER_THREADS")}
+        subprocess.run([sys.executable, "-m", "tuner", "run", str(file), "--storage", url,
+                        "--device", device, "--checkpoint-dir", str(folder / "ckpt"),
+                        "--data-dir", data_dir, "-q",
+                        *(["--threads", str(threads)] if threads else [])], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        study = optuna.load_study(study_name=spec.name, storage=url)
+    else:
+        study = api.run(spec, storage=url, device=device, checkpoint_dir=str(folder / "ckpt"),
+                        data_dir=data_dir, download=False).study
     wall = time.perf_counter() - start
-    ts = result.study.trials
+    ts = study.trials
     done = sum(t.state.is_finished() for t in ts)
     # the trials' span, first start to last finish: the study's one-off set-up (data
     # loading, the preflight check) is left out, the database's per-trial work is in
@@ -110,8 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--no-loop-only", action="store_true",
                     help="skip the table of the training loops alone (no database)")
+    ap.add_argument("--epochs", type=int, default=None, help="override every workload's epochs")
+    ap.add_argument("--cli", action="store_true",
+                    help="each study as `tuner run FILE` in a fresh process with the user's "
+                         "defaults (no OMP_* or TUNER_THREADS): threads as tuner chooses them")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (torch.set_num_threads) for every K alike")
+                    help="torch CPU threads (torch.set_num_threads; with --cli, tuner run "
+                         "--threads) for every K alike")
     args = ap.parse_args(argv)
     if args.threads is not None:
         import torch
@@ -127,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
             one(workload, max(args.k), 99, Path(tmp), args.data_dir, max(args.k), device)
             base = None
             for k in args.k:
-                runs = [one(workload, k, s, Path(tmp), args.data_dir, args.trials, device)
+                runs = [one(workload, k, s, Path(tmp), args.data_dir, args.trials, device,
+                            args.epochs, args.cli, args.threads)
                         for s in range(args.seeds)]
                 rates = [r["per_hour"] for r in runs]
                 med = statistics.median(rates)
@@ -146,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                     loops.append([workload, k, f"{alone:.2f}", f"{fused:.2f}",
                                   f"{alone / fused:.2f}x"])
     if rows:
-        print("whole study (api.run, SQLite):")
+        print(f"whole study ({'tuner run' if args.cli else 'api.run'}, SQLite):")
         print(c.table(["workload", "K", "trials", "trials/h (median)", "spread",
                        f"vs K={args.k[0]}", "wall s", "best value"], rows))
     if loops:

@@ -31,6 +31,7 @@ a budget of N.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
 import os
@@ -610,24 +611,37 @@ def profile(url: str, trials: int, folder: Path) -> None:
 
 
 # ---- storage at its floor ------------------------------------------------------------------
+# parameters a scripted trial draws: as many as search_spaces/mnist_mlp.yaml has
+PARAMS = 8
+
+
 def _scripted_trials(study, budget, epochs: int, k: int) -> int:
     """One unfused trial (``k`` = 1) or one fused group of ``k``, through the storage calls
     tuner's worker and runner make for a lightweight trial: start (budget slot, first
-    heartbeat), params, the start attrs, per epoch a report, a pruning check and a heartbeat,
-    the closing attrs (with the train-loss curve), the tell. Returns the trials made."""
+    heartbeat), its ``PARAMS`` params, the start attrs, per epoch a report, a pruning check and a heartbeat,
+    the closing attrs with the train-loss curve, the budget's device time, the tell. Returns
+    the trials made."""
     from optuna.trial import TrialState
 
     from tuner import storage
+    from tuner.trial_schema import STATE_ATTR
 
     ts = ([storage.start_trial(study, budget)] if k == 1
           else storage.start_trials(study, budget, k))
-    xs = [t.suggest_float("x", 0.0, 1.0) for t in ts]
     start = [(t, {"lineage": t.number, "worker": {"host": platform.node(), "pid": os.getpid(),
                                                  "device": "cpu"}}) for t in ts]
-    if k == 1:
+    # a tuner with storage.drawing writes a draw's params in one transaction (a lone trial's
+    # with its start attrs) and a trial's curve with its closing attrs; an older one
+    # (--compare) wrote each apart
+    drawing = getattr(storage, "drawing", None)
+    if k == 1 and not drawing:
         storage.set_user_attrs(*start[0])
-    else:
+    elif k > 1:
         storage.set_user_attrs_many(start)
+    xs = []
+    for t, attrs in start:
+        with (drawing(t, attrs if k == 1 else None) if drawing else contextlib.nullcontext()):
+            xs.append([t.suggest_float(f"x{i}", 0.0, 1.0) for i in range(PARAMS)][0])
     for epoch in range(1, epochs + 1):
         if k == 1:
             ts[0].report(xs[0], epoch)
@@ -639,11 +653,18 @@ def _scripted_trials(study, budget, epochs: int, k: int) -> int:
             storage.record_heartbeat(t)
     closing = [(t, {"wall_time_s": 0.1, "device": "cpu", "seed": t.number, "epochs_run": epochs,
                     "versions": {"torch": "2", "tuner": "1"}, "train_loss": 0.5,
-                    storage.STATE_ATTR: "complete"}) for t in ts]
-    for t in ts:
-        storage.set_system_attrs(t, {storage.TRAIN_LOSS_CURVE_ATTR: [0.5] * epochs})
-    storage.set_user_attrs_many(closing, finished=k > 1)
-    storage.tell_many(study, [(t, TrialState.COMPLETE, [x]) for t, x in zip(ts, xs, strict=True)])
+                    STATE_ATTR: "complete"}) for t in ts]
+    curves = [(t, {storage.TRAIN_LOSS_CURVE_ATTR: [0.5] * epochs}) for t in ts]
+    told = [(t, TrialState.COMPLETE, [x]) for t, x in zip(ts, xs, strict=True)]
+    if drawing:  # the closing attrs, curves and device time with the results
+        attrs = [(a, c) for (_, a), (_, c) in zip(closing, curves, strict=True)]
+        storage.tell_many(study, told, attrs=attrs, also=[budget.spend_statement(0.1)])
+    else:
+        for t, curve in curves:
+            storage.set_system_attrs(t, curve)
+        storage.set_user_attrs_many(closing, finished=k > 1)
+        budget.spend(0.1)
+        storage.tell_many(study, told)
     return len(ts)
 
 

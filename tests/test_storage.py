@@ -178,3 +178,104 @@ def test_started_trials_are_what_reading_them_back_gives(any_url):
     study._storage.set_trial_state_values(trials[1]._trial_id, TrialState.FAIL)  # elsewhere
     assert tell_many(study, [(trials[1], TrialState.COMPLETE, [1.0])]) == [False]
     assert study.trials[trials[1].number].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_draw_writes_its_params_in_one_transaction(any_url):
+    """A space's params drawn inside ``drawing`` are written together with the start attrs
+    given, in one transaction, with Optuna's checks: the same params as one by one, a
+    distribution that contradicts the study's refused, a finished trial refused; what a draw
+    that fails midway drew is kept."""
+    from tuner.storage import drawing, engine_of
+
+    study = optuna.create_study(storage=connect(any_url))
+    engine = engine_of(study)
+    commits, writes = [0], []  # each write's table and the transaction it was in
+
+    def seen(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            writes.append((statement.split()[2].strip('"`'), commits[0]))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    sa.event.listen(engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
+    trial = study.ask()
+    writes.clear()
+    with drawing(trial, {"worker": {"host": "h", "pid": 1}}):
+        drawn = {"lr": trial.suggest_float("lr", 1e-4, 1e-1, log=True),
+                 "depth": trial.suggest_int("depth", 1, 4),
+                 "act": trial.suggest_categorical("act", ["relu", "gelu"])}
+        assert trial.suggest_int("depth", 1, 4) == drawn["depth"]  # asked twice: one value
+        assert study.trials[0].params == {}  # held until the draw ends
+    # one statement for the params, one for the attrs, in one transaction
+    assert sorted(table for table, _ in writes) == ["trial_params", "trial_user_attributes"]
+    assert len({transaction for _, transaction in writes}) == 1
+    assert study.trials[0].params == drawn == trial.params
+    assert study.trials[0].user_attrs == {"worker": {"host": "h", "pid": 1}} == trial.user_attrs
+    study.tell(trial, 1.0)
+
+    second = study.ask()
+    with pytest.raises(ValueError, match="dynamic value space"), drawing(second):
+        second.suggest_categorical("act", ["relu", "tanh"])  # not the study's choices
+    assert study.trials[1].params == {}
+    with pytest.raises(RuntimeError, match="midway"), drawing(second):
+        second.suggest_int("depth", 1, 4)
+        raise RuntimeError("midway")
+    assert set(study.trials[1].params) == {"depth"}
+    study.tell(second, 2.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError), drawing(second):
+        second.suggest_float("late", 0.0, 1.0)
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql"], indirect=True)
+def test_closing_attrs_and_the_curve_are_one_transaction(any_url):
+    from tuner.storage import TRAIN_LOSS_CURVE_ATTR, engine_of, set_user_attrs_many
+
+    study = optuna.create_study(storage=connect(any_url))
+    a, b = study.ask(), study.ask()
+    commits: list[int] = []
+    sa.event.listen(engine_of(study), "commit", lambda conn: commits.append(1))
+    set_user_attrs_many([(a, {"s": 1}), (b, {"s": 2})],
+                        system=[(a, {TRAIN_LOSS_CURVE_ATTR: [0.5, 0.25]}), (b, {})])
+    assert len(commits) == 1
+    assert study.trials[0].system_attrs[TRAIN_LOSS_CURVE_ATTR] == [0.5, 0.25]
+    assert [t.user_attrs for t in study.trials] == [{"s": 1}, {"s": 2}]
+    study.tell(a, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs_many([], system=[(a, {TRAIN_LOSS_CURVE_ATTR: [9.0]})])
+    set_user_attrs_many([(a, {"late": 1})], system=[(a, {"k": 2})], finished=True)
+    assert study.trials[0].user_attrs["late"] == 1 and study.trials[0].system_attrs["k"] == 2
+
+
+@pytest.mark.parametrize("any_url", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_a_result_its_closing_attrs_and_its_device_time_are_one_transaction(any_url):
+    """``tell_many`` writes the closing attrs, the curve and the budget's spend with the
+    result; a trial finished meanwhile keeps its worker's attrs and is not told."""
+    from tuner.storage import TRAIN_LOSS_CURVE_ATTR, Budget, engine_of, start_trial, tell_many
+    from tuner.trial_schema import STATE_ATTR
+
+    study = optuna.create_study(storage=connect(any_url))
+    engine = engine_of(study)
+    budget = Budget(engine, study.study_name)
+    budget.initialize(3, None, 1.0)
+    trial, gone = start_trial(study, budget), start_trial(study, budget)
+    study._storage.set_trial_state_values(gone._trial_id, TrialState.FAIL)  # the reaper's
+    commits, writes = [0], []  # each write and the transaction it was in
+
+    def seen(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            writes.append(commits[0])
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    sa.event.listen(engine, "commit", lambda conn: commits.__setitem__(0, commits[0] + 1))
+    told = tell_many(study, [(trial, None, [0.9]), (gone, TrialState.COMPLETE, [0.8])],
+                     attrs=[({STATE_ATTR: "complete"}, {TRAIN_LOSS_CURVE_ATTR: [0.3]}),
+                            ({STATE_ATTR: "complete"}, {})],
+                     also=[budget.spend_statement(12.5)])
+    assert told == [True, False]
+    assert len(writes) >= 4 and len(set(writes)) == 1  # state, value, attrs, spend: one commit
+    done, failed = study.trials
+    assert (done.state, done.value, done.user_attrs[STATE_ATTR]) == (
+        TrialState.COMPLETE, 0.9, "complete")
+    assert done.system_attrs[TRAIN_LOSS_CURVE_ATTR] == [0.3]
+    assert failed.state == TrialState.FAIL and failed.user_attrs[STATE_ATTR] == "complete"
+    assert budget.state().seconds_spent == pytest.approx(12.5)

@@ -24,14 +24,17 @@ log = logging.getLogger("tuner")
 
 
 def tell_group(handle: Handle, patience: storage.Patience, trials: list[optuna.Trial],
-               outcomes: list[Outcome]) -> list[bool]:
-    """Record each outcome; False for a trial that had been finished by another worker (its
-    heartbeat went silent for a grace period, so it was failed and retried there). A fused
-    group's members are told together (one read and one transaction,
-    :func:`tuner.storage.tell_many`)."""
+               outcomes: list[Outcome], spent: float | None = None) -> list[bool]:
+    """Record each outcome with the closing attrs it carries, and ``spent`` seconds of
+    device time on the study's budget; False for a trial that had been finished by another
+    worker (its heartbeat went silent for a grace period, so it was failed and retried
+    there). One transaction for all (:func:`tuner.storage.tell_many`): a fused group's
+    members are told together, and a lone trial's result, attrs and spend are one write."""
     told = patience.call(lambda: storage.tell_many(handle.study, [
         (t, None, o.values or o.value) if o.state == TrialState.COMPLETE
-        else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)]))
+        else (t, o.state, None) for t, o in zip(trials, outcomes, strict=True)],
+        attrs=[(o.attrs or {}, o.system_attrs or {}) for o in outcomes],
+        also=[handle.budget.spend_statement(spent)] if spent is not None else []))
     for t, outcome, ok in zip(trials, outcomes, told, strict=True):
         if ok:
             _after_tell(handle, patience, t, outcome)

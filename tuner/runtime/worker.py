@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import optuna
 from optuna.trial import TrialState
@@ -175,11 +174,12 @@ class Worker:
                     beat.trial, beat.others = None, ()
                 # device time counts whether or not the trial completed (--budget-hours); a
                 # repeat trained nothing (it may have waited for its twin); a fused group
-                # spent its time once, for all its members
-                if any(o.repeat_of is None for o in outcomes):
-                    p.call(partial(self.handle.budget.spend, time.monotonic() - started))
+                # spent its time once, for all its members; spent as the results are told
+                spent = (time.monotonic() - started
+                         if any(o.repeat_of is None for o in outcomes) else None)
                 told = []
-                for t, outcome, ok in zip(trials, outcomes, self._tell_group(trials, outcomes),
+                for t, outcome, ok in zip(trials, outcomes,
+                                          self._tell_group(trials, outcomes, spent),
                                           strict=True):
                     if not ok:
                         continue  # another worker failed and retried it meanwhile
@@ -278,9 +278,11 @@ class Worker:
         heartbeat went silent for a grace period, so it was failed and retried there)."""
         return self._tell_group([trial], [outcome])[0]
 
-    def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome]) -> list[bool]:
-        """:meth:`_tell` for each trial, a fused group's together (:func:`tuner.runtime.tell.tell_group`)."""
-        return tell.tell_group(self.handle, self.patience, trials, outcomes)
+    def _tell_group(self, trials: list[optuna.Trial], outcomes: list[Outcome],
+                    spent: float | None = None) -> list[bool]:
+        """:meth:`_tell` for each trial, a fused group's together, with ``spent`` seconds of
+        device time (:func:`tuner.runtime.tell.tell_group`)."""
+        return tell.tell_group(self.handle, self.patience, trials, outcomes, spent)
 
 
 @contextmanager

@@ -50,6 +50,7 @@ from tuner.storage._open import (
 )
 from tuner.storage._outage import Patience, is_outage
 from tuner.storage._overview import StudyRow, studies_overview
+from tuner.storage._params import drawing
 from tuner.storage._primary import report_primary, should_prune_primary
 from tuner.storage._rdb import engine_of, record_heartbeat, refreshed, state, trial_by_number
 from tuner.storage._retry import (
@@ -76,7 +77,7 @@ __all__ = [
     "CRASHES_ATTR", "DEFAULT_URL", "LINEAGE_ATTR", "MAX_RETRIES", "RETRY_OF_ATTR", "Budget",
     "Informed", "trial_seed",
     "BudgetState", "Heartbeat", "HeartbeatThread", "all_studies", "checkpoint_folder", "claim",
-    "connect", "display_url", "engine_of", "TunerStorage", "same_database", "study_exists",
+    "connect", "display_url", "drawing", "engine_of", "TunerStorage", "same_database", "study_exists",
     "fail_and_retry", "fail_stale_trials", "heartbeat_ages", "is_retry", "lineage", "normalize_url",
     "retry_template",
     "record_heartbeat", "refreshed", "report_many", "report_primary", "retry", "set_user_attrs",

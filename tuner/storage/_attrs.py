@@ -28,16 +28,20 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 
 
 def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]], *,
+                        system: Sequence[tuple[optuna.Trial, Mapping[str, Any]]] = (),
                         finished: bool = False) -> None:
     """:func:`set_user_attrs` for several running trials (a fused group's members) in one
-    statement and one transaction. Like ``Trial.set_user_attr``, refuses (writing nothing)
-    when one of the trials is finished, unless ``finished``: then the attrs of a trial
-    finished meanwhile (by the reaper, optuna-dashboard, another process's tell) are written
-    too, since they say what its worker saw."""
+    statement and one transaction, with ``system`` attrs of those trials (their train-loss
+    curves, :func:`set_system_attrs`) in the same transaction. Like
+    ``Trial.set_user_attr``, refuses (writing nothing) when one of the trials is finished,
+    unless ``finished``: then the attrs of a trial finished meanwhile (by the reaper,
+    optuna-dashboard, another process's tell) are written too, since they say what its
+    worker saw."""
     items = [(trial, attrs) for trial, attrs in items if attrs]
-    if not items:
+    system = [(trial, attrs) for trial, attrs in system if attrs]
+    if not items and not system:
         return
-    rdb = _rdb(items[0][0].storage)
+    rdb = _rdb((items or system)[0][0].storage)
     dialect = getattr(getattr(rdb, "engine", None), "name", None)
     if rdb is None or not _can_upsert(dialect):
         for trial, attrs in items:
@@ -47,24 +51,38 @@ def set_user_attrs_many(items: Sequence[tuple[optuna.Trial, Mapping[str, Any]]],
                 except UpdateFinishedTrialError:
                     if not finished:
                         raise
+        for trial, attrs in system:
+            set_system_attrs(trial, attrs)
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    table = models.TrialUserAttributeModel.__table__
-    rows = [{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
-            for trial, attrs in items for k, v in attrs.items()]
-    ids = [trial._trial_id for trial, _ in items]
+    ids = list(dict.fromkeys(trial._trial_id for trial, _ in [*items, *system]))
     with _create_scoped_session(rdb.scoped_session) as session:
-        states = dict(session.execute(
-            sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
-            .where(models.TrialModel.trial_id.in_(ids))).all())
-        for trial_id in ids:  # as Optuna does per attr
-            if not finished:
+        if not finished:
+            states = dict(session.execute(
+                sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state)
+                .where(models.TrialModel.trial_id.in_(ids))).all())
+            for trial_id in ids:  # as Optuna does per attr
                 rdb.check_trial_is_updatable(trial_id, states[trial_id])
-        session.execute(_upsert(dialect, table, rows))
+        upsert_attrs(session, dialect, items, system)
     for trial, attrs in items:  # what Trial.set_user_attr does too
         trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def upsert_attrs(session: Any, dialect: str,
+                 user: Sequence[tuple[optuna.Trial, Mapping[str, Any]]],
+                 system: Sequence[tuple[optuna.Trial, Mapping[str, Any]]] = ()) -> None:
+    """Trials' user and system attrs in the caller's transaction, a statement per table,
+    whatever state the trials are in."""
+    from optuna.storages._rdb import models
+
+    for table, of in ((models.TrialUserAttributeModel.__table__, user),
+                      (models.TrialSystemAttributeModel.__table__, system)):
+        rows = [{"trial_id": trial._trial_id, "key": k, "value_json": json.dumps(v)}
+                for trial, attrs in of for k, v in attrs.items()]
+        if rows:
+            session.execute(_upsert(dialect, table, rows))
 
 
 def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str]]) -> Any:
@@ -75,8 +93,6 @@ def _state_rows(rdb: optuna.storages.RDBStorage, states: Sequence[tuple[int, str
     return _upsert(rdb.engine.name, models.TrialUserAttributeModel.__table__, [
         {"trial_id": tid, "key": STATE_ATTR, "value_json": json.dumps(state)}
         for tid, state in states])
-
-
 
 
 def set_system_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:

@@ -196,8 +196,13 @@ class Budget:
     def spend(self, seconds: float) -> None:
         """Add a finished trial's device time (one atomic UPDATE: workers finish at once)."""
         with self._engine.begin() as conn:
-            conn.execute(budgets.update().where(self._where).values(
-                seconds_spent=budgets.c.seconds_spent + max(0.0, seconds)))
+            conn.execute(self.spend_statement(seconds))
+
+    def spend_statement(self, seconds: float) -> sa.Update:
+        """:meth:`spend` as one statement, for a caller that spends in the same transaction
+        as the trial's result (:func:`tuner.storage.tell_many`)."""
+        return budgets.update().where(self._where).values(
+            seconds_spent=budgets.c.seconds_spent + max(0.0, seconds))
 
     def stop(self, why: str) -> bool:
         """Stop the study early: no slot is taken after this, by any worker. Only the first

@@ -14,6 +14,7 @@ import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from tuner.storage._attrs import set_user_attrs_many, upsert_attrs
 from tuner.storage._lean import beat, can_upsert, note_beats, upsert
 from tuner.storage._rdb import _beat, _cache, _cache_new, _insert_running, _rdb, _trial_of
 from tuner.storage._trials import start_trial
@@ -95,20 +96,36 @@ class _DeferredWrites:
 
 
 def tell_many(study: optuna.Study,
-              items: Sequence[tuple[optuna.Trial, TrialState | None, Sequence[float] | None]]
-              ) -> list[bool]:
+              items: Sequence[tuple[optuna.Trial, TrialState | None, Sequence[float] | None]],
+              *, attrs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]] = (),
+              also: Sequence[sqlalchemy.Executable] = ()) -> list[bool]:
     """``study.tell(trial, values, state=state)`` for several running trials of ``study`` (a
     fused group's members), with one read of them and their states and values written in one
     transaction instead of two reads and a transaction each. Optuna's own tell checks each
     one and calls the sampler's ``after_trial``; only its write is gathered. Returns, per
     trial, whether it was told: False for a trial that was finished already (failed and
     retried by another worker), as ``study.tell`` refuses it. A lone trial is told from the
-    copy this worker kept of it (its params, attrs and reports), with no read at all."""
+    copy this worker kept of it (its params, attrs and reports), with no read at all.
+
+    In the same transaction: ``attrs``, each trial's closing user attrs and system attrs
+    (in the order of ``items``; written also for a trial finished meanwhile: they say what
+    its worker saw), and the ``also`` statements (the budget's spend: the device time was
+    spent whether or not the trial could still be told)."""
     from optuna.study._tell import _tell_with_warning
 
+    closing = list(zip([t for t, _, _ in items], attrs, strict=True)) if attrs else []
+    for trial, (user, _) in closing:  # Optuna's tell below sees them, as it read them
+        trial._cached_frozen_trial.user_attrs.update(user)
     rdb = _rdb(study._storage)
     if rdb is None or not items or not can_upsert(rdb.engine.name):
-        return [_tell_one(study, trial, state, values) for trial, state, values in items]
+        set_user_attrs_many([(t, user) for t, (user, _) in closing],
+                            system=[(t, system) for t, (_, system) in closing], finished=True)
+        told = [_tell_one(study, trial, state, values) for trial, state, values in items]
+        if also and rdb is not None:
+            with rdb.engine.begin() as conn:
+                for statement in also:
+                    conn.execute(statement)
+        return told
     from optuna.storages._rdb.storage import _create_scoped_session
 
     ids = {trial._trial_id for trial, _, _ in items}
@@ -130,6 +147,10 @@ def tell_many(study: optuna.Study,
             failure = failure or e
     with _create_scoped_session(rdb.scoped_session) as session:
         _write_results(rdb, session, deferred.writes, told)
+        upsert_attrs(session, rdb.engine.name, [(t, user) for t, (user, _) in closing],
+                     [(t, system) for t, (_, system) in closing])
+        for statement in also:
+            session.execute(statement)
     if failure is not None:
         raise failure
     return [told[trial._trial_id] for trial, _, _ in items]

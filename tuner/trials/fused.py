@@ -159,14 +159,9 @@ def _fit_together(runner: TrialRunner,
     except Exception as e:  # noqa: BLE001 - the group failed: each member says why
         results = [e] * len(members)
     fit_s = time.perf_counter() - fit_start
-    records: list[tuple[optuna.Trial, dict[str, Any]]] = []
     for (t, params, measured, begun), ctx, result in zip(members, ctxs, results, strict=True):
         outcomes[t.number] = runner.conclude(
-            t, [ctx], begun,
-            partial(_result, result, params, measured, fit_s / len(members)), records)
-    # the members' closing attrs in one statement, not one transaction each
-    # (a member finished from outside meanwhile keeps them too)
-    runner.patience.call(partial(storage.set_user_attrs_many, records, finished=True))
+            t, [ctx], begun, partial(_result, result, params, measured, fit_s / len(members)))
 
 
 def _reraise(e: BaseException) -> Any:

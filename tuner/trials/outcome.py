@@ -4,7 +4,9 @@ constraint known before training rejects it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from optuna.trial import TrialState
 
@@ -36,6 +38,10 @@ class Outcome:
     # stopped at an epoch because a person asked (``tuner stop-trial``): its checkpoint stays,
     # and ``tuner retry`` resumes it
     stopped_by_user: bool = False
+    # the closing user attrs and system attrs (the train-loss curve) the runner has not
+    # written: the worker's tell writes them with the result, in one transaction
+    attrs: Mapping[str, Any] | None = None
+    system_attrs: Mapping[str, Any] | None = None
 
 
 class Repeat(Exception):  # noqa: N818 - a control-flow signal, like TrialPruned

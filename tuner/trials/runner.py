@@ -45,7 +45,6 @@ from tuner.trials.reporter import TrialReporter
 
 # what an attempt gives back: the trainer's result, the params, what was measured, fit seconds
 Attempt = tuple[Any, dict[str, Any], dict[str, float], float]
-Records = list[tuple[optuna.Trial, dict[str, Any]]]
 
 
 class TrialRunner:
@@ -102,29 +101,35 @@ class TrialRunner:
     def run(self, trial: optuna.Trial) -> Outcome:
         """Train one trial. Never raises for a problem of the trial itself: the outcome says
         COMPLETE, PRUNED or FAIL (with the exception's last line)."""
-        self.start([trial])
+        begin = self.start([trial], write=False)  # written with its params
         start = time.perf_counter()
         ctxs: list[Context] = []
 
         def attempt() -> Attempt:
-            params = self.draw(trial)
+            params = self.draw(trial, begin[0][1])
             return self.fit(trial, params, self.vet(trial, params), ctxs)
 
         return self.conclude(trial, ctxs, start, attempt)
 
-    def start(self, trials: list[optuna.Trial]) -> None:
-        """Mark the trials with their lineage and worker (one transaction)."""
+    def start(self, trials: list[optuna.Trial], write: bool = True
+              ) -> list[tuple[optuna.Trial, dict[str, Any]]]:
+        """Mark the trials with their lineage and worker (one transaction; with ``write``
+        False, the caller writes them: a lone trial's go with its params)."""
         device = self.assets.device
-        self.patience.call(lambda: storage.set_user_attrs_many(
-            [(t, attrs.start_attrs(t, device)) for t in trials]))
+        begin = [(t, attrs.start_attrs(t, device)) for t in trials]
+        if write:
+            self.patience.call(lambda: storage.set_user_attrs_many(begin))
         from tuner.device import reset_peak_memory
 
         reset_peak_memory(device)
+        return begin
 
-    def draw(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's params; a segment the schedule starts from another lineage's snapshot
-        (PBT's exploit) takes its weights first."""
-        params = space.suggest(trial, self.spec)
+    def draw(self, trial: optuna.Trial, begin: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trial's params, written in one transaction with ``begin`` (its start attrs); a
+        segment the schedule starts from another lineage's snapshot (PBT's exploit) takes its
+        weights first."""
+        with storage.drawing(trial, begin, call=self.patience.call):
+            params = space.suggest(trial, self.spec)
         if (source := self.schedule.weights_from(trial)) is not None:
             snapshots.take(self.files, trial, storage.lineage(trial), source)
         return params
@@ -157,14 +162,14 @@ class TrialRunner:
         return raw, params, measured, time.perf_counter() - fit_start
 
     def conclude(self, trial: optuna.Trial, ctxs: list[Context], start: float,
-                 attempt: Callable[[], Attempt], records: Records | None = None) -> Outcome:
+                 attempt: Callable[[], Attempt]) -> Outcome:
         """Run ``attempt`` and turn what it returns or raises into the trial's outcome and
-        attrs. ``records``: where a fused group gathers its members' closing attrs, to write
-        them together (else written here)."""
+        closing attrs (in the outcome: the worker's tell writes them with the result)."""
         try:
             outcome = self._outcome(trial, ctxs, attempt)
         except KeyboardInterrupt:
-            self._record(trial, self._closing(trial, ctxs, start, "interrupted"))
+            closing = self._closing(trial, ctxs, start, "interrupted")
+            self.patience.call(lambda: storage.set_user_attrs_many([(trial, closing)]))
             raise
         for c in ctxs:  # reports held through an outage, in order, before the result
             if isinstance(c.reporter, TrialReporter):
@@ -176,16 +181,14 @@ class TrialRunner:
                 closing.pop(FAIL_REASON_ATTR, None)
         closing[STATE_ATTR] = attrs.tuner_state(trial, outcome, closing)
         curve = [h.get("train_loss") for c in ctxs for h in c.history]
-        if any(v is not None for v in curve):
-            self.patience.call(lambda: storage.set_system_attrs(
-                trial, {TRAIN_LOSS_CURVE_ATTR: curve}))
-        self._record(trial, closing, records, finished=outcome.elsewhere)
+        system = {TRAIN_LOSS_CURVE_ATTR: curve} if any(v is not None for v in curve) else {}
         if not outcome.broken_device:
             from tuner.device import free_device_cache
 
             free_device_cache(self.assets.device)
         stores = tuple(c.checkpoints for c in ctxs if c.checkpoints is not None)
-        return dataclasses.replace(outcome, checkpoints=stores)
+        return dataclasses.replace(outcome, checkpoints=stores, attrs=closing,
+                                   system_attrs=system)
 
     def _outcome(self, trial: optuna.Trial, ctxs: list[Context],
                  attempt: Callable[[], Attempt]) -> Outcome:
@@ -229,15 +232,6 @@ class TrialRunner:
         return attrs.closing_attrs(trial, ctxs, start, device=self.assets.device,
                                    seed=self.spec.seed + storage.lineage(trial),
                                    fail_reason=fail_reason)
-
-    def _record(self, trial: optuna.Trial, closing: dict[str, Any],
-                records: Records | None = None, finished: bool = False) -> None:
-        """Write the trial's closing attrs, or leave them in ``records`` for its group."""
-        if records is not None:
-            records.append((trial, closing))
-        else:
-            self.patience.call(lambda: storage.set_user_attrs_many([(trial, closing)],
-                                                                   finished=finished))
 
     # ---- same-shape trials trained as one (tuner.trials.fused) ---------------------------
     def fuse_size(self) -> int:
