@@ -149,12 +149,15 @@ def run_once(file: Path, workers: int, env: dict[str, str], code: Path, folder: 
     return span.total_seconds(), said
 
 
-def fixed_file(workload: str, quick: bool, folder: Path, code: Path) -> Path:
+def fixed_file(workload: str, quick: bool, folder: Path, code: Path,
+               epochs: int | None = None) -> Path:
     """The workload's study file with every parameter fixed to its first configuration at
     seed 0 (an untimed run of the file itself, which also warms the caches)."""
     path, quick_overrides = WORKLOADS[workload]
     raw = yaml.safe_load((code / path).read_text())
     raw.update(seed=0, pruner={"name": "none"}, **(quick_overrides if quick else {}))
+    if epochs is not None:
+        raw["epochs"] = epochs
     first = folder / f"{workload}_first.yaml"
     first.write_text(yaml.safe_dump(raw, sort_keys=False))
     db = folder / f"{workload}_first.db"
@@ -192,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", nargs="*", type=int, default=[1],
                     help="local workers K (each runs K trials of the same configuration)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--before-repeats", type=int, default=None,
+                    help="repeats of the before arm (default --repeats): the old defaults "
+                         "beside busy neighbours can take 40x their quiet time")
+    ap.add_argument("--epochs", type=int, default=None, help="every workload's epochs")
     ap.add_argument("--arm", action="append", default=[],
                     help="NAME:VAR=VALUE,VAR=VALUE: one more arm with that environment")
     ap.add_argument("--no-before", action="store_true", help="leave the before arm out")
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# cgroup1: {how}" + ("; skipped" if join is None else ""), flush=True)
         try:
             for workload in args.workloads:
-                file = fixed_file(workload, args.quick, folder, here)
+                file = fixed_file(workload, args.quick, folder, here, args.epochs)
                 for k in args.workers:
                     quiet: dict[str, float] = {}
                     for cond in args.conditions:
@@ -238,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
                         with neighbours(busy):
                             for r in range(args.repeats):
                                 for name, code, env in arms:
+                                    if (name == "before" and args.before_repeats is not None
+                                            and r >= args.before_repeats):
+                                        continue
                                     if env is None:
                                         env = {} if args.before_rev else before_env(k)
                                     s, line = run_once(file, k, env, code, folder,

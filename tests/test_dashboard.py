@@ -71,7 +71,7 @@ def served(study: str) -> Iterator[str]:
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         try:
-            assert proc.wait(timeout=10) == 0
+            assert proc.wait(timeout=30) == 0  # a loaded CI machine is slow to stop it
         finally:
             if proc.poll() is None:
                 proc.kill()
