@@ -80,7 +80,7 @@ def served(study: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         try:
             code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            # seen on loaded CI machines, 2 runs in 5, not yet explained: SIGABRT makes
+            # seen on loaded CI machines, 2 runs in 3, not yet explained: SIGABRT makes
             # faulthandler dump where every thread waits into the log, and stops it
             proc.send_signal(signal.SIGABRT)
             code = proc.wait(timeout=30)
