@@ -84,8 +84,9 @@ def served(study: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
             # faulthandler dump where every thread waits into the log, and stops it
             proc.send_signal(signal.SIGABRT)
             code = proc.wait(timeout=30)
+            threads = log.read_text().split("Extension modules:")[0]  # not the module list
             warnings.warn("tuner dashboard did not stop within 30 s of Ctrl-C; its threads:\n"
-                          + log.read_text()[-6000:], stacklevel=1)
+                          + threads[-6000:], stacklevel=1)
         finally:
             if proc.poll() is None:
                 proc.kill()
